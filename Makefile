@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: install what's needed and start forsun-box on its embedded defaults
+run: $(STAMP)
+	$(BIN)/forsun-box serve
+
+## test: install what's needed and run the whole suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## lint: ruff and mypy over the package
+lint: $(STAMP)
+	$(BIN)/ruff check forsun_box tests bench
+	$(BIN)/mypy forsun_box
+
+## bench: forsun-box side by side with forsun (see bench/README.md)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build/work dist *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmark harness: runs forsun-box and forsun side by side on loopback ports."""

@@ -1,0 +1,159 @@
+"""Firing lateness: many plans due inside one short window, each calling an HTTP sink.
+
+Plans are calendar-mode plans naming one whole second (all of second..month set), so the
+due instant is exact on both servers (forsun is second-granular). The due second each
+server reports back as ``next_time`` is what lateness is measured against; a plan whose
+``next_time`` differs from the second we asked for is counted, not silently trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.client import V1Client, encode
+from harness.metrics import Outcome, percentile
+from harness.servers import HOST, Server, ServerError, free_port
+
+SINK_SCRIPT = Path(__file__).with_name("sink.py")
+CREATE_BATCH = 2_000
+GRACE_SECONDS = 30  # a plan that has not arrived by due + 30 s is missed
+DUPLICATE_WAIT = 1.0  # after the last expected arrival, how long to watch for repeats
+
+
+def _sink_get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@contextlib.contextmanager
+def running_sink(max_seconds: float) -> Iterator[int]:
+    """A sink process on a free port for the duration of the block; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(SINK_SCRIPT), "--port", str(port), "--max-seconds", str(max_seconds)],
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                _sink_get(port, "/count")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the firing sink did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _calendar_plan(key: str, due: int, sink_port: int) -> dict[str, Any]:
+    """A calendar plan firing once at unix second ``due`` (fields in the local zone)."""
+    tm = time.localtime(due)
+    return {
+        "key": key,
+        "seconds": tm.tm_sec,
+        "minute": tm.tm_min,
+        "hour": tm.tm_hour,
+        "day": tm.tm_mday,
+        "month": tm.tm_mon,
+        "week": -1,
+        "count": 1,
+        "action": "http",
+        "params": {"url": f"http://{HOST}:{sink_port}/hit?key={key}&due={due}"},
+    }
+
+
+def measure_fire(server: Server, quick: bool) -> Outcome:
+    """20,000 plans due within 10 s (quick: 2,000 in 4 s) to a local sink; lateness in ms."""
+    total, window, lead = (2_000, 4, 6) if quick else (20_000, 10, 10)
+    with running_sink(max_seconds=lead + window + GRACE_SECONDS + 120) as sink_port:
+        return _fire(server, sink_port, total, window, lead)
+
+
+def _fire(server: Server, sink_port: int, total: int, window: int, lead: int) -> Outcome:
+    first_due = int(time.time()) + lead
+    due_of = {f"fire-{i}": first_due + (i * window) // total for i in range(total)}
+    keys = list(due_of)
+    next_time: dict[str, int] = {}
+    client = V1Client(server.http_port)
+    try:
+        for start in range(0, total, CREATE_BATCH):
+            chunk = keys[start : start + CREATE_BATCH]
+            body = encode([_calendar_plan(k, due_of[k], sink_port) for k in chunk])
+            _, plans = client.create_many("POST", body, len(chunk))
+            for plan in plans:
+                next_time[str(plan["key"])] = int(plan["next_time"])
+    finally:
+        client.close()
+    created_at = time.time()
+    cpu0 = server.cpu_seconds()
+
+    last_due = max(next_time.get(k, due_of[k]) for k in keys)
+    deadline = last_due + GRACE_SECONDS
+    while time.time() < deadline:
+        if not server.alive():
+            raise ServerError(f"{server.name} died while firing")
+        if _sink_get(sink_port, "/count")["count"] >= total:
+            time.sleep(DUPLICATE_WAIT)
+            break
+        time.sleep(0.5)
+    arrivals: list[list[Any]] = _sink_get(sink_port, "/dump")
+    cpu = server.cpu_seconds() - cpu0
+
+    first_arrival: dict[str, int] = {}
+    duplicates = 0
+    for key, at_ms in arrivals:
+        if key in first_arrival:
+            duplicates += 1
+            first_arrival[key] = min(first_arrival[key], at_ms)
+        else:
+            first_arrival[key] = at_ms
+    unknown = sum(1 for k in first_arrival if k not in due_of)
+    late_ms = sorted(
+        first_arrival[k] - next_time.get(k, due_of[k]) * 1000 for k in keys if k in first_arrival
+    )
+    missed = sum(
+        1 for k in keys
+        if k not in first_arrival
+        or first_arrival[k] > (next_time.get(k, due_of[k]) + GRACE_SECONDS) * 1000
+    )  # fmt: skip
+
+    out = Outcome()
+    label = f"{total:,} in {window} s"
+    out.add("fire_p50_ms", f"Firing lateness p50 ({label})", "ms", False, percentile(late_ms, 50))
+    out.add("fire_p99_ms", f"Firing lateness p99 ({label})", "ms", False, percentile(late_ms, 99))
+    out.add("fire_max_ms", f"Firing lateness max ({label})", "ms", False,
+            late_ms[-1] if late_ms else None)  # fmt: skip
+    out.add("fire_missed", f"Firing missed (> due + {GRACE_SECONDS} s)", "plans", False, missed)
+    out.details.update(
+        plans=total,
+        window_seconds=window,
+        first_due=first_due,
+        creation_finished_before_first_due_s=round(first_due - created_at, 3),
+        next_time_mismatches=sum(1 for k in keys if next_time.get(k) != due_of[k]),
+        arrivals=len(arrivals),
+        duplicates=duplicates,
+        unknown_keys=unknown,
+        early=sum(1 for v in late_ms if v < 0),
+        min_ms=late_ms[0] if late_ms else None,
+        p90_ms=percentile(late_ms, 90),
+        server_cpu_seconds=round(cpu, 2),
+    )
+    if created_at > first_due:
+        out.details["warning"] = "plans were still being created when the first came due"
+    return out

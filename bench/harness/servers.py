@@ -1,0 +1,198 @@
+"""Start and stop the servers under test, each on free loopback ports in its own temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+HOST = "127.0.0.1"
+BOX = "forsun-box"
+FORSUN = "forsun"
+SERVER_NAMES = (BOX, FORSUN)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServerError(RuntimeError):
+    """A server did not start, or died while being measured."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where to find each server's executable."""
+
+    peer_dir: Path
+    box_python: str
+
+    def command(self, name: str, http_port: int, thrift_port: int, workdir: Path) -> list[str]:
+        """The command line that starts server ``name`` in the foreground."""
+        if name == BOX:
+            return [
+                self.box_python, "-m", "forsun_box", "serve",
+                "--http", f"{HOST}:{http_port}",
+                "--port", str(thrift_port),
+                "--bind", HOST,
+                "--data-dir", str(workdir / "data"),
+                "--log-level", "WARNING",
+            ]  # fmt: skip
+        if name == FORSUN:
+            return [
+                str(self.peer_dir / "bin" / "forsund"),
+                "--nodemon",
+                "--bind", HOST,
+                "--port", str(thrift_port),
+                "--http", f"{HOST}:{http_port}",
+                "--driver", "mem",
+                # keep its dump-on-exit file inside the temp dir, never in $HOME
+                "--driver-mem-store-file", str(workdir / "forsun.dump"),
+                "--log", str(workdir / "forsun.log"),
+                "--log-level", "WARNING",
+            ]  # fmt: skip
+        raise ValueError(f"unknown server {name!r}")
+
+
+@dataclass
+class Server:
+    """A running server process under test."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    thrift_port: int
+    workdir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss(self) -> int:
+        """Resident set size of the server process, in bytes."""
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def data_bytes(self) -> int:
+        """Bytes on disk under the server's temp dir (its database, logs, dumps)."""
+        total = 0
+        for path in self.workdir.rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
+
+    def log_tail(self, limit: int = 2000) -> str:
+        """The last ``limit`` characters of the server's output and log files."""
+        parts = []
+        for path in sorted(self.workdir.glob("*.log")):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-limit:]}")
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (forsun dumps its store on exit)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _ping(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(base_url + "/v1/ping", timeout=2) as resp:
+            return resp.status == 200 and json.loads(resp.read()).get("errcode") == 0
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def start_server(config: ServerConfig, name: str, ready_timeout: float = 30.0) -> Server:
+    """Start ``name`` on fresh ports in a fresh temp dir; return once /v1/ping answers."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    http_port, thrift_port = free_port(), free_port()
+    while thrift_port == http_port:
+        thrift_port = free_port()
+    env = dict(os.environ)
+    if name == BOX:
+        # the checkout wins over whatever else may be installed
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+    cmd = config.command(name, http_port, thrift_port, workdir)
+    out = open(workdir / "stdout.log", "wb")  # noqa: SIM115 - closed with the process
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        out.close()
+    server = Server(name, proc, http_port, thrift_port, workdir)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerError(
+                f"{name} exited with {proc.returncode} at start-up: {' '.join(cmd)}\n"
+                + server.log_tail()
+            )
+        if _ping(server.base_url):
+            return server
+        time.sleep(0.1)
+    server.stop()
+    raise ServerError(f"{name} did not answer /v1/ping within {ready_timeout} s\n" + server.log_tail())
+
+
+@contextlib.contextmanager
+def running_server(config: ServerConfig, name: str, keep: bool = False) -> Iterator[Server]:
+    """Run a fresh server for the duration of the block, then stop it and remove its dir."""
+    server = start_server(config, name)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if not keep:
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def settle_rss(server: Server, max_wait: float = 15.0, interval: float = 0.5) -> int:
+    """RSS once it stops moving: two samples ``interval`` apart within 0.5 %, or at ``max_wait``."""
+    deadline = time.monotonic() + max_wait
+    last = server.rss()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = server.rss()
+        if abs(now - last) <= 0.005 * max(last, 1):
+            return now
+        last = now
+    return last

@@ -1,0 +1,44 @@
+"""Actions: what a firing does. Built-ins register here like extensions do.
+
+See :mod:`forsun_box.actions.base` for the contract.
+"""
+
+from __future__ import annotations
+
+from forsun_box.actions.base import (
+    ACTIONS,
+    ALIASES,
+    Action,
+    ActionFailed,
+    ActionSettings,
+    action_names,
+    canonical_name,
+    configure_actions,
+    get_action,
+    register_action,
+)
+from forsun_box.actions.http import HttpAction
+from forsun_box.actions.shell import ShellAction
+
+
+def _register_builtins() -> None:
+    register_action("shell", ShellAction)
+    register_action("http", HttpAction)
+
+
+_register_builtins()
+
+__all__ = [
+    "ACTIONS",
+    "ALIASES",
+    "Action",
+    "ActionFailed",
+    "ActionSettings",
+    "HttpAction",
+    "ShellAction",
+    "action_names",
+    "canonical_name",
+    "configure_actions",
+    "get_action",
+    "register_action",
+]

@@ -1,0 +1,237 @@
+"""forsun's HTTP API v1 (FORSUN_COMPAT §2).
+
+Every answer is HTTP 200 with ``{"errcode", "errmsg", "data"}``; a body
+that can't be parsed, or an unknown Content-Type, is HTTP 400 (with the same
+JSON shape, so clients still get a message). Bodies are streamed and cut off
+at the configured size limit (errcode 1009, HTTP 413).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import tornado.httpserver
+import tornado.iostream
+import tornado.web
+
+from forsun_box import errors
+from forsun_box.api import crontab
+from forsun_box.api.service import ForsunService
+from forsun_box.plan import to_forsun
+
+log = logging.getLogger("forsun_box.http")
+
+
+class BadRequest(Exception):
+    """The request can't be understood at all: HTTP 400."""
+
+    def __init__(self, message: str, status: int = 400, code: int = errors.INVALID_VALUE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    service: ForsunService
+
+    def initialize(self, service: ForsunService, max_body_bytes: int) -> None:  # type: ignore[override]
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    def prepare(self) -> None:
+        stats = self.service.stats
+        if stats is not None:
+            stats.incr("http_requesting_count")
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            # Refuse before reading a body we would throw away.
+            self._too_large = True
+            self.reply(None, errors.TOO_LARGE,
+                       f"request body larger than {self.max_body_bytes} bytes", status=413)
+
+    def on_finish(self) -> None:
+        stats = self.service.stats
+        if stats is not None:
+            stats.incr("http_requesting_count", -1)
+            stats.incr("http_requested_count")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large or self._finished:
+            return
+        self._size += len(chunk)
+        if self._size > self.max_body_bytes:
+            self._too_large = True
+            self._chunks = []
+        else:
+            self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        if self._too_large:
+            raise BadRequest(f"request body larger than {self.max_body_bytes} bytes",
+                             status=413, code=errors.TOO_LARGE)
+        return b"".join(self._chunks)
+
+    def reply(self, data: Any = None, errcode: int = 0, errmsg: str = "", status: int = 200) -> None:
+        if errcode and self.service.stats is not None:
+            self.service.stats.incr("http_requested_error_count")
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps({"errcode": errcode, "errmsg": errmsg, "data": data}))
+
+    async def run(self, fn: Any, *args: Any) -> None:
+        try:
+            data = await fn(*args)
+        except BadRequest as e:
+            self.reply(None, e.code, e.message, status=e.status)
+        except errors.ForsunBoxError as e:
+            self.reply(None, e.code, e.message)
+        except Exception as e:
+            log.exception("unexpected error in %s %s", self.request.method, self.request.path)
+            self.reply(None, errors.UNKNOWN, f"unknown error: {e.__class__.__name__}")
+        else:
+            self.reply(data)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Tornado's own errors (e.g. 405) keep the v1 JSON shape.
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps({"errcode": errors.UNKNOWN, "errmsg": self._reason,
+                                  "data": None}))
+
+
+class PingHandler(BaseHandler):
+    async def get(self) -> None:
+        async def ping() -> dict[str, Any]:
+            return {}
+
+        await self.run(ping)
+
+
+@tornado.web.stream_request_body
+class PlanHandler(BaseHandler):
+    async def get(self) -> None:
+        async def get() -> dict[str, Any]:
+            return to_forsun(await self.service.get(self.get_query_argument("key", None)))
+
+        await self.run(get)
+
+    async def delete(self) -> None:
+        async def delete() -> dict[str, Any]:
+            return to_forsun(await self.service.remove(self.get_query_argument("key", None)))
+
+        await self.run(delete)
+
+    async def put(self) -> None:
+        await self.run(self._create, True)
+
+    async def post(self) -> None:
+        await self.run(self._create, False)
+
+    async def _create(self, is_time_out: bool) -> Any:
+        body = self.body()
+        ctype = self.request.headers.get("Content-Type", "application/json")
+        mime = ctype.split(";", 1)[0].strip().lower()
+        service = self.service
+        if mime in ("application/json", "text/json", ""):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise BadRequest(f"body is not valid JSON: {e}") from None
+            if isinstance(parsed, list):
+                plans = []
+                for i, obj in enumerate(parsed):
+                    try:
+                        plans.append(service.from_v1(obj, is_time_out))
+                    except errors.ForsunBoxError as e:
+                        raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
+                created = await service.create(plans)
+                return [to_forsun(p) for p in created]
+            if not isinstance(parsed, dict):
+                raise BadRequest("body must be a JSON object or an array of objects")
+            created = await service.create([service.from_v1(parsed, is_time_out)])
+            return to_forsun(created[0])
+        if mime == "application/crontab":
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("crontab body is not UTF-8") from None
+            lines = crontab.parse_body(text)
+            if not lines:
+                raise errors.MissingArgument("plan")
+            plans = [service.from_line(line) for line in lines]
+            created = await service.create(plans)
+            return [to_forsun(p) for p in created]
+        raise BadRequest(f"unsupported Content-Type: {ctype}")
+
+
+class TimeHandler(BaseHandler):
+    async def get(self) -> None:
+        async def at() -> dict[str, Any]:
+            raw = self.get_query_argument("timestamp", "0") or "0"
+            try:
+                ts = int(raw)
+            except ValueError:
+                raise errors.InvalidValue(f"timestamp must be an integer, got {raw!r}") from None
+            now = self.service.scheduler.clock.now_ms() // 1000
+            if ts <= 0:
+                ts = now
+            plans = await self.service.at_second(ts)
+            return {"current_timestamp": now, "plans": [to_forsun(p) for p in plans]}
+
+        await self.run(at)
+
+
+class KeysHandler(BaseHandler):
+    async def get(self) -> None:
+        async def keys() -> list[str]:
+            return await self.service.keys(self.get_query_argument("prefix", "") or "")
+
+        await self.run(keys)
+
+
+class InfoHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.run(self.service.info)
+
+
+class NotFoundHandler(BaseHandler):
+    async def prepare(self) -> None:  # type: ignore[override]
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps({"errcode": errors.UNKNOWN,
+                                  "errmsg": f"no such endpoint: {self.request.path}",
+                                  "data": None}))
+
+
+def routes(service: ForsunService, max_body_bytes: int) -> list[Any]:
+    kw = {"service": service, "max_body_bytes": max_body_bytes}
+    return [
+        (r"/v1/ping", PingHandler, kw),
+        (r"/v1/plan", PlanHandler, kw),
+        (r"/v1/time", TimeHandler, kw),
+        (r"/v1/keys", KeysHandler, kw),
+        (r"/v1/info", InfoHandler, kw),
+    ]
+
+
+class CountingHTTPServer(tornado.httpserver.HTTPServer):
+    """HTTPServer that keeps forsun's http_connecting/connected counters."""
+
+    stats: Any = None
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.incr("http_connecting_count")
+            stats.incr("http_connected_count")
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: Any) -> None:
+        if self.stats is not None:
+            self.stats.incr("http_connecting_count", -1)
+        super().on_close(server_conn)

@@ -1,0 +1,193 @@
+"""The one place where forsun's wire shapes become engine calls.
+
+HTTP v1 (JSON and crontab bodies), Thrift and the CLI all build plans and
+read status through :class:`ForsunService`, so a field means the same thing
+on every interface.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from forsun_box import __version__, errors
+from forsun_box.actions import action_names
+from forsun_box.api.crontab import PlanLine
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
+from forsun_box.scheduler import Scheduler
+
+V1_TIME_FIELDS = {
+    "seconds": "second",
+    "minute": "minute",
+    "hour": "hour",
+    "day": "day",
+    "month": "month",
+    "week": "week",
+}
+
+
+@dataclass
+class ServiceInfo:
+    """Facts about the running service that ``info`` reports."""
+
+    store_name: str = "sqlite"
+    stores: Iterable[str] = ("sqlite", "mem")
+    bind_port: str = ""
+    http_bind_port: str = ""
+    extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
+    extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+
+
+class ForsunService:
+    """forsun's operations (create, createTimeout, remove, get, time, keys, info)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        actions: Callable[[], Iterable[str]],
+        limits: Limits,
+        info: ServiceInfo,
+        stats: Any,
+        max_plans_per_request: int = 100_000,
+    ) -> None:
+        self.scheduler = scheduler
+        self.actions = actions
+        self.limits = limits
+        self.info_facts = info
+        self.stats = stats
+        self.max_plans_per_request = max_plans_per_request
+        self.start_time = int(time.time())
+        self._process = psutil.Process(os.getpid())
+
+    # ------------------------------------------------------------------ building
+
+    def build(
+        self,
+        *,
+        key: Any,
+        is_time_out: bool,
+        fields: Mapping[str, Any],
+        count: Any = 0,
+        action: Any = "shell",
+        params: Any = None,
+    ) -> Plan:
+        """Validate one forsun plan definition; raises ForsunBoxError."""
+        if key is None or key == "":
+            key = self.scheduler.new_key()
+        if not isinstance(key, str):
+            raise errors.InvalidValue("key must be a string")
+        if action is None or action == "":
+            action = "shell"
+        return build_plan(
+            key=key,
+            kind=DELAY if is_time_out else CALENDAR,
+            now_ms=self.scheduler.clock.now_ms(),
+            default_tz=self.scheduler.tz,
+            action=action,
+            params=params,
+            count=count if count is not None else 0,
+            known_actions=frozenset(self.actions()),
+            limits=self.limits,
+            **{k: (-1 if v is None else v) for k, v in fields.items()},
+        )
+
+    def from_v1(self, obj: Any, is_time_out: bool) -> Plan:
+        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural)."""
+        if not isinstance(obj, dict):
+            raise errors.InvalidValue("each plan must be a JSON object")
+        fields = {name: obj.get(wire, -1) for wire, name in V1_TIME_FIELDS.items()}
+        if "seconds" not in obj and "second" in obj:
+            fields["second"] = obj["second"]  # be lenient with the answer's spelling
+        return self.build(
+            key=obj.get("key"),
+            is_time_out=is_time_out,
+            fields=fields,
+            count=obj.get("count", 0),
+            action=obj.get("action", "shell"),
+            params=obj.get("params"),
+        )
+
+    def from_line(self, line: PlanLine) -> Plan:
+        return self.build(
+            key=line.key,
+            is_time_out=line.is_time_out,
+            fields=line.fields,
+            count=line.count,
+            action=line.action,
+            params=line.params,
+        )
+
+    # ------------------------------------------------------------------ operations
+
+    async def create(self, plans: list[Plan]) -> list[Plan]:
+        if len(plans) > self.max_plans_per_request:
+            raise errors.TooLarge(
+                f"more than {self.max_plans_per_request} plans in one request")
+        seen: dict[str, int] = {}
+        for i, p in enumerate(plans):
+            seen[p.key] = i
+        if len(seen) != len(plans):
+            # The same key twice in one request: the last definition wins.
+            plans = [p for i, p in enumerate(plans) if seen[p.key] == i]
+        return await self.scheduler.create(plans)
+
+    async def remove(self, key: Any) -> Plan:
+        key = self._key(key)
+        try:
+            return await self.scheduler.remove(key)
+        except errors.PlanNotFound:
+            raise errors.RemoveError(f"remove error: no plan with key {key}") from None
+
+    async def get(self, key: Any) -> Plan:
+        return await self.scheduler.get(self._key(key))
+
+    async def at_second(self, timestamp: int) -> list[Plan]:
+        start = timestamp * 1000
+        return await self.scheduler.firing_between(start, start + 1000)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return await self.scheduler.keys(prefix)
+
+    def _key(self, key: Any) -> str:
+        if key is None or key == "":
+            raise errors.MissingArgument("key")
+        if not isinstance(key, str):
+            raise errors.InvalidValue("key must be a string")
+        return key
+
+    async def info(self) -> dict[str, str]:
+        proc = self._process
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            mem = proc.memory_info()
+        facts = self.info_facts
+        out: dict[str, Any] = {
+            "python_version": platform.python_version(),
+            "forsun_version": __version__,
+            "forsun_box_version": __version__,
+            "start_time": self.start_time,
+            "cpu_user": f"{cpu.user:.2f}",
+            "cpu_system": f"{cpu.system:.2f}",
+            "mem_rss": mem.rss,
+            "mem_vms": mem.vms,
+            "current_time": int(time.time()),
+            "stores": ";".join(facts.stores),
+            "current_store": facts.store_name,
+            "actions": ";".join(action_names()),
+            "bind_port": facts.bind_port,
+            "http_bind_port": facts.http_bind_port,
+            "extensions": ";".join(facts.extensions()),
+            "plan_count": await self.scheduler.count(),
+            "window_plan_count": self.scheduler.window_size(),
+            "inflight_count": self.scheduler.inflight_count(),
+        }
+        if self.stats is not None:
+            out.update(self.stats.as_dict())
+        out.update(facts.extra())
+        return {k: str(v) for k, v in out.items()}

@@ -1,0 +1,203 @@
+"""Wiring: config -> store -> scheduler + dispatcher -> servers; start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import tornado.netutil
+import tornado.web
+
+from forsun_box import actions as actions_pkg
+from forsun_box import errors
+from forsun_box.actions.base import ActionSettings
+from forsun_box.api import http_v1
+from forsun_box.api.service import ForsunService, ServiceInfo
+from forsun_box.clock import Clock, LoopClock
+from forsun_box.dispatcher import Dispatcher
+from forsun_box.plan import Limits
+from forsun_box.scheduler import EngineOptions, Scheduler
+from forsun_box.stats import Stats
+from forsun_box.store import DRIVERS, Store
+
+log = logging.getLogger("forsun_box")
+
+DAY_MS = 86_400_000
+
+
+def make_store(config: Any) -> Store:
+    """Build the store driver named by ``config.driver``."""
+    driver = config.driver
+    cls = DRIVERS.get(driver)
+    if cls is None:
+        raise errors.StartupError(
+            f"unknown store driver {driver!r} (available: {', '.join(sorted(DRIVERS))})")
+    retention = int(config.run_retention_days * DAY_MS)
+    if driver == "sqlite":
+        return cls(path=config.sqlite_path, synchronous=config.sqlite_synchronous,  # type: ignore[call-arg]
+                   run_retention_ms=retention, max_runs_per_key=config.max_runs_per_key)
+    if driver == "mem":
+        return cls(path=config.mem_path, snapshot_interval_s=config.mem_time_rate,  # type: ignore[call-arg]
+                   run_retention_ms=retention, max_runs_per_key=config.max_runs_per_key)
+    return cls(config)  # type: ignore[call-arg]
+
+
+def action_settings(config: Any) -> ActionSettings:
+    return ActionSettings(
+        retry_delay_seconds=config.retry_delay_seconds,
+        retry_delay_rate=config.retry_delay_rate,
+        retry_max_count=config.retry_max_count,
+        shell_cwd=config.shell_cwd,
+        shell_enabled=config.shell_enabled,
+        shell_allow=tuple(config.shell_allow),
+        shell_timeout_s=config.shell_timeout,
+        http_max_clients=config.http_max_clients,
+        http_connect_timeout=config.http_connect_timeout,
+        http_request_timeout=config.http_request_timeout,
+        http_user_agent=config.http_user_agent or ActionSettings().http_user_agent,
+        default_concurrency=config.concurrency,
+    )
+
+
+class App:
+    """One running forsun-box: store, engine, dispatcher and servers."""
+
+    def __init__(self, config: Any, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or LoopClock()
+        self.stats = Stats()
+        self.store: Store | None = None
+        self.scheduler: Scheduler | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.service: ForsunService | None = None
+        self.http_server: http_v1.CountingHTTPServer | None = None
+        self.http_port = 0
+        self._prune_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        os.makedirs(config.data_dir, exist_ok=True)
+        log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
+        self.store = make_store(config)
+        await self.store.open()
+        tz = config.tzinfo()
+        self.scheduler = Scheduler(
+            self.store,
+            self.clock,
+            tz,
+            options=EngineOptions(catchup=config.catchup,
+                                  window_ms=int(config.window_seconds * 1000)),
+            stats=self.stats,
+        )
+        self.dispatcher = Dispatcher(
+            action_settings(config),
+            self.clock,
+            on_run=self.scheduler.record_run,
+            on_status=self.scheduler.record_status,
+            stats=self.stats,
+        )
+        self.scheduler.executor = self.dispatcher.run
+        await self.scheduler.start()
+        limits = Limits(max_key_length=config.max_key_length,
+                        max_params_bytes=config.max_params_bytes)
+        self.service = ForsunService(
+            self.scheduler,
+            actions=lambda: actions_pkg.action_names(with_aliases=True),
+            limits=limits,
+            info=ServiceInfo(
+                store_name=config.driver,
+                stores=sorted(DRIVERS),
+                bind_port=f"{config.bind_address}:{config.port}",
+                http_bind_port=config.http_bind,
+            ),
+            stats=self.stats,
+            max_plans_per_request=config.max_plans_per_request,
+        )
+        if config.http_bind:
+            self._start_http()
+        self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop())
+        log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
+
+    def _start_http(self) -> None:
+        assert self.service is not None
+        config = self.config
+        app = tornado.web.Application(
+            http_v1.routes(self.service, config.max_body_bytes),
+            default_handler_class=http_v1.NotFoundHandler,
+            default_handler_args={"service": self.service,
+                                  "max_body_bytes": config.max_body_bytes},
+        )
+        server = http_v1.CountingHTTPServer(app, max_body_size=config.max_body_bytes * 2)
+        server.stats = self.stats
+        try:
+            sockets = tornado.netutil.bind_sockets(config.http_port, config.http_host)
+        except OSError as e:
+            raise errors.StartupError(f"cannot listen on HTTP {config.http_bind}: {e.strerror}") from None
+        server.add_sockets(sockets)
+        self.http_port = sockets[0].getsockname()[1]
+        self.http_server = server
+        log.info("HTTP API on %s:%d", config.http_host, self.http_port)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                if self.store is not None:
+                    removed = await self.store.prune_runs(self.clock.now_ms())
+                    if removed:
+                        log.info("pruned %d old run records", removed)
+            except Exception as e:  # keep serving; retried next hour
+                log.warning("pruning run history failed: %s", e)
+            await asyncio.sleep(3600)
+
+    async def stop(self) -> None:
+        """Graceful stop: no new requests, running firings finish (bounded), flush, close."""
+        log.info("forsun-box stopping")
+        if self.http_server is not None:
+            self.http_server.stop()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("forsun-box stopped")
+
+
+async def serve(config: Any) -> None:
+    """Run until SIGTERM/SIGINT."""
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()
+        raise
+    await stop.wait()
+    await app.stop()
+
+
+def run(config: Any) -> int:
+    """Block running the service; returns the process exit status."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is optional
+        runner = asyncio.run
+    try:
+        runner(serve(config))
+    except errors.StartupError as e:
+        log.error("%s", e)
+        import sys
+
+        print(f"forsun-box: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,279 @@
+"""The Plan record, its validation and its forsun wire shape.
+
+A plan is what a client registers: a key, an action with its params, and a
+schedule. Every wire format (HTTP v1 JSON and crontab, Thrift, console, CLI)
+builds plans through :func:`build_plan`, so a field means the same thing
+everywhere.
+
+Instants are milliseconds since the epoch (UTC); forsun's wire fields
+(``next_time``, ``last_timeout``, ``created_time``) are whole seconds and
+are converted only at the edges (:func:`to_forsun`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from forsun_box import errors, schedule
+
+DELAY = "delay"  # forsun's timeout mode: every interval, count times
+CALENDAR = "calendar"  # forsun's six fields, -1 = any
+CRON = "cron"  # a cron expression
+AT = "at"  # one absolute instant
+KINDS = (DELAY, CALENDAR, CRON, AT)
+
+STATUS_PENDING = 0
+STATUS_OK = 1
+STATUS_FAILED = -1
+
+# forsun's field order and the legal range of each in calendar mode.
+FIELDS = ("second", "minute", "hour", "day", "month", "week")
+CALENDAR_RANGES = {
+    "second": (0, 59),
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day": (1, 31),
+    "month": (1, 12),
+    "week": (0, 7),
+}
+I16_MAX = 32767
+
+
+@dataclass(slots=True)
+class Limits:
+    """Bounds on what one plan may carry; exceeding one is error 1009."""
+
+    max_key_length: int = 256
+    max_action_length: int = 64
+    max_params_bytes: int = 64 * 1024
+    max_params_count: int = 256
+
+
+@dataclass(slots=True)
+class Plan:
+    """One registered timer.
+
+    ``version`` changes whenever a client creates or replaces the plan and
+    never when it fires, so stale in-memory copies and late results of an
+    older definition can be recognised and ignored.
+    """
+
+    key: str
+    kind: str
+    action: str = "shell"
+    params: dict[str, str] = field(default_factory=dict)
+    second: int = -1
+    minute: int = -1
+    hour: int = -1
+    day: int = -1
+    month: int = -1
+    week: int = -1
+    count: int = 0
+    cron: str = ""
+    interval_ms: int = 0  # DELAY: period
+    anchor_ms: int = 0  # DELAY: firings fall on anchor + k * interval; AT: the instant
+    timezone: str = ""  # empty: the server's zone
+    end_ms: int = 0  # 0: unbounded; otherwise no firing at or after this instant
+    next_time: int | None = None  # ms of the next firing, None when finished
+    current_count: int = 0
+    last_timeout: int = 0  # ms of the last firing, 0 if never
+    status: int = STATUS_PENDING
+    created_time: int = 0
+    paused: bool = False
+    version: int = 0
+
+    @property
+    def is_time_out(self) -> bool:
+        return self.kind == DELAY
+
+    def copy(self, **changes: Any) -> Plan:
+        return dataclasses.replace(self, **changes)
+
+    def next_after(self, after_ms: int, default_tz: ZoneInfo) -> int | None:
+        """The next firing strictly after ``after_ms``, honouring count and end bound."""
+        if self.count and self.current_count >= self.count:
+            return None
+        tz = ZoneInfo(self.timezone) if self.timezone else default_tz
+        nxt = schedule.next_fire(self, after_ms, tz)
+        if nxt is not None and self.end_ms and nxt >= self.end_ms:
+            return None
+        return nxt
+
+
+def to_forsun(plan: Plan) -> dict[str, Any]:
+    """The plan as forsun's v1/Thrift object (times in whole seconds)."""
+    return {
+        "key": plan.key,
+        "second": plan.second,
+        "minute": plan.minute,
+        "hour": plan.hour,
+        "day": plan.day,
+        "month": plan.month,
+        "week": plan.week,
+        "status": plan.status,
+        "count": plan.count,
+        "is_time_out": plan.is_time_out,
+        "next_time": (plan.next_time or 0) // 1000,
+        "current_count": plan.current_count,
+        "last_timeout": plan.last_timeout // 1000,
+        "created_time": plan.created_time // 1000,
+        "action": plan.action,
+        "params": plan.params,
+    }
+
+
+def _int_field(name: str, value: Any) -> int:
+    if isinstance(value, bool) or value is None:
+        raise errors.InvalidValue(f"{name} must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise errors.InvalidValue(f"{name} must be an integer, got {value!r}")
+
+
+def _check_params(params: Any, limits: Limits) -> dict[str, str]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise errors.InvalidValue("params must be an object of string values")
+    if len(params) > limits.max_params_count:
+        raise errors.TooLarge(f"params has more than {limits.max_params_count} entries")
+    out: dict[str, str] = {}
+    size = 0
+    for k, v in params.items():
+        if not isinstance(k, str):
+            raise errors.InvalidValue("params names must be strings")
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            v = str(v)
+        elif v is None:
+            v = ""
+        elif not isinstance(v, str):
+            raise errors.InvalidValue(f"params value of {k!r} must be a string")
+        size += len(k.encode()) + len(v.encode())
+        out[k] = v
+    if size > limits.max_params_bytes:
+        raise errors.TooLarge(f"params exceed {limits.max_params_bytes} bytes")
+    return out
+
+
+def build_plan(
+    *,
+    key: str,
+    kind: str,
+    now_ms: int,
+    default_tz: ZoneInfo,
+    action: str = "shell",
+    params: Any = None,
+    second: Any = -1,
+    minute: Any = -1,
+    hour: Any = -1,
+    day: Any = -1,
+    month: Any = -1,
+    week: Any = -1,
+    count: Any = 0,
+    cron: str = "",
+    at_ms: int | None = None,
+    timezone: str = "",
+    end_ms: int = 0,
+    known_actions: frozenset[str] | set[str] | None = None,
+    limits: Limits | None = None,
+) -> Plan:
+    """Validate a plan definition and compute its first firing.
+
+    ``key`` must already be non-empty (the engine generates one for an
+    empty key). Raises :class:`~forsun_box.errors.ForsunBoxError`
+    subclasses: 1002 when it would never fire, 1006 for an unknown action,
+    1008 for an invalid value, 1009 when over a limit.
+    """
+    limits = limits or Limits()
+    if not isinstance(key, str) or not key:
+        raise errors.MissingArgument("key")
+    if len(key) > limits.max_key_length:
+        raise errors.TooLarge(f"key longer than {limits.max_key_length} characters")
+    if not isinstance(action, str) or not action:
+        raise errors.MissingArgument("action")
+    if len(action) > limits.max_action_length:
+        raise errors.TooLarge("action name too long")
+    if known_actions is not None and action not in known_actions:
+        raise errors.UnknownAction(f"unknown action: {action}")
+    if kind not in KINDS:
+        raise errors.InvalidValue(f"unknown schedule kind: {kind}")
+    clean_params = _check_params(params, limits)
+    values = {
+        "second": _int_field("second", second),
+        "minute": _int_field("minute", minute),
+        "hour": _int_field("hour", hour),
+        "day": _int_field("day", day),
+        "month": _int_field("month", month),
+        "week": _int_field("week", week),
+    }
+    count_v = _int_field("count", count)
+    if count_v < 0 or count_v > I16_MAX:
+        raise errors.InvalidValue(f"count must be between 0 and {I16_MAX}")
+    for name, v in values.items():
+        if v < -1 or v > I16_MAX:
+            raise errors.InvalidValue(f"{name} out of range: {v}")
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except Exception:
+            raise errors.InvalidValue(f"unknown time zone: {timezone}") from None
+    plan = Plan(
+        key=key,
+        kind=kind,
+        action=action,
+        params=clean_params,
+        count=count_v,
+        timezone=timezone,
+        end_ms=end_ms,
+        created_time=now_ms,
+        **values,
+    )
+    if kind == DELAY:
+        plan.interval_ms = schedule.delay_interval_ms(*(values[f] for f in FIELDS))
+        if plan.interval_ms <= 0:
+            raise errors.TimeNeverArrives("the interval is zero: the time will never arrive")
+        plan.anchor_ms = now_ms
+    elif kind == CALENDAR:
+        for name, (lo, hi) in CALENDAR_RANGES.items():
+            v = values[name]
+            if v != -1 and not lo <= v <= hi:
+                raise errors.InvalidValue(f"{name} must be -1 or {lo}-{hi}, got {v}")
+        if all(values[f] != -1 for f in FIELDS[:5]):
+            # forsun: all of second..month fixed names one instant of the
+            # current year, fired once.
+            tz = ZoneInfo(timezone) if timezone else default_tz
+            plan.end_ms = schedule.start_of_next_year_ms(now_ms, tz)
+            if end_ms:
+                plan.end_ms = min(plan.end_ms, end_ms)
+    elif kind == CRON:
+        if not cron:
+            raise errors.MissingArgument("cron")
+        try:
+            schedule.compile_cron(cron)
+        except ValueError as e:
+            raise errors.InvalidValue(f"invalid cron expression: {e}") from None
+        plan.cron = cron
+    elif kind == AT:
+        if at_ms is None:
+            raise errors.MissingArgument("at")
+        plan.anchor_ms = int(at_ms)
+    tz = ZoneInfo(timezone) if timezone else default_tz
+    try:
+        plan.next_time = plan.next_after(now_ms, tz if timezone else default_tz)
+    except ValueError as e:
+        raise errors.InvalidValue(str(e)) from None
+    if plan.next_time is None:
+        raise errors.TimeNeverArrives()
+    return plan

@@ -1,0 +1,513 @@
+"""The engine: the only owner of timing state.
+
+The store is the source of truth, indexed by next firing time. The engine
+keeps in memory only the plans due up to a *cursor* (a ``(time, key)``
+position a short window ahead of now), in a heap, and refills from the
+store's next-time index before the window runs dry. One timer is armed on
+the clock for the earliest due instant (or the next refill).
+
+Invariant: every stored, unpaused plan whose ``(next_time, key)`` is at or
+before the cursor is in ``_window`` -- unless a mutation of that key is
+queued (it decides membership when it commits) or the plan is firing (its
+advance decides).
+
+Durability: every mutation goes through :class:`_Writer`, which commits
+everything queued in one transaction (group commit). Callers are answered
+after their mutation committed. A firing's advance is queued only after
+the action's first attempt finished, so a crash in between refires the
+plan at restart (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from forsun_box import errors
+from forsun_box.clock import Clock, TimerHandle
+from forsun_box.plan import Plan
+from forsun_box.store.base import Advance, Batch, Run, Store
+
+log = logging.getLogger("forsun_box.scheduler")
+
+FIRE_ONCE = "fire_once"
+FIRE_ALL = "fire_all"
+SKIP = "skip"
+CATCHUP_POLICIES = (FIRE_ONCE, FIRE_ALL, SKIP)
+
+# Greater than any key a plan may have (keys are at most a few hundred chars).
+_MAX_KEY = "\U0010ffff" * 1024
+
+Executor = Callable[[Plan, int], Awaitable[int]]
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    catchup: str = FIRE_ONCE
+    window_ms: int = 30_000
+    refill_limit: int = 20_000
+    slice_size: int = 500
+    max_batch: int = 20_000
+    meta_interval_ms: int = 1_000
+    shutdown_grace_s: float = 5.0
+
+
+class _Writer:
+    """Group commit: one task applies everything queued as one transaction."""
+
+    def __init__(self, store: Store, lock: asyncio.Lock, on_commit: Callable[[list[Any]], None],
+                 max_batch: int) -> None:
+        self._store = store
+        self._lock = lock
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._queue: list[tuple[str, Any, asyncio.Future[None] | None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.last_commit_ms = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def submit(self, kind: str, payload: Any, wait: bool) -> asyncio.Future[None] | None:
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.append((kind, payload, fut))
+        self._wake.set()
+        return fut
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            items = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            batch = Batch()
+            for kind, payload, _ in items:
+                if kind == "put":
+                    batch.ops[payload.key] = payload
+                elif kind == "delete":
+                    batch.ops[payload] = None
+                elif kind == "advance":
+                    batch.advances.append(payload[0])
+                elif kind == "status":
+                    batch.statuses.append(payload)
+                elif kind == "run":
+                    batch.runs.append(payload)
+                elif kind == "meta":
+                    batch.meta[payload[0]] = payload[1]
+            error: BaseException | None = None
+            started = time.perf_counter()
+            async with self._lock:
+                try:
+                    await self._store.apply(batch)
+                except errors.ForsunBoxError as e:
+                    error = e
+                except Exception as e:  # a driver bug must not kill the writer
+                    log.exception("store apply failed")
+                    error = errors.StoreError(f"store error: {e}")
+                self.last_commit_ms = (time.perf_counter() - started) * 1000
+                self.commits += 1
+                # Membership decisions happen before any read can interleave.
+                self._on_commit(items)
+            if error is not None:
+                log.error("commit of %d mutations failed: %s", len(items), error)
+            for _, _, fut in items:
+                if fut is not None and not fut.done():
+                    if error is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(error)
+
+
+class Scheduler:
+    """Creates, removes and fires plans; see the module docstring for the model."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        tz: ZoneInfo,
+        *,
+        options: EngineOptions | None = None,
+        executor: Executor | None = None,
+        stats: Any = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.tz = tz
+        self.options = options or EngineOptions()
+        if self.options.catchup not in CATCHUP_POLICIES:
+            raise ValueError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}")
+        self.executor = executor
+        self.stats = stats
+        self._io = asyncio.Lock()
+        self._writer = _Writer(store, self._io, self._committed, self.options.max_batch)
+        self._window: dict[str, Plan] = {}
+        self._heap: list[tuple[int, int, str, int]] = []
+        self._seq = itertools.count()
+        self._cursor: tuple[int, str] = (0, "")
+        self._pending: Counter[str] = Counter()
+        self._inflight: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._versions = itertools.count(time.time_ns() // 1000)
+        self._timer: TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._processing = False
+        self._refilling = False
+        self._running = False
+        self._started_ms = 0
+        self._last_meta_ms = 0
+        self.caught_up = 0
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the first window and arm the timer. The store must be open."""
+        self._started_ms = self.clock.now_ms()
+        self._writer.start()
+        async with self._io:
+            processed = await self.store.get_meta("processed_until")
+        if processed:
+            down_ms = self._started_ms - int(processed)
+            if down_ms > 2000:
+                log.info("was down for %.1f s; catch-up policy %s", down_ms / 1000,
+                         self.options.catchup)
+        self._running = True
+        self._cursor = (0, "")
+        await self._refill()
+        self._arm()
+
+    async def stop(self) -> None:
+        """Stop firing, wait (bounded) for running firings, flush every mutation."""
+        self._running = False
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks),
+                                               timeout=self.options.shutdown_grace_s)
+            if pending:
+                log.warning("%d firings still running at shutdown; they fire again at restart",
+                            len(pending))
+                for t in pending:
+                    t.cancel()
+        self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), False)
+        await self._writer.close()
+
+    # ------------------------------------------------------------------ public API
+
+    def new_key(self) -> str:
+        return uuid.uuid4().hex
+
+    async def create(self, plans: Sequence[Plan]) -> list[Plan]:
+        """Store ``plans`` (replacing same keys); answered once committed."""
+        if not plans:
+            return []
+        futs = []
+        for p in plans:
+            p.version = next(self._versions)
+            self._pending[p.key] += 1
+            futs.append(self._writer.submit("put", p, True))
+        await asyncio.gather(*futs)  # type: ignore[arg-type]
+        if self.stats is not None:
+            for p in plans:
+                self.stats.incr("create_timeouted_count" if p.is_time_out else "created_count")
+        return list(plans)
+
+    async def remove(self, key: str) -> Plan:
+        """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
+        plan = await self.get(key)
+        self._pending[key] += 1
+        fut = self._writer.submit("delete", key, True)
+        assert fut is not None
+        await fut
+        if self.stats is not None:
+            self.stats.incr("removed_count")
+        return plan
+
+    async def get(self, key: str) -> Plan:
+        """The plan under ``key``. Raises PlanNotFound."""
+        p = self._window.get(key)
+        if p is not None:
+            return p.copy()
+        async with self._io:
+            plan = await self.store.get(key)
+        if plan is None:
+            raise errors.PlanNotFound(f"plan not found: {key}")
+        return plan
+
+    async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
+        async with self._io:
+            return await self.store.keys(prefix, after, limit)
+
+    async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
+        async with self._io:
+            return await self.store.plans(prefix, after, limit)
+
+    async def firing_between(self, start_ms: int, end_ms: int, limit: int = 100_000) -> list[Plan]:
+        """Plans whose next firing falls in ``[start_ms, end_ms)``."""
+        async with self._io:
+            return await self.store.firing_between(start_ms, end_ms, limit)
+
+    async def count(self) -> int:
+        async with self._io:
+            return await self.store.count()
+
+    async def runs(self, key: str, limit: int = 50) -> list[Run]:
+        async with self._io:
+            return await self.store.runs(key, limit)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        fut = self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), True)
+        assert fut is not None
+        await fut
+
+    def record_run(self, run: Run) -> None:
+        """Dispatcher callback: persist one attempt's record."""
+        self._writer.submit("run", run, False)
+
+    def record_status(self, key: str, version: int, status: int) -> None:
+        """Dispatcher callback: the final status after retries."""
+        p = self._window.get(key)
+        if p is not None and p.version == version:
+            p.status = status
+        self._writer.submit("status", (key, version, status), False)
+
+    def window_size(self) -> int:
+        return len(self._window)
+
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def cursor_ms(self) -> int:
+        return self._cursor[0]
+
+    # ------------------------------------------------------------------ window
+
+    def _in_window(self, next_time: int | None, key: str) -> bool:
+        return next_time is not None and (next_time, key) <= self._cursor
+
+    def _admit(self, plan: Plan) -> None:
+        assert plan.next_time is not None
+        self._window[plan.key] = plan
+        heapq.heappush(self._heap, (plan.next_time, next(self._seq), plan.key, plan.version))
+        if self._timer_at is None or plan.next_time < self._timer_at:
+            self._arm()
+
+    def _committed(self, items: list[Any]) -> None:
+        """Runs in the writer right after a commit, before any read can interleave."""
+        for kind, payload, _ in items:
+            if kind == "put":
+                key = payload.key
+                self._release(key)
+                self._inflight.pop(key, None)
+                self._window.pop(key, None)
+                if not payload.paused and self._in_window(payload.next_time, key):
+                    self._admit(payload.copy())
+            elif kind == "delete":
+                self._release(payload)
+                self._inflight.pop(payload, None)
+                self._window.pop(payload, None)
+            elif kind == "advance":
+                adv: Advance = payload[0]
+                plan: Plan = payload[1]
+                key = adv.key
+                self._release(key)
+                if self._inflight.get(key) != adv.version:
+                    continue  # removed or replaced while firing
+                del self._inflight[key]
+                if adv.next_time is not None and self._in_window(adv.next_time, key):
+                    self._admit(plan)
+
+    def _release(self, key: str) -> None:
+        n = self._pending[key] - 1
+        if n <= 0:
+            del self._pending[key]
+        else:
+            self._pending[key] = n
+
+    async def _refill(self) -> None:
+        """Load plans between the cursor and now + window from the store."""
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while True:
+                horizon = self.clock.now_ms() + self.options.window_ms
+                if self._cursor[0] >= horizon - self.options.window_ms // 2:
+                    return
+                limit = self.options.refill_limit
+                async with self._io:
+                    rows = await self.store.due(self._cursor, horizon, limit)
+                    for p in rows:
+                        if p.key in self._pending or p.key in self._inflight \
+                                or p.key in self._window:
+                            continue
+                        self._window[p.key] = p
+                        assert p.next_time is not None
+                        heapq.heappush(self._heap, (p.next_time, next(self._seq), p.key,
+                                                    p.version))
+                    if len(rows) >= limit:
+                        last = rows[-1]
+                        assert last.next_time is not None
+                        self._cursor = (last.next_time, last.key)
+                    else:
+                        self._cursor = (horizon - 1, _MAX_KEY)
+                if len(rows) >= limit:
+                    # A crowded stretch: fire what's loaded before reading on.
+                    return
+        except errors.ForsunBoxError as e:
+            log.error("refill failed: %s", e)
+        finally:
+            self._refilling = False
+            if self._running:
+                self._arm()
+
+    # ------------------------------------------------------------------ firing
+
+    def _arm(self) -> None:
+        if not self._running:
+            return
+        while self._heap:
+            due, _, key, version = self._heap[0]
+            p = self._window.get(key)
+            if p is not None and p.version == version and p.next_time == due:
+                break
+            heapq.heappop(self._heap)
+        at = self._heap[0][0] if self._heap else None
+        refill_at = self._cursor[0] - self.options.window_ms // 2
+        if len(self._window) < self.options.refill_limit:
+            at = refill_at if at is None else min(at, refill_at)
+        if at is None:
+            at = self.clock.now_ms() + self.options.window_ms // 2
+        if self._timer is not None and self._timer_at == at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.clock.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self._running or self._processing:
+            return
+        self._processing = True
+        task = asyncio.get_running_loop().create_task(self._process())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self) -> None:
+        try:
+            now = self.clock.now_ms()
+            fired = 0
+            while self._heap and self._heap[0][0] <= now and self._running:
+                due, _, key, version = heapq.heappop(self._heap)
+                p = self._window.get(key)
+                if p is None or p.version != version or p.next_time != due:
+                    continue
+                del self._window[key]
+                self._fire(p, due, now)
+                fired += 1
+                if fired % self.options.slice_size == 0:
+                    # Let API requests and I/O in between slices.
+                    await asyncio.sleep(0)
+                    now = self.clock.now_ms()
+            if now - self._last_meta_ms >= self.options.meta_interval_ms:
+                self._last_meta_ms = now
+                self._writer.submit("meta", ("processed_until", str(now)), False)
+            if self._cursor[0] - now < self.options.window_ms // 2 and self._running:
+                await self._refill()
+        except Exception:
+            log.exception("engine loop failed")
+        finally:
+            self._processing = False
+            self._arm()
+
+    def _fire(self, plan: Plan, due: int, now: int) -> None:
+        policy = self.options.catchup if due < self._started_ms else FIRE_ALL
+        self._inflight[plan.key] = plan.version
+        self._pending[plan.key] += 1
+        if policy == SKIP:
+            self.skipped += 1
+            nxt = plan.next_after(now, self.tz)
+            log.info("catch-up: skipped %s due at %d", plan.key, due)
+            self._queue_advance(plan, nxt, plan.current_count, plan.last_timeout, plan.status)
+            return
+        if due < self._started_ms:
+            self.caught_up += 1
+            log.info("catch-up: firing %s, due at %d while the service was down", plan.key, due)
+        task = asyncio.get_running_loop().create_task(
+            self._run_firing(plan, due, now if policy == FIRE_ONCE else due))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_firing(self, plan: Plan, due: int, base: int) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.incr("timeout_handling_count")
+        status = -1
+        try:
+            if self.executor is not None:
+                status = await self.executor(plan, due)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("firing %s failed unexpectedly", plan.key)
+        if stats is not None:
+            stats.incr("timeout_handled_count")
+        advanced = plan.copy(current_count=plan.current_count + 1, last_timeout=due, status=status)
+        nxt = advanced.next_after(base, self.tz)
+        self._queue_advance(advanced, nxt, advanced.current_count, due, status)
+
+    def _queue_advance(self, plan: Plan, nxt: int | None, count: int, last: int,
+                       status: int) -> None:
+        adv = Advance(plan.key, plan.version, nxt, count, last, status)
+        new = plan.copy(next_time=nxt, current_count=count, last_timeout=last, status=status)
+        self._writer.submit("advance", (adv, new), False)
+
+    # ------------------------------------------------------------------ helpers for tests
+
+    async def fire_due_now(self) -> None:
+        """Process everything due at the clock's current time (tests)."""
+        if not self._processing:
+            self._processing = True
+            await self._process()
+
+
+def chunked(items: Iterable[Any], n: int) -> Iterable[list[Any]]:
+    buf: list[Any] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -1,0 +1,472 @@
+"""The ``sqlite`` store: one SQLite database file in WAL mode, through aiosqlite.
+
+Layout (schema version 1, see :data:`MIGRATIONS`):
+
+- ``plans``: one row per plan, one column per :class:`~forsun_box.plan.Plan`
+  field (``params`` as JSON text, booleans as 0/1, ``next_time`` NULL when
+  finished). The key is the primary key, so prefix listings are key-range
+  scans. A partial index on ``(next_time, key)`` holding only unpaused plans
+  with a next firing serves the engine's window queries.
+- ``runs``: run history, bounded per key on insert and by age in
+  :meth:`SqliteStore.prune_runs`.
+- ``meta``: small name/value pairs (e.g. ``processed_until``).
+
+The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` are
+applied in order, each in its own transaction, when the store opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from forsun_box.errors import StartupError, StoreError
+from forsun_box.plan import Plan
+from forsun_box.store.base import Batch, Run, Store
+
+log = logging.getLogger("forsun_box.store")
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL")
+MAX_CODE_POINT = 0x10FFFF
+BUSY_TIMEOUT_MS = 5000
+# Page cache per connection. Bulk writes touch pages all over the key and
+# next-time b-trees; a roomy cache keeps them from re-reading the file.
+CACHE_KIB = 64 * 1024
+
+# Numbered migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE plans (
+        key TEXT PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT NOT NULL,
+        params TEXT NOT NULL,
+        second INTEGER NOT NULL,
+        minute INTEGER NOT NULL,
+        hour INTEGER NOT NULL,
+        day INTEGER NOT NULL,
+        month INTEGER NOT NULL,
+        week INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        cron TEXT NOT NULL,
+        interval_ms INTEGER NOT NULL,
+        anchor_ms INTEGER NOT NULL,
+        timezone TEXT NOT NULL,
+        end_ms INTEGER NOT NULL,
+        next_time INTEGER,
+        current_count INTEGER NOT NULL,
+        last_timeout INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        created_time INTEGER NOT NULL,
+        paused INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX plans_due ON plans (next_time, key)
+        WHERE paused = 0 AND next_time IS NOT NULL;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        due_ms INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        action TEXT NOT NULL
+    );
+    CREATE INDEX runs_key ON runs (key, id);
+    CREATE INDEX runs_started ON runs (started_ms);
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Plan fields in declaration order; the column order of ``plans``.
+_COLUMNS = (
+    "key, kind, action, params, second, minute, hour, day, month, week, count, cron, "
+    "interval_ms, anchor_ms, timezone, end_ms, next_time, current_count, last_timeout, "
+    "status, created_time, paused, version"
+)
+_PUT = f"INSERT OR REPLACE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+_DELETE = "DELETE FROM plans WHERE key = ?"
+_ADVANCE = (
+    "UPDATE plans SET next_time = ?, current_count = ?, last_timeout = ?, status = ? "
+    "WHERE key = ? AND version = ?"
+)
+_FINISH = "DELETE FROM plans WHERE key = ? AND version = ?"
+_STATUS = "UPDATE plans SET status = ? WHERE key = ? AND version = ?"
+_RUN = (
+    "INSERT INTO runs (key, due_ms, started_ms, duration_ms, attempt, result, error, action) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Keep only the newest N runs of a key: the subquery is NULL (nothing deleted)
+# while the key has at most N runs.
+_TRIM_RUNS = (
+    "DELETE FROM runs WHERE key = ? AND id <= "
+    "(SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+_META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
+# The window queries repeat the partial index's condition so the planner may use it.
+_DUE_WHERE = "paused = 0 AND next_time IS NOT NULL"
+
+
+def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
+    return (
+        p.key, p.kind, p.action, _dumps(p.params).decode(), p.second, p.minute, p.hour,
+        p.day, p.month, p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone,
+        p.end_ms, p.next_time, p.current_count, p.last_timeout, p.status, p.created_time,
+        1 if p.paused else 0, p.version,
+    )  # fmt: skip
+
+
+def _plan_factory(_cursor: Any, r: tuple[Any, ...], _loads: Any = orjson.loads) -> Plan:
+    # Used as a cursor row factory, so rows become Plans in aiosqlite's thread.
+    return Plan(
+        r[0], r[1], r[2], _loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+        r[12], r[13], r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21] != 0, r[22],
+    )  # fmt: skip
+
+
+def _run_factory(_cursor: Any, r: tuple[Any, ...]) -> Run:
+    return Run(*r)
+
+
+class SqliteStore(Store):
+    """Plans, runs and meta in one SQLite database (WAL mode)."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        synchronous: str = "NORMAL",
+        run_retention_ms: int = 7 * 86400 * 1000,
+        max_runs_per_key: int = 100,
+    ) -> None:
+        """``synchronous`` is SQLite's durability level: OFF, NORMAL or FULL
+        (FULL survives power loss; NORMAL survives a crash of the process)."""
+        mode = str(synchronous).upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
+            )
+        self.path = os.fspath(path)
+        self.synchronous = mode
+        self.run_retention_ms = run_retention_ms
+        self.max_runs_per_key = max_runs_per_key
+        self._db: aiosqlite.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        self._check_path()
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
+        try:
+            await self._prepare()
+        except StartupError:
+            await self._abandon()
+            raise
+        except sqlite3.Error as e:
+            await self._abandon()
+            raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
+
+    def _check_path(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot create the data directory {directory}: {e}") from None
+        if os.path.isdir(self.path):
+            raise StartupError(f"the database path {self.path} is a directory")
+        # WAL mode needs to create the -wal and -shm files beside the database.
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StartupError(f"the data directory {directory} is not writable")
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StartupError(f"the database {self.path} is not readable and writable")
+
+    async def _prepare(self) -> None:
+        db = self._db
+        assert db is not None
+        version = await self._scalar("PRAGMA user_version")
+        if version > SCHEMA_VERSION:
+            raise StartupError(
+                f"{self.path}: database schema version {version} is newer than this "
+                f"forsun-box supports ({SCHEMA_VERSION})"
+            )
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = await self._scalar("PRAGMA journal_mode = WAL")
+        if str(mode).lower() != "wal":
+            raise StartupError(f"{self.path}: cannot switch the database to WAL mode ({mode})")
+        await db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        # quick_check reads every page: a damaged file stops start-up instead of
+        # failing later in the middle of the service's life.
+        problems = [r[0] for r in await db.execute_fetchall("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            shown = "; ".join(str(p) for p in problems[:5])
+            raise StartupError(f"the SQLite database {self.path} is damaged: {shown}")
+        for number in range(version, SCHEMA_VERSION):
+            await self._migrate(number)
+        # Prove the file is writable now rather than at the first client's request.
+        await db.execute("BEGIN IMMEDIATE")
+        await db.execute("ROLLBACK")
+
+    async def _migrate(self, number: int) -> None:
+        db = self._db
+        assert db is not None
+        log.info("migrating %s to schema version %d", self.path, number + 1)
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(MIGRATIONS[number]):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number + 1}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _abandon(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except sqlite3.Error:
+                pass
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            # Fold the WAL back into the database so the file is complete on its own.
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("checkpoint of %s at close failed: %s", self.path, e)
+        finally:
+            await db.close()
+
+    # -- writes ------------------------------------------------------------
+
+    async def apply(self, batch: Batch) -> None:
+        db = self._conn()
+        puts = [p for p in batch.ops.values() if p is not None]
+        deletes = [(k,) for k, p in batch.ops.items() if p is None]
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if deletes:
+                    await db.executemany(_DELETE, deletes)
+                if puts:
+                    # A lazy map: rows are built in aiosqlite's thread, not on the loop.
+                    await db.executemany(_PUT, map(_plan_row, puts))
+                if batch.advances:
+                    moved = [
+                        (a.next_time, a.current_count, a.last_timeout, a.status, a.key, a.version)
+                        for a in batch.advances
+                        if a.next_time is not None
+                    ]
+                    finished = [(a.key, a.version) for a in batch.advances if a.next_time is None]
+                    if moved:
+                        await db.executemany(_ADVANCE, moved)
+                    if finished:
+                        await db.executemany(_FINISH, finished)
+                if batch.statuses:
+                    await db.executemany(
+                        _STATUS, [(status, key, version) for key, version, status in batch.statuses]
+                    )
+                if batch.runs:
+                    await db.executemany(
+                        _RUN,
+                        [
+                            (r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result,
+                             r.error, r.action)
+                            for r in batch.runs
+                        ],
+                    )  # fmt: skip
+                    keys = {r.key for r in batch.runs}
+                    await db.executemany(
+                        _TRIM_RUNS, [(k, k, self.max_runs_per_key - 1) for k in keys]
+                    )
+                if batch.meta:
+                    await db.executemany(_META, list(batch.meta.items()))
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+            raise StoreError(f"cannot write to {self.path}: {e}") from None
+
+    async def _rollback(self) -> None:
+        db = self._conn()
+        if db.in_transaction:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.error("rollback on %s failed: %s", self.path, e)
+
+    async def prune_runs(self, now_ms: int) -> int:
+        db = self._conn()
+        try:
+            cursor = await db.execute(
+                "DELETE FROM runs WHERE started_ms < ?", (now_ms - self.run_retention_ms,)
+            )
+            return max(cursor.rowcount, 0)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot prune runs in {self.path}: {e}") from None
+
+    # -- reads -------------------------------------------------------------
+
+    async def get(self, key: str) -> Plan | None:
+        plans = await self._plans(f"SELECT {_COLUMNS} FROM plans WHERE key = ?", (key,))
+        return plans[0] if plans else None
+
+    async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
+        if after is None:
+            sql = (
+                f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} AND next_time < ? "
+                "ORDER BY next_time, key LIMIT ?"
+            )
+            args: tuple[Any, ...] = (before_ms, limit)
+        else:
+            # A row-value comparison keeps keyset paging a single index range.
+            sql = (
+                f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
+                "AND (next_time, key) > (?, ?) AND next_time < ? "
+                "ORDER BY next_time, key LIMIT ?"
+            )
+            args = (after[0], after[1], before_ms, limit)
+        return await self._plans(sql, args)
+
+    async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
+        sql = (
+            f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
+            "AND next_time >= ? AND next_time < ? ORDER BY next_time, key LIMIT ?"
+        )
+        return await self._plans(sql, (start_ms, end_ms, limit))
+
+    async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
+        where, args = _key_range(prefix, after)
+        sql = f"SELECT key FROM plans{where} ORDER BY key LIMIT ?"
+        rows = await self._fetch(sql, (*args, limit if limit > 0 else -1))
+        return [r[0] for r in rows]
+
+    async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
+        """As :meth:`Store.plans`; ``limit`` 0 (or less) means all."""
+        where, args = _key_range(prefix, after)
+        sql = f"SELECT {_COLUMNS} FROM plans{where} ORDER BY key LIMIT ?"
+        return await self._plans(sql, (*args, limit if limit > 0 else -1))
+
+    async def count(self) -> int:
+        return int(await self._scalar("SELECT count(*) FROM plans"))
+
+    async def runs(self, key: str, limit: int = 50) -> list[Run]:
+        db = self._conn()
+        try:
+            async with db.execute(
+                "SELECT key, due_ms, started_ms, duration_ms, attempt, result, error, action "
+                "FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
+                (key, limit if limit > 0 else -1),
+            ) as cursor:
+                cursor.row_factory = _run_factory
+                return list(await cursor.fetchall())  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            return []
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from None
+
+    async def get_meta(self, name: str) -> str | None:
+        rows = await self._fetch("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    async def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    # -- helpers -----------------------------------------------------------
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.path} is not open")
+        return self._db
+
+    async def _scalar(self, sql: str) -> Any:
+        rows = await self._fetch(sql, ())
+        return rows[0][0] if rows else None
+
+    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[Any]:
+        db = self._conn()
+        try:
+            return list(await db.execute_fetchall(sql, tuple(args)))
+        except UnicodeEncodeError:
+            return []  # a string with no UTF-8 form (a lone surrogate) matches no stored key
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from None
+
+    async def _plans(self, sql: str, args: tuple[Any, ...]) -> list[Plan]:
+        db = self._conn()
+        try:
+            async with db.execute(sql, args) as cursor:
+                cursor.row_factory = _plan_factory
+                return list(await cursor.fetchall())  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            return []
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from None
+
+
+def _key_range(prefix: str, after: str) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause (key range, never LIKE, so the primary key serves it) and its args."""
+    clauses: list[str] = []
+    args: list[str] = []
+    if after and after >= prefix:
+        clauses.append("key > ?")
+        args.append(after)
+    elif prefix:
+        clauses.append("key >= ?")
+        args.append(prefix)
+    upper = prefix_upper_bound(prefix)
+    if upper is not None:
+        clauses.append("key < ?")
+        args.append(upper)
+    return (" WHERE " + " AND ".join(clauses) if clauses else "", tuple(args))
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix``.
+
+    None when there is no such bound (an empty prefix, or one made only of
+    U+10FFFF). SQLite compares keys as UTF-8 bytes, which orders them by code
+    point as Python does. Surrogates can't be stored (they have no UTF-8 form),
+    so an increment that lands on one skips to U+E000.
+    """
+    head = prefix.rstrip(chr(MAX_CODE_POINT))
+    if not head:
+        return None
+    nxt = ord(head[-1]) + 1
+    if 0xD800 <= nxt <= 0xDFFF:
+        nxt = 0xE000
+    return head[:-1] + chr(nxt)
+
+
+def _split_sql(script: str) -> list[str]:
+    # Migration scripts hold no semicolons inside literals, so a plain split is exact;
+    # executing statements one by one keeps them inside our own transaction
+    # (executescript would commit first).
+    return [s.strip() for s in script.split(";") if s.strip()]

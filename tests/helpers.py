@@ -1,0 +1,193 @@
+"""Shared test helpers: free ports, a real server process, a tiny HTTP client and sink."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    ctype: str | None = "application/json",
+    raw: bytes | None = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
+    """One HTTP request; returns (status, parsed JSON body or raw text)."""
+    data = raw
+    if data is None and body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    if ctype and data is not None:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, text = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text.decode(errors="replace")
+
+
+class Server:
+    """forsun-box run as a real process on free loopback ports."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra = list(extra)
+        self.http_port = free_port()
+        self.thrift_port = free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "server.log"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "forsun_box", "serve",
+                "--http", f"127.0.0.1:{self.http_port}", "--bind", "127.0.0.1",
+                "--port", str(self.thrift_port), "--data-dir", str(self.data_dir),
+                "--log-level", "INFO", *self.extra]
+
+    def start(self, wait: bool = True) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(self.env)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=str(ROOT), env=env, start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, body = call(self.http_port, "GET", "/v1/ping", timeout=1)
+                if status == 200 and body["errcode"] == 0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return call(self.http_port, method, path, body, **kw)
+
+    def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        status, reply = self.call(method, path, body, **kw)
+        assert status == 200, (status, reply)
+        assert reply["errcode"] == 0, reply
+        return reply["data"]
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError("server did not stop within the timeout") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Sink:
+    """A local HTTP server recording (arrival ms, path, headers) of every request."""
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[int, str, dict[str, str]]] = []
+        self.cond = threading.Condition()
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _hit(self) -> None:
+                now = time.time_ns() // 1_000_000
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with sink.cond:
+                    sink.hits.append((now, self.path, dict(self.headers)))
+                    sink.cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            do_GET = do_POST = do_PUT = do_DELETE = _hit
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_for(self, n: int, timeout: float) -> list[tuple[int, str, dict[str, str]]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.hits) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return list(self.hits)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())

@@ -1,0 +1,281 @@
+"""The engine on a fake clock: exact firing instants, window refills, catch-up, races."""
+
+from __future__ import annotations
+
+import asyncio
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from forsun_box.plan import CALENDAR, DELAY, Plan, build_plan
+from forsun_box.scheduler import EngineOptions, Scheduler
+from forsun_box.store.memory import MemoryStore
+from forsun_box.testing import FakeClock
+
+UTC = ZoneInfo("UTC")
+T0 = 1_700_000_000_000
+
+
+class Recorder:
+    """An executor that records (key, due, clock time) and answers a status."""
+
+    def __init__(self, clock: FakeClock, status: int = 1) -> None:
+        self.clock = clock
+        self.status = status
+        self.calls: list[tuple[str, int, int]] = []
+        self.block: asyncio.Event | None = None
+
+    async def __call__(self, plan: Plan, due: int) -> int:
+        self.calls.append((plan.key, due, self.clock.now_ms()))
+        if self.block is not None:
+            await self.block.wait()
+        return self.status
+
+
+def delay_plan(key: str, now: int, seconds: int, count: int = 1) -> Plan:
+    return build_plan(key=key, kind=DELAY, now_ms=now, default_tz=UTC, second=seconds,
+                      count=count)
+
+
+async def make(clock: FakeClock, store: MemoryStore | None = None, **opts) -> tuple[
+        Scheduler, Recorder, MemoryStore]:
+    store = store or MemoryStore(path=None)
+    await store.open()
+    rec = Recorder(clock)
+    sched = Scheduler(store, clock, UTC, options=EngineOptions(**opts), executor=rec)
+    await sched.start()
+    return sched, rec, store
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_fires_exactly_at_due_millisecond() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0 + 123)
+        sched, rec, store = await make(clock)
+        await sched.create([delay_plan("a", clock.now_ms(), 5)])
+        await clock.advance(4999)
+        assert rec.calls == []
+        await clock.advance(1)
+        assert rec.calls == [("a", T0 + 123 + 5000, T0 + 123 + 5000)]
+        await sched.flush()
+        assert await store.get("a") is None  # count 1: finished and removed
+        await sched.stop()
+
+    run(main())
+
+
+def test_repeating_plan_fires_count_times_on_its_grid() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        await sched.create([delay_plan("r", T0, 2, count=3)])
+        for _ in range(10):
+            await clock.advance(1000)
+            await sched.flush()
+        assert [c[1] for c in rec.calls] == [T0 + 2000, T0 + 4000, T0 + 6000]
+        assert await store.get("r") is None
+        await sched.stop()
+
+    run(main())
+
+
+def test_status_count_and_last_timeout_are_kept() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        rec.status = -1
+        await sched.create([delay_plan("s", T0, 1, count=0)])
+        await clock.advance(1000)
+        await sched.flush()
+        p = await store.get("s")
+        assert p is not None
+        assert (p.current_count, p.last_timeout, p.status, p.next_time) == (1, T0 + 1000, -1,
+                                                                          T0 + 2000)
+        await sched.stop()
+
+    run(main())
+
+
+def test_removed_plan_never_fires_and_replacement_fires_once() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, _ = await make(clock)
+        await sched.create([delay_plan("x", T0, 5), delay_plan("y", T0, 5)])
+        await sched.remove("x")
+        await sched.create([delay_plan("y", T0, 7)])
+        await clock.advance(10_000)
+        assert rec.calls == [("y", T0 + 7000, T0 + 7000)]
+        await sched.stop()
+
+    run(main())
+
+
+def test_far_plans_load_through_window_refills() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, _ = await make(clock, window_ms=10_000)
+        await sched.create([delay_plan("far", T0, 3600), delay_plan("near", T0, 3)])
+        assert sched.window_size() == 1  # only "near" is inside the window
+        await clock.advance(3_600_000)
+        assert [(k, d) for k, d, _ in rec.calls] == [("near", T0 + 3000),
+                                                     ("far", T0 + 3_600_000)]
+        assert all(due == at for _, due, at in rec.calls)
+        await sched.stop()
+
+    run(main())
+
+
+def test_many_plans_with_small_refill_limit_fire_once_each_in_order() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        store = MemoryStore(path=None)
+        sched, rec, _ = await make(clock, store, window_ms=5_000, refill_limit=100,
+                                   slice_size=50)
+        plans = [delay_plan(f"m{i:05d}", T0, 1 + i % 20) for i in range(3000)]
+        await sched.create(plans)
+        assert sched.window_size() <= 3000
+        await clock.advance(25_000)
+        assert len(rec.calls) == 3000
+        assert len({k for k, _, _ in rec.calls}) == 3000
+        dues = [d for _, d, _ in rec.calls]
+        assert dues == sorted(dues)
+        await sched.stop()
+
+    run(main())
+
+
+def test_firing_in_slices_lets_other_work_in() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, _ = await make(clock, slice_size=100)
+        await sched.create([delay_plan(f"s{i}", T0, 1) for i in range(1000)])
+        marks: list[int] = []
+
+        async def other() -> None:
+            for _ in range(50):
+                marks.append(len(rec.calls))
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other())
+        await clock.advance(1000)
+        await task
+        assert len(rec.calls) == 1000
+        # the other task observed the firing at intermediate points
+        assert any(0 < m < 1000 for m in marks)
+        await sched.stop()
+
+    run(main())
+
+
+def test_group_commit_shares_transactions() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, _, store = await make(clock)
+        before = sched._writer.commits
+        await asyncio.gather(*(sched.create([delay_plan(f"g{i}", T0, 100)]) for i in range(200)))
+        assert sched._writer.commits - before < 20
+        assert await store.count() == 200
+        await sched.stop()
+
+    run(main())
+
+
+def test_advance_waits_for_the_action_at_least_once() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        rec.block = asyncio.Event()
+        await sched.create([delay_plan("slow", T0, 1, count=0)])
+        await clock.advance(1000)
+        assert len(rec.calls) == 1
+        await sched.flush()
+        p = await store.get("slow")
+        # the action hasn't finished: a crash now must refire it at restart
+        assert p is not None and p.next_time == T0 + 1000 and p.current_count == 0
+        rec.block.set()
+        await clock.advance(0)
+        await sched.flush()
+        p = await store.get("slow")
+        assert p is not None and p.next_time == T0 + 2000 and p.current_count == 1
+        await sched.stop()
+
+    run(main())
+
+
+def test_remove_while_firing_does_not_resurrect() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        rec.block = asyncio.Event()
+        await sched.create([delay_plan("z", T0, 1, count=0)])
+        await clock.advance(1000)
+        await sched.remove("z")
+        rec.block.set()
+        await clock.advance(5000)
+        await sched.flush()
+        assert await store.get("z") is None
+        assert len(rec.calls) == 1
+        await sched.stop()
+
+    run(main())
+
+
+async def _downtime(policy: str) -> tuple[Recorder, MemoryStore, FakeClock]:
+    clock = FakeClock(T0)
+    store = MemoryStore(path=None)
+    sched, rec, _ = await make(clock, store)
+    await sched.create([delay_plan("every", T0, 1, count=0),
+                        build_plan(key="cal", kind=CALENDAR, now_ms=T0, default_tz=UTC,
+                                   second=45)])
+    await sched.stop()
+    clock._now = T0 + 10_500  # down for 10.5 s: 'every' missed 10 firings
+    sched2 = Scheduler(store, clock, UTC, options=EngineOptions(catchup=policy), executor=rec)
+    rec.calls.clear()
+    await sched2.start()
+    for _ in range(15):
+        await clock.advance(0)
+        await sched2.flush()
+    await sched2.stop()
+    return rec, store, clock
+
+
+def test_catch_up_fire_once() -> None:
+    async def main() -> None:
+        rec, store, _ = await _downtime("fire_once")
+        assert [k for k, _, _ in rec.calls] == ["every"]
+        p = await store.get("every")
+        assert p is not None and p.next_time == T0 + 11_000 and p.current_count == 1
+
+    run(main())
+
+
+def test_catch_up_fire_all() -> None:
+    async def main() -> None:
+        rec, store, _ = await _downtime("fire_all")
+        assert [d for _, d, _ in rec.calls] == [T0 + 1000 * i for i in range(1, 11)]
+        p = await store.get("every")
+        assert p is not None and p.next_time == T0 + 11_000 and p.current_count == 10
+
+    run(main())
+
+
+def test_catch_up_skip() -> None:
+    async def main() -> None:
+        rec, store, _ = await _downtime("skip")
+        assert rec.calls == []
+        p = await store.get("every")
+        assert p is not None and p.next_time == T0 + 11_000 and p.current_count == 0
+
+    run(main())
+
+
+def test_unknown_catchup_policy_is_refused() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            Scheduler(MemoryStore(path=None), FakeClock(), UTC,
+                      options=EngineOptions(catchup="sometimes"))
+
+    run(main())
