@@ -34,14 +34,23 @@ def make_store(config: Any) -> Store:
     cls = DRIVERS.get(driver)
     if cls is None:
         raise errors.StartupError(
-            f"unknown store driver {driver!r} (available: {', '.join(sorted(DRIVERS))})")
+            f"unknown store driver {driver!r} (available: {', '.join(sorted(DRIVERS))})"
+        )
     retention = int(config.run_retention_days * DAY_MS)
     if driver == "sqlite":
-        return cls(path=config.sqlite_path, synchronous=config.sqlite_synchronous,  # type: ignore[call-arg]
-                   run_retention_ms=retention, max_runs_per_key=config.max_runs_per_key)
+        return cls(
+            path=config.sqlite_path,
+            synchronous=config.sqlite_synchronous,  # type: ignore[call-arg]
+            run_retention_ms=retention,
+            max_runs_per_key=config.max_runs_per_key,
+        )
     if driver == "mem":
-        return cls(path=config.mem_path, snapshot_interval_s=config.mem_time_rate,  # type: ignore[call-arg]
-                   run_retention_ms=retention, max_runs_per_key=config.max_runs_per_key)
+        return cls(
+            path=config.mem_path,
+            snapshot_interval_s=config.mem_time_rate,  # type: ignore[call-arg]
+            run_retention_ms=retention,
+            max_runs_per_key=config.max_runs_per_key,
+        )
     return cls(config)  # type: ignore[call-arg]
 
 
@@ -88,8 +97,9 @@ class App:
             self.store,
             self.clock,
             tz,
-            options=EngineOptions(catchup=config.catchup,
-                                  window_ms=int(config.window_seconds * 1000)),
+            options=EngineOptions(
+                catchup=config.catchup, window_ms=int(config.window_seconds * 1000)
+            ),
             stats=self.stats,
         )
         self.dispatcher = Dispatcher(
@@ -101,8 +111,9 @@ class App:
         )
         self.scheduler.executor = self.dispatcher.run
         await self.scheduler.start()
-        limits = Limits(max_key_length=config.max_key_length,
-                        max_params_bytes=config.max_params_bytes)
+        limits = Limits(
+            max_key_length=config.max_key_length, max_params_bytes=config.max_params_bytes
+        )
         self.service = ForsunService(
             self.scheduler,
             actions=lambda: actions_pkg.action_names(with_aliases=True),
@@ -127,15 +138,16 @@ class App:
         app = tornado.web.Application(
             http_v1.routes(self.service, config.max_body_bytes),
             default_handler_class=http_v1.NotFoundHandler,
-            default_handler_args={"service": self.service,
-                                  "max_body_bytes": config.max_body_bytes},
+            default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
         )
         server = http_v1.CountingHTTPServer(app, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
         try:
             sockets = tornado.netutil.bind_sockets(config.http_port, config.http_host)
         except OSError as e:
-            raise errors.StartupError(f"cannot listen on HTTP {config.http_bind}: {e.strerror}") from None
+            raise errors.StartupError(
+                f"cannot listen on HTTP {config.http_bind}: {e.strerror}"
+            ) from None
         server.add_sockets(sockets)
         self.http_port = sockets[0].getsockname()[1]
         self.http_server = server

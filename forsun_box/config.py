@@ -375,11 +375,15 @@ class Config:
     store_redis_plantime_expried: int = _store(604800, "Redis plan-time key extra expiry, s.")
 
     # ---- [action]
-    retry_delay_seconds: float = _action(3.0, "Base retry delay, seconds.", check=_NON_NEG)
+    retry_delay_seconds: float = _action(
+        3.0, "Base retry delay, seconds.", "--retry-delay-seconds", check=_NON_NEG
+    )
     retry_delay_rate: float = _action(
         1.0, "Retry delay growth: delay + delay * rate * attempt.", check=_NON_NEG
     )
-    retry_max_count: int = _action(0, "Retries of a failed firing (0: none).", check=_NON_NEG)
+    retry_max_count: int = _action(
+        0, "Retries of a failed firing (0: none).", "--retry-max-count", check=_NON_NEG
+    )
     poll_idle_seconds: int = _action(120, "Accepted for forsun compatibility; unused.")
     concurrency: int = _action(256, "Firings run at once per action type.", check=_POSITIVE)
     shell_cwd: str = _action(
@@ -416,10 +420,16 @@ class Config:
     )  # fmt: skip
 
     # ---- [http] (forsun-box's own limits of the HTTP API)
-    max_body_bytes: int = _http(64 << 20, "Largest request body, bytes (64 MiB).", check=_POSITIVE)
-    max_key_length: int = _http(256, "Longest plan key.", check=_POSITIVE)
-    max_params_bytes: int = _http(65536, "Largest params of a plan, bytes.", check=_POSITIVE)
-    max_plans_per_request: int = _http(100000, "Most plans per request.", check=_POSITIVE)
+    max_body_bytes: int = _http(
+        64 << 20, "Largest request body, bytes (64 MiB).", "--max-body-bytes", check=_POSITIVE
+    )
+    max_key_length: int = _http(256, "Longest plan key.", "--max-key-length", check=_POSITIVE)
+    max_params_bytes: int = _http(
+        65536, "Largest params of a plan, bytes.", "--max-params-bytes", check=_POSITIVE
+    )
+    max_plans_per_request: int = _http(
+        100000, "Most plans per request.", "--max-plans-per-request", check=_POSITIVE
+    )
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

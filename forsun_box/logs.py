@@ -57,9 +57,9 @@ def setup_logging(config: Config) -> logging.Handler:
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(level)
-    # the service's and tornado's loggers follow the configured level even if a
-    # library set its own earlier
+    # DEBUG is meant for the service and tornado; other libraries' debug chatter
+    # (aiosqlite logs every statement) stays out unless they are set up otherwise
+    root.setLevel(max(level, logging.INFO))
     for name in ("forsun_box", "tornado"):
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(True)

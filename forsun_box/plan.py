@@ -98,7 +98,15 @@ class Plan:
             return None
         tz = ZoneInfo(self.timezone) if self.timezone else default_tz
         nxt = schedule.next_fire(self, after_ms, tz)
-        if nxt is not None and self.end_ms and nxt >= self.end_ms:
+        if nxt is None:
+            return None
+        if self.end_ms and nxt >= self.end_ms:
+            return None
+        if self.kind == DELAY and self.count and (nxt - self.anchor_ms) > (
+            self.count * self.interval_ms
+        ):
+            # A delay plan's occurrences are anchor + k * interval, k = 1..count:
+            # occurrences skipped by a catch-up policy are used up, not postponed.
             return None
         return nxt
 

@@ -64,8 +64,13 @@ class EngineOptions:
 class _Writer:
     """Group commit: one task applies everything queued as one transaction."""
 
-    def __init__(self, store: Store, lock: asyncio.Lock, on_commit: Callable[[list[Any]], None],
-                 max_batch: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lock: asyncio.Lock,
+        on_commit: Callable[[list[Any]], None],
+        max_batch: int,
+    ) -> None:
         self._store = store
         self._lock = lock
         self._on_commit = on_commit
@@ -195,8 +200,9 @@ class Scheduler:
         if processed:
             down_ms = self._started_ms - int(processed)
             if down_ms > 2000:
-                log.info("was down for %.1f s; catch-up policy %s", down_ms / 1000,
-                         self.options.catchup)
+                log.info(
+                    "was down for %.1f s; catch-up policy %s", down_ms / 1000, self.options.catchup
+                )
         self._running = True
         self._cursor = (0, "")
         await self._refill()
@@ -209,11 +215,13 @@ class Scheduler:
             self._timer.cancel()
             self._timer = None
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks),
-                                               timeout=self.options.shutdown_grace_s)
+            done, pending = await asyncio.wait(
+                set(self._tasks), timeout=self.options.shutdown_grace_s
+            )
             if pending:
-                log.warning("%d firings still running at shutdown; they fire again at restart",
-                            len(pending))
+                log.warning(
+                    "%d firings still running at shutdown; they fire again at restart", len(pending)
+                )
                 for t in pending:
                     t.cancel()
         self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), False)
@@ -361,19 +369,21 @@ class Scheduler:
         try:
             while True:
                 horizon = self.clock.now_ms() + self.options.window_ms
-                if self._cursor[0] >= horizon - self.options.window_ms // 2:
+                if self._cursor[0] > horizon - self.options.window_ms // 2:
                     return
                 limit = self.options.refill_limit
                 async with self._io:
                     rows = await self.store.due(self._cursor, horizon, limit)
                     for p in rows:
-                        if p.key in self._pending or p.key in self._inflight \
-                                or p.key in self._window:
+                        if (
+                            p.key in self._pending
+                            or p.key in self._inflight
+                            or p.key in self._window
+                        ):
                             continue
                         self._window[p.key] = p
                         assert p.next_time is not None
-                        heapq.heappush(self._heap, (p.next_time, next(self._seq), p.key,
-                                                    p.version))
+                        heapq.heappush(self._heap, (p.next_time, next(self._seq), p.key, p.version))
                     if len(rows) >= limit:
                         last = rows[-1]
                         assert last.next_time is not None
@@ -443,7 +453,7 @@ class Scheduler:
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit("meta", ("processed_until", str(now)), False)
-            if self._cursor[0] - now < self.options.window_ms // 2 and self._running:
+            if self._cursor[0] - now <= self.options.window_ms // 2 and self._running:
                 await self._refill()
         except Exception:
             log.exception("engine loop failed")
@@ -465,7 +475,8 @@ class Scheduler:
             self.caught_up += 1
             log.info("catch-up: firing %s, due at %d while the service was down", plan.key, due)
         task = asyncio.get_running_loop().create_task(
-            self._run_firing(plan, due, now if policy == FIRE_ONCE else due))
+            self._run_firing(plan, due, now if policy == FIRE_ONCE else due)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -487,8 +498,9 @@ class Scheduler:
         nxt = advanced.next_after(base, self.tz)
         self._queue_advance(advanced, nxt, advanced.current_count, due, status)
 
-    def _queue_advance(self, plan: Plan, nxt: int | None, count: int, last: int,
-                       status: int) -> None:
+    def _queue_advance(
+        self, plan: Plan, nxt: int | None, count: int, last: int, status: int
+    ) -> None:
         adv = Advance(plan.key, plan.version, nxt, count, last, status)
         new = plan.copy(next_time=nxt, current_count=count, last_timeout=last, status=status)
         self._writer.submit("advance", (adv, new), False)

@@ -39,8 +39,9 @@ def call(
     if data is None and body is not None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    if ctype and data is not None:
-        req.add_header("Content-Type", ctype)
+    if data is not None:
+        # ctype None: send no media type (urllib would otherwise add a form type)
+        req.add_header("Content-Type", ctype or "")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, text = resp.status, resp.read()

@@ -132,7 +132,9 @@ def _time_field(name: str, raw: str) -> tuple[int, int | None, int]:
     try:
         return int(raw), None, 0
     except ValueError:
-        raise errors.InvalidValue(f"{name}: expected a number, '*' or '*/N[/C]', got {raw!r}") from None
+        raise errors.InvalidValue(
+            f"{name}: expected a number, '*' or '*/N[/C]', got {raw!r}"
+        ) from None
 
 
 def parse_tokens(tokens: list[str]) -> PlanLine:
@@ -155,8 +157,9 @@ def parse_tokens(tokens: list[str]) -> PlanLine:
         values = {k: (0 if v == -1 else v) for k, v in values.items()}
     action = ACTION_ALIASES.get(tokens[7], tokens[7])
     params = parse_params(" ".join(tokens[8:]), action)
-    return PlanLine(key=key, is_time_out=delay, fields=values, count=count, action=action,
-                    params=params)
+    return PlanLine(
+        key=key, is_time_out=delay, fields=values, count=count, action=action, params=params
+    )
 
 
 def parse_line(line: str) -> PlanLine:

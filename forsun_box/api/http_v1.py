@@ -52,8 +52,12 @@ class BaseHandler(tornado.web.RequestHandler):
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             # Refuse before reading a body we would throw away.
             self._too_large = True
-            self.reply(None, errors.TOO_LARGE,
-                       f"request body larger than {self.max_body_bytes} bytes", status=413)
+            self.reply(
+                None,
+                errors.TOO_LARGE,
+                f"request body larger than {self.max_body_bytes} bytes",
+                status=413,
+            )
 
     def on_finish(self) -> None:
         stats = self.service.stats
@@ -73,11 +77,16 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def body(self) -> bytes:
         if self._too_large:
-            raise BadRequest(f"request body larger than {self.max_body_bytes} bytes",
-                             status=413, code=errors.TOO_LARGE)
+            raise BadRequest(
+                f"request body larger than {self.max_body_bytes} bytes",
+                status=413,
+                code=errors.TOO_LARGE,
+            )
         return b"".join(self._chunks)
 
-    def reply(self, data: Any = None, errcode: int = 0, errmsg: str = "", status: int = 200) -> None:
+    def reply(
+        self, data: Any = None, errcode: int = 0, errmsg: str = "", status: int = 200
+    ) -> None:
         if errcode and self.service.stats is not None:
             self.service.stats.incr("http_requested_error_count")
         self.set_status(status)
@@ -100,8 +109,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Tornado's own errors (e.g. 405) keep the v1 JSON shape.
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errcode": errors.UNKNOWN, "errmsg": self._reason,
-                                  "data": None}))
+        self.finish(orjson.dumps({"errcode": errors.UNKNOWN, "errmsg": self._reason, "data": None}))
 
 
 class PingHandler(BaseHandler):
@@ -137,7 +145,8 @@ class PlanHandler(BaseHandler):
         ctype = self.request.headers.get("Content-Type", "application/json")
         mime = ctype.split(";", 1)[0].strip().lower()
         service = self.service
-        if mime in ("application/json", "text/json", ""):
+        # curl -d sends a form type by default; forsun's clients rely on JSON being assumed.
+        if mime in ("application/json", "text/json", "", "application/x-www-form-urlencoded"):
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError as e:
@@ -203,9 +212,15 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         self.set_status(404)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(orjson.dumps({"errcode": errors.UNKNOWN,
-                                  "errmsg": f"no such endpoint: {self.request.path}",
-                                  "data": None}))
+        self.finish(
+            orjson.dumps(
+                {
+                    "errcode": errors.UNKNOWN,
+                    "errmsg": f"no such endpoint: {self.request.path}",
+                    "data": None,
+                }
+            )
+        )
 
 
 def routes(service: ForsunService, max_body_bytes: int) -> list[Any]:

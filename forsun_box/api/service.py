@@ -127,8 +127,7 @@ class ForsunService:
 
     async def create(self, plans: list[Plan]) -> list[Plan]:
         if len(plans) > self.max_plans_per_request:
-            raise errors.TooLarge(
-                f"more than {self.max_plans_per_request} plans in one request")
+            raise errors.TooLarge(f"more than {self.max_plans_per_request} plans in one request")
         seen: dict[str, int] = {}
         for i, p in enumerate(plans):
             seen[p.key] = i
@@ -167,7 +166,8 @@ class ForsunService:
             cpu = proc.cpu_times()
             mem = proc.memory_info()
         facts = self.info_facts
-        out: dict[str, Any] = {
+        out: dict[str, Any] = dict(self.stats.as_dict()) if self.stats is not None else {}
+        out.update({
             "python_version": platform.python_version(),
             "forsun_version": __version__,
             "forsun_box_version": __version__,
@@ -186,8 +186,6 @@ class ForsunService:
             "plan_count": await self.scheduler.count(),
             "window_plan_count": self.scheduler.window_size(),
             "inflight_count": self.scheduler.inflight_count(),
-        }
-        if self.stats is not None:
-            out.update(self.stats.as_dict())
+        })
         out.update(facts.extra())
         return {k: str(v) for k, v in out.items()}

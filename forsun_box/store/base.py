@@ -60,7 +60,13 @@ class Batch:
     meta: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.ops) + len(self.advances) + len(self.statuses) + len(self.runs) + len(self.meta)
+        return (
+            len(self.ops)
+            + len(self.advances)
+            + len(self.statuses)
+            + len(self.runs)
+            + len(self.meta)
+        )
 
 
 class Store(abc.ABC):
@@ -91,9 +97,7 @@ class Store(abc.ABC):
         """The plan stored under ``key``, or None."""
 
     @abc.abstractmethod
-    async def due(
-        self, after: tuple[int, str] | None, before_ms: int, limit: int
-    ) -> list[Plan]:
+    async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
         """Unpaused plans with a next firing, ordered by ``(next_time, key)``.
 
         Only plans with ``(next_time, key) > after`` (all if ``after`` is None)

@@ -19,9 +19,10 @@ Persistence: when ``path`` is set the whole state is written to it every
 written from a copy of the references (plans are immutable) in a worker
 thread, to a temporary file that is fsynced and renamed into place, then
 the directory is fsynced. Format: a JSON header line
-``{"format": "forsun-box-mem", "version": 1, ...counts}``, one JSON array
-per line for each plan (``["p", {...}]``), run (``["r", {...}]``) and meta
-value (``["m", name, value]``), and a final ``["end"]`` line. A snapshot
+``{"format": "forsun-box-mem", "version": 1, ...}`` with the record counts
+and field names, then one JSON array per line for each plan
+(``["p", *values]``), run (``["r", *values]``) and meta value
+(``["m", name, value]``), and a final ``["end"]`` line. A snapshot
 that can't be read stops :meth:`MemoryStore.open` with a
 :class:`~forsun_box.errors.StartupError`; a missing one means an empty store.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import itertools
 import logging
 import os
@@ -50,7 +52,9 @@ log = logging.getLogger("forsun_box.store")
 
 FORMAT = "forsun-box-mem"
 FORMAT_VERSION = 1
-_PLAN_FIELDS = frozenset(f.name for f in dataclasses.fields(Plan))
+PLAN_FIELDS = [f.name for f in dataclasses.fields(Plan)]
+RUN_FIELDS = [f.name for f in dataclasses.fields(Run)]
+_CHUNK = 10_000  # records serialised per write
 
 
 def _copy_plan(p: Plan) -> Plan:
@@ -63,9 +67,7 @@ def _copy_plan(p: Plan) -> Plan:
 
 
 def _copy_run(r: Run) -> Run:
-    return Run(
-        r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result, r.error, r.action
-    )
+    return Run(r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result, r.error, r.action)
 
 
 def _indexed(p: Plan) -> bool:
@@ -127,7 +129,9 @@ class MemoryStore(Store):
         self._plans = {p.key: p for p in plans}
         self._keys = SortedList(self._plans)
         try:
-            self._due = SortedList((p.next_time, p.key) for p in self._plans.values() if _indexed(p))
+            self._due = SortedList(
+                (p.next_time, p.key) for p in self._plans.values() if _indexed(p)
+            )
         except TypeError as e:
             raise StartupError(f"the mem store snapshot {self.path} is damaged: {e}") from None
         for r in runs:
@@ -135,6 +139,11 @@ class MemoryStore(Store):
         self._meta = meta
 
     async def close(self) -> None:
+        """Stop the periodic snapshots and write a last one if anything changed.
+
+        Raises :class:`StoreError` if that last snapshot can't be written.
+        Safe to call twice.
+        """
         if not self._open:
             return
         self._open = False
@@ -188,23 +197,26 @@ class MemoryStore(Store):
             # so a failed batch leaves the store untouched.
             puts = {k: _copy_plan(p) for k, p in batch.ops.items() if p is not None}
             runs = [_copy_run(r) for r in batch.runs]
+            # The same rules the sqlite schema enforces, so drivers agree.
             for p in puts.values():
+                if not isinstance(p.key, str):
+                    raise TypeError(f"a plan key must be a string, not {p.key!r}")
                 if p.next_time is not None and not isinstance(p.next_time, int):
                     raise TypeError(f"next_time of {p.key!r} is not an integer")
         except (TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"cannot store the batch: {e}") from None
         self._apply_ops(batch.ops, puts)
         for a in batch.advances:
-            p = self._plans.get(a.key)
-            if p is None or p.version != a.version:
+            cur = self._plans.get(a.key)
+            if cur is None or cur.version != a.version:
                 continue
             if a.next_time is None:
-                self._remove(p)
+                self._remove(cur)
             else:
                 self._replace(
-                    p,
+                    cur,
                     dataclasses.replace(
-                        p,
+                        cur,
                         next_time=a.next_time,
                         current_count=a.current_count,
                         last_timeout=a.last_timeout,
@@ -212,9 +224,9 @@ class MemoryStore(Store):
                     ),
                 )
         for key, version, status in batch.statuses:
-            p = self._plans.get(key)
-            if p is not None and p.version == version:
-                self._plans[key] = dataclasses.replace(p, status=status)
+            cur = self._plans.get(key)
+            if cur is not None and cur.version == version:
+                self._plans[key] = dataclasses.replace(cur, status=status)
         for r in runs:
             self._runs_of(r.key).append(r)
         self._meta.update(batch.meta)
@@ -349,8 +361,34 @@ class MemoryStore(Store):
 # -- snapshot file ---------------------------------------------------------
 
 
+def _plan_values(p: Plan) -> tuple[Any, ...]:
+    return (
+        "p", p.key, p.kind, p.action, p.params, p.second, p.minute, p.hour, p.day, p.month,
+        p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone, p.end_ms, p.next_time,
+        p.current_count, p.last_timeout, p.status, p.created_time, p.paused, p.version,
+    )  # fmt: skip
+
+
+def _run_values(r: Run) -> tuple[Any, ...]:
+    return (
+        "r",
+        r.key,
+        r.due_ms,
+        r.started_ms,
+        r.duration_ms,
+        r.attempt,
+        r.result,
+        r.error,
+        r.action,
+    )
+
+
 def write_snapshot(path: str, plans: list[Plan], runs: list[Run], meta: dict[str, str]) -> None:
-    """Write a snapshot atomically: temporary file, fsync, rename, fsync the directory."""
+    """Write a snapshot atomically: temporary file, fsync, rename, fsync the directory.
+
+    Records are arrays of field values in the order the header names, which
+    keeps the file compact and lets a later version map fields by name.
+    """
     tmp = path + ".tmp"
     header = {
         "format": FORMAT,
@@ -359,15 +397,19 @@ def write_snapshot(path: str, plans: list[Plan], runs: list[Run], meta: dict[str
         "plans": len(plans),
         "runs": len(runs),
         "meta": len(meta),
+        "plan_fields": PLAN_FIELDS,
+        "run_fields": RUN_FIELDS,
     }
     dumps, nl = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     try:
         with open(tmp, "wb") as f:
             f.write(dumps(header, option=nl))
-            for i in range(0, len(plans), 10_000):
-                f.write(b"".join([dumps(("p", p), option=nl) for p in plans[i : i + 10_000]]))
-            for i in range(0, len(runs), 10_000):
-                f.write(b"".join([dumps(("r", r), option=nl) for r in runs[i : i + 10_000]]))
+            for i in range(0, len(plans), _CHUNK):
+                chunk = plans[i : i + _CHUNK]
+                f.write(b"".join([dumps(_plan_values(p), option=nl) for p in chunk]))
+            for i in range(0, len(runs), _CHUNK):
+                chunk_r = runs[i : i + _CHUNK]
+                f.write(b"".join([dumps(_run_values(r), option=nl) for r in chunk_r]))
             for name, value in meta.items():
                 f.write(dumps(("m", name, value), option=nl))
             f.write(dumps(("end",), option=nl))
@@ -397,27 +439,32 @@ def read_snapshot(path: str) -> tuple[list[Plan], list[Run], dict[str, str]]:
     Raises :class:`StartupError` naming the file and what is wrong with it.
     """
     lineno = 0
+    # Loading creates millions of objects and no cycles; the cyclic collector
+    # would otherwise rescan the growing heap again and again.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         with open(path, "rb") as f:
+            header = _read_header(f.readline())
+            lineno = 1
+            make_plan = _maker(Plan, header.get("plan_fields"), PLAN_FIELDS)
+            make_run = _maker(Run, header.get("run_fields"), RUN_FIELDS)
             plans: list[Plan] = []
             runs: list[Run] = []
             meta: dict[str, str] = {}
-            header = _read_header(f.readline())
-            lineno = 1
+            loads = orjson.loads
             ended = False
             for lineno, line in enumerate(f, start=2):  # noqa: B007 - used in the message
                 if ended:
                     raise _Damaged("data after the end marker")
                 if not line.endswith(b"\n"):
                     raise _Damaged("the file is truncated (incomplete last line)")
-                item = orjson.loads(line)
-                if not isinstance(item, list) or not item:
-                    raise _Damaged("not a snapshot record")
-                tag = item[0]
-                if tag == "p" and len(item) == 2:
-                    plans.append(_plan_from(item[1]))
-                elif tag == "r" and len(item) == 2:
-                    runs.append(_run_from(item[1]))
+                item = loads(line)
+                tag = item[0] if isinstance(item, list) and item else None
+                if tag == "p":
+                    plans.append(make_plan(item))
+                elif tag == "r":
+                    runs.append(make_run(item))
                 elif tag == "m" and len(item) == 3:
                     if not isinstance(item[1], str) or not isinstance(item[2], str):
                         raise _Damaged("meta name and value must be strings")
@@ -425,22 +472,32 @@ def read_snapshot(path: str) -> tuple[list[Plan], list[Run], dict[str, str]]:
                 elif tag == "end":
                     ended = True
                 else:
-                    raise _Damaged(f"unknown record {str(tag)[:20]!r}")
+                    raise _Damaged("not a snapshot record")
             if not ended:
                 raise _Damaged("the file is truncated (no end marker)")
             lineno = 0
-            counts = (len(plans), len(runs), len(meta))
-            expected = (header.get("plans"), header.get("runs"), header.get("meta"))
+            counts = [len(plans), len(runs), len(meta)]
+            expected = [header.get("plans"), header.get("runs"), header.get("meta")]
             if counts != expected:
-                raise _Damaged(f"holds {counts} plans/runs/meta but the header says {expected}")
+                raise _Damaged(f"it holds {counts} plans/runs/meta but its header says {expected}")
+            for p in plans:
+                if (
+                    not isinstance(p.key, str)
+                    or not isinstance(p.params, dict)
+                    or not (p.next_time is None or isinstance(p.next_time, int))
+                ):
+                    raise _Damaged(f"malformed plan {str(p.key)[:50]!r}")
     except OSError as e:
         raise StartupError(f"cannot read the mem store snapshot {path}: {e}") from None
     except (_Damaged, orjson.JSONDecodeError, TypeError, ValueError) as e:
         where = f" (line {lineno})" if lineno else ""
         raise StartupError(
             f"the mem store snapshot {path} can't be read{where}: {e}. "
-            "Restore a good copy or move the file away to start empty."
+            "Restore a good copy, or move the file away to start empty."
         ) from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return plans, runs, meta
 
 
@@ -461,20 +518,31 @@ def _read_header(line: bytes) -> dict[str, Any]:
     return header
 
 
-def _plan_from(d: Any) -> Plan:
-    if not isinstance(d, dict) or d.keys() - _PLAN_FIELDS:
-        raise _Damaged("malformed plan record")
-    p = Plan(**d)
-    if (
-        not isinstance(p.key, str)
-        or not isinstance(p.params, dict)
-        or not (p.next_time is None or isinstance(p.next_time, int))
-    ):
-        raise _Damaged(f"malformed plan record {str(d.get('key'))[:50]!r}")
-    return p
+def _maker(cls: Any, fields: Any, current: list[str]) -> Any:
+    """A function turning a record ``[tag, *values]`` into ``cls``.
 
+    Values are positional when the file's field list is ours. Otherwise they
+    are matched by name: a field the file lacks takes its default, and a field
+    this code doesn't know is an error (its meaning would be lost).
+    """
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise _Damaged("the header has no field list")
+    n = len(fields) + 1
+    if fields == current:
 
-def _run_from(d: Any) -> Run:
-    if not isinstance(d, dict):
-        raise _Damaged("malformed run record")
-    return Run(**d)
+        def positional(item: list[Any]) -> Any:
+            if len(item) != n:
+                raise _Damaged(f"a {cls.__name__} record has {len(item) - 1} values, not {n - 1}")
+            return cls(*item[1:])
+
+        return positional
+    unknown = set(fields) - set(current)
+    if unknown:
+        raise _Damaged(f"unknown {cls.__name__} fields {sorted(unknown)}")
+
+    def by_name(item: list[Any]) -> Any:
+        if len(item) != n:
+            raise _Damaged(f"a {cls.__name__} record has {len(item) - 1} values, not {n - 1}")
+        return cls(**dict(zip(fields, item[1:], strict=True)))
+
+    return by_name

@@ -108,8 +108,8 @@ _RUN = (
     "INSERT INTO runs (key, due_ms, started_ms, duration_ms, attempt, result, error, action) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Keep only the newest N runs of a key: the subquery is NULL (nothing deleted)
-# while the key has at most N runs.
+# Keep only the newest N runs of a key: the subquery (the id of the N+1-th
+# newest) is NULL, so nothing is deleted, while the key has at most N runs.
 _TRIM_RUNS = (
     "DELETE FROM runs WHERE key = ? AND id <= "
     "(SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
@@ -117,6 +117,19 @@ _TRIM_RUNS = (
 _META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 # The window queries repeat the partial index's condition so the planner may use it.
 _DUE_WHERE = "paused = 0 AND next_time IS NOT NULL"
+DUE_FIRST_SQL = (
+    f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} AND next_time < ? "
+    "ORDER BY next_time, key LIMIT ?"
+)
+# A row-value comparison keeps keyset paging a single range of the index.
+DUE_AFTER_SQL = (
+    f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
+    "AND (next_time, key) > (?, ?) AND next_time < ? ORDER BY next_time, key LIMIT ?"
+)
+FIRING_BETWEEN_SQL = (
+    f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
+    "AND next_time >= ? AND next_time < ? ORDER BY next_time, key LIMIT ?"
+)
 
 
 def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
@@ -175,12 +188,13 @@ class SqliteStore(Store):
             raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
         try:
             await self._prepare()
-        except StartupError:
-            await self._abandon()
-            raise
         except sqlite3.Error as e:
             await self._abandon()
             raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
+        except BaseException:
+            # Also on StartupError: an open connection's thread would keep the process alive.
+            await self._abandon()
+            raise
 
     def _check_path(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -199,14 +213,14 @@ class SqliteStore(Store):
     async def _prepare(self) -> None:
         db = self._db
         assert db is not None
-        version = await self._scalar("PRAGMA user_version")
+        version = list(await db.execute_fetchall("PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise StartupError(
                 f"{self.path}: database schema version {version} is newer than this "
                 f"forsun-box supports ({SCHEMA_VERSION})"
             )
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = await self._scalar("PRAGMA journal_mode = WAL")
+        mode = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
         if str(mode).lower() != "wal":
             raise StartupError(f"{self.path}: cannot switch the database to WAL mode ({mode})")
         await db.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -220,8 +234,12 @@ class SqliteStore(Store):
         for number in range(version, SCHEMA_VERSION):
             await self._migrate(number)
         # Prove the file is writable now rather than at the first client's request.
+        # (a write statement, even one touching no row, needs a writable file).
         await db.execute("BEGIN IMMEDIATE")
-        await db.execute("ROLLBACK")
+        try:
+            await db.execute("DELETE FROM meta WHERE 0")
+        finally:
+            await db.execute("ROLLBACK")
 
     async def _migrate(self, number: int) -> None:
         db = self._db
@@ -246,6 +264,7 @@ class SqliteStore(Store):
                 pass
 
     async def close(self) -> None:
+        """Checkpoint the WAL into the database file and close. Safe to call twice."""
         db, self._db = self._db, None
         if db is None:
             return
@@ -297,7 +316,7 @@ class SqliteStore(Store):
                     )  # fmt: skip
                     keys = {r.key for r in batch.runs}
                     await db.executemany(
-                        _TRIM_RUNS, [(k, k, self.max_runs_per_key - 1) for k in keys]
+                        _TRIM_RUNS, [(k, k, max(self.max_runs_per_key, 1)) for k in keys]
                     )
                 if batch.meta:
                     await db.executemany(_META, list(batch.meta.items()))
@@ -334,39 +353,19 @@ class SqliteStore(Store):
 
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
         if after is None:
-            sql = (
-                f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} AND next_time < ? "
-                "ORDER BY next_time, key LIMIT ?"
-            )
-            args: tuple[Any, ...] = (before_ms, limit)
-        else:
-            # A row-value comparison keeps keyset paging a single index range.
-            sql = (
-                f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
-                "AND (next_time, key) > (?, ?) AND next_time < ? "
-                "ORDER BY next_time, key LIMIT ?"
-            )
-            args = (after[0], after[1], before_ms, limit)
-        return await self._plans(sql, args)
+            return await self._plans(DUE_FIRST_SQL, (before_ms, limit))
+        return await self._plans(DUE_AFTER_SQL, (after[0], after[1], before_ms, limit))
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
-        sql = (
-            f"SELECT {_COLUMNS} FROM plans WHERE {_DUE_WHERE} "
-            "AND next_time >= ? AND next_time < ? ORDER BY next_time, key LIMIT ?"
-        )
-        return await self._plans(sql, (start_ms, end_ms, limit))
+        return await self._plans(FIRING_BETWEEN_SQL, (start_ms, end_ms, limit))
 
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
-        where, args = _key_range(prefix, after)
-        sql = f"SELECT key FROM plans{where} ORDER BY key LIMIT ?"
-        rows = await self._fetch(sql, (*args, limit if limit > 0 else -1))
-        return [r[0] for r in rows]
+        sql, args = key_range_sql("key", prefix, after, limit)
+        return [r[0] for r in await self._fetch(sql, args)]
 
     async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
         """As :meth:`Store.plans`; ``limit`` 0 (or less) means all."""
-        where, args = _key_range(prefix, after)
-        sql = f"SELECT {_COLUMNS} FROM plans{where} ORDER BY key LIMIT ?"
-        return await self._plans(sql, (*args, limit if limit > 0 else -1))
+        return await self._plans(*key_range_sql(_COLUMNS, prefix, after, limit))
 
     async def count(self) -> int:
         return int(await self._scalar("SELECT count(*) FROM plans"))
@@ -379,7 +378,7 @@ class SqliteStore(Store):
                 "FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
                 (key, limit if limit > 0 else -1),
             ) as cursor:
-                cursor.row_factory = _run_factory
+                cursor.row_factory = _run_factory  # type: ignore[assignment]
                 return list(await cursor.fetchall())  # type: ignore[arg-type]
         except UnicodeEncodeError:
             return []
@@ -423,7 +422,7 @@ class SqliteStore(Store):
         db = self._conn()
         try:
             async with db.execute(sql, args) as cursor:
-                cursor.row_factory = _plan_factory
+                cursor.row_factory = _plan_factory  # type: ignore[assignment]
                 return list(await cursor.fetchall())  # type: ignore[arg-type]
         except UnicodeEncodeError:
             return []
@@ -431,10 +430,14 @@ class SqliteStore(Store):
             raise StoreError(f"cannot read {self.path}: {e}") from None
 
 
-def _key_range(prefix: str, after: str) -> tuple[str, tuple[str, ...]]:
-    """A WHERE clause (key range, never LIKE, so the primary key serves it) and its args."""
+def key_range_sql(columns: str, prefix: str, after: str, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """SELECT ``columns`` of the plans whose key starts with ``prefix`` and is > ``after``.
+
+    A key range (never LIKE, whose wildcards ``%`` and ``_`` could be in a
+    prefix) so the primary key index serves it.
+    """
     clauses: list[str] = []
-    args: list[str] = []
+    args: list[Any] = []
     if after and after >= prefix:
         clauses.append("key > ?")
         args.append(after)
@@ -445,7 +448,9 @@ def _key_range(prefix: str, after: str) -> tuple[str, tuple[str, ...]]:
     if upper is not None:
         clauses.append("key < ?")
         args.append(upper)
-    return (" WHERE " + " AND ".join(clauses) if clauses else "", tuple(args))
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    args.append(limit if limit > 0 else -1)
+    return f"SELECT {columns} FROM plans{where} ORDER BY key LIMIT ?", tuple(args)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
