@@ -134,6 +134,8 @@ def to_forsun(plan: Plan) -> dict[str, Any]:
 
 
 def _int_field(name: str, value: Any) -> int:
+    if type(value) is int:  # the common case, first and cheapest
+        return value
     if isinstance(value, bool) or value is None:
         raise errors.InvalidValue(f"{name} must be an integer")
     if isinstance(value, int):
@@ -155,6 +157,8 @@ def _check_params(params: Any, limits: Limits) -> dict[str, str]:
         raise errors.InvalidValue("params must be an object of string values")
     if len(params) > limits.max_params_count:
         raise errors.TooLarge(f"params has more than {limits.max_params_count} entries")
+    if not params:
+        return {}
     out: dict[str, str] = {}
     size = 0
     for k, v in params.items():
@@ -246,7 +250,12 @@ def build_plan(
         timezone=timezone,
         end_ms=end_ms,
         created_time=now_ms,
-        **values,
+        second=values["second"],
+        minute=values["minute"],
+        hour=values["hour"],
+        day=values["day"],
+        month=values["month"],
+        week=values["week"],
     )
     if kind == DELAY:
         plan.interval_ms = schedule.delay_interval_ms(*(values[f] for f in FIELDS))

@@ -112,8 +112,10 @@ class _Writer:
             del self._queue[: self._max_batch]
             batch = Batch()
             for kind, payload, _ in items:
-                if kind == "put":
-                    batch.ops[payload.key] = payload
+                if kind == "puts":
+                    ops = batch.ops
+                    for p in payload:
+                        ops[p.key] = p
                 elif kind == "delete":
                     batch.ops[payload] = None
                 elif kind == "advance":
@@ -236,12 +238,14 @@ class Scheduler:
         """Store ``plans`` (replacing same keys); answered once committed."""
         if not plans:
             return []
-        futs = []
+        pending = self._pending
+        versions = self._versions
         for p in plans:
-            p.version = next(self._versions)
-            self._pending[p.key] += 1
-            futs.append(self._writer.submit("put", p, True))
-        await asyncio.gather(*futs)  # type: ignore[arg-type]
+            p.version = next(versions)
+            pending[p.key] += 1
+        fut = self._writer.submit("puts", list(plans), True)
+        assert fut is not None
+        await fut
         if self.stats is not None:
             for p in plans:
                 self.stats.incr("create_timeouted_count" if p.is_time_out else "created_count")
@@ -332,13 +336,16 @@ class Scheduler:
     def _committed(self, items: list[Any]) -> None:
         """Runs in the writer right after a commit, before any read can interleave."""
         for kind, payload, _ in items:
-            if kind == "put":
-                key = payload.key
-                self._release(key)
-                self._inflight.pop(key, None)
-                self._window.pop(key, None)
-                if not payload.paused and self._in_window(payload.next_time, key):
-                    self._admit(payload.copy())
+            if kind == "puts":
+                cursor = self._cursor
+                for plan in payload:
+                    key = plan.key
+                    self._release(key)
+                    self._inflight.pop(key, None)
+                    self._window.pop(key, None)
+                    nt = plan.next_time
+                    if not plan.paused and nt is not None and (nt, key) <= cursor:
+                        self._admit(plan.copy())
             elif kind == "delete":
                 self._release(payload)
                 self._inflight.pop(payload, None)

@@ -153,9 +153,10 @@ class PlanHandler(BaseHandler):
                 raise BadRequest(f"body is not valid JSON: {e}") from None
             if isinstance(parsed, list):
                 plans = []
+                known = service.known_actions()
                 for i, obj in enumerate(parsed):
                     try:
-                        plans.append(service.from_v1(obj, is_time_out))
+                        plans.append(service.from_v1(obj, is_time_out, known))
                     except errors.ForsunBoxError as e:
                         raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
                 created = await service.create(plans)
@@ -172,7 +173,8 @@ class PlanHandler(BaseHandler):
             lines = crontab.parse_body(text)
             if not lines:
                 raise errors.MissingArgument("plan")
-            plans = [service.from_line(line) for line in lines]
+            known = service.known_actions()
+            plans = [service.from_line(line, known) for line in lines]
             created = await service.create(plans)
             return [to_forsun(p) for p in created]
         raise BadRequest(f"unsupported Content-Type: {ctype}")

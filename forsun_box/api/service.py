@@ -22,15 +22,6 @@ from forsun_box.api.crontab import PlanLine
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
 from forsun_box.scheduler import Scheduler
 
-V1_TIME_FIELDS = {
-    "seconds": "second",
-    "minute": "minute",
-    "hour": "hour",
-    "day": "day",
-    "month": "month",
-    "week": "week",
-}
-
 
 @dataclass
 class ServiceInfo:
@@ -76,11 +67,25 @@ class ForsunService:
         count: Any = 0,
         action: Any = "shell",
         params: Any = None,
+        known_actions: frozenset[str] | None = None,
     ) -> Plan:
-        """Validate one forsun plan definition; raises ForsunBoxError."""
+        """Validate one forsun plan definition; raises ForsunBoxError.
+
+        ``fields`` maps forsun's time field names (second ... week) to values;
+        a missing or null field is -1. ``known_actions`` lets a caller building
+        many plans look the action names up once.
+        """
+        get = fields.get
+        return self._build(key, is_time_out, get("second"), get("minute"), get("hour"),
+                           get("day"), get("month"), get("week"), count, action, params,
+                           known_actions)
+
+    def _build(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
+               day: Any, month: Any, week: Any, count: Any, action: Any, params: Any,
+               known_actions: frozenset[str] | None) -> Plan:
         if key is None or key == "":
             key = self.scheduler.new_key()
-        if not isinstance(key, str):
+        elif not isinstance(key, str):
             raise errors.InvalidValue("key must be a string")
         if action is None or action == "":
             action = "shell"
@@ -91,30 +96,37 @@ class ForsunService:
             default_tz=self.scheduler.tz,
             action=action,
             params=params,
-            count=count if count is not None else 0,
-            known_actions=frozenset(self.actions()),
+            count=0 if count is None else count,
+            known_actions=known_actions or self.known_actions(),
             limits=self.limits,
-            **{k: (-1 if v is None else v) for k, v in fields.items()},
+            second=-1 if second is None else second,
+            minute=-1 if minute is None else minute,
+            hour=-1 if hour is None else hour,
+            day=-1 if day is None else day,
+            month=-1 if month is None else month,
+            week=-1 if week is None else week,
         )
 
-    def from_v1(self, obj: Any, is_time_out: bool) -> Plan:
+    def known_actions(self) -> frozenset[str]:
+        return frozenset(self.actions())
+
+    def from_v1(
+        self, obj: Any, is_time_out: bool, known_actions: frozenset[str] | None = None
+    ) -> Plan:
         """A plan from an HTTP v1 JSON object (input field ``seconds``, plural)."""
         if not isinstance(obj, dict):
             raise errors.InvalidValue("each plan must be a JSON object")
-        fields = {name: obj.get(wire, -1) for wire, name in V1_TIME_FIELDS.items()}
-        if "seconds" not in obj and "second" in obj:
-            fields["second"] = obj["second"]  # be lenient with the answer's spelling
-        return self.build(
-            key=obj.get("key"),
-            is_time_out=is_time_out,
-            fields=fields,
-            count=obj.get("count", 0),
-            action=obj.get("action", "shell"),
-            params=obj.get("params"),
-        )
+        get = obj.get
+        second = get("seconds")
+        if second is None:
+            second = get("second")  # be lenient with the answer's spelling
+        return self._build(get("key"), is_time_out, second, get("minute"), get("hour"),
+                           get("day"), get("month"), get("week"), get("count", 0),
+                           get("action", "shell"), get("params"), known_actions)
 
-    def from_line(self, line: PlanLine) -> Plan:
+    def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None) -> Plan:
         return self.build(
+            known_actions=known_actions,
             key=line.key,
             is_time_out=line.is_time_out,
             fields=line.fields,
