@@ -294,6 +294,38 @@ class Scheduler:
         async with self._io:
             return await self.store.runs(key, limit)
 
+    async def pause(self, key: str) -> Plan:
+        """Stop ``key`` from firing until resumed; returns the paused plan."""
+        plan = await self.get(key)
+        if plan.paused:
+            return plan
+        return (await self.create([plan.copy(paused=True)]))[0]
+
+    async def resume(self, key: str) -> Plan:
+        """Let a paused plan fire again from its next occurrence after now.
+
+        Occurrences that fell while paused are skipped. Raises
+        TimeNeverArrives when the plan has no occurrence left.
+        """
+        plan = await self.get(key)
+        if not plan.paused:
+            return plan
+        nxt = plan.next_after(self.clock.now_ms(), self.tz)
+        if nxt is None:
+            raise errors.TimeNeverArrives("the plan has no firing left to resume")
+        return (await self.create([plan.copy(paused=False, next_time=nxt)]))[0]
+
+    async def fire_now(self, key: str) -> int:
+        """Run ``key``'s action once now, outside its schedule; returns its status.
+
+        The plan's schedule, count and status are not changed; the run is
+        recorded in the history like any other.
+        """
+        plan = await self.get(key)
+        if self.executor is None:
+            raise errors.UnknownError("no executor")
+        return await self.executor(plan, self.clock.now_ms())
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         fut = self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), True)

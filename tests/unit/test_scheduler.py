@@ -279,3 +279,30 @@ def test_unknown_catchup_policy_is_refused() -> None:
                       options=EngineOptions(catchup="sometimes"))
 
     run(main())
+
+
+def test_pause_resume_and_fire_now() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        await sched.create([delay_plan("p", T0, 1, count=0)])
+        await clock.advance(1000)
+        assert len(rec.calls) == 1
+        await sched.flush()
+        paused = await sched.pause("p")
+        assert paused.paused
+        await clock.advance(5000)
+        assert len(rec.calls) == 1  # nothing while paused
+        assert (await store.get("p")).paused  # type: ignore[union-attr]
+        resumed = await sched.resume("p")
+        assert not resumed.paused and resumed.next_time == T0 + 7000
+        await clock.advance(1000)
+        assert [d for _, d, _ in rec.calls] == [T0 + 1000, T0 + 7000]
+        assert await sched.fire_now("p") == 1
+        assert rec.calls[-1] == ("p", T0 + 7000, T0 + 7000)
+        await sched.flush()
+        p = await store.get("p")
+        assert p is not None and p.current_count == 2  # fire_now doesn't count
+        await sched.stop()
+
+    run(main())

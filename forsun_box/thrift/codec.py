@@ -1,0 +1,280 @@
+"""Thrift binary-protocol framing for asyncio: find, decode and encode whole messages.
+
+The unframed binary protocol has no length prefix, so a reader cannot know
+where a message ends without walking it. :func:`decode_message` first tries
+the C decoder (``fastbinary``) on the buffered bytes; only when that fails
+does :func:`message_length` walk the structure to tell "incomplete, wait for
+more bytes" from "garbage, close the connection". Every declared length is
+checked against bounds before anything is allocated, so a peer declaring a
+4 GiB string costs nothing.
+
+Used by the server (:mod:`forsun_box.api.thrift_server`) and the ``thrift``
+action's asyncio client.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from thrift.protocol import fastbinary
+from thrift.Thrift import TApplicationException, TMessageType, TType
+
+CALL = TMessageType.CALL
+REPLY = TMessageType.REPLY
+EXCEPTION = TMessageType.EXCEPTION
+ONEWAY = TMessageType.ONEWAY
+
+VERSION_1 = 0x80010000
+VERSION_MASK = 0xFFFF0000
+MAX_NAME_LENGTH = 1024
+MAX_DEPTH = 64
+
+_I32 = struct.Struct("!i")
+_I16 = struct.Struct("!h")
+_FIXED = {
+    TType.BOOL: 1,
+    TType.BYTE: 1,
+    TType.I16: 2,
+    TType.I32: 4,
+    TType.I64: 8,
+    TType.DOUBLE: 8,
+}
+_VARIABLE = {TType.STRING, TType.STRUCT, TType.MAP, TType.SET, TType.LIST}
+
+
+class NeedMore(Exception):
+    """The buffer holds only the beginning of a message."""
+
+
+class ProtocolError(Exception):
+    """The bytes are not a Thrift binary-protocol message (or exceed a bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one message may declare."""
+
+    max_message_bytes: int = 16 << 20
+    max_string_bytes: int = 16 << 20
+    max_container_items: int = 1 << 20
+
+
+@dataclass(slots=True)
+class Header:
+    """A message's name, type, sequence id, and where its body starts."""
+
+    name: str
+    mtype: int
+    seqid: int
+    body_start: int
+
+
+def read_header(buf: bytes | bytearray | memoryview, limits: Limits) -> Header:
+    """Parse a message header at the start of ``buf`` (strict or old non-strict form)."""
+    n = len(buf)
+    if n < 4:
+        raise NeedMore
+    (first,) = _I32.unpack_from(buf, 0)
+    if first < 0:
+        if (first & VERSION_MASK) != (VERSION_1 - (1 << 32)) & VERSION_MASK - (1 << 32) and (
+            (first + (1 << 32)) & VERSION_MASK != VERSION_1
+        ):
+            raise ProtocolError("bad protocol version")
+        mtype = first & 0xFF
+        if n < 8:
+            raise NeedMore
+        (name_len,) = _I32.unpack_from(buf, 4)
+        pos = 8
+    else:
+        mtype = -1
+        name_len = first
+        pos = 4
+    if name_len < 0 or name_len > MAX_NAME_LENGTH:
+        raise ProtocolError("bad method name length")
+    end = pos + name_len
+    if first >= 0:
+        end += 1  # the old form puts the type byte after the name
+    if n < end + 4:
+        raise NeedMore
+    try:
+        name = bytes(buf[pos : pos + name_len]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("method name is not UTF-8") from None
+    if first >= 0:
+        mtype = buf[end - 1]
+    (seqid,) = _I32.unpack_from(buf, end)
+    if mtype not in (CALL, REPLY, EXCEPTION, ONEWAY):
+        raise ProtocolError(f"bad message type {mtype}")
+    return Header(name, mtype, seqid, end + 4)
+
+
+def _skip(buf: bytes | bytearray | memoryview, pos: int, ttype: int, limits: Limits, depth: int) -> int:
+    """The offset just past one value of ``ttype`` starting at ``pos``."""
+    n = len(buf)
+    size = _FIXED.get(ttype)
+    if size is not None:
+        pos += size
+        if pos > n:
+            raise NeedMore
+        return pos
+    if ttype == TType.STRING:
+        if pos + 4 > n:
+            raise NeedMore
+        (length,) = _I32.unpack_from(buf, pos)
+        if length < 0 or length > limits.max_string_bytes:
+            raise ProtocolError("bad string length")
+        pos += 4 + length
+        if pos > n:
+            raise NeedMore
+        return pos
+    if depth > MAX_DEPTH:
+        raise ProtocolError("nesting too deep")
+    if ttype == TType.STRUCT:
+        return skip_struct(buf, pos, limits, depth + 1)
+    if ttype == TType.MAP:
+        if pos + 6 > n:
+            raise NeedMore
+        ktype, vtype = buf[pos], buf[pos + 1]
+        (count,) = _I32.unpack_from(buf, pos + 2)
+        pos += 6
+        types = (ktype, vtype)
+    elif ttype in (TType.SET, TType.LIST):
+        if pos + 5 > n:
+            raise NeedMore
+        etype = buf[pos]
+        (count,) = _I32.unpack_from(buf, pos + 1)
+        pos += 5
+        types = (etype,)
+    else:
+        raise ProtocolError(f"unknown type {ttype}")
+    if count < 0 or count > limits.max_container_items:
+        raise ProtocolError("bad container size")
+    for t in types:
+        if t not in _FIXED and t not in _VARIABLE:
+            raise ProtocolError(f"unknown element type {t}")
+    if all(t in _FIXED for t in types):
+        pos += count * sum(_FIXED[t] for t in types)
+        if pos > n:
+            raise NeedMore
+        return pos
+    for _ in range(count):
+        for t in types:
+            pos = _skip(buf, pos, t, limits, depth + 1)
+    return pos
+
+
+def skip_struct(buf: bytes | bytearray | memoryview, pos: int, limits: Limits, depth: int = 0) -> int:
+    """The offset just past the struct starting at ``pos``.
+
+    Raises :class:`NeedMore` if the buffer ends first, :class:`ProtocolError`
+    on anything that isn't a well-formed struct within ``limits``.
+    """
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise NeedMore
+        ftype = buf[pos]
+        if ftype == TType.STOP:
+            return pos + 1
+        if pos + 3 > n:
+            raise NeedMore
+        pos = _skip(buf, pos + 3, ftype, limits, depth)
+
+
+def message_length(buf: bytes | bytearray | memoryview, limits: Limits) -> tuple[Header, int]:
+    """The header of the message at the start of ``buf`` and its total length."""
+    header = read_header(buf, limits)
+    end = skip_struct(buf, header.body_start, limits)
+    if end > limits.max_message_bytes:
+        raise ProtocolError("message too large")
+    return header, end
+
+
+class _Reader:
+    """The minimal readable transport fastbinary needs: a view with a position."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self._buf = data
+        self._pos = pos
+
+    # fastbinary's protocol interface (see thrift's CReadableTransport)
+    @property
+    def cstringio_buf(self) -> _Reader:
+        return self
+
+    def read(self, n: int) -> bytes:
+        start = self._pos
+        self._pos = start + n
+        return self._buf[start : self._pos]
+
+    def cstringio_refill(self, partialread: bytes, reqlen: int) -> bytes:
+        raise EOFError
+
+
+def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any, int]:
+    """Decode a struct of class ``cls`` at ``data[start:]``; returns (object, end offset).
+
+    Raises :class:`NeedMore` when the bytes stop early and
+    :class:`ProtocolError` when they can't be a ``cls``.
+    """
+    reader = _Reader(data, start)
+    try:
+        obj = fastbinary.decode_binary(
+            None,
+            reader,
+            [cls, cls.thrift_spec],
+            limits.max_string_bytes,
+            limits.max_container_items,
+        )
+    except Exception:
+        # fastbinary reports a short buffer in several ways (EOFError, or a
+        # TypeError when it ends inside a container header): let the
+        # structure walk decide between "wait for more" and "garbage".
+        end = skip_struct(data, start, limits)
+        raise ProtocolError(f"cannot decode {cls.__name__}") from None
+    end = min(reader._pos, len(data))
+    if reader._pos > len(data):
+        raise NeedMore
+    return obj, end
+
+
+def encode_message(name: str, mtype: int, seqid: int, body: Any) -> bytes:
+    """One message: strict header plus ``body`` (a generated struct, or a
+    :class:`TApplicationException`)."""
+    encoded = name.encode("utf-8")
+    head = _I32.pack(VERSION_1 - (1 << 32) | mtype) + _I32.pack(len(encoded)) + encoded
+    head += _I32.pack(seqid)
+    if isinstance(body, TApplicationException):
+        return head + _encode_app_exception(body)
+    return head + fastbinary.encode_binary(body, [body.__class__, body.thrift_spec])
+
+
+_APP_EXC_SPEC = (
+    None,
+    (1, TType.STRING, "message", "UTF8", None),
+    (2, TType.I32, "type", None, None),
+)
+
+
+class _AppExc:
+    thrift_spec = _APP_EXC_SPEC
+
+    def __init__(self, message: str | None = None, type: int | None = None) -> None:  # noqa: A002
+        self.message = message
+        self.type = type
+
+
+def _encode_app_exception(exc: TApplicationException) -> bytes:
+    return bytes(
+        fastbinary.encode_binary(_AppExc(exc.message or "", exc.type), [_AppExc, _APP_EXC_SPEC])
+    )
+
+
+def decode_app_exception(data: bytes, start: int, limits: Limits) -> tuple[TApplicationException, int]:
+    """Decode the TApplicationException body of an EXCEPTION reply."""
+    obj, end = decode_body(data, start, _AppExc, limits)
+    return TApplicationException(obj.type or 0, obj.message), end
