@@ -294,6 +294,11 @@ class Scheduler:
         async with self._io:
             return await self.store.runs(key, limit)
 
+    async def prune_runs(self) -> int:
+        """Drop run records past the store's retention; returns how many."""
+        async with self._io:
+            return await self.store.prune_runs(self.clock.now_ms())
+
     async def pause(self, key: str) -> Plan:
         """Stop ``key`` from firing until resumed; returns the paused plan."""
         plan = await self.get(key)

@@ -183,7 +183,11 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self._check_path()
         try:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            # check_same_thread=False: small transactions and point reads run on the
+            # caller's thread (see apply); the engine never overlaps two calls.
+            self._db = await aiosqlite.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
         try:
@@ -280,60 +284,66 @@ class SqliteStore(Store):
 
     async def apply(self, batch: Batch) -> None:
         db = self._conn()
-        puts = [p for p in batch.ops.values() if p is not None]
-        deletes = [(k,) for k, p in batch.ops.items() if p is None]
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if deletes:
-                    await db.executemany(_DELETE, deletes)
-                if puts:
-                    # A lazy map: rows are built in aiosqlite's thread, not on the loop.
-                    await db.executemany(_PUT, map(_plan_row, puts))
-                if batch.advances:
-                    moved = [
-                        (a.next_time, a.current_count, a.last_timeout, a.status, a.key, a.version)
-                        for a in batch.advances
-                        if a.next_time is not None
-                    ]
-                    finished = [(a.key, a.version) for a in batch.advances if a.next_time is None]
-                    if moved:
-                        await db.executemany(_ADVANCE, moved)
-                    if finished:
-                        await db.executemany(_FINISH, finished)
-                if batch.statuses:
-                    await db.executemany(
-                        _STATUS, [(status, key, version) for key, version, status in batch.statuses]
-                    )
-                if batch.runs:
-                    await db.executemany(
-                        _RUN,
-                        [
-                            (r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result,
-                             r.error, r.action)
-                            for r in batch.runs
-                        ],
-                    )  # fmt: skip
-                    keys = {r.key for r in batch.runs}
-                    await db.executemany(
-                        _TRIM_RUNS, [(k, k, max(self.max_runs_per_key, 1)) for k in keys]
-                    )
-                if batch.meta:
-                    await db.executemany(_META, list(batch.meta.items()))
-                await db.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
+            if len(batch) <= INLINE_MAX_ROWS:
+                # A small commit (tens of microseconds) costs less than the round
+                # trip to aiosqlite's thread, so it runs right here.
+                self._apply_sync(db._conn, batch)
+            else:
+                # Big batches run in aiosqlite's thread, in one hop, so the event
+                # loop keeps firing meanwhile.
+                await db._execute(self._apply_sync, db._conn, batch)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
             raise StoreError(f"cannot write to {self.path}: {e}") from None
 
-    async def _rollback(self) -> None:
-        db = self._conn()
-        if db.in_transaction:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error as e:
-                log.error("rollback on %s failed: %s", self.path, e)
+    def _apply_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Apply ``batch`` in one transaction; runs in the connection's thread."""
+        puts = [p for p in batch.ops.values() if p is not None]
+        deletes = [(k,) for k, p in batch.ops.items() if p is None]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if deletes:
+                conn.executemany(_DELETE, deletes)
+            if puts:
+                conn.executemany(_PUT, map(_plan_row, puts))
+            if batch.advances:
+                moved = [
+                    (a.next_time, a.current_count, a.last_timeout, a.status, a.key, a.version)
+                    for a in batch.advances
+                    if a.next_time is not None
+                ]
+                finished = [(a.key, a.version) for a in batch.advances if a.next_time is None]
+                if moved:
+                    conn.executemany(_ADVANCE, moved)
+                if finished:
+                    conn.executemany(_FINISH, finished)
+            if batch.statuses:
+                conn.executemany(
+                    _STATUS, [(status, key, version) for key, version, status in batch.statuses]
+                )
+            if batch.runs:
+                conn.executemany(
+                    _RUN,
+                    [
+                        (r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result,
+                         r.error, r.action)
+                        for r in batch.runs
+                    ],
+                )  # fmt: skip
+                keys = {r.key for r in batch.runs}
+                conn.executemany(
+                    _TRIM_RUNS, [(k, k, max(self.max_runs_per_key, 1)) for k in keys]
+                )
+            if batch.meta:
+                conn.executemany(_META, list(batch.meta.items()))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as e:
+                    log.error("rollback on %s failed: %s", self.path, e)
+            raise
 
     async def prune_runs(self, now_ms: int) -> int:
         db = self._conn()
@@ -348,8 +358,15 @@ class SqliteStore(Store):
     # -- reads -------------------------------------------------------------
 
     async def get(self, key: str) -> Plan | None:
-        plans = await self._plans(f"SELECT {_COLUMNS} FROM plans WHERE key = ?", (key,))
-        return plans[0] if plans else None
+        # A primary-key lookup is cheaper than a hop to aiosqlite's thread.
+        db = self._conn()
+        try:
+            row = db._conn.execute(_GET_SQL, (key,)).fetchone()
+        except UnicodeEncodeError:
+            return None
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from None
+        return None if row is None else _plan_factory(None, row)
 
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
         if after is None:
@@ -428,6 +445,11 @@ class SqliteStore(Store):
             return []
         except sqlite3.Error as e:
             raise StoreError(f"cannot read {self.path}: {e}") from None
+
+
+_GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
+# Batches up to this many mutations commit on the caller's thread (see apply).
+INLINE_MAX_ROWS = 64
 
 
 def key_range_sql(columns: str, prefix: str, after: str, limit: int) -> tuple[str, tuple[Any, ...]]:
