@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean thrift
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ lint: $(STAMP)
 ## bench: forsun-box side by side with forsun (see bench/README.md)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## thrift: regenerate forsun_box/thrift/forsun/ from the IDL (needs Debian's thrift-compiler)
+THRIFT_GEN := build/thrift-gen
+thrift:
+	rm -rf $(THRIFT_GEN) && mkdir -p $(THRIFT_GEN)
+	thrift --gen py -out $(THRIFT_GEN) forsun_box/thrift/forsun.thrift
+	rm -f $(THRIFT_GEN)/forsun/Forsun-remote
+	rm -rf forsun_box/thrift/forsun
+	cp -r $(THRIFT_GEN)/forsun forsun_box/thrift/forsun
 
 clean:
 	rm -rf $(VENV) build/work dist *.egg-info

@@ -13,15 +13,19 @@ import tornado.web
 
 from forsun_box import actions as actions_pkg
 from forsun_box import errors
+from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import http_v1
+from forsun_box.api import console, http_v1
 from forsun_box.api.service import ForsunService, ServiceInfo
+from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.dispatcher import Dispatcher
+from forsun_box.extensions import ExtensionManager, default_extensions_dir
 from forsun_box.plan import Limits
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.stats import Stats
 from forsun_box.store import DRIVERS, Store
+from forsun_box.thrift import codec
 
 log = logging.getLogger("forsun_box")
 
@@ -68,6 +72,15 @@ def action_settings(config: Any) -> ActionSettings:
         http_request_timeout=config.http_request_timeout,
         http_user_agent=config.http_user_agent or ActionSettings().http_user_agent,
         default_concurrency=config.concurrency,
+        server_connect_timeout=config.action_connect_timeout,
+        server_run_timeout=config.action_run_timeout,
+        redis_max_connections=config.action_redis_max_connections,
+        mysql_user=config.mysql_user,
+        mysql_passwd=config.mysql_passwd,
+        mysql_max_connections=config.mysql_max_connections,
+        mysql_wait_connection_timeout=config.mysql_wait_connection_timeout,
+        mysql_idle_seconds=config.mysql_idle_seconds,
+        beanstalk_max_connections=config.beanstalk_max_connections,
     )
 
 
@@ -78,18 +91,30 @@ class App:
         self.config = config
         self.clock = clock or LoopClock()
         self.stats = Stats()
+        self.extensions = ExtensionManager()
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
         self.dispatcher: Dispatcher | None = None
         self.service: ForsunService | None = None
         self.http_server: http_v1.CountingHTTPServer | None = None
         self.http_port = 0
+        self.thrift_server: ThriftServer | None = None
+        self.thrift_port = 0
         self._prune_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
         os.makedirs(config.data_dir, exist_ok=True)
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
+        # Extensions first: they may register the store driver --driver names.
+        self.extensions.load(
+            folder=default_extensions_dir(config),
+            extension_path=config.extension_path,
+            names=config.extensions,
+            config=config,
+            stats=self.stats,
+        )
+        await self.extensions.init_all()
         self.store = make_store(config)
         await self.store.open()
         tz = config.tzinfo()
@@ -105,7 +130,7 @@ class App:
         self.dispatcher = Dispatcher(
             action_settings(config),
             self.clock,
-            on_run=self.scheduler.record_run,
+            on_run=self._on_run,
             on_status=self.scheduler.record_status,
             stats=self.stats,
         )
@@ -123,22 +148,63 @@ class App:
                 stores=sorted(DRIVERS),
                 bind_port=f"{config.bind_address}:{config.port}",
                 http_bind_port=config.http_bind,
+                extensions=self.extensions.names,
+                extra=self._extension_facts,
             ),
             stats=self.stats,
             max_plans_per_request=config.max_plans_per_request,
         )
+        await self._start_thrift()
         if config.http_bind:
             self._start_http()
         self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop())
         log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
 
+    def _on_run(self, run: Any) -> None:
+        """Dispatcher callback: the console's per-minute series, then the run history."""
+        self.stats.minutes.record_run(run)
+        assert self.scheduler is not None
+        self.scheduler.record_run(run)
+
+    def _extension_facts(self) -> dict[str, str]:
+        errors_ = self.extensions.errors
+        return {
+            "extension_error_count": str(len(errors_)),
+            "extension_errors": "; ".join(str(e) for e in errors_),
+        }
+
+    async def _start_thrift(self) -> None:
+        assert self.service is not None
+        config = self.config
+        thrift_action.configure(max_connections=config.thrift_max_connections)
+        # One plan per message: bound a message by what one plan may carry.
+        size = (1 << 20) + 4 * config.max_params_bytes
+        server = ThriftServer(
+            self.service,
+            stats=self.stats,
+            limits=codec.Limits(
+                max_message_bytes=size, max_string_bytes=size, max_container_items=65536
+            ),
+        )
+        try:
+            self.thrift_port = await server.start(config.bind_address, config.port)
+        except OSError as e:
+            raise errors.StartupError(
+                f"cannot listen on Thrift {config.bind_address}:{config.port}: {e.strerror}"
+            ) from None
+        self.thrift_server = server
+        self.service.info_facts.bind_port = f"{config.bind_address}:{self.thrift_port}"
+        log.info("Thrift API on %s:%d", config.bind_address, self.thrift_port)
+
     def _start_http(self) -> None:
         assert self.service is not None
         config = self.config
+        console_routes, console_settings = console.install(self)
         app = tornado.web.Application(
-            http_v1.routes(self.service, config.max_body_bytes),
+            http_v1.routes(self.service, config.max_body_bytes) + console_routes,
             default_handler_class=http_v1.NotFoundHandler,
             default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
+            **console_settings,
         )
         server = http_v1.CountingHTTPServer(app, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
@@ -156,8 +222,9 @@ class App:
     async def _prune_loop(self) -> None:
         while True:
             try:
-                if self.store is not None:
-                    removed = await self.store.prune_runs(self.clock.now_ms())
+                if self.scheduler is not None:
+                    # through the engine, which never overlaps two store calls
+                    removed = await self.scheduler.prune_runs()
                     if removed:
                         log.info("pruned %d old run records", removed)
             except Exception as e:  # keep serving; retried next hour
@@ -169,6 +236,8 @@ class App:
         log.info("forsun-box stopping")
         if self.http_server is not None:
             self.http_server.stop()
+        if self.thrift_server is not None:
+            await self.thrift_server.stop()
         if self._prune_task is not None:
             self._prune_task.cancel()
         if self.scheduler is not None:
@@ -177,6 +246,7 @@ class App:
             await self.dispatcher.close()
         if self.store is not None:
             await self.store.close()
+        await self.extensions.uninit_all()
         log.info("forsun-box stopped")
 
 

@@ -409,6 +409,15 @@ class Config:
     mysql_max_connections: int = _action(8, "Pool size per mysql target.", check=_POSITIVE)
     mysql_wait_connection_timeout: int = _action(7200, "Longest wait for a mysql connection, s.")
     mysql_idle_seconds: int = _action(120, "Idle time before a mysql connection closes, s.")
+    beanstalk_max_connections: int = _action(
+        8, "Pool size (connections and threads) per beanstalk target.", check=_POSITIVE
+    )
+    action_connect_timeout: float = _action(
+        5.0, "Connect timeout of the redis, mysql and beanstalk actions, s.", check=_POSITIVE
+    )
+    action_run_timeout: float = _action(
+        60.0, "Time limit of one redis/mysql/beanstalk action run, seconds.", check=_POSITIVE
+    )
 
     # ---- [extension]
     extension_path: str = _extension(
@@ -417,6 +426,12 @@ class Config:
     extensions: tuple[str, ...] = _extension(
         (), "Extensions to load, module.Class, ;-separated; each --extension adds one.",
         "--extension", env="EXTENSIONS", metavar="MODULE.CLASS"
+    )  # fmt: skip
+    extensions_dir: str = _extension(
+        "", "Drop-in folder: every .py file and package in it is loaded at start; its lib/ "
+        "holds their third-party packages. Empty: extensions/ beside the executable when "
+        "frozen, else <data_dir>/extensions.",
+        "--extensions-dir", key="dir", path=True
     )  # fmt: skip
 
     # ---- [http] (forsun-box's own limits of the HTTP API)
@@ -430,6 +445,19 @@ class Config:
     max_plans_per_request: int = _http(
         100000, "Most plans per request.", "--max-plans-per-request", check=_POSITIVE
     )
+    console_password: str = _http(
+        "", "Password of the web console; empty (and no api_token) leaves it open. "
+        "Prefer the environment or the conf file to a flag (flags show in ps).",
+        "--console-password", metavar="PASSWORD"
+    )  # fmt: skip
+    api_token: str = _http(
+        "", "API token; also accepted as the web console's password.", "--api-token",
+        metavar="TOKEN"
+    )  # fmt: skip
+    cookie_secret: str = _http(
+        "", "Secret signing the console's login cookie; empty: generated once and kept in "
+        "<data_dir>/console-cookie-secret.", metavar="SECRET"
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -15,6 +15,10 @@ from types import FrameType
 from forsun_box.errors import StartupError
 
 
+#: the report pipe's descriptor, for the frozen executable's re-started daemon
+_DAEMON_FD_ENV = "FORSUN_BOX_DAEMON_FD"
+
+
 def _running_pid(pid_file: str) -> int | None:
     """The pid recorded in ``pid_file`` if that process still exists."""
     pid = _read_pid(pid_file)
@@ -88,24 +92,65 @@ def daemonize(pid_file: str, log_file: str = "") -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    inherited = os.environ.pop(_DAEMON_FD_ENV, "")
+    if inherited:  # the frozen executable's re-started daemon: already detached
+        _become_daemon(pid_file, log_file, int(inherited))
+        return
     read_end, write_end = os.pipe()
+    if getattr(sys, "frozen", False):
+        _respawn_frozen(read_end, write_end)
     first = os.fork()
     if first > 0:
         os.close(write_end)
         report = _read_all(read_end)
         os.waitpid(first, 0)
-        if report == b"ok":
-            os._exit(0)
-        reason = report.decode(errors="replace") or "the daemon exited during start-up"
-        sys.stderr.write(f"forsun-box: {reason}\n")
-        sys.stderr.flush()
-        os._exit(1)
+        _report_and_exit(report)
 
     os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    _become_daemon(pid_file, log_file, write_end)
 
+
+def _report_and_exit(report: bytes) -> None:
+    """The starting process: exit 0 once the daemon said ok, else 1 with its reason."""
+    if report == b"ok":
+        os._exit(0)
+    reason = report.decode(errors="replace") or "the daemon exited during start-up"
+    sys.stderr.write(f"forsun-box: {reason}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _respawn_frozen(read_end: int, write_end: int) -> None:
+    """Start the daemon as a new run of the frozen executable; never returns.
+
+    The one-file executable runs Python in a child of its bootloader, which
+    deletes the unpacked files when that child exits: a forked daemon would
+    outlive them. So the daemon is the same executable started again (same
+    name and arguments, its own unpacked copy), in a new session; it learns
+    the report pipe from the environment.
+    """
+    import subprocess
+
+    env = dict(os.environ, PYINSTALLER_RESET_ENVIRONMENT="1")
+    env[_DAEMON_FD_ENV] = str(write_end)
+    with open(os.devnull, "rb+") as null:
+        child = subprocess.Popen(
+            [sys.argv[0], *sys.argv[1:]], executable=sys.executable, env=env,
+            stdin=null, stdout=null, stderr=null, pass_fds=(write_end,),
+            start_new_session=True,
+        )  # fmt: skip
+    os.close(write_end)
+    report = _read_all(read_end)
+    if report != b"ok":
+        child.wait()
+    _report_and_exit(report)
+
+
+def _become_daemon(pid_file: str, log_file: str, write_end: int) -> None:
+    """In the detached process: directory, umask, stdio, pid file; then report ok."""
     try:
         os.chdir("/")
         os.umask(0o022)

@@ -286,6 +286,11 @@ class Scheduler:
         async with self._io:
             return await self.store.firing_between(start_ms, end_ms, limit)
 
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        """How many plans fire in ``[start_ms, end_ms)``, counting at most ``limit``."""
+        async with self._io:
+            return await self.store.count_firing_between(start_ms, end_ms, limit)
+
     async def count(self) -> int:
         async with self._io:
             return await self.store.count()
@@ -389,14 +394,14 @@ class Scheduler:
                 self._window.pop(payload, None)
             elif kind == "advance":
                 adv: Advance = payload[0]
-                plan: Plan = payload[1]
+                moved: Plan = payload[1]
                 key = adv.key
                 self._release(key)
                 if self._inflight.get(key) != adv.version:
                     continue  # removed or replaced while firing
                 del self._inflight[key]
                 if adv.next_time is not None and self._in_window(adv.next_time, key):
-                    self._admit(plan)
+                    self._admit(moved)
 
     def _release(self, key: str) -> None:
         n = self._pending[key] - 1

@@ -8,7 +8,9 @@ when someone asks for percentiles.
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
+from typing import Any
 
 #: forsun's ``info`` counters, in forsun's order
 COUNTER_NAMES: tuple[str, ...] = (
@@ -35,6 +37,9 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 LATENESS_SAMPLES = 10_000
+MINUTE_MS = 60_000
+#: lateness samples kept per minute bucket (a uniform reservoir beyond that)
+MINUTE_SAMPLES = 2_000
 
 
 class Stats:
@@ -44,12 +49,13 @@ class Stats:
     may :meth:`incr` names of their own, which then appear in :meth:`as_dict`.
     """
 
-    __slots__ = ("_counters", "_lateness", "_lateness_max")
+    __slots__ = ("_counters", "_lateness", "_lateness_max", "minutes")
 
     def __init__(self, lateness_samples: int = LATENESS_SAMPLES) -> None:
         self._counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._lateness: deque[int] = deque(maxlen=lateness_samples)
         self._lateness_max = 0
+        self.minutes = MinuteSeries()
 
     def __getattr__(self, name: str) -> int:
         # Only called for names that aren't slots: look the counter up.
@@ -99,6 +105,90 @@ class Stats:
             "max": samples[-1],
             "max_ever": self._lateness_max,
         }
+
+
+class _Minute:
+    __slots__ = ("fired", "failed", "samples", "seen")
+
+    def __init__(self) -> None:
+        self.fired = 0
+        self.failed = 0
+        self.samples: list[int] = []
+        self.seen = 0
+
+
+class MinuteSeries:
+    """Firings, failures and lateness per wall-clock minute, for the last hour.
+
+    Fed one run record at a time (:meth:`record_run`, the dispatcher's run
+    callback); memory is bounded: ``keep`` buckets of at most
+    :data:`MINUTE_SAMPLES` lateness samples each.
+    """
+
+    def __init__(self, keep: int = 60) -> None:
+        self.keep = keep
+        self._buckets: dict[int, _Minute] = {}
+
+    def record_run(self, run: Any) -> None:
+        """Count one attempt (a ``store.base.Run``): a first attempt is a firing
+        and gives a lateness sample; any attempt that failed is a failure."""
+        minute = run.started_ms // MINUTE_MS
+        b = self._buckets.get(minute)
+        if b is None:
+            b = self._buckets[minute] = _Minute()
+            if len(self._buckets) > self.keep:
+                for old in sorted(self._buckets)[: len(self._buckets) - self.keep]:
+                    del self._buckets[old]
+        if run.result != 1:
+            b.failed += 1
+        if run.attempt == 1:
+            b.fired += 1
+            late = max(0, run.started_ms - run.due_ms)
+            b.seen += 1
+            if len(b.samples) < MINUTE_SAMPLES:
+                b.samples.append(late)
+            else:
+                j = random.randrange(b.seen)
+                if j < MINUTE_SAMPLES:
+                    b.samples[j] = late
+
+    def series(self, now_ms: int, minutes: int = 60) -> dict[str, list[int]]:
+        """The last ``minutes`` minutes up to now's: ``start_ms``, ``fired``,
+        ``failed``, ``p50`` and ``p99`` (lateness ms), oldest first."""
+        last = now_ms // MINUTE_MS
+        out: dict[str, list[int]] = {"start_ms": [], "fired": [], "failed": [], "p50": [],
+                                     "p99": []}
+        for m in range(last - minutes + 1, last + 1):
+            b = self._buckets.get(m)
+            out["start_ms"].append(m * MINUTE_MS)
+            if b is None:
+                for name in ("fired", "failed", "p50", "p99"):
+                    out[name].append(0)
+                continue
+            samples = sorted(b.samples)
+            n = len(samples)
+            out["fired"].append(b.fired)
+            out["failed"].append(b.failed)
+            out["p50"].append(samples[_rank(n, 0.50)] if n else 0)
+            out["p99"].append(samples[_rank(n, 0.99)] if n else 0)
+        return out
+
+    def percentiles(self, now_ms: int, minutes: int = 60) -> dict[str, int]:
+        """Lateness ``p50``/``p99``/``max`` (ms) and ``count`` of firings over the
+        last ``minutes`` minutes (percentiles over the kept samples)."""
+        first = now_ms // MINUTE_MS - minutes + 1
+        samples: list[int] = []
+        count = 0
+        for m, b in self._buckets.items():
+            if m >= first:
+                samples.extend(b.samples)
+                count += b.fired
+        samples.sort()
+        n = len(samples)
+        if not n:
+            return {"count": count, "p50": 0, "p99": 0, "max": 0}
+        return {"count": count, "p50": samples[_rank(n, 0.50)],
+                "p99": samples[_rank(n, 0.99)], "max": samples[-1]}
 
 
 def _rank(n: int, q: float) -> int:

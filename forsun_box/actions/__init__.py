@@ -17,13 +17,21 @@ from forsun_box.actions.base import (
     get_action,
     register_action,
 )
+from forsun_box.actions.beanstalk import BeanstalkAction
 from forsun_box.actions.http import HttpAction
+from forsun_box.actions.mysql import MysqlAction
+from forsun_box.actions.redis import RedisAction
 from forsun_box.actions.shell import ShellAction
+from forsun_box.actions.thrift import ThriftAction
 
 
 def _register_builtins() -> None:
     register_action("shell", ShellAction)
     register_action("http", HttpAction)
+    register_action("redis", RedisAction)
+    register_action("mysql", MysqlAction)
+    register_action("beanstalk", BeanstalkAction)
+    register_action("thrift", ThriftAction)
 
 
 _register_builtins()
@@ -34,7 +42,10 @@ __all__ = [
     "Action",
     "ActionFailed",
     "ActionSettings",
+    "BeanstalkAction",
     "HttpAction",
+    "MysqlAction",
+    "RedisAction",
     "ShellAction",
     "action_names",
     "canonical_name",

@@ -60,6 +60,19 @@ class ActionSettings:
     #: upper bound on one attempt of any action, in seconds; 0: none (the
     #: built-in actions have their own limits)
     action_timeout_s: float = 0
+    #: connect limit of the redis, mysql and beanstalk actions, seconds
+    server_connect_timeout: float = 5
+    #: limit on one run (commands, statement, put) of those actions, seconds
+    server_run_timeout: float = 60
+    redis_max_connections: int = 8
+    mysql_user: str = "root"
+    mysql_passwd: str = ""
+    mysql_max_connections: int = 8
+    #: longest wait for a free pooled mysql connection, seconds
+    mysql_wait_connection_timeout: float = 7200
+    #: pooled mysql connections older than this are reopened, seconds
+    mysql_idle_seconds: float = 120
+    beanstalk_max_connections: int = 8
 
     def concurrency_for(self, name: str) -> int:
         """The concurrency limit of action ``name`` (at least 1)."""

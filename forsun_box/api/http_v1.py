@@ -180,6 +180,22 @@ class PlanHandler(BaseHandler):
         raise BadRequest(f"unsupported Content-Type: {ctype}")
 
 
+class PauseHandler(BaseHandler):
+    """``POST /v1/plan/pause?key=K`` and ``/v1/plan/resume?key=K`` (forsun-box additions)."""
+
+    def initialize(self, service: ForsunService, max_body_bytes: int, resume: bool = False) -> None:  # type: ignore[override]
+        super().initialize(service, max_body_bytes)
+        self.resume = resume
+
+    async def post(self) -> None:
+        async def change() -> dict[str, Any]:
+            key = self.get_query_argument("key", None)
+            op = self.service.resume if self.resume else self.service.pause
+            return to_forsun(await op(key))
+
+        await self.run(change)
+
+
 class TimeHandler(BaseHandler):
     async def get(self) -> None:
         async def at() -> dict[str, Any]:
@@ -230,6 +246,8 @@ def routes(service: ForsunService, max_body_bytes: int) -> list[Any]:
     return [
         (r"/v1/ping", PingHandler, kw),
         (r"/v1/plan", PlanHandler, kw),
+        (r"/v1/plan/pause", PauseHandler, kw),
+        (r"/v1/plan/resume", PauseHandler, {**kw, "resume": True}),
         (r"/v1/time", TimeHandler, kw),
         (r"/v1/keys", KeysHandler, kw),
         (r"/v1/info", InfoHandler, kw),

@@ -107,6 +107,52 @@ class ForsunService:
             week=-1 if week is None else week,
         )
 
+    def build_kind(
+        self,
+        *,
+        kind: str,
+        key: Any,
+        fields: Mapping[str, Any],
+        count: Any = 0,
+        action: Any = "shell",
+        params: Any = None,
+        cron: str = "",
+        at_ms: int | None = None,
+        timezone: str = "",
+    ) -> Plan:
+        """Validate a plan of any schedule kind (delay, calendar, cron, at).
+
+        Delay and calendar go through :meth:`build`, so their fields mean what
+        they mean on forsun's APIs; cron and at add their own fields.
+        """
+        if kind in (DELAY, CALENDAR) and not timezone:
+            return self.build(key=key, is_time_out=kind == DELAY, fields=fields, count=count,
+                              action=action, params=params)
+        if key is None or key == "":
+            key = self.scheduler.new_key()
+        elif not isinstance(key, str):
+            raise errors.InvalidValue("key must be a string")
+        get = fields.get
+        time_fields: dict[str, Any] = {
+            f: (-1 if get(f) is None else get(f))
+            for f in ("second", "minute", "hour", "day", "month", "week")
+        }
+        return build_plan(
+            key=key,
+            kind=kind,
+            now_ms=self.scheduler.clock.now_ms(),
+            default_tz=self.scheduler.tz,
+            action=action or "shell",
+            params=params,
+            count=0 if count is None else count,
+            known_actions=self.known_actions(),
+            limits=self.limits,
+            cron=cron,
+            at_ms=at_ms,
+            timezone=timezone,
+            **time_fields,
+        )
+
     def known_actions(self) -> frozenset[str]:
         return frozenset(self.actions())
 
@@ -161,6 +207,18 @@ class ForsunService:
     async def at_second(self, timestamp: int) -> list[Plan]:
         start = timestamp * 1000
         return await self.scheduler.firing_between(start, start + 1000)
+
+    async def pause(self, key: Any) -> Plan:
+        """Stop ``key`` firing until resumed (forsun-box addition)."""
+        return await self.scheduler.pause(self._key(key))
+
+    async def resume(self, key: Any) -> Plan:
+        """Let a paused plan fire again from its next occurrence after now."""
+        return await self.scheduler.resume(self._key(key))
+
+    async def fire(self, key: Any) -> int:
+        """Run ``key``'s action once now, outside its schedule; returns its status."""
+        return await self.scheduler.fire_now(self._key(key))
 
     async def keys(self, prefix: str = "") -> list[str]:
         return await self.scheduler.keys(prefix)

@@ -11,15 +11,18 @@ DRIVERS: dict[str, type[Store]] = {}
 
 
 def register_driver(name: str, cls: type[Store]) -> None:
+    """Make ``cls`` the driver chosen by ``--driver name``, replacing any earlier one."""
     DRIVERS[name] = cls
 
 
 def _register_builtins() -> None:
     from forsun_box.store.memory import MemoryStore
+    from forsun_box.store.redis import RedisStore
     from forsun_box.store.sqlite import SqliteStore
 
     register_driver("sqlite", SqliteStore)
     register_driver("mem", MemoryStore)
+    register_driver("redis", RedisStore)
 
 
 _register_builtins()

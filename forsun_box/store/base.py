@@ -108,6 +108,13 @@ class Store(abc.ABC):
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
         """Unpaused plans whose next firing is in ``[start_ms, end_ms)``, by time then key."""
 
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        """How many unpaused plans fire in ``[start_ms, end_ms)``, counting at most ``limit``.
+
+        The default reads the plans; drivers override it with an index count.
+        """
+        return len(await self.firing_between(start_ms, end_ms, limit))
+
     @abc.abstractmethod
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
         """Keys starting with ``prefix``, sorted, greater than ``after``; ``limit`` 0 = all."""

@@ -309,6 +309,11 @@ class MemoryStore(Store):
         entries = self._due.irange((start_ms, ""), (end_ms, ""), inclusive=(True, False))
         return self._plans_for(entries, limit)
 
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        due = self._due
+        n = due.bisect_left((end_ms, "")) - due.bisect_left((start_ms, ""))
+        return max(0, min(n, limit))
+
     def _plans_for(self, entries: Iterable[tuple[int, str]], limit: int) -> list[Plan]:
         if limit <= 0:
             return []

@@ -131,6 +131,12 @@ FIRING_BETWEEN_SQL = (
     "AND next_time >= ? AND next_time < ? ORDER BY next_time, key LIMIT ?"
 )
 
+# counted on the partial index alone, and never past the limit
+COUNT_BETWEEN_SQL = (
+    f"SELECT count(*) FROM (SELECT 1 FROM plans WHERE {_DUE_WHERE} "
+    "AND next_time >= ? AND next_time < ? LIMIT ?)"
+)
+
 
 def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
     return (
@@ -375,6 +381,10 @@ class SqliteStore(Store):
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
         return await self._plans(FIRING_BETWEEN_SQL, (start_ms, end_ms, limit))
+
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        rows = await self._fetch(COUNT_BETWEEN_SQL, (start_ms, end_ms, limit))
+        return int(rows[0][0]) if rows else 0
 
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
         sql, args = key_range_sql("key", prefix, after, limit)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrift.protocol import fastbinary
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
 from thrift.Thrift import TApplicationException, TMessageType, TType
+from thrift.transport.TTransport import TMemoryBuffer
 
 CALL = TMessageType.CALL
 REPLY = TMessageType.REPLY
@@ -42,6 +44,9 @@ _FIXED = {
     TType.DOUBLE: 8,
 }
 _VARIABLE = {TType.STRING, TType.STRUCT, TType.MAP, TType.SET, TType.LIST}
+
+
+Buffer = bytes | bytearray | memoryview
 
 
 class NeedMore(Exception):
@@ -71,16 +76,14 @@ class Header:
     body_start: int
 
 
-def read_header(buf: bytes | bytearray | memoryview, limits: Limits) -> Header:
+def read_header(buf: Buffer, limits: Limits) -> Header:
     """Parse a message header at the start of ``buf`` (strict or old non-strict form)."""
     n = len(buf)
     if n < 4:
         raise NeedMore
     (first,) = _I32.unpack_from(buf, 0)
     if first < 0:
-        if (first & VERSION_MASK) != (VERSION_1 - (1 << 32)) & VERSION_MASK - (1 << 32) and (
-            (first + (1 << 32)) & VERSION_MASK != VERSION_1
-        ):
+        if first & VERSION_MASK != VERSION_1:
             raise ProtocolError("bad protocol version")
         mtype = first & 0xFF
         if n < 8:
@@ -110,7 +113,7 @@ def read_header(buf: bytes | bytearray | memoryview, limits: Limits) -> Header:
     return Header(name, mtype, seqid, end + 4)
 
 
-def _skip(buf: bytes | bytearray | memoryview, pos: int, ttype: int, limits: Limits, depth: int) -> int:
+def _skip(buf: Buffer, pos: int, ttype: int, limits: Limits, depth: int) -> int:
     """The offset just past one value of ``ttype`` starting at ``pos``."""
     n = len(buf)
     size = _FIXED.get(ttype)
@@ -139,7 +142,7 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, ttype: int, limits: Lim
         ktype, vtype = buf[pos], buf[pos + 1]
         (count,) = _I32.unpack_from(buf, pos + 2)
         pos += 6
-        types = (ktype, vtype)
+        types: tuple[int, ...] = (ktype, vtype)
     elif ttype in (TType.SET, TType.LIST):
         if pos + 5 > n:
             raise NeedMore
@@ -165,7 +168,7 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, ttype: int, limits: Lim
     return pos
 
 
-def skip_struct(buf: bytes | bytearray | memoryview, pos: int, limits: Limits, depth: int = 0) -> int:
+def skip_struct(buf: Buffer, pos: int, limits: Limits, depth: int = 0) -> int:
     """The offset just past the struct starting at ``pos``.
 
     Raises :class:`NeedMore` if the buffer ends first, :class:`ProtocolError`
@@ -183,7 +186,7 @@ def skip_struct(buf: bytes | bytearray | memoryview, pos: int, limits: Limits, d
         pos = _skip(buf, pos + 3, ftype, limits, depth)
 
 
-def message_length(buf: bytes | bytearray | memoryview, limits: Limits) -> tuple[Header, int]:
+def message_length(buf: Buffer, limits: Limits) -> tuple[Header, int]:
     """The header of the message at the start of ``buf`` and its total length."""
     header = read_header(buf, limits)
     end = skip_struct(buf, header.body_start, limits)
@@ -192,61 +195,36 @@ def message_length(buf: bytes | bytearray | memoryview, limits: Limits) -> tuple
     return header, end
 
 
-class _Reader:
-    """The minimal readable transport fastbinary needs: a view with a position."""
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self, data: bytes, pos: int) -> None:
-        self._buf = data
-        self._pos = pos
-
-    # fastbinary's protocol interface (see thrift's CReadableTransport)
-    @property
-    def cstringio_buf(self) -> _Reader:
-        return self
-
-    def read(self, n: int) -> bytes:
-        start = self._pos
-        self._pos = start + n
-        return self._buf[start : self._pos]
-
-    def cstringio_refill(self, partialread: bytes, reqlen: int) -> bytes:
-        raise EOFError
-
-
 def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any, int]:
     """Decode a struct of class ``cls`` at ``data[start:]``; returns (object, end offset).
 
     Raises :class:`NeedMore` when the bytes stop early and
     :class:`ProtocolError` when they can't be a ``cls``.
     """
-    reader = _Reader(data, start)
+    trans = TMemoryBuffer(data)
+    buf = trans.cstringio_buf
+    buf.seek(start)
+    proto = TBinaryProtocolAccelerated(
+        trans,
+        string_length_limit=limits.max_string_bytes,
+        container_length_limit=limits.max_container_items,
+    )
     try:
-        obj = fastbinary.decode_binary(
-            None,
-            reader,
-            [cls, cls.thrift_spec],
-            limits.max_string_bytes,
-            limits.max_container_items,
-        )
+        obj = fastbinary.decode_binary(None, proto, [cls, cls.thrift_spec])
     except Exception:
         # fastbinary reports a short buffer in several ways (EOFError, or a
         # TypeError when it ends inside a container header): let the
         # structure walk decide between "wait for more" and "garbage".
-        end = skip_struct(data, start, limits)
+        skip_struct(data, start, limits)
         raise ProtocolError(f"cannot decode {cls.__name__}") from None
-    end = min(reader._pos, len(data))
-    if reader._pos > len(data):
-        raise NeedMore
-    return obj, end
+    return obj, buf.tell()
 
 
 def encode_message(name: str, mtype: int, seqid: int, body: Any) -> bytes:
     """One message: strict header plus ``body`` (a generated struct, or a
     :class:`TApplicationException`)."""
     encoded = name.encode("utf-8")
-    head = _I32.pack(VERSION_1 - (1 << 32) | mtype) + _I32.pack(len(encoded)) + encoded
+    head = _I32.pack((VERSION_1 - (1 << 32)) | mtype) + _I32.pack(len(encoded)) + encoded
     head += _I32.pack(seqid)
     if isinstance(body, TApplicationException):
         return head + _encode_app_exception(body)
@@ -274,7 +252,9 @@ def _encode_app_exception(exc: TApplicationException) -> bytes:
     )
 
 
-def decode_app_exception(data: bytes, start: int, limits: Limits) -> tuple[TApplicationException, int]:
+def decode_app_exception(
+    data: bytes, start: int, limits: Limits
+) -> tuple[TApplicationException, int]:
     """Decode the TApplicationException body of an EXCEPTION reply."""
     obj, end = decode_body(data, start, _AppExc, limits)
     return TApplicationException(obj.type or 0, obj.message), end

@@ -21,7 +21,11 @@ from forsun_box.plan import Plan
 from forsun_box.store import DRIVERS, Advance, Batch, Run, Store
 from forsun_box.store import sqlite as sqlite_driver
 from forsun_box.store.memory import MemoryStore, read_snapshot
+from forsun_box.store.redis import RedisStore
 from forsun_box.store.sqlite import SqliteStore
+
+# the redis_server fixture (a real redis-server) for the redis driver
+pytest_plugins = ["tests.servers"]
 
 T0 = 1_700_000_000_000
 MAX_CHAR = chr(0x10FFFF)
@@ -29,19 +33,31 @@ MAX_CHAR = chr(0x10FFFF)
 Factory = Callable[..., Store]
 
 
-def make_factory(driver: str, tmp_path: Path) -> Factory:
+def make_factory(driver: str, tmp_path: Path, redis_port: int = 0) -> Factory:
+    # A namespace of its own per test: a real server is shared by the session.
+    namespace = f"contract-{tmp_path.name}"
+
     def make(**kwargs: Any) -> Store:
         if driver == "sqlite":
             return SqliteStore(str(tmp_path / "plans.db"), **kwargs)
+        if driver == "redis":
+            return RedisStore(port=redis_port, prefix=namespace, **kwargs)
         kwargs.setdefault("snapshot_interval_s", 3600.0)
         return MemoryStore(str(tmp_path / "plans.snapshot"), **kwargs)
 
     return make
 
 
-@pytest.fixture(params=["sqlite", "mem"])
+@pytest.fixture(params=["sqlite", "mem", "redis"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """Builds a store of the driver under test; calling it again reopens the same data."""
+    """Builds a store of the driver under test; calling it again reopens the same data.
+
+    ``redis`` runs against a real redis-server (tests/servers.py): skipped when
+    it is not installed, a failure under CI.
+    """
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        return make_factory("redis", tmp_path, server.port)
     return make_factory(request.param, tmp_path)
 
 
@@ -98,6 +114,7 @@ async def put(store: Store, *plans: Plan) -> None:
 def test_registered_driver_names() -> None:
     assert DRIVERS["sqlite"] is SqliteStore and SqliteStore.name == "sqlite"
     assert DRIVERS["mem"] is MemoryStore and MemoryStore.name == "mem"
+    assert DRIVERS["redis"] is RedisStore and RedisStore.name == "redis"
 
 
 # -- contract ---------------------------------------------------------------
@@ -743,3 +760,111 @@ def test_mem_snapshots_periodically(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(body())
+
+
+# -- redis ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_port(request: pytest.FixtureRequest) -> int:
+    return int(request.getfixturevalue("redis_server").port)
+
+
+def test_redis_namespaces_are_per_server_id_and_locked(redis_port: int, tmp_path: Path) -> None:
+    prefix = f"nodes-{tmp_path.name}"
+
+    async def main() -> None:
+        node1 = RedisStore(port=redis_port, prefix=prefix, server_id=1)
+        await node1.open()
+        try:
+            twin = RedisStore(port=redis_port, prefix=prefix, server_id=1)
+            with pytest.raises(StartupError, match="in use by another forsun-box node"):
+                await twin.open()
+            node2 = RedisStore(port=redis_port, prefix=prefix, server_id=2)
+            await node2.open()
+            await put(node1, plan("only-on-1", T0))
+            assert await node2.keys() == [] and await node2.due(None, T0 + 1, 10) == []
+            assert await node1.keys() == ["only-on-1"]
+            await node2.close()
+        finally:
+            await node1.close()
+        # released at close: the next node with that id starts
+        again = RedisStore(port=redis_port, prefix=prefix, server_id=1)
+        await again.open()
+        assert await again.keys() == ["only-on-1"]
+        await again.close()
+
+    asyncio.run(main())
+
+
+def test_redis_lock_of_a_dead_local_process_is_taken_over(
+    redis_port: int, tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+
+    import redis as redis_sync
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    prefix = f"stale-{tmp_path.name}"
+    redis_sync.Redis(port=redis_port).set(
+        f"{prefix}:0:owner", f"{socket.gethostname()}:{dead.pid}:x", px=60_000
+    )
+    store = RedisStore(port=redis_port, prefix=prefix)
+
+    async def main() -> None:
+        await store.open()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_redis_unreachable_server_stops_startup() -> None:
+    from tests.helpers import free_port
+
+    store = RedisStore(port=free_port(), connect_timeout=2)
+    with pytest.raises(StartupError, match="cannot use the redis 127.0.0.1"):
+        asyncio.run(store.open())
+
+
+def test_redis_driver_is_built_from_the_config(redis_port: int, tmp_path: Path) -> None:
+    from forsun_box.app import make_store
+    from forsun_box.config import Config
+
+    config = Config(driver="redis", store_redis_port=redis_port, store_redis_db=2,
+                    store_redis_prefix="cfg", store_redis_server_id=7, max_runs_per_key=4,
+                    run_retention_days=1, data_dir=str(tmp_path))
+    store = make_store(config)
+    assert isinstance(store, RedisStore)
+    assert (store.port, store.db, store.base, store.max_runs_per_key) == (
+        redis_port, 2, "cfg:7", 4
+    )
+    assert store.run_retention_ms == 86_400_000
+
+
+def test_redis_large_batches_are_chunked_in_one_transaction(
+    redis_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forsun_box.store import redis as redis_driver
+
+    monkeypatch.setattr(redis_driver, "APPLY_CHUNK_ARGS", 25)  # a few operations per call
+
+    async def body(store: Store) -> None:
+        await put(store, *(plan(f"c{i:02d}", T0 + i) for i in range(20)))
+        await store.apply(Batch(
+            ops={"c00": None, "c01": plan("c01", T0 + 100, version=2)},
+            advances=[Advance("c02", 1, T0 + 50, 1, T0, 1), Advance("c03", 1, None, 1, T0, 1)],
+            statuses=[("c04", 1, -1)],
+            runs=[Run("c05", T0, T0, 1, 1, 1)],
+            meta={"processed_until": "9"},
+        ))  # fmt: skip
+        assert await store.count() == 18
+        due = [p.key for p in await store.due(None, T0 + 1000, 100)]
+        assert due == [f"c{i:02d}" for i in range(4, 20)] + ["c02", "c01"]
+        c04 = await store.get("c04")
+        assert c04 is not None and c04.status == -1
+        assert len(await store.runs("c05")) == 1
+        assert await store.get_meta("processed_until") == "9"
+
+    run(make_factory("redis", tmp_path, redis_port), body)

@@ -1,0 +1,345 @@
+"""forsun's Thrift API (FORSUN_COMPAT §3) served on the asyncio event loop.
+
+Plain unframed binary protocol, as thrift's ``TSocket`` +
+``TBufferedTransport`` + ``TBinaryProtocol`` speak it. Each connection is
+one asyncio task: it buffers bytes until a whole message decodes (see
+:mod:`forsun_box.thrift.codec`), calls the matching :class:`ForsunService`
+coroutine and writes the reply, in order, before reading the next. A slow,
+idle or half-open client therefore only ever holds its own task; garbage,
+a message over the size bound, or a message left unfinished for
+``message_timeout_s`` closes that connection alone.
+
+Errors: a :class:`~forsun_box.errors.ForsunBoxError` becomes
+``ForsunPlanError(code, message)`` for the methods that declare it; the
+others (``getTime``...) answer a ``TApplicationException`` carrying the
+code in its message. Unexpected errors are logged with their stack and
+answered as code 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from thrift.Thrift import TApplicationException
+
+from forsun_box import errors
+from forsun_box.api.service import ForsunService
+from forsun_box.plan import Plan, to_forsun
+from forsun_box.thrift import codec
+from forsun_box.thrift.forsun import Forsun
+from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError
+
+log = logging.getLogger("forsun_box.thrift")
+
+I16_MAX = 32767
+I32_MAX = 2**31 - 1
+READ_CHUNK = 256 * 1024
+
+_PLAN_FIELDS = (
+    "is_time_out", "key", "second", "minute", "hour", "day", "month", "week",
+    "next_time", "status", "count", "current_count", "last_timeout", "action", "params",
+)  # fmt: skip
+
+
+def _clamp(value: int, top: int) -> int:
+    return top if value > top else (-top - 1 if value < -top - 1 else value)
+
+
+def plan_struct(plan: Plan) -> ForsunPlan:
+    """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped)."""
+    d = to_forsun(plan)
+    return ForsunPlan(
+        is_time_out=d["is_time_out"],
+        key=d["key"],
+        second=_clamp(d["second"], I16_MAX),
+        minute=_clamp(d["minute"], I16_MAX),
+        hour=_clamp(d["hour"], I16_MAX),
+        day=_clamp(d["day"], I16_MAX),
+        month=_clamp(d["month"], I16_MAX),
+        week=_clamp(d["week"], I16_MAX),
+        next_time=_clamp(d["next_time"], I32_MAX),
+        status=_clamp(d["status"], I16_MAX),
+        count=_clamp(d["count"], I16_MAX),
+        # a plan firing every second for ever passes i16 within hours: saturate
+        current_count=_clamp(d["current_count"], I16_MAX),
+        last_timeout=_clamp(d["last_timeout"], I32_MAX),
+        action=d["action"],
+        params=dict(d["params"]),
+    )
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class ThriftServer:
+    """The Thrift API of one :class:`ForsunService` (start with :meth:`start`)."""
+
+    def __init__(
+        self,
+        service: ForsunService,
+        stats: Any = None,
+        limits: codec.Limits | None = None,
+        message_timeout_s: float = 60.0,
+    ) -> None:
+        self.service = service
+        self.stats = stats
+        self.limits = limits or codec.Limits(
+            max_message_bytes=16 << 20, max_string_bytes=16 << 20, max_container_items=65536
+        )
+        self.message_timeout_s = message_timeout_s
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        # method name -> (args class, result class, handler, declares ForsunPlanError)
+        self._methods: dict[str, tuple[Any, Any, Handler, bool]] = {
+            "ping": (Forsun.ping_args, Forsun.ping_result, self._ping, False),
+            "create": (Forsun.create_args, Forsun.create_result, self._create, True),
+            "createTimeout": (
+                Forsun.createTimeout_args,
+                Forsun.createTimeout_result,
+                self._create_timeout,
+                True,
+            ),
+            "remove": (Forsun.remove_args, Forsun.remove_result, self._remove, True),
+            "get": (Forsun.get_args, Forsun.get_result, self._get, True),
+            "getCurrent": (
+                Forsun.getCurrent_args, Forsun.getCurrent_result, self._get_current, False
+            ),
+            "getTime": (Forsun.getTime_args, Forsun.getTime_result, self._get_time, False),
+            "getKeys": (Forsun.getKeys_args, Forsun.getKeys_result, self._get_keys, False),
+            "forsun_call": (
+                Forsun.forsun_call_args, Forsun.forsun_call_result, self._forsun_call, False
+            ),
+            "info": (Forsun.info_args, Forsun.info_result, self._info, False),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port``; returns the bound port. Raises OSError."""
+        self._server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, backlog=1024, limit=READ_CHUNK
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection (requests in progress are cut)."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------------ connections
+
+    def _incr(self, name: str, n: int = 1) -> None:
+        if self.stats is not None:
+            self.stats.incr(name, n)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self._writers.add(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = writer.get_extra_info("peername")
+        self._incr("connecting_count")
+        self._incr("connected_count")
+        try:
+            await self._connection(reader, writer, peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never let one connection's surprise reach the loop
+            log.exception("thrift connection from %s failed", peer)
+        finally:
+            self._incr("connecting_count", -1)
+            self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
+    ) -> None:
+        buf = b""
+        limits = self.limits
+        while True:
+            # Answer every whole message already buffered, in order.
+            while buf:
+                try:
+                    header = codec.read_header(buf, limits)
+                    entry = self._methods.get(header.name)
+                    if entry is None:
+                        _, end = codec.message_length(buf, limits)
+                        reply = self._unknown_method(header)
+                    else:
+                        args, end = codec.decode_body(buf, header.body_start, entry[0], limits)
+                        if end > limits.max_message_bytes:
+                            raise codec.ProtocolError("message too large")
+                        reply = await self._call(header, entry, args)
+                except codec.NeedMore:
+                    if len(buf) > limits.max_message_bytes:
+                        log.warning("thrift: message from %s over the size bound; closing", peer)
+                        return
+                    break
+                except codec.ProtocolError as e:
+                    log.warning("thrift: bad input from %s (%s); closing", peer, e)
+                    return
+                buf = buf[end:]
+                if reply is not None:
+                    writer.write(reply)
+            if writer.transport.get_write_buffer_size() > 0:
+                # A client that doesn't read its answers stops being read.
+                await writer.drain()
+            if buf:
+                # A message has begun: it must complete within the time-out.
+                try:
+                    chunk = await asyncio.wait_for(
+                        reader.read(READ_CHUNK), self.message_timeout_s
+                    )
+                except TimeoutError:
+                    log.warning("thrift: message from %s unfinished for %ss; closing",
+                                peer, self.message_timeout_s)  # fmt: skip
+                    return
+            else:
+                chunk = await reader.read(READ_CHUNK)
+            if not chunk:
+                return
+            buf = buf + chunk if buf else chunk
+
+    def _unknown_method(self, header: codec.Header) -> bytes | None:
+        self._incr("requested_count")
+        self._incr("requested_error_count")
+        if header.mtype == codec.ONEWAY:
+            return None
+        exc = TApplicationException(
+            TApplicationException.UNKNOWN_METHOD, f"unknown method {header.name}"
+        )
+        return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
+
+    async def _call(
+        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], args: Any
+    ) -> bytes | None:
+        _, result_cls, handler, declares = entry
+        self._incr("requesting_count")
+        result = result_cls()
+        body: Any = result
+        mtype = codec.REPLY
+        failed = False
+        try:
+            result.success = await handler(args)
+        except errors.ForsunBoxError as e:
+            failed = True
+            if declares:
+                result.err = ForsunPlanError(code=e.code, message=e.message)
+            else:
+                body = TApplicationException(
+                    TApplicationException.INTERNAL_ERROR, f"{e.code}: {e.message}"
+                )
+                mtype = codec.EXCEPTION
+        except Exception as e:
+            failed = True
+            log.exception("thrift: unexpected error in %s", header.name)
+            message = f"unknown error: {e.__class__.__name__}"
+            if declares:
+                result.err = ForsunPlanError(code=errors.UNKNOWN, message=message)
+            else:
+                body = TApplicationException(
+                    TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {message}"
+                )
+                mtype = codec.EXCEPTION
+        finally:
+            self._incr("requesting_count", -1)
+            self._incr("requested_count")
+        if failed:
+            self._incr("requested_error_count")
+        if header.mtype == codec.ONEWAY:
+            return None
+        try:
+            return codec.encode_message(header.name, mtype, header.seqid, body)
+        except Exception as e:  # a value the IDL can't carry: say so, keep the connection
+            log.exception("thrift: cannot encode the answer to %s", header.name)
+            exc = TApplicationException(
+                TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {e.__class__.__name__}"
+            )
+            return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
+
+    # ------------------------------------------------------------------ methods
+
+    async def _ping(self, args: Any) -> int:
+        return 0
+
+    async def _create_plan(self, args: Any, is_time_out: bool, count: Any) -> ForsunPlan:
+        service = self.service
+        plan = service.build(
+            key=args.key,
+            is_time_out=is_time_out,
+            fields={
+                "second": args.second,
+                "minute": args.minute,
+                "hour": args.hour,
+                "day": args.day,
+                "month": args.month,
+                "week": args.week,
+            },
+            count=count,
+            action=args.action,
+            params=args.params,
+        )
+        created = await service.create([plan])
+        return plan_struct(created[0])
+
+    async def _create(self, args: Any) -> ForsunPlan:
+        return await self._create_plan(args, False, 0)
+
+    async def _create_timeout(self, args: Any) -> ForsunPlan:
+        return await self._create_plan(args, True, 1 if args.count is None else args.count)
+
+    async def _remove(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.remove(args.key))
+
+    async def _get(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.get(args.key))
+
+    def _now_s(self) -> int:
+        return self.service.scheduler.clock.now_ms() // 1000
+
+    async def _get_current(self, args: Any) -> list[ForsunPlan]:
+        return [plan_struct(p) for p in await self.service.at_second(self._now_s())]
+
+    async def _get_time(self, args: Any) -> list[ForsunPlan]:
+        ts = args.timestamp or 0
+        if ts <= 0:
+            ts = self._now_s()
+        return [plan_struct(p) for p in await self.service.at_second(ts)]
+
+    async def _get_keys(self, args: Any) -> list[str]:
+        return await self.service.keys(args.prefix or "")
+
+    async def _forsun_call(self, args: Any) -> None:
+        # forsun-box is not itself a target of the thrift action; accept the call.
+        log.debug("forsun_call key=%s ts=%s params=%s", args.key, args.ts, args.params)
+        return None
+
+    async def _info(self, args: Any) -> dict[str, str]:
+        return await self.service.info()

@@ -1,0 +1,182 @@
+"""Real redis-server, mariadbd and beanstalkd for the tests, on free loopback ports.
+
+Each fixture is session-scoped: the server starts once, in a temporary
+directory, and is stopped at the end of the session. When the binary is
+not installed the tests that need it are skipped with the reason, except
+under CI (``CI=true``), where a missing server is a failure: ``.ci/run``
+installs them, so their absence there is a broken build, not an excuse.
+
+Use in a test module::
+
+    from tests.servers import beanstalk_server, mysql_server, redis_server  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+# mariadbd lives in sbin, which is not on every user's PATH
+_EXTRA_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def find_binary(*names: str) -> str | None:
+    """The first of ``names`` found on PATH or in the sbin directories."""
+    search = os.environ.get("PATH", "") + os.pathsep + _EXTRA_PATH
+    for name in names:
+        path = shutil.which(name, path=search)
+        if path:
+            return path
+    return None
+
+
+def need_binary(package: str, *names: str) -> str:
+    """The binary's path; skip the test (fail under CI) when it is missing."""
+    path = find_binary(*names)
+    if path is None:
+        reason = f"{names[0]} is not installed (apt-get install {package})"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must install it (.ci/run)")
+        pytest.skip(reason)
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A server started by a fixture: where it listens and how to stop it."""
+
+    name: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    host: str = "127.0.0.1"
+    info: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        text = ""
+        for path in sorted(self.workdir.glob("*.log")):
+            text += path.read_text(errors="replace")[-4000:]
+        return text
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_port(server: ServerProcess, timeout: float = 30.0) -> None:
+    """Wait until ``server`` accepts TCP connections; raise with its log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.proc.returncode}:\n{server.log()}"
+            )
+        try:
+            with socket.create_connection((server.host, server.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{server.name} did not listen within {timeout} s:\n{server.log()}")
+
+
+def _start(name: str, argv: list[str], workdir: Path, port: int) -> ServerProcess:
+    log = open(workdir / f"{name}.log", "ab")
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir), start_new_session=True
+        )
+    finally:
+        log.close()
+    server = ServerProcess(name=name, port=port, workdir=workdir, proc=proc)
+    wait_port(server)
+    return server
+
+
+def start_redis(workdir: Path) -> ServerProcess:
+    binary = need_binary("redis-server", "redis-server")
+    port = free_port()
+    argv = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+    ]  # fmt: skip
+    return _start("redis", argv, workdir, port)
+
+
+def start_beanstalkd(workdir: Path) -> ServerProcess:
+    binary = need_binary("beanstalkd", "beanstalkd")
+    port = free_port()
+    return _start("beanstalkd", [binary, "-l", "127.0.0.1", "-p", str(port)], workdir, port)
+
+
+def start_mariadb(workdir: Path) -> ServerProcess:
+    """mariadbd on a fresh data directory; no grant tables, so any user may connect."""
+    daemon = need_binary("mariadb-server", "mariadbd", "mysqld")
+    installer = need_binary("mariadb-server", "mariadb-install-db", "mysql_install_db")
+    data = workdir / "data"
+    user = _current_user()
+    with open(workdir / "install.log", "wb") as log:
+        subprocess.run(
+            [installer, "--no-defaults", f"--datadir={data}", f"--user={user}",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+        )  # fmt: skip
+    port = free_port()
+    argv = [
+        daemon, "--no-defaults", f"--datadir={data}", f"--socket={workdir / 'mysqld.sock'}",
+        f"--port={port}", "--bind-address=127.0.0.1", f"--user={user}",
+        f"--pid-file={workdir / 'mysqld.pid'}", f"--log-error={workdir / 'error.log'}",
+        "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--skip-grant-tables",
+    ]  # fmt: skip
+    server = _start("mariadb", argv, workdir, port)
+    server.info["user"] = "root"
+    return server
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A redis-server for the whole session."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def beanstalk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A beanstalkd for the whole session."""
+    server = start_beanstalkd(tmp_path_factory.mktemp("beanstalkd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A mariadbd for the whole session."""
+    server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    yield server
+    server.stop()
