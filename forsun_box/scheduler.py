@@ -518,7 +518,7 @@ class Scheduler:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)
             log.info("catch-up: skipped %s due at %d", plan.key, due)
-            self._queue_advance(plan, nxt, plan.current_count, plan.last_timeout, plan.status)
+            self._queue_advance(plan.copy(next_time=nxt))
             return
         if due < self._started_ms:
             self.caught_up += 1
@@ -544,15 +544,16 @@ class Scheduler:
         if stats is not None:
             stats.incr("timeout_handled_count")
         advanced = plan.copy(current_count=plan.current_count + 1, last_timeout=due, status=status)
-        nxt = advanced.next_after(base, self.tz)
-        self._queue_advance(advanced, nxt, advanced.current_count, due, status)
+        advanced.next_time = advanced.next_after(base, self.tz)
+        self._queue_advance(advanced)
 
-    def _queue_advance(
-        self, plan: Plan, nxt: int | None, count: int, last: int, status: int
-    ) -> None:
-        adv = Advance(plan.key, plan.version, nxt, count, last, status)
-        new = plan.copy(next_time=nxt, current_count=count, last_timeout=last, status=status)
-        self._writer.submit("advance", (adv, new), False)
+    def _queue_advance(self, moved: Plan) -> None:
+        """Queue the post-firing update; ``moved`` is the plan as it now stands."""
+        adv = Advance(
+            moved.key, moved.version, moved.next_time, moved.current_count, moved.last_timeout,
+            moved.status,
+        )  # fmt: skip
+        self._writer.submit("advance", (adv, moved), False)
 
     # ------------------------------------------------------------------ helpers for tests
 

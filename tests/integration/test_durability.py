@@ -87,11 +87,15 @@ def test_repeating_plan_catch_up_fires_once_then_resumes(tmp_path) -> None:
         time.sleep(3)
         srv = Server(tmp_path).start()
         try:
-            # fire_once: one catch-up firing, then one per second again (not 3 at once)
+            # fire_once: one catch-up firing for the ~3 missed ones, then one per
+            # second on the plan's grid again (which may fall right after it).
             hits = sink.wait_for(n + 3, timeout=6)
-            times = [h[0] for h in hits[n:n + 3]]
-            assert len(times) == 3
-            assert times[2] - times[0] >= 1500
+            times = [h[0] for h in hits[n:]]
+            assert len(times) >= 3
+            burst = [t for t in times if t - times[0] < 500]
+            assert len(burst) <= 2, times
+            gaps = [b - a for a, b in zip(times[1:], times[2:])]
+            assert all(g >= 700 for g in gaps), times
         finally:
             srv.stop()
     finally:

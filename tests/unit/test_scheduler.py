@@ -306,3 +306,15 @@ def test_pause_resume_and_fire_now() -> None:
         await sched.stop()
 
     run(main())
+
+
+def test_plan_copy_keeps_every_field() -> None:
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(Plan)]
+    original = Plan(**{n: i for i, n in enumerate(names)})  # type: ignore[arg-type]
+    copied = original.copy(status=-5)
+    assert copied is not original
+    assert [getattr(copied, n) for n in names] == [
+        (-5 if n == "status" else i) for i, n in enumerate(names)
+    ]
