@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean thrift
+.PHONY: run test lint bench clean thrift binary
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,build]'
 	touch $(STAMP)
 
 ## run: install what's needed and start forsun-box on its embedded defaults
@@ -37,6 +37,10 @@ thrift:
 	rm -f $(THRIFT_GEN)/forsun/Forsun-remote
 	rm -rf forsun_box/thrift/forsun
 	cp -r $(THRIFT_GEN)/forsun forsun_box/thrift/forsun
+
+## binary: the one-file executable dist/forsun-box (PyInstaller; spec and script in build/)
+binary: $(STAMP)
+	PYTHON=$(BIN)/python bash build/build.sh
 
 clean:
 	rm -rf $(VENV) build/work dist *.egg-info

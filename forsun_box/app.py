@@ -15,12 +15,13 @@ from forsun_box import actions as actions_pkg
 from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import console, http_v1
+from forsun_box.api import console, http_v1, http_v2
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.dispatcher import Dispatcher
 from forsun_box.extensions import ExtensionManager, default_extensions_dir
+from forsun_box.metrics import Metrics
 from forsun_box.plan import Limits
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.stats import Stats
@@ -91,6 +92,7 @@ class App:
         self.config = config
         self.clock = clock or LoopClock()
         self.stats = Stats()
+        self.metrics = Metrics(self.stats)
         self.extensions = ExtensionManager()
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
@@ -106,9 +108,11 @@ class App:
         config = self.config
         os.makedirs(config.data_dir, exist_ok=True)
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
+        extensions_dir = default_extensions_dir(config)
+        log.info("extensions folder %s", extensions_dir)
         # Extensions first: they may register the store driver --driver names.
         self.extensions.load(
-            folder=default_extensions_dir(config),
+            folder=extensions_dir,
             extension_path=config.extension_path,
             names=config.extensions,
             config=config,
@@ -117,6 +121,7 @@ class App:
         await self.extensions.init_all()
         self.store = make_store(config)
         await self.store.open()
+        self.metrics.instrument_store(self.store)
         tz = config.tzinfo()
         self.scheduler = Scheduler(
             self.store,
@@ -163,6 +168,7 @@ class App:
     def _on_run(self, run: Any) -> None:
         """Dispatcher callback: the console's per-minute series, then the run history."""
         self.stats.minutes.record_run(run)
+        self.metrics.record_run(run)
         assert self.scheduler is not None
         self.scheduler.record_run(run)
 
@@ -201,7 +207,9 @@ class App:
         config = self.config
         console_routes, console_settings = console.install(self)
         app = tornado.web.Application(
-            http_v1.routes(self.service, config.max_body_bytes) + console_routes,
+            http_v1.routes(self.service, config.max_body_bytes)
+            + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
+            + console_routes,
             default_handler_class=http_v1.NotFoundHandler,
             default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
             **console_settings,

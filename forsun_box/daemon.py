@@ -14,7 +14,6 @@ from types import FrameType
 
 from forsun_box.errors import StartupError
 
-
 #: the report pipe's descriptor, for the frozen executable's re-started daemon
 _DAEMON_FD_ENV = "FORSUN_BOX_DAEMON_FD"
 
@@ -143,8 +142,11 @@ def _respawn_frozen(read_end: int, write_end: int) -> None:
             start_new_session=True,
         )  # fmt: skip
     os.close(write_end)
-    report = _read_all(read_end)
+    # The daemon's bootloader holds the pipe open as long as the daemon runs,
+    # so "ok" arrives without an end of file; a failure ends with one.
+    report = os.read(read_end, 4096)
     if report != b"ok":
+        report += _read_all(read_end)
         child.wait()
     _report_and_exit(report)
 

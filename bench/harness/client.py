@@ -59,6 +59,8 @@ class V1Client:
     def create_many(self, method: str, body: bytes, expected: int) -> tuple[float, list[Any]]:
         """PUT/POST a JSON array of plans; check every plan came back."""
         elapsed, data = self.request(method, "/v1/plan", body)
+        if expected == 1 and isinstance(data, dict):
+            data = [data]  # forsun answers a one-element array with the bare plan
         if not isinstance(data, list) or len(data) != expected:
             got = len(data) if isinstance(data, list) else type(data).__name__
             raise ApiError(f"{method} /v1/plan: expected {expected} plans back, got {got}")

@@ -24,9 +24,21 @@ def _run_wrk(server: Server, connections: int, seconds: float, prefix: str) -> d
         raise RuntimeError("wrk is not installed (Debian package: wrk)")
     threads = min(connections, 2)  # 2 cores: more wrk threads would only steal the server's CPU
     cmd = [
-        wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-        "--timeout", "10s", "-s", str(LUA_SCRIPT), server.base_url + "/v1/plan", "--", prefix,
-    ]  # fmt: skip
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_SCRIPT),
+        server.base_url + "/v1/plan",
+        "--",
+        prefix,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH-JSON "):
@@ -48,20 +60,32 @@ def measure_create(server: Server, quick: bool) -> Outcome:
             raise ServerError(f"{server.name} died during the {conns}-connection create run")
         duration = res["duration_us"] / 1e6
         bad = (
-            res["errcode_bad"] + res["status_bad"] + res["connect_errors"] + res["read_errors"]
-            + res["write_errors"] + res["timeouts"]
-        )  # fmt: skip
+            res["errcode_bad"]
+            + res["status_bad"]
+            + res["connect_errors"]
+            + res["read_errors"]
+            + res["write_errors"]
+            + res["timeouts"]
+        )
         errors += bad
         rate = res["ok"] / duration if duration > 0 else 0.0
-        res.update(threads=min(conns, 2), seconds=seconds, server_cpu_seconds=round(cpu, 2))
-        out.details[f"c{conns}"] = res
+        out.details[f"c{conns}"] = {
+            **res,
+            "threads": min(conns, 2),
+            "seconds": seconds,
+            "server_cpu_seconds": round(cpu, 2),
+        }
         out.add(f"create_c{conns}_rate", f"HTTP create, {conns} conn", "plans/s", True, rate)
         out.add(
-            f"create_c{conns}_p99_ms", f"HTTP create p99 latency, {conns} conn", "ms", False,
+            f"create_c{conns}_p99_ms",
+            f"HTTP create p99 latency, {conns} conn",
+            "ms",
+            False,
             res["latency_p99_us"] / 1000,
-        )  # fmt: skip
-    out.add("create_errors", "HTTP create errors (non-200, errcode!=0, socket)", "count",
-            False, errors)  # fmt: skip
+        )
+    out.add(
+        "create_errors", "HTTP create errors (non-200, errcode!=0, socket)", "count", False, errors
+    )
     return out
 
 
@@ -94,10 +118,20 @@ def measure_bulk(server: Server, quick: bool) -> Outcome:
     finally:
         client.close()
     out = Outcome()
-    out.add("bulk_rate", f"Bulk create ({BULK_BATCH:,}/request, {total:,} plans)", "plans/s",
-            True, total / waited)  # fmt: skip
-    out.details.update(plans=total, batch=BULK_BATCH, seconds_waiting=round(waited, 3),
-                       seconds_wall=round(wall, 3), server_cpu_seconds=round(cpu, 2))  # fmt: skip
+    out.add(
+        "bulk_rate",
+        f"Bulk create ({BULK_BATCH:,}/request, {total:,} plans)",
+        "plans/s",
+        True,
+        total / waited,
+    )
+    out.details.update(
+        plans=total,
+        batch=BULK_BATCH,
+        seconds_waiting=round(waited, 3),
+        seconds_wall=round(wall, 3),
+        server_cpu_seconds=round(cpu, 2),
+    )
     return out
 
 
@@ -129,8 +163,13 @@ def measure_rss(server: Server, quick: bool) -> Outcome:
                 "disk_bytes": server.data_bytes(),
             }
             out.add(f"rss_{label}_mb", f"RSS, {label} pending plans", "MB", False, rss / MB)
-            out.add(f"rss_{label}_bpp", f"RSS growth per plan, {label}", "bytes/plan", False,
-                    (rss - base) / target)  # fmt: skip
+            out.add(
+                f"rss_{label}_bpp",
+                f"RSS growth per plan, {label}",
+                "bytes/plan",
+                False,
+                (rss - base) / target,
+            )
     finally:
         client.close()
     return out

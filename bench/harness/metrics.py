@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ class Metric:
     unit: str
     higher_is_better: bool
     value: float | None
+    display: str | None = None  # shown instead of a missing value, e.g. "missed"
 
 
 @dataclass
@@ -24,11 +26,19 @@ class Outcome:
     metrics: list[Metric] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, key: str, label: str, unit: str, higher: bool, value: float | None) -> None:
-        self.metrics.append(Metric(key, label, unit, higher, value))
+    def add(
+        self,
+        key: str,
+        label: str,
+        unit: str,
+        higher: bool,
+        value: float | None,
+        display: str | None = None,
+    ) -> None:
+        self.metrics.append(Metric(key, label, unit, higher, value, display))
 
 
-def percentile(sorted_values: list[float], pct: float) -> float | None:
+def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
     """Nearest-rank percentile of an ascending list (None when empty)."""
     if not sorted_values:
         return None

@@ -8,9 +8,12 @@ from harness.servers import BOX, FORSUN
 GAIN_HEADER = "gain x (>1: forsun-box better)"
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
+def _fmt(metric: Metric | None) -> str:
+    if metric is None:
         return "-"
+    value, unit = metric.value, metric.unit
+    if value is None:
+        return metric.display or "-"
     if unit in ("count", "plans") or abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
@@ -40,13 +43,15 @@ def table(results: dict[str, dict[str, Metric]], order: list[str]) -> str:
         box, forsun = results.get(BOX, {}).get(key), results.get(FORSUN, {}).get(key)
         some = box or forsun
         assert some is not None
-        rows.append((
-            some.label,
-            some.unit + ("" if some.higher_is_better else " (lower better)"),
-            _fmt(box.value, some.unit) if box else "-",
-            _fmt(forsun.value, some.unit) if forsun else "-",
-            gain(box, forsun),
-        ))  # fmt: skip
+        rows.append(
+            (
+                some.label,
+                some.unit + ("" if some.higher_is_better else " (lower better)"),
+                _fmt(box),
+                _fmt(forsun),
+                gain(box, forsun),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
     for n, row in enumerate(rows):

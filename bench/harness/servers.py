@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from pathlib import Path
 import psutil
 
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1
 BOX = "forsun-box"
 FORSUN = "forsun"
 SERVER_NAMES = (BOX, FORSUN)
@@ -48,26 +51,41 @@ class ServerConfig:
         """The command line that starts server ``name`` in the foreground."""
         if name == BOX:
             return [
-                self.box_python, "-m", "forsun_box", "serve",
-                "--http", f"{HOST}:{http_port}",
-                "--port", str(thrift_port),
-                "--bind", HOST,
-                "--data-dir", str(workdir / "data"),
-                "--log-level", "WARNING",
-            ]  # fmt: skip
+                self.box_python,
+                "-m",
+                "forsun_box",
+                "serve",
+                "--http",
+                f"{HOST}:{http_port}",
+                "--port",
+                str(thrift_port),
+                "--bind",
+                HOST,
+                "--data-dir",
+                str(workdir / "data"),
+                "--log-level",
+                "WARNING",
+            ]
         if name == FORSUN:
             return [
                 str(self.peer_dir / "bin" / "forsund"),
                 "--nodemon",
-                "--bind", HOST,
-                "--port", str(thrift_port),
-                "--http", f"{HOST}:{http_port}",
-                "--driver", "mem",
+                "--bind",
+                HOST,
+                "--port",
+                str(thrift_port),
+                "--http",
+                f"{HOST}:{http_port}",
+                "--driver",
+                "mem",
                 # keep its dump-on-exit file inside the temp dir, never in $HOME
-                "--driver-mem-store-file", str(workdir / "forsun.dump"),
-                "--log", str(workdir / "forsun.log"),
-                "--log-level", "WARNING",
-            ]  # fmt: skip
+                "--driver-mem-store-file",
+                str(workdir / "forsun.dump"),
+                "--log",
+                str(workdir / "forsun.log"),
+                "--log-level",
+                "WARNING",
+            ]
         raise ValueError(f"unknown server {name!r}")
 
 
@@ -129,6 +147,19 @@ class Server:
                 self.proc.wait(10)
 
 
+def die_with_parent() -> None:
+    """Popen ``preexec_fn``: have Linux SIGTERM the child if the harness itself dies.
+
+    The children run in their own session (so a terminal's Ctrl-C reaches only the harness,
+    which stops them in order); this is the fallback for a harness killed outright.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the normal stop path still applies
+
+
 def _ping(base_url: str) -> bool:
     try:
         with urllib.request.urlopen(base_url + "/v1/ping", timeout=2) as resp:
@@ -137,8 +168,14 @@ def _ping(base_url: str) -> bool:
         return False
 
 
-def start_server(config: ServerConfig, name: str, ready_timeout: float = 30.0) -> Server:
-    """Start ``name`` on fresh ports in a fresh temp dir; return once /v1/ping answers."""
+def start_server(
+    config: ServerConfig, name: str, ready_timeout: float = 30.0, keep: bool = False
+) -> Server:
+    """Start ``name`` on fresh ports in a fresh temp dir; return once /v1/ping answers.
+
+    On failure the server is stopped, its temp dir removed (unless ``keep``) and a
+    ServerError raised carrying the tail of its output.
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     http_port, thrift_port = free_port(), free_port()
     while thrift_port == http_port:
@@ -150,33 +187,38 @@ def start_server(config: ServerConfig, name: str, ready_timeout: float = 30.0) -
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
     cmd = config.command(name, http_port, thrift_port, workdir)
-    out = open(workdir / "stdout.log", "wb")  # noqa: SIM115 - closed with the process
-    try:
+    with open(workdir / "stdout.log", "wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    finally:
-        out.close()
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     server = Server(name, proc, http_port, thrift_port, workdir)
     deadline = time.monotonic() + ready_timeout
+    problem = f"{name} did not answer /v1/ping within {ready_timeout} s"
     while time.monotonic() < deadline:
         if not server.alive():
-            raise ServerError(
-                f"{name} exited with {proc.returncode} at start-up: {' '.join(cmd)}\n"
-                + server.log_tail()
-            )
+            problem = f"{name} exited with {proc.returncode} at start-up: {' '.join(cmd)}"
+            break
         if _ping(server.base_url):
             return server
         time.sleep(0.1)
     server.stop()
-    raise ServerError(f"{name} did not answer /v1/ping within {ready_timeout} s\n" + server.log_tail())
+    message = problem + "\n" + server.log_tail()
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise ServerError(message)
 
 
 @contextlib.contextmanager
 def running_server(config: ServerConfig, name: str, keep: bool = False) -> Iterator[Server]:
     """Run a fresh server for the duration of the block, then stop it and remove its dir."""
-    server = start_server(config, name)
+    server = start_server(config, name, keep=keep)
     try:
         yield server
     finally:

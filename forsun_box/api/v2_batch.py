@@ -1,0 +1,140 @@
+"""``POST /v2/plans:batch``: NDJSON plan definitions, streamed, answered per line.
+
+Each non-blank line is one v2 plan definition (the key in the body) and is
+upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives and
+committed in chunks, so a request of 100,000 lines never sits whole in
+memory. The answer (``application/x-ndjson``) has one line per non-blank
+input line, in order: ``{"line": n, "key": k, "status": 200}`` or
+``{"line": n, "key": k|null, "status": 4xx|5xx, "problem": {...}}``. A line
+with a key that an earlier line of the same request also names is committed
+after it, so the last definition wins. Lines past the per-request plan
+limit get status 413 and are not stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import tornado.web
+
+from forsun_box import errors
+from forsun_box.api import v2_schema
+from forsun_box.api.http_v2 import BATCH_CHUNK, Problem, V2Handler
+from forsun_box.plan import Plan
+
+NDJSON = "application/x-ndjson"
+#: bytes one line may average before the request is refused
+BYTES_PER_LINE = 4096
+
+
+@tornado.web.stream_request_body
+class BatchHandler(V2Handler):
+    """Streams NDJSON plans into the engine; see the module docstring."""
+
+    def prepare(self) -> None:
+        self.max_lines = self.service.max_plans_per_request
+        self.body_limit = max(self.ctx.max_body_bytes, self.max_lines * BYTES_PER_LINE)
+        super().prepare()
+        if not self._finished:
+            self.request.connection.set_max_body_size(self.body_limit)  # type: ignore[union-attr]
+        self._buf = b""
+        self._skipping = False  # inside a line longer than the per-line limit
+        self._line_no = 0
+        self._seen = 0
+        self._pending: list[tuple[int, Plan]] = []
+        self._pending_keys: set[str] = set()
+        self._results: list[tuple[int, bytes]] = []
+        self._known = self.service.known_actions()
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        if self._finished:
+            return
+        buf = self._buf + chunk
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            await self._line(buf[start:nl])
+            start = nl + 1
+        self._buf = buf[start:]
+        if len(self._buf) > self.ctx.max_body_bytes:
+            self._skipping = True
+            self._buf = b""
+
+    async def _line(self, raw: bytes) -> None:
+        self._line_no += 1
+        if self._skipping:
+            self._skipping = False
+            self._fail(None, Problem(413, f"line longer than {self.ctx.max_body_bytes} bytes",
+                                     "too-large", errors.TOO_LARGE))
+            return
+        raw = raw.strip()
+        if not raw:
+            return
+        self._seen += 1
+        if self._seen > self.max_lines:
+            self._fail(None, Problem(413, f"more than {self.max_lines} plans in one request",
+                                     "too-large", errors.TOO_LARGE))
+            return
+        key = None
+        try:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise Problem(400, f"line is not valid JSON: {e}") from None
+            if isinstance(obj, dict) and isinstance(obj.get("key"), str):
+                key = obj["key"]
+            plan = self.build_known(obj)
+        except Problem as p:
+            self._fail(key, p)
+            return
+        except errors.ForsunBoxError as e:
+            self._fail(key, Problem.from_error(e))
+            return
+        if plan.key in self._pending_keys or len(self._pending) >= BATCH_CHUNK:
+            await self._flush()
+        self._pending.append((self._line_no, plan))
+        self._pending_keys.add(plan.key)
+
+    def build_known(self, obj: Any) -> Plan:
+        scheduler = self.service.scheduler
+        return v2_schema.build_v2_plan(obj, key=None, now_ms=scheduler.clock.now_ms(),
+                                       default_tz=scheduler.tz, known_actions=self._known,
+                                       limits=self.service.limits)
+
+    def _fail(self, key: str | None, p: Problem) -> None:
+        self._results.append((self._line_no, orjson.dumps({
+            "line": self._line_no, "key": key, "status": p.status,
+            "problem": p.body(self.request.path),
+        })))
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_keys = set()
+        if not pending:
+            return
+        try:
+            await self.service.scheduler.create([p for _, p in pending])
+        except errors.ForsunBoxError as e:
+            problem = Problem.from_error(e)
+            for line_no, plan in pending:
+                self._results.append((line_no, orjson.dumps({
+                    "line": line_no, "key": plan.key, "status": problem.status,
+                    "problem": problem.body(self.request.path)})))
+            return
+        for line_no, plan in pending:
+            self._results.append(
+                (line_no, orjson.dumps({"line": line_no, "key": plan.key, "status": 200})))
+
+    async def post(self) -> None:
+        async def finish() -> None:
+            if self._buf.strip() or self._skipping:
+                await self._line(self._buf)
+                self._buf = b""
+            await self._flush()
+            self._results.sort(key=lambda r: r[0])
+            self.send(200, b"".join(r + b"\n" for _, r in self._results), NDJSON)
+
+        await self.run(finish)
