@@ -12,6 +12,7 @@ are converted only at the edges (:func:`to_forsun`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +24,10 @@ CALENDAR = "calendar"  # forsun's six fields, -1 = any
 CRON = "cron"  # a cron expression
 AT = "at"  # one absolute instant
 KINDS = (DELAY, CALENDAR, CRON, AT)
+
+# Per-plan misfire policies ("" follows the server's catch-up policy).
+MISFIRE_POLICIES = ("", "skip", "fire_once", "fire_all")
+MAX_JITTER_MS = 3_600_000
 
 STATUS_PENDING = 0
 STATUS_OK = 1
@@ -83,6 +88,9 @@ class Plan:
     created_time: int = 0
     paused: bool = False
     version: int = 0
+    jitter_ms: int = 0  # each firing is delayed by a per-occurrence amount in [0, jitter_ms]
+    misfire: str = ""  # "" (server's catch-up policy), "skip", "fire_once" or "fire_all"
+    grace_ms: int = 0  # with misfire set: a firing later than this is a misfire
 
     @property
     def is_time_out(self) -> bool:
@@ -96,14 +104,37 @@ class Plan:
             self.hour, self.day, self.month, self.week, self.count, self.cron,
             self.interval_ms, self.anchor_ms, self.timezone, self.end_ms, self.next_time,
             self.current_count, self.last_timeout, self.status, self.created_time,
-            self.paused, self.version,
+            self.paused, self.version, self.jitter_ms, self.misfire, self.grace_ms,
         )  # fmt: skip
         for name, value in changes.items():
             setattr(new, name, value)
         return new
 
     def next_after(self, after_ms: int, default_tz: ZoneInfo) -> int | None:
-        """The next firing strictly after ``after_ms``, honouring count and end bound."""
+        """The next firing strictly after ``after_ms``, honouring count, end bound and jitter.
+
+        With jitter, the next occurrence ``n`` after ``after_ms`` fires at
+        ``n + jitter_of(n)``; count and end apply to the occurrence itself.
+        Searching from the last firing's (jittered) instant finds the next
+        occurrence as long as occurrences are further apart than the jitter;
+        occurrences closer than that to the previous firing are skipped.
+        """
+        n = self._nominal_after(after_ms, default_tz)
+        if n is None or not self.jitter_ms:
+            return n
+        return n + self.jitter_of(n)
+
+    def jitter_of(self, occurrence_ms: int) -> int:
+        """The delay of one occurrence: stable per key and occurrence, in [0, jitter_ms].
+
+        Stable, so a firing recomputed after a restart lands on the same instant.
+        """
+        if not self.jitter_ms:
+            return 0
+        digest = hashlib.blake2b(f"{self.key}\0{occurrence_ms}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % (self.jitter_ms + 1)
+
+    def _nominal_after(self, after_ms: int, default_tz: ZoneInfo) -> int | None:
         if self.count and self.current_count >= self.count:
             return None
         tz = ZoneInfo(self.timezone) if self.timezone else default_tz
@@ -208,6 +239,9 @@ def build_plan(
     at_ms: int | None = None,
     timezone: str = "",
     end_ms: int = 0,
+    jitter_ms: Any = 0,
+    misfire: str = "",
+    grace_ms: Any = 0,
     known_actions: frozenset[str] | set[str] | None = None,
     limits: Limits | None = None,
 ) -> Plan:
@@ -246,6 +280,16 @@ def build_plan(
     for name, v in values.items():
         if v < -1 or v > I16_MAX:
             raise errors.InvalidValue(f"{name} out of range: {v}")
+    jitter_v = _int_field("jitter_ms", jitter_ms)
+    if not 0 <= jitter_v <= MAX_JITTER_MS:
+        raise errors.InvalidValue(f"jitter_ms must be between 0 and {MAX_JITTER_MS}")
+    if misfire not in MISFIRE_POLICIES:
+        raise errors.InvalidValue(
+            f"misfire must be one of {', '.join(p for p in MISFIRE_POLICIES if p)}"
+        )
+    grace_v = _int_field("grace_ms", grace_ms)
+    if grace_v < 0:
+        raise errors.InvalidValue("grace_ms must not be negative")
     if timezone:
         try:
             ZoneInfo(timezone)
@@ -266,11 +310,16 @@ def build_plan(
         day=values["day"],
         month=values["month"],
         week=values["week"],
+        jitter_ms=jitter_v,
+        misfire=misfire,
+        grace_ms=grace_v,
     )
     if kind == DELAY:
         plan.interval_ms = schedule.delay_interval_ms(*(values[f] for f in FIELDS))
         if plan.interval_ms <= 0:
             raise errors.TimeNeverArrives("the interval is zero: the time will never arrive")
+        if jitter_v >= plan.interval_ms:
+            raise errors.InvalidValue("jitter_ms must be shorter than the interval")
         plan.anchor_ms = now_ms
     elif kind == CALENDAR:
         for name, (lo, hi) in CALENDAR_RANGES.items():

@@ -512,17 +512,21 @@ class Scheduler:
 
     def _fire(self, plan: Plan, due: int, now: int) -> None:
         policy = self.options.catchup if due < self._started_ms else FIRE_ALL
+        if plan.misfire:
+            # A per-plan policy replaces the server's, for downtime and overload alike:
+            # within the grace window a firing is on time whatever the cause.
+            policy = plan.misfire if now - due > plan.grace_ms else FIRE_ALL
         self._inflight[plan.key] = plan.version
         self._pending[plan.key] += 1
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)
-            log.info("catch-up: skipped %s due at %d", plan.key, due)
+            log.info("misfire: skipped %s due at %d", plan.key, due)
             self._queue_advance(plan.copy(next_time=nxt))
             return
-        if due < self._started_ms:
+        if due < self._started_ms or policy != FIRE_ALL:
             self.caught_up += 1
-            log.info("catch-up: firing %s, due at %d while the service was down", plan.key, due)
+            log.info("misfire: firing %s due at %d (%s)", plan.key, due, policy)
         task = asyncio.get_running_loop().create_task(
             self._run_firing(plan, due, now if policy == FIRE_ONCE else due)
         )

@@ -156,7 +156,10 @@ class PlanHandler(BaseHandler):
                 known = service.known_actions()
                 for i, obj in enumerate(parsed):
                     try:
-                        plans.append(service.from_v1(obj, is_time_out, known))
+                        # forsun lets each element of an array pick its mode
+                        mode = obj.get("method") if isinstance(obj, dict) else None
+                        timeout = _ARRAY_MODES.get(mode, is_time_out) if mode else is_time_out
+                        plans.append(service.from_v1(obj, timeout, known))
                     except errors.ForsunBoxError as e:
                         raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
                 created = await service.create(plans)
@@ -194,6 +197,9 @@ class PauseHandler(BaseHandler):
             return to_forsun(await op(key))
 
         await self.run(change)
+
+
+_ARRAY_MODES = {"create": False, "createTimeout": True}
 
 
 class TimeHandler(BaseHandler):

@@ -102,6 +102,12 @@ SCHEMAS: dict[str, Any] = {
             "timezone": {"type": "string", "description": "IANA name; default the server's"},
             "start": _ref("Instant"),
             "end": _ref("Instant"),
+            "jitter_ms": {"type": "integer", "minimum": 0, "maximum": 3600000,
+                          "description": "delay each occurrence by up to this (stable)"},
+            "misfire": {"enum": ["skip", "fire_once", "fire_all"],
+                        "description": "for firings later than grace_ms; default: the "
+                                       "server's catch-up policy after downtime"},
+            "grace_ms": {"type": "integer", "minimum": 0, "default": 1000},
         },
     },
     "Plan": {
@@ -123,6 +129,9 @@ SCHEMAS: dict[str, Any] = {
             "last_fired_ms": _MS_OUT,
             "status": {"enum": ["pending", "ok", "failed"]},
             "paused": {"type": "boolean"},
+            "jitter_ms": {"type": "integer"},
+            "misfire": {"enum": ["skip", "fire_once", "fire_all", None]},
+            "grace_ms": _nullable("integer"),
             "created": {"type": "string", "format": "date-time"},
             "created_ms": {"type": "integer"},
             "version": {"type": "integer"},

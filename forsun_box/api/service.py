@@ -55,6 +55,8 @@ class ForsunService:
         self.max_plans_per_request = max_plans_per_request
         self.start_time = int(time.time())
         self._process = psutil.Process(os.getpid())
+        self._known: frozenset[str] = frozenset()
+        self._known_stamp: tuple[int, int] = (-1, -1)
 
     # ------------------------------------------------------------------ building
 
@@ -154,7 +156,14 @@ class ForsunService:
         )
 
     def known_actions(self) -> frozenset[str]:
-        return frozenset(self.actions())
+        """Action names (and aliases) plans may use; cached while the registry is unchanged."""
+        from forsun_box.actions.base import ACTIONS, ALIASES
+
+        stamp = (len(ACTIONS), len(ALIASES))
+        if stamp != self._known_stamp:
+            self._known = frozenset(self.actions())
+            self._known_stamp = stamp
+        return self._known
 
     def from_v1(
         self, obj: Any, is_time_out: bool, known_actions: frozenset[str] | None = None

@@ -23,6 +23,15 @@ milliseconds; answers give both, ``x`` as ISO-8601 UTC with milliseconds and
 ``x_ms`` as an integer. ``start`` bounds the first firing (none before it);
 ``end`` is exclusive (no firing at or after it).
 
+``jitter_ms`` delays each occurrence by an amount in ``[0, jitter_ms]``,
+stable per key and occurrence (a delay plan's jitter must be shorter than
+its interval). ``misfire`` (``skip``, ``fire_once``, ``fire_all``) decides
+what happens to a firing that starts more than ``grace_ms`` (default 1000)
+after it was due, whatever the cause (downtime or overload): skip it and
+wait for the next occurrence, fire once and skip the rest, or fire every
+missed occurrence. Without it the server's catch-up policy applies after
+downtime.
+
 Validation goes through :func:`forsun_box.plan.build_plan`, so a field
 means what it means on every other interface.
 """
@@ -43,13 +52,17 @@ from forsun_box.plan import (
     FIELDS,
     I16_MAX,
     KINDS,
+    MAX_JITTER_MS,
     STATUS_FAILED,
     STATUS_OK,
     Plan,
     build_plan,
 )
 
-PLAN_FIELDS = frozenset({"key", "action", "params", "schedule", "timezone", "start", "end"})
+PLAN_FIELDS = frozenset({"key", "action", "params", "schedule", "timezone", "start", "end",
+                         "jitter_ms", "misfire", "grace_ms"})
+#: grace window when a misfire policy is given without one
+DEFAULT_GRACE_MS = 1000
 SCHEDULE_FIELDS = {
     DELAY: frozenset({"kind", "interval_ms", "count"}),
     CALENDAR: frozenset({"kind", "count", *FIELDS}),
@@ -166,6 +179,13 @@ def build_v2_plan(
     start_ms = parse_instant(start, "start", tz) if start is not None else None
     end = obj.get("end")
     end_ms = parse_instant(end, "end", tz) if end is not None else 0
+    jitter = obj.get("jitter_ms", 0)
+    misfire = obj.get("misfire") or ""
+    if not isinstance(misfire, str):
+        raise errors.InvalidValue("misfire must be skip, fire_once or fire_all")
+    grace_ms = obj.get("grace_ms")
+    if grace_ms is None:
+        grace_ms = DEFAULT_GRACE_MS if misfire else 0
     action = obj.get("action", "shell")
     if action is None or action == "":
         action = "shell"
@@ -178,6 +198,9 @@ def build_v2_plan(
         "params": obj.get("params"),
         "timezone": timezone,
         "end_ms": end_ms,
+        "misfire": misfire,
+        "grace_ms": grace_ms,
+        "jitter_ms": 0 if kind == DELAY else jitter,
         "known_actions": known_actions,
         "limits": limits,
     }
@@ -194,6 +217,13 @@ def build_v2_plan(
         if seconds > I16_MAX or seconds * 1000 != interval:
             plan.second = -1  # not expressible in forsun's fields; interval_ms says it
         plan.interval_ms = interval
+        if isinstance(jitter, bool) or not isinstance(jitter, int) or not (
+            0 <= jitter <= MAX_JITTER_MS
+        ):
+            raise errors.InvalidValue(f"jitter_ms must be an integer from 0 to {MAX_JITTER_MS}")
+        if jitter >= interval:
+            raise errors.InvalidValue("jitter_ms must be shorter than the interval")
+        plan.jitter_ms = jitter
         plan.anchor_ms = (start_ms - interval) if start_ms is not None else now_ms
     elif kind == CALENDAR:
         fields: dict[str, Any] = {f: _int(sched, f, -1) for f in FIELDS}
@@ -249,6 +279,9 @@ def plan_to_v2(plan: Plan) -> dict[str, Any]:
         "last_fired_ms": plan.last_timeout or None,
         "status": STATUS_NAMES.get(plan.status, "failed"),
         "paused": plan.paused,
+        "jitter_ms": plan.jitter_ms,
+        "misfire": plan.misfire or None,
+        "grace_ms": plan.grace_ms if plan.misfire else None,
         "created": format_instant(plan.created_time),
         "created_ms": plan.created_time,
         "version": plan.version,

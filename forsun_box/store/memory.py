@@ -63,6 +63,7 @@ def _copy_plan(p: Plan) -> Plan:
         p.key, p.kind, p.action, dict(p.params), p.second, p.minute, p.hour, p.day, p.month,
         p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone, p.end_ms, p.next_time,
         p.current_count, p.last_timeout, p.status, p.created_time, p.paused, p.version,
+        p.jitter_ms, p.misfire, p.grace_ms,
     )  # fmt: skip
 
 
@@ -371,6 +372,7 @@ def _plan_values(p: Plan) -> tuple[Any, ...]:
         "p", p.key, p.kind, p.action, p.params, p.second, p.minute, p.hour, p.day, p.month,
         p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone, p.end_ms, p.next_time,
         p.current_count, p.last_timeout, p.status, p.created_time, p.paused, p.version,
+        p.jitter_ms, p.misfire, p.grace_ms,
     )  # fmt: skip
 
 

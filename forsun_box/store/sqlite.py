@@ -1,6 +1,6 @@
 """The ``sqlite`` store: one SQLite database file in WAL mode, through aiosqlite.
 
-Layout (schema version 1, see :data:`MIGRATIONS`):
+Layout (schema version 2, see :data:`MIGRATIONS`):
 
 - ``plans``: one row per plan, one column per :class:`~forsun_box.plan.Plan`
   field (``params`` as JSON text, booleans as 0/1, ``next_time`` NULL when
@@ -87,6 +87,12 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: per-plan jitter and misfire policy
+    """
+    ALTER TABLE plans ADD COLUMN jitter_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE plans ADD COLUMN misfire TEXT NOT NULL DEFAULT '';
+    ALTER TABLE plans ADD COLUMN grace_ms INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -94,9 +100,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = (
     "key, kind, action, params, second, minute, hour, day, month, week, count, cron, "
     "interval_ms, anchor_ms, timezone, end_ms, next_time, current_count, last_timeout, "
-    "status, created_time, paused, version"
+    "status, created_time, paused, version, jitter_ms, misfire, grace_ms"
 )
-_PUT = f"INSERT OR REPLACE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+_PUT = f"INSERT OR REPLACE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 26)})"
 _DELETE = "DELETE FROM plans WHERE key = ?"
 _ADVANCE = (
     "UPDATE plans SET next_time = ?, current_count = ?, last_timeout = ?, status = ? "
@@ -143,7 +149,7 @@ def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
         p.key, p.kind, p.action, _dumps(p.params).decode(), p.second, p.minute, p.hour,
         p.day, p.month, p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone,
         p.end_ms, p.next_time, p.current_count, p.last_timeout, p.status, p.created_time,
-        1 if p.paused else 0, p.version,
+        1 if p.paused else 0, p.version, p.jitter_ms, p.misfire, p.grace_ms,
     )  # fmt: skip
 
 
@@ -152,6 +158,7 @@ def _plan_factory(_cursor: Any, r: tuple[Any, ...], _loads: Any = orjson.loads) 
     return Plan(
         r[0], r[1], r[2], _loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
         r[12], r[13], r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21] != 0, r[22],
+        r[23], r[24], r[25],
     )  # fmt: skip
 
 

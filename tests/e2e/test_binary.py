@@ -232,7 +232,8 @@ def test_contents_of_the_executable(binary: Path) -> None:
     for needed in ("web/templates/base.html", "web/templates/plans.html",
                    "web/static/console.css", "tzdata/zoneinfo/Europe/Berlin",
                    "thrift/protocol/fastbinary.cpython-311-x86_64-linux-gnu.so",
-                   "uvloop/loop.cpython-311-x86_64-linux-gnu.so"):
+                   "uvloop/loop.cpython-311-x86_64-linux-gnu.so",
+                   "pycurl/_pycurl.cpython-311-x86_64-linux-gnu.so"):
         assert needed in names, needed
     assert not any(n.startswith(("tkinter", "_tkinter", "playwright")) for n in names)
     assert binary.stat().st_size <= 40 * 1024 * 1024

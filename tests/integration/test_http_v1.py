@@ -102,6 +102,16 @@ def test_json_array_creates_many(server: Server) -> None:
     assert server.ok("GET", "/v1/keys?prefix=arr:") == sorted(f"arr:{i}" for i in range(50))
 
 
+def test_json_array_elements_may_choose_their_mode(server: Server) -> None:
+    plans = server.ok("PUT", "/v1/plan", [
+        {"key": "mode:cal", "seconds": 5, "minute": 4, "method": "create"},
+        {"key": "mode:delay", "seconds": 5, "method": "createTimeout"},
+        {"key": "mode:default", "seconds": 5},
+    ])
+    modes = {p["key"]: p["is_time_out"] for p in plans}
+    assert modes == {"mode:cal": False, "mode:delay": True, "mode:default": True}
+
+
 def test_json_array_with_one_bad_plan_stores_nothing(server: Server) -> None:
     body = [delay("atomic:1"), delay("atomic:2", action="nope")]
     status, reply = server.call("PUT", "/v1/plan", body)

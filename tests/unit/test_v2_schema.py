@@ -149,3 +149,22 @@ def test_run_shape() -> None:
 def test_format_instant_is_utc() -> None:
     when = datetime(2026, 7, 1, 12, 0, 0, 1000, tzinfo=UTC)
     assert format_instant(int(when.timestamp() * 1000)) == "2026-07-01T12:00:00.001Z"
+
+
+def test_jitter_and_misfire_fields() -> None:
+    p = build({"key": "j", "jitter_ms": 400, "misfire": "skip",
+               "schedule": {"kind": "delay", "interval_ms": 1500, "count": 3}})
+    assert (p.jitter_ms, p.misfire, p.grace_ms) == (400, "skip", v2_schema.DEFAULT_GRACE_MS)
+    for k, t in enumerate(preview(p, 5, UTCZ), 1):
+        assert NOW + 1500 * k <= t <= NOW + 1500 * k + 400
+    out = v2_schema.plan_to_v2(p)
+    assert (out["jitter_ms"], out["misfire"], out["grace_ms"]) == (400, "skip", 1000)
+    plain = v2_schema.plan_to_v2(build({"key": "x", "schedule": {"kind": "at", "at": NOW + 1}}))
+    assert (plain["jitter_ms"], plain["misfire"], plain["grace_ms"]) == (0, None, None)
+    c = build({"key": "c", "jitter_ms": 30_000, "misfire": "fire_all", "grace_ms": 0,
+               "schedule": {"kind": "cron", "expr": "0 * * * *"}})
+    assert NOW + 3_600_000 <= c.next_time <= NOW + 3_630_000 and c.grace_ms == 0
+    for bad in ({"jitter_ms": 1500}, {"jitter_ms": "lots"}, {"misfire": "maybe"},
+                {"misfire": 3}, {"misfire": "skip", "grace_ms": -1}):
+        with pytest.raises(errors.InvalidValue):
+            build({"key": "b", **bad, "schedule": {"kind": "delay", "interval_ms": 1500}})
