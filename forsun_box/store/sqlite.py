@@ -207,7 +207,11 @@ class SqliteStore(Store):
             await self._prepare()
         except sqlite3.Error as e:
             await self._abandon()
-            raise StartupError(f"cannot open the SQLite database {self.path}: {e}") from None
+            hint = ""
+            if "locked" in str(e):
+                # locking_mode=EXCLUSIVE: one forsun-box per database file
+                hint = " (is another forsun-box running on this data directory?)"
+            raise StartupError(f"cannot open the SQLite database {self.path}: {e}{hint}") from None
         except BaseException:
             # Also on StartupError: an open connection's thread would keep the process alive.
             await self._abandon()
@@ -242,6 +246,10 @@ class SqliteStore(Store):
             raise StartupError(f"{self.path}: cannot switch the database to WAL mode ({mode})")
         await db.execute(f"PRAGMA synchronous = {self.synchronous}")
         await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        # One process owns the file: no shared-memory locking per transaction
+        # (cheaper commits), and a second forsun-box on the same data directory
+        # is refused at start instead of firing every plan twice.
+        await db.execute("PRAGMA locking_mode = EXCLUSIVE")
         # quick_check reads every page: a damaged file stops start-up instead of
         # failing later in the middle of the service's life.
         problems = [r[0] for r in await db.execute_fetchall("PRAGMA quick_check")]

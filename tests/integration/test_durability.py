@@ -132,3 +132,18 @@ def test_sigterm_stops_cleanly_and_quickly(tmp_path) -> None:
     t0 = time.monotonic()
     assert srv.stop(timeout=5) == 0
     assert time.monotonic() - t0 < 5
+
+
+def test_second_server_on_the_same_database_is_refused(tmp_path) -> None:
+    first = Server(tmp_path).start()
+    try:
+        first.ok("PUT", "/v1/plan", far("owned"))
+        second = Server(tmp_path)
+        second.log_path = tmp_path / "second.log"
+        second.start(wait=False)
+        assert second.proc is not None
+        assert second.proc.wait(30) == 1
+        assert "another forsun-box" in second.log()
+        assert first.ok("GET", "/v1/plan?key=owned")["key"] == "owned"
+    finally:
+        first.stop()
