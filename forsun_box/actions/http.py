@@ -27,6 +27,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from forsun_box.actions.base import Action, ActionFailed
+from forsun_box.actions.pools import seconds_param
 from forsun_box.errors import RetryLater
 
 logger = logging.getLogger("forsun_box.actions")
@@ -80,19 +81,6 @@ def close_clients() -> None:
         entry[1].close()
 
 
-def _seconds(params: dict[str, str], name: str, default: float) -> float:
-    raw = params.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ActionFailed(f"invalid param {name}: {raw!r}") from None
-    if value <= 0:
-        raise ActionFailed(f"invalid param {name}: {raw!r}")
-    return value
-
-
 class HttpAction(Action):
     """Sends the request described by the params; see the module docstring."""
 
@@ -140,8 +128,8 @@ class HttpAction(Action):
             auth_password=auth_password,
             auth_mode=auth_mode,
             user_agent=params.get("user_agent") or settings.http_user_agent,
-            connect_timeout=_seconds(params, "connect_timeout", settings.http_connect_timeout),
-            request_timeout=_seconds(params, "request_timeout", settings.http_request_timeout),
+            connect_timeout=seconds_param(params, "connect_timeout", settings.http_connect_timeout),
+            request_timeout=seconds_param(params, "request_timeout", settings.http_request_timeout),
             allow_nonstandard_methods=nonstandard,
         )
 

@@ -68,13 +68,22 @@ def split_params(text: str) -> list[str]:
     return parts
 
 
-def _top_level_segments(text: str) -> list[str]:
-    """Segments between top-level ``;`` with quotes left in place."""
+def split_top_level(text: str, escapes: bool = False) -> list[str]:
+    """Split ``text`` on ``;`` outside quotes, leaving quotes in place.
+
+    With ``escapes`` a backslash (outside single quotes) protects the next
+    character, as in a shell command line.
+    """
     segs: list[str] = []
     start = 0
     quote = ""
+    escaped = False
     for i, c in enumerate(text):
-        if quote:
+        if escaped:
+            escaped = False
+        elif escapes and c == "\\" and quote != "'":
+            escaped = True
+        elif quote:
             if c == quote:
                 quote = ""
         elif c in "'\"":
@@ -91,7 +100,7 @@ def parse_params(text: str, action: str) -> dict[str, str]:
     text = text.strip()
     if not text:
         return {}
-    segments = [s for s in _top_level_segments(text) if s.strip()]
+    segments = [s for s in split_top_level(text) if s.strip()]
     if not all(_NAME_EQ.match(s) for s in segments):
         bare = BARE_PARAM.get(action)
         if bare is None:

@@ -98,24 +98,7 @@ def split_commands(text: str) -> list[str]:
     A piece whose first word is not a command name belongs to the previous
     command, so an unquoted ``set ... http url=x;method=post`` survives.
     """
-    pieces: list[str] = []
-    start = 0
-    quote = ""
-    escaped = False
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif c == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            if c == quote:
-                quote = ""
-        elif c in "'\"":
-            quote = c
-        elif c == ";":
-            pieces.append(text[start:i])
-            start = i + 1
-    pieces.append(text[start:])
+    pieces = crontab.split_top_level(text, escapes=True)
     commands: list[str] = []
     for piece in pieces:
         if not piece.strip():
