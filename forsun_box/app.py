@@ -15,7 +15,7 @@ from forsun_box import actions as actions_pkg
 from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import console, http_v1, http_v2
+from forsun_box.api import access, console, http_v1, http_v2
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
@@ -106,6 +106,7 @@ class App:
 
     async def start(self) -> None:
         config = self.config
+        access.check_bind(config)
         os.makedirs(config.data_dir, exist_ok=True)
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
         extensions_dir = default_extensions_dir(config)
@@ -167,6 +168,9 @@ class App:
 
     def _on_run(self, run: Any) -> None:
         """Dispatcher callback: the console's per-minute series, then the run history."""
+        if run.error:
+            # an action's message may quote a URL with a password or a token in it
+            run.error = access.mask_secrets(run.error)
         self.stats.minutes.record_run(run)
         self.metrics.record_run(run)
         assert self.scheduler is not None
@@ -185,8 +189,10 @@ class App:
         thrift_action.configure(max_connections=config.thrift_max_connections)
         # One plan per message: bound a message by what one plan may carry.
         size = (1 << 20) + 4 * config.max_params_bytes
-        server = ThriftServer(
+        server: ThriftServer = access.GuardedThriftServer(
             self.service,
+            peers=access.PeerFilter(config.thrift_allow),
+            max_connections=config.max_thrift_connections,
             stats=self.stats,
             limits=codec.Limits(
                 max_message_bytes=size, max_string_bytes=size, max_container_items=65536
@@ -207,7 +213,8 @@ class App:
         config = self.config
         console_routes, console_settings = console.install(self)
         app = tornado.web.Application(
-            http_v1.routes(self.service, config.max_body_bytes)
+            http_v1.routes(self.service, config.max_body_bytes, config.api_token,
+                           config.v1_token_required)
             + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
             + console_routes,
             default_handler_class=http_v1.NotFoundHandler,
@@ -216,6 +223,7 @@ class App:
         )
         server = http_v1.CountingHTTPServer(app, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
+        server.max_connections = config.max_http_connections
         try:
             sockets = tornado.netutil.bind_sockets(config.http_port, config.http_host)
         except OSError as e:

@@ -125,6 +125,14 @@ def _check_log_rotate(value: str) -> None:
     parse_log_rotate(value)
 
 
+def _check_networks(value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for item in value:
+        if item.strip():
+            ipaddress.ip_network(item.strip(), strict=False)
+
+
 def _check_timezone(value: str) -> None:
     if value:
         try:
@@ -453,6 +461,28 @@ class Config:
     api_token: str = _http(
         "", "API token; also accepted as the web console's password.", "--api-token",
         metavar="TOKEN"
+    )  # fmt: skip
+    v1_token_required: str = _http(
+        "remote", "With api_token set, HTTP v1 requires it from non-loopback peers only "
+        "(remote: forsun's clients on this machine send none) or from every peer (always).",
+        "--v1-token-required", choices=("remote", "always")
+    )  # fmt: skip
+    thrift_allow: tuple[str, ...] = _http(
+        (), "Networks (CIDR or address, ;-separated) whose peers the Thrift port admits "
+        "besides loopback; Thrift carries no token.", "--thrift-allow", metavar="NETS",
+        check=_check_networks
+    )  # fmt: skip
+    allow_insecure_bind: bool = _http(
+        False, "Start even when HTTP or Thrift listens beyond loopback without api_token.",
+        "--allow-insecure-bind"
+    )  # fmt: skip
+    max_http_connections: int = _http(
+        10000, "Most open HTTP connections; more are closed at once.",
+        "--max-http-connections", check=_POSITIVE
+    )  # fmt: skip
+    max_thrift_connections: int = _http(
+        10000, "Most open Thrift API connections; more are closed at once.",
+        "--max-thrift-connections", check=_POSITIVE
     )  # fmt: skip
     cookie_secret: str = _http(
         "", "Secret signing the console's login cookie; empty: generated once and kept in "

@@ -40,6 +40,22 @@ def _make_handler(config: Config) -> logging.Handler:
         raise StartupError(f"cannot open log file {path}: {exc}") from None
 
 
+class MaskSecrets(logging.Filter):
+    """Masks URL passwords and secret-looking query values in every line logged.
+
+    Action failures quote their target URL, which may carry credentials.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from forsun_box.api.access import mask_secrets
+
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def setup_logging(config: Config) -> logging.Handler:
     """Send all logging to ``config.log_file`` (or stderr) with its level, format and rotation.
 
@@ -49,6 +65,7 @@ def setup_logging(config: Config) -> logging.Handler:
     """
     handler = _make_handler(config)
     handler.setFormatter(logging.Formatter(config.log_format or DEFAULT_LOG_FORMAT))
+    handler.addFilter(MaskSecrets())
     setattr(handler, _MARK, True)
     level = logging.getLevelName(config.log_level)
 

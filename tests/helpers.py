@@ -162,7 +162,16 @@ class Sink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Listener(http.server.ThreadingHTTPServer):
+            # the default backlog of 5 drops SYNs under a burst of firings (retried 1 s,
+            # 3 s later), which would show as lateness of the server under test
+            request_queue_size = 1024
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client killed mid-request (crash tests) is expected
+
+        self.server = Listener(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -17,7 +17,7 @@ import tornado.iostream
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import crontab
+from forsun_box.api import access, crontab
 from forsun_box.api.service import ForsunService
 from forsun_box.plan import to_forsun
 
@@ -36,10 +36,16 @@ class BadRequest(Exception):
 
 class BaseHandler(tornado.web.RequestHandler):
     service: ForsunService
+    needs_token = True  # with api_token set (see _token_accepted)
 
-    def initialize(self, service: ForsunService, max_body_bytes: int) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, service: ForsunService, max_body_bytes: int, api_token: str = "",
+        token_scope: str = "remote",
+    ) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self.api_token = api_token
+        self.token_scope = token_scope
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -48,6 +54,9 @@ class BaseHandler(tornado.web.RequestHandler):
         stats = self.service.stats
         if stats is not None:
             stats.incr("http_requesting_count")
+        if self.api_token and self.needs_token and not self._token_accepted():
+            self.reply(None, access.UNAUTHORIZED, "a valid API token is required", status=401)
+            return
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             # Refuse before reading a body we would throw away.
@@ -58,6 +67,12 @@ class BaseHandler(tornado.web.RequestHandler):
                 f"request body larger than {self.max_body_bytes} bytes",
                 status=413,
             )
+
+    def _token_accepted(self) -> bool:
+        # forsun's own clients send no token: loopback peers are trusted unless "always"
+        if self.token_scope != "always" and access.is_loopback(self.request.remote_ip or ""):
+            return True
+        return access.token_ok(access.token_given(self.request.headers), self.api_token)
 
     def on_finish(self) -> None:
         stats = self.service.stats
@@ -113,6 +128,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class PingHandler(BaseHandler):
+    needs_token = False  # health probes need no secret, and it tells nothing
     async def get(self) -> None:
         async def ping() -> dict[str, Any]:
             return {}
@@ -186,8 +202,10 @@ class PlanHandler(BaseHandler):
 class PauseHandler(BaseHandler):
     """``POST /v1/plan/pause?key=K`` and ``/v1/plan/resume?key=K`` (forsun-box additions)."""
 
-    def initialize(self, service: ForsunService, max_body_bytes: int, resume: bool = False) -> None:  # type: ignore[override]
-        super().initialize(service, max_body_bytes)
+    def initialize(  # type: ignore[override]
+        self, service: ForsunService, max_body_bytes: int, resume: bool = False, **kw: Any
+    ) -> None:
+        super().initialize(service, max_body_bytes, **kw)
         self.resume = resume
 
     async def post(self) -> None:
@@ -247,8 +265,12 @@ class NotFoundHandler(BaseHandler):
         )
 
 
-def routes(service: ForsunService, max_body_bytes: int) -> list[Any]:
-    kw = {"service": service, "max_body_bytes": max_body_bytes}
+def routes(
+    service: ForsunService, max_body_bytes: int, api_token: str = "", token_scope: str = "remote"
+) -> list[Any]:
+    """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.access` for who needs it."""
+    kw = {"service": service, "max_body_bytes": max_body_bytes, "api_token": api_token,
+          "token_scope": token_scope}
     return [
         (r"/v1/ping", PingHandler, kw),
         (r"/v1/plan", PlanHandler, kw),
@@ -264,8 +286,18 @@ class CountingHTTPServer(tornado.httpserver.HTTPServer):
     """HTTPServer that keeps forsun's http_connecting/connected counters."""
 
     stats: Any = None
+    max_connections = 0  # 0: no limit
+    open_connections = 0
+    refused_connections = 0
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        if self.max_connections and self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            log.warning("HTTP connection from %s refused: %d connections open (the limit)",
+                        address[0] if address else "?", self.open_connections)
+            stream.close()
+            return
+        self.open_connections += 1
         stats = self.stats
         if stats is not None:
             stats.incr("http_connecting_count")
@@ -273,6 +305,7 @@ class CountingHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: Any) -> None:
+        self.open_connections -= 1
         if self.stats is not None:
             self.stats.incr("http_connecting_count", -1)
         super().on_close(server_conn)

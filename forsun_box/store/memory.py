@@ -112,6 +112,9 @@ class MemoryStore(Store):
             if os.path.exists(self.path):
                 plans, runs, meta = await loop.run_in_executor(None, read_snapshot, self.path)
                 self._load(plans, runs, meta)
+                # A snapshot we could read but never write again would lose every change
+                # at the next crash without a word: refuse to start instead.
+                _check_writable(os.path.dirname(os.path.abspath(self.path)))
             else:
                 directory = os.path.dirname(os.path.abspath(self.path))
                 try:
@@ -365,6 +368,19 @@ class MemoryStore(Store):
 
 
 # -- snapshot file ---------------------------------------------------------
+
+
+def _check_writable(directory: str) -> None:
+    """Raise :class:`StartupError` unless a file can be created in ``directory``."""
+    probe = os.path.join(directory, f".forsun-box-probe-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise StartupError(
+            f"the snapshot directory {directory} is not writable: {e.strerror}"
+        ) from None
 
 
 def _plan_values(p: Plan) -> tuple[Any, ...]:
