@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -558,22 +558,3 @@ class Scheduler:
             moved.status,
         )  # fmt: skip
         self._writer.submit("advance", (adv, moved), False)
-
-    # ------------------------------------------------------------------ helpers for tests
-
-    async def fire_due_now(self) -> None:
-        """Process everything due at the clock's current time (tests)."""
-        if not self._processing:
-            self._processing = True
-            await self._process()
-
-
-def chunked(items: Iterable[Any], n: int) -> Iterable[list[Any]]:
-    buf: list[Any] = []
-    for it in items:
-        buf.append(it)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
