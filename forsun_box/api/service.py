@@ -21,6 +21,7 @@ from forsun_box.actions import action_names
 from forsun_box.api.crontab import PlanLine
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
 from forsun_box.scheduler import Scheduler
+from forsun_box.store.base import Run
 
 
 @dataclass
@@ -228,6 +229,14 @@ class ForsunService:
     async def fire(self, key: Any) -> int:
         """Run ``key``'s action once now, outside its schedule; returns its status."""
         return await self.scheduler.fire_now(self._key(key))
+
+    async def runs(self, key: Any, limit: int = 50) -> list[Run]:
+        """``key``'s most recent runs, newest first (at most ``limit``).
+
+        The history outlives the plan (a finished one-shot keeps its runs), so
+        a key with no plan answers its runs, or none, rather than an error.
+        """
+        return await self.scheduler.runs(self._key(key), limit)
 
     async def keys(self, prefix: str = "") -> list[str]:
         return await self.scheduler.keys(prefix)

@@ -28,15 +28,20 @@ from thrift.Thrift import TApplicationException
 
 from forsun_box import errors
 from forsun_box.api.service import ForsunService
-from forsun_box.plan import Plan, to_forsun
+from forsun_box.api.v2_schema import preview
+from forsun_box.plan import AT, CRON, Plan, to_forsun
 from forsun_box.thrift import codec
 from forsun_box.thrift.forsun import Forsun
-from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError
+from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError, ForsunRun
 
 log = logging.getLogger("forsun_box.thrift")
 
 I16_MAX = 32767
 I32_MAX = 2**31 - 1
+DEFAULT_RUNS = 50
+MAX_RUNS = 1000
+DEFAULT_PREVIEW = 5
+MAX_PREVIEW = 1000
 READ_CHUNK = 256 * 1024
 
 _PLAN_FIELDS = (
@@ -69,6 +74,18 @@ def plan_struct(plan: Plan) -> ForsunPlan:
         last_timeout=_clamp(d["last_timeout"], I32_MAX),
         action=d["action"],
         params=dict(d["params"]),
+    )
+
+
+def run_struct(run: Any) -> ForsunRun:
+    """One run record (``store.base.Run``) as the IDL's ``ForsunRun``."""
+    return ForsunRun(
+        due_ms=run.due_ms,
+        started_ms=run.started_ms,
+        duration_ms=_clamp(run.duration_ms, I32_MAX),
+        attempt=_clamp(run.attempt, I16_MAX),
+        result=_clamp(run.result, I16_MAX),
+        error=run.error or "",
     )
 
 
@@ -116,6 +133,16 @@ class ThriftServer:
                 Forsun.forsun_call_args, Forsun.forsun_call_result, self._forsun_call, False
             ),
             "info": (Forsun.info_args, Forsun.info_result, self._info, False),
+            # forsun-box additions (new methods; forsun's are unchanged)
+            "pause": (Forsun.pause_args, Forsun.pause_result, self._pause, True),
+            "resume": (Forsun.resume_args, Forsun.resume_result, self._resume, True),
+            "fire": (Forsun.fire_args, Forsun.fire_result, self._fire, True),
+            "getRuns": (Forsun.getRuns_args, Forsun.getRuns_result, self._get_runs, True),
+            "preview": (Forsun.preview_args, Forsun.preview_result, self._preview, True),
+            "createCron": (
+                Forsun.createCron_args, Forsun.createCron_result, self._create_cron, True
+            ),
+            "createAt": (Forsun.createAt_args, Forsun.createAt_result, self._create_at, True),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
@@ -343,3 +370,54 @@ class ThriftServer:
 
     async def _info(self, args: Any) -> dict[str, str]:
         return await self.service.info()
+
+    # ------------------------------------------------------------------ additions
+
+    async def _pause(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.pause(args.key))
+
+    async def _resume(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.resume(args.key))
+
+    async def _fire(self, args: Any) -> int:
+        return _clamp(await self.service.fire(args.key), I16_MAX)
+
+    async def _get_runs(self, args: Any) -> list[ForsunRun]:
+        limit = args.limit or 0
+        limit = DEFAULT_RUNS if limit <= 0 else min(limit, MAX_RUNS)
+        runs = await self.service.runs(args.key, limit)
+        return [run_struct(r) for r in runs]
+
+    async def _preview(self, args: Any) -> list[int]:
+        n = args.n or 0
+        n = DEFAULT_PREVIEW if n <= 0 else min(n, MAX_PREVIEW)
+        plan = await self.service.get(args.key)
+        return preview(plan, n, self.service.scheduler.tz)
+
+    async def _create_cron(self, args: Any) -> ForsunPlan:
+        if not args.cron:
+            raise errors.MissingArgument("cron")
+        plan = self.service.build_kind(
+            kind=CRON,
+            key=args.key,
+            fields={},
+            count=args.count or 0,
+            action=args.action,
+            params=args.params,
+            cron=args.cron,
+            timezone=args.timezone or "",
+        )
+        return plan_struct((await self.service.create([plan]))[0])
+
+    async def _create_at(self, args: Any) -> ForsunPlan:
+        if args.at_ms is None:
+            raise errors.MissingArgument("at_ms")
+        plan = self.service.build_kind(
+            kind=AT,
+            key=args.key,
+            fields={},
+            action=args.action,
+            params=args.params,
+            at_ms=args.at_ms,
+        )
+        return plan_struct((await self.service.create([plan]))[0])

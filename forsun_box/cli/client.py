@@ -14,6 +14,12 @@ Output:
 - ``time``, ``current``: every plan firing at that second, as above,
   separated by blank lines.
 - ``ls``: one key per line. ``info``: one ``name:<TAB>value`` line per field.
+- ``pause``, ``resume``, ``cron``, ``at``: the plan, as ``get`` shows it.
+- ``fire``: ``status:<TAB>N``, the status the action returned.
+- ``runs``: one run per line, newest first: the due instant (unix ms and
+  local time), then ``late=MS``, ``took=MS``, ``attempt=N``, the result
+  (``ok``, ``failed``, ``retrying``) and the error if any, tab-separated.
+- ``preview``: one firing per line, unix ms followed by the local time.
 
 An unreachable server, a server error or a malformed command prints one line
 on stderr and ends with exit status 1 (the shell reports it and goes on).
@@ -67,18 +73,34 @@ COMMANDS_HELP = """\
                                     * (any) or */N[/C] (every N, C times: delay mode);
                                     PARAMS: name=value;name='quoted value'
   info                              the server's status, one name:<TAB>value per line
+  pause KEY                         stop a plan firing until resumed (and show it)
+  resume KEY                        let a paused plan fire again (and show it)
+  fire KEY                          run the plan's action once now; prints its status
+  runs KEY [N]                      the plan's last N runs, newest first (default 20)
+  preview KEY [N]                   the plan's next N firings (default 5)
+  cron KEY "EXPR" ACTION PARAMS     create or replace a plan on a cron expression
+                                    (5 or 6 fields, the server's time zone)
+  at KEY "YYYY-mm-dd HH:MM:SS[.mmm]"|UNIX_MS ACTION PARAMS
+                                    create or replace a plan firing once at that
+                                    instant (local time, or unix milliseconds)
 examples:
   set t1 */5/1 * * * * * shell 'cmd=ls'
   set t2 0 32 16 * * * http "url='http://127.0.0.1:9000/'"
+  cron t3 "*/5 * * * *" shell 'cmd=date'
+  at t4 "2030-01-01 08:00:00.250" shell 'cmd=date'
 """
 
 PLAN_FIELDS = (
     "key", "is_time_out", "second", "minute", "hour", "day", "month", "week",
     "count", "current_count", "status", "next_time", "last_timeout", "action", "params",
 )  # fmt: skip
-COMMAND_NAMES = frozenset(
-    {"help", "exit", "quit", "version", "ls", "current", "time", "get", "rm", "set", "info"}
-)
+COMMAND_NAMES = frozenset({
+    "help", "exit", "quit", "version", "ls", "current", "time", "get", "rm", "set", "info",
+    "pause", "resume", "fire", "runs", "preview", "cron", "at",
+})  # fmt: skip
+RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
+DEFAULT_RUNS = 20
+DEFAULT_PREVIEW = 5
 
 
 class CommandError(Exception):
@@ -126,6 +148,36 @@ def parse_time(words: list[str], now: Callable[[], float] = time.time) -> int:
     raise CommandError(f'time: expected a timestamp or "YYYY-mm-dd HH:MM:SS", got {text!r}')
 
 
+def parse_instant(text: str) -> int:
+    """``at``'s instant: unix milliseconds, or local ``YYYY-mm-dd HH:MM:SS[.mmm]``."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"):
+        try:
+            moment = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        try:
+            return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
+        except (OverflowError, OSError, ValueError):
+            break
+    raise CommandError(
+        f'at: expected "YYYY-mm-dd HH:MM:SS[.mmm]" or unix milliseconds, got {text!r}'
+    )
+
+
+def _count(name: str, args: list[str], default: int, top: int) -> tuple[str, int]:
+    """``KEY [N]`` arguments: the key and N (``default`` when absent; 1..top)."""
+    if not 1 <= len(args) <= 2:
+        raise CommandError(f"usage: {name} KEY [N]")
+    if len(args) == 1:
+        return args[0], default
+    if not args[1].isdigit() or not 1 <= int(args[1]) <= top:
+        raise CommandError(f"{name}: N must be a number from 1 to {top}, got {args[1]!r}")
+    return args[0], int(args[1])
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -150,6 +202,28 @@ def _quote(value: str) -> str:
 def format_params(params: dict[str, str] | None) -> str:
     """Params in the ``set`` syntax: ``name=value;name='quoted value'``."""
     return ";".join(f"{k}={_quote(v)}" for k, v in (params or {}).items())
+
+
+def _when_ms(ms: int) -> str:
+    try:
+        local = datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    return f"{ms} ({local})"
+
+
+def format_run(run: Any) -> str:
+    """One run (``ForsunRun``) as one tab-separated line (see the module docstring)."""
+    parts = [
+        _when_ms(run.due_ms),
+        f"late={max(0, run.started_ms - run.due_ms)}",
+        f"took={run.duration_ms}",
+        f"attempt={run.attempt}",
+        RUN_RESULTS.get(run.result, "failed"),
+    ]
+    if run.error:
+        parts.append(" ".join(run.error.split()))  # one line per run
+    return "\t".join(parts)
 
 
 def format_plan(plan: Any) -> str:
@@ -294,6 +368,46 @@ class Session:
     def cmd_info(self, args: list[str]) -> None:
         for name, value in self.client().info().items():
             self.print(f"{name}:\t{value}")
+
+    # ---- forsun-box additions
+
+    def cmd_pause(self, args: list[str]) -> None:
+        self.print(format_plan(self.client().pause(self._key("pause", args))))
+
+    def cmd_resume(self, args: list[str]) -> None:
+        self.print(format_plan(self.client().resume(self._key("resume", args))))
+
+    def cmd_fire(self, args: list[str]) -> None:
+        self.print(f"status:\t{self.client().fire(self._key('fire', args))}")
+
+    def cmd_runs(self, args: list[str]) -> None:
+        key, n = _count("runs", args, DEFAULT_RUNS, 1000)
+        for run in self.client().getRuns(key, n):
+            self.print(format_run(run))
+
+    def cmd_preview(self, args: list[str]) -> None:
+        key, n = _count("preview", args, DEFAULT_PREVIEW, 1000)
+        for ms in self.client().preview(key, n):
+            self.print(_when_ms(ms))
+
+    def _action_params(self, name: str, args: list[str], usage: str) -> tuple[str, dict[str, str]]:
+        if len(args) < 3:
+            raise CommandError(f"usage: {name} {usage}")
+        action = crontab.ACTION_ALIASES.get(args[2], args[2])
+        return action, crontab.parse_params(" ".join(args[3:]), action)
+
+    def cmd_cron(self, args: list[str]) -> None:
+        action, params = self._action_params("cron", args, '"EXPR" ACTION PARAMS')
+        self.print(format_plan(self.client().createCron(args[0], args[1], action, params, "", 0)))
+
+    def cmd_at(self, args: list[str]) -> None:
+        action, params = self._action_params(
+            "at", args, '"YYYY-mm-dd HH:MM:SS[.mmm]"|UNIX_MS ACTION PARAMS'
+        )
+        at_ms = parse_instant(args[1])
+        if not 0 <= at_ms < 2**63:
+            raise CommandError(f"at: {at_ms} is out of range")
+        self.print(format_plan(self.client().createAt(args[0], at_ms, action, params)))
 
 
 def _reason(e: BaseException) -> str:

@@ -29,6 +29,17 @@ struct ForsunPlan {
     15: map<string, string> params = {},
 }
 
+// One attempt of one firing, in a plan's run history (forsun-box addition).
+struct ForsunRun {
+    1: i64 due_ms,
+    2: i64 started_ms,
+    3: i32 duration_ms,
+    4: i16 attempt,
+    // 1 ok, -1 failed, 2 failed and will be retried
+    5: i16 result,
+    6: string error,
+}
+
 service Forsun {
     // Liveness: returns 0.
     i16 ping(),
@@ -62,4 +73,32 @@ service Forsun {
     void forsun_call(1: string key, 2: i32 ts, 3: map<string, string> params),
 
     map<string, string> info(),
+
+    // forsun-box additions below: new methods only, forsun's are unchanged.
+
+    // Stop a plan firing until resumed.
+    ForsunPlan pause(1: string key) throws (1: ForsunPlanError err),
+
+    // Let a paused plan fire again from its next occurrence after now.
+    ForsunPlan resume(1: string key) throws (1: ForsunPlanError err),
+
+    // Run the plan's action once now, outside its schedule; returns its status.
+    i16 fire(1: string key) throws (1: ForsunPlanError err),
+
+    // The plan's most recent runs, newest first (at most `limit`; <= 0: 50).
+    list<ForsunRun> getRuns(1: string key, 2: i32 limit)
+        throws (1: ForsunPlanError err),
+
+    // The plan's next `n` firings (unix ms; n <= 0: 5).
+    list<i64> preview(1: string key, 2: i16 n) throws (1: ForsunPlanError err),
+
+    // A plan on a cron expression (5 or 6 fields) in an IANA time zone
+    // ("": the server's), count times (0: forever); replaces the same key.
+    ForsunPlan createCron(1: string key, 2: string cron, 3: string action,
+        4: map<string, string> params, 5: string timezone, 6: i16 count)
+        throws (1: ForsunPlanError err),
+
+    // A one-shot plan at one instant (unix ms); replaces the same key.
+    ForsunPlan createAt(1: string key, 2: i64 at_ms, 3: string action,
+        4: map<string, string> params) throws (1: ForsunPlanError err),
 }

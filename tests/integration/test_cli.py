@@ -10,11 +10,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from forsun_box.cli.client import format_params, parse_argv, split_commands
+from forsun_box.cli.client import (
+    CommandError,
+    format_params,
+    parse_argv,
+    parse_instant,
+    split_commands,
+)
 from tests.helpers import ROOT, Server, free_port
 
 
@@ -239,3 +246,116 @@ def test_format_params_round_trips_through_the_set_parser() -> None:
 
     params = {"url": "http://h/?a=1&b=2", "body": "x; y", "q": "it's"}
     assert parse_params(format_params(params), "http") == params
+
+
+# ---------------------------------------------------------------- forsun-box's additions
+
+
+def test_help_lists_the_added_commands() -> None:
+    r = forsun(free_port(), "help")
+    assert r.returncode == 0
+    for usage in ("pause KEY", "resume KEY", "fire KEY", "runs KEY [N]", "preview KEY [N]",
+                  'cron KEY "EXPR" ACTION PARAMS', 'at KEY "YYYY-mm-dd HH:MM:SS[.mmm]"'):
+        assert usage in r.stdout
+
+
+def test_pause_and_resume(server: Server) -> None:
+    assert forsun(server.thrift_port, "set cp1 */3600 * * * * * shell cmd=true").returncode == 0
+    r = forsun(server.thrift_port, "pause cp1")
+    assert r.returncode == 0, r.stderr
+    assert fields(r.stdout)["key"] == "cp1"
+    assert server.call("GET", "/v2/plans/cp1")[1]["paused"] is True
+    r = forsun(server.thrift_port, "resume cp1")
+    assert r.returncode == 0, r.stderr
+    assert fields(r.stdout)["key"] == "cp1"
+    assert server.call("GET", "/v2/plans/cp1")[1]["paused"] is False
+
+
+def test_fire_then_runs(server: Server) -> None:
+    assert forsun(server.thrift_port, "set cf1 */3600 * * * * * shell cmd=true").returncode == 0
+    r = forsun(server.thrift_port, "--exe", "fire cf1; fire cf1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["status:\t1", "status:\t1"]
+    lines: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(lines) < 2 and time.monotonic() < deadline:
+        r = forsun(server.thrift_port, "runs", "cf1")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+    assert len(lines) == 2
+    parts = lines[0].split("\t")
+    assert parts[0].split()[0].isdigit() and parts[0].endswith(")")
+    assert parts[1].startswith("late=") and parts[2].startswith("took=")
+    assert parts[3] == "attempt=1" and parts[4] == "ok"
+    r = forsun(server.thrift_port, "runs", "cf1", "1")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
+
+
+def test_preview_of_a_delay_plan(server: Server) -> None:
+    assert forsun(server.thrift_port, "set cv1 */60/3 * * * * * shell cmd=true").returncode == 0
+    r = forsun(server.thrift_port, "preview cv1 10")
+    assert r.returncode == 0, r.stderr
+    times = [int(line.split()[0]) for line in r.stdout.splitlines()]
+    assert len(times) == 3 and times[1] - times[0] == 60_000 and times[2] - times[1] == 60_000
+    r = forsun(server.thrift_port, "preview cv1")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
+
+
+def test_cron_command(server: Server) -> None:
+    r = forsun(server.thrift_port, "cron", "cc1", "*/10 * * * *", "shell", "cmd=echo hi")
+    assert r.returncode == 0, r.stderr
+    plan = fields(r.stdout)
+    assert plan["key"] == "cc1" and plan["params"] == "cmd='echo hi'"
+    body = server.call("GET", "/v2/plans/cc1")[1]
+    assert body["schedule"]["kind"] == "cron" and body["schedule"]["expr"] == "*/10 * * * *"
+    r = forsun(server.thrift_port, "preview cc1 3")
+    times = [int(line.split()[0]) for line in r.stdout.splitlines()]
+    assert len(times) == 3 and all(t % 600_000 == 0 for t in times)
+
+
+def test_at_command_local_time_with_millis_and_unix_ms(server: Server) -> None:
+    moment = datetime.now().replace(microsecond=0) + timedelta(days=2)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S") + ".250"
+    r = forsun(server.thrift_port, "at", "ca1", text, "shell", "cmd=true")
+    assert r.returncode == 0, r.stderr
+    expected = int(moment.timestamp()) * 1000 + 250
+    assert int(fields(r.stdout)["next_time"].split()[0]) == expected // 1000
+    r = forsun(server.thrift_port, "preview ca1")
+    assert [int(x.split()[0]) for x in r.stdout.splitlines()] == [expected]
+    at_ms = int(time.time() * 1000) + 86_400_000 + 7
+    r = forsun(server.thrift_port, f"at ca2 {at_ms} shell cmd=true")
+    assert r.returncode == 0, r.stderr
+    r = forsun(server.thrift_port, "preview ca2 5")
+    assert [int(x.split()[0]) for x in r.stdout.splitlines()] == [at_ms]
+
+
+@pytest.mark.parametrize("command, needle", [
+    ("pause nope-nope", "1003"),
+    ("resume nope-nope", "1003"),
+    ("fire nope-nope", "1003"),
+    ("preview nope-nope", "1003"),
+    ("pause", "usage: pause KEY"),
+    ("runs", "usage: runs KEY [N]"),
+    ("runs k x", "N must be a number"),
+    ("preview k 0", "N must be a number"),
+    ("cron k1 'not cron' shell cmd=true", "1008"),
+    ("cron k1 '* * * * *'", "usage: cron"),
+    ("cron k1 '* * * * *' nosuch a=1", "1006"),
+    ("at k1 tomorrow shell cmd=true", "at: expected"),
+    ("at k1 1000 shell cmd=true", "1002"),
+    ("at k1 '2030-01-01 00:00:00' nosuch a=1", "1006"),
+])
+def test_added_commands_fail_in_one_line(server: Server, command: str, needle: str) -> None:
+    r = forsun(server.thrift_port, command)
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parse_instant() -> None:
+    assert parse_instant("1700000000123") == 1700000000123
+    local = datetime(2030, 1, 2, 3, 4, 5)
+    assert parse_instant("2030-01-02 03:04:05") == int(local.timestamp()) * 1000
+    assert parse_instant("2030-01-02 03:04:05.250") == int(local.timestamp()) * 1000 + 250
+    with pytest.raises(CommandError):
+        parse_instant("soon")

@@ -333,6 +333,118 @@ class ForsunPlan(object):
 
     def __ne__(self, other):
         return not (self == other)
+
+
+class ForsunRun(object):
+    """
+    Attributes:
+     - due_ms
+     - started_ms
+     - duration_ms
+     - attempt
+     - result
+     - error
+
+    """
+
+
+    def __init__(self, due_ms=None, started_ms=None, duration_ms=None, attempt=None, result=None, error=None,):
+        self.due_ms = due_ms
+        self.started_ms = started_ms
+        self.duration_ms = duration_ms
+        self.attempt = attempt
+        self.result = result
+        self.error = error
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I64:
+                    self.due_ms = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.I64:
+                    self.started_ms = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.I32:
+                    self.duration_ms = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I16:
+                    self.attempt = iprot.readI16()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.I16:
+                    self.result = iprot.readI16()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRING:
+                    self.error = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('ForsunRun')
+        if self.due_ms is not None:
+            oprot.writeFieldBegin('due_ms', TType.I64, 1)
+            oprot.writeI64(self.due_ms)
+            oprot.writeFieldEnd()
+        if self.started_ms is not None:
+            oprot.writeFieldBegin('started_ms', TType.I64, 2)
+            oprot.writeI64(self.started_ms)
+            oprot.writeFieldEnd()
+        if self.duration_ms is not None:
+            oprot.writeFieldBegin('duration_ms', TType.I32, 3)
+            oprot.writeI32(self.duration_ms)
+            oprot.writeFieldEnd()
+        if self.attempt is not None:
+            oprot.writeFieldBegin('attempt', TType.I16, 4)
+            oprot.writeI16(self.attempt)
+            oprot.writeFieldEnd()
+        if self.result is not None:
+            oprot.writeFieldBegin('result', TType.I16, 5)
+            oprot.writeI16(self.result)
+            oprot.writeFieldEnd()
+        if self.error is not None:
+            oprot.writeFieldBegin('error', TType.STRING, 6)
+            oprot.writeString(self.error.encode('utf-8') if sys.version_info[0] == 2 else self.error)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
 all_structs.append(ForsunPlanError)
 ForsunPlanError.thrift_spec = (
     None,  # 0
@@ -358,6 +470,16 @@ ForsunPlan.thrift_spec = (
     (14, TType.STRING, 'action', 'UTF8', "shell", ),  # 14
     (15, TType.MAP, 'params', (TType.STRING, 'UTF8', TType.STRING, 'UTF8', False), {
     }, ),  # 15
+)
+all_structs.append(ForsunRun)
+ForsunRun.thrift_spec = (
+    None,  # 0
+    (1, TType.I64, 'due_ms', None, None, ),  # 1
+    (2, TType.I64, 'started_ms', None, None, ),  # 2
+    (3, TType.I32, 'duration_ms', None, None, ),  # 3
+    (4, TType.I16, 'attempt', None, None, ),  # 4
+    (5, TType.I16, 'result', None, None, ),  # 5
+    (6, TType.STRING, 'error', 'UTF8', None, ),  # 6
 )
 fix_spec(all_structs)
 del all_structs
