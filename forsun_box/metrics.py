@@ -15,6 +15,7 @@ process (tests) don't share series. Sources:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -64,25 +65,64 @@ class _StatsCollector(Collector):
         return iter(())
 
 
+class _RunCollector(Collector):
+    """Firings, retries and lateness, counted in plain Python on the firing path.
+
+    prometheus_client's own Counter and Histogram take a lock and look labels
+    up on every call; per firing that cost as much as the rest of the
+    bookkeeping, so the counts live here and become series at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self.firings: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str], int] = {}
+        self.buckets = [0] * (len(LATENESS_BUCKETS) + 1)  # the last one is +Inf
+        self.lateness_sum = 0.0
+
+    def record(self, action: str, result: str, attempt: int, late_s: float) -> None:
+        if attempt == 1:
+            key = (action, result)
+            self.firings[key] = self.firings.get(key, 0) + 1
+            self.buckets[bisect.bisect_left(LATENESS_BUCKETS, late_s)] += 1
+            self.lateness_sum += late_s
+        else:
+            key = (action, result)
+            self.retries[key] = self.retries.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Any]:
+        for name, doc, counts in (
+            ("forsun_box_firings", "Firings (first attempts) by action and result",
+             self.firings),
+            ("forsun_box_retries", "Retry attempts by action and result", self.retries),
+        ):  # fmt: skip
+            fam = CounterMetricFamily(name, doc, labels=["action", "result"])
+            for (action, result), n in sorted(counts.items()):
+                fam.add_metric([action, result], n)
+            yield fam
+        cumulative = 0
+        buckets = []
+        for bound, n in zip((*LATENESS_BUCKETS, float("inf")), self.buckets, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "forsun_box_firing_lateness_seconds",
+            "How long after its due time a firing's first attempt started",
+            buckets=buckets,
+            sum_value=self.lateness_sum,
+        )
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
 class Metrics:
     """The service's Prometheus series; see the module docstring."""
 
     def __init__(self, stats: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.firings = Counter(
-            "forsun_box_firings", "Firings (first attempts) by action and result",
-            ["action", "result"], registry=r,
-        )
-        self.retries = Counter(
-            "forsun_box_retries", "Retry attempts by action and result",
-            ["action", "result"], registry=r,
-        )
-        self.lateness = Histogram(
-            "forsun_box_firing_lateness_seconds",
-            "How long after its due time a firing's first attempt started",
-            buckets=LATENESS_BUCKETS, registry=r,
-        )
+        self.runs = _RunCollector()
+        r.register(self.runs)
         self.api_requests = Counter(
             "forsun_box_api_requests", "API requests by interface and outcome",
             ["interface", "outcome"], registry=r,
@@ -103,13 +143,12 @@ class Metrics:
 
     def record_run(self, run: Any) -> None:
         """Count one attempt (a ``store.base.Run``)."""
-        result = RUN_RESULTS.get(run.result, "failed")
-        action = run.action or "unknown"
-        if run.attempt == 1:
-            self.firings.labels(action, result).inc()
-            self.lateness.observe(max(0, run.started_ms - run.due_ms) / 1000)
-        else:
-            self.retries.labels(action, result).inc()
+        self.runs.record(
+            run.action or "unknown",
+            RUN_RESULTS.get(run.result, "failed"),
+            run.attempt,
+            max(0, run.started_ms - run.due_ms) / 1000,
+        )
 
     def api_request(self, interface: str, outcome: str) -> None:
         """Count one request; ``outcome`` is ``ok``, ``client_error`` or ``server_error``."""
