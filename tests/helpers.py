@@ -13,6 +13,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +203,99 @@ def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return bool(pred())
+
+
+@contextmanager
+def thrift_client(port: int, strict: bool = True, timeout_ms: int = 10_000) -> Iterator[Any]:
+    """forsun's generated client over TSocket + TBufferedTransport + TBinaryProtocol."""
+    from thrift.protocol import TBinaryProtocol
+    from thrift.transport import TSocket, TTransport
+
+    from forsun_box.thrift.forsun import Forsun
+
+    sock = TSocket.TSocket("127.0.0.1", port)
+    sock.setTimeout(timeout_ms)
+    transport = TTransport.TBufferedTransport(sock)
+    protocol = TBinaryProtocol.TBinaryProtocol(transport, strictWrite=strict)
+    transport.open()
+    try:
+        yield Forsun.Client(protocol)
+    finally:
+        transport.close()
+
+
+class ThriftTarget:
+    """forsun_call recorder served by thrift's blocking TThreadedServer."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[tuple[str, int, dict[str, str]]] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+        self.port = free_port()
+        handler = self
+
+        class Handler:
+            def forsun_call(self, key: str, ts: int, params: dict[str, str]) -> None:
+                with handler.lock:
+                    handler.active += 1
+                    handler.max_active = max(handler.max_active, handler.active)
+                try:
+                    if handler.delay_s:
+                        time.sleep(handler.delay_s)
+                    if handler.fail:
+                        raise RuntimeError("target refuses")
+                    with handler.lock:
+                        handler.calls.append((key, ts, params))
+                finally:
+                    with handler.lock:
+                        handler.active -= 1
+
+        from thrift.protocol import TBinaryProtocol
+        from thrift.server import TServer
+        from thrift.transport import TSocket, TTransport
+
+        from forsun_box.thrift.forsun import Forsun
+
+        self.server = TServer.TThreadedServer(
+            Forsun.Processor(Handler()),
+            TSocket.TServerSocket("127.0.0.1", self.port),
+            TTransport.TBufferedTransportFactory(),
+            TBinaryProtocol.TBinaryProtocolFactory(),
+            daemon=True,
+        )
+        self.closed = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        assert wait_until(self._listening, 5)
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def _serve(self) -> None:
+        # thrift's own serve() loops for ever once its socket is closed: accept here
+        transport = self.server.serverTransport
+        transport.listen()
+        while True:
+            try:
+                client = transport.accept()
+            except Exception:
+                return
+            if self.closed:
+                client.close()
+                return
+            threading.Thread(target=self.server.handle, args=(client,), daemon=True).start()
+
+    def close(self) -> None:
+        self.closed = True
+        try:  # wake the blocked accept()
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            pass
+        self.server.serverTransport.close()

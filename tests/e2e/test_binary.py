@@ -19,18 +19,14 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from thrift.protocol import TBinaryProtocol
-from thrift.transport import TSocket, TTransport
 
 from forsun_box import __version__
 from forsun_box.config import SETTINGS
-from forsun_box.thrift.forsun import Forsun
-from tests.helpers import ROOT, call, free_port, wait_until
+from tests.helpers import ROOT, call, free_port, thrift_client, wait_until
 
 BINARY = ROOT / "dist" / "forsun-box"
 SOURCES = [ROOT / "forsun_box", ROOT / "web", ROOT / "build" / "forsun-box.spec",
@@ -203,18 +199,6 @@ def installed(binary: Path, tmp_path: Path) -> Iterator[Installed]:
     inst = Installed(binary, tmp_path)
     yield inst
     inst.kill()
-
-
-@contextmanager
-def thrift_client(port: int) -> Iterator[Forsun.Client]:
-    sock = TSocket.TSocket("127.0.0.1", port)
-    sock.setTimeout(10_000)
-    transport = TTransport.TBufferedTransport(sock)
-    transport.open()
-    try:
-        yield Forsun.Client(TBinaryProtocol.TBinaryProtocol(transport))
-    finally:
-        transport.close()
 
 
 def shell_plan(key: str, seconds: int, out: Path, word: str) -> dict[str, Any]:

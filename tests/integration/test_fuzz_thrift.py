@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
-from thrift.transport import TSocket, TTransport
+from thrift.transport import TTransport
 
 from forsun_box.thrift.forsun import Forsun
-from tests.helpers import Server
+from tests.helpers import Server, thrift_client
 
 EXAMPLES = int(os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -94,12 +94,8 @@ def _exchange(port: int, frame: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def bystander(server: Server) -> Iterator[Forsun.Client]:
-    sock = TSocket.TSocket("127.0.0.1", server.thrift_port)
-    sock.setTimeout(5000)
-    transport = TTransport.TBufferedTransport(sock)
-    transport.open()
-    yield Forsun.Client(TBinaryProtocol.TBinaryProtocol(transport))
-    transport.close()
+    with thrift_client(server.thrift_port, timeout_ms=5000) as client:
+        yield client
 
 
 def test_thrift_frames_never_crash_or_hang_the_server(server: Server,

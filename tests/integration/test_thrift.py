@@ -10,17 +10,15 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from thrift.protocol import TBinaryProtocol
-from thrift.server import TServer
 from thrift.Thrift import TApplicationException, TMessageType
-from thrift.transport import TSocket, TTransport
+from thrift.transport import TTransport
 
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError
-from tests.helpers import Server, Sink, free_port, wait_until
+from tests.helpers import Server, Sink, ThriftTarget, thrift_client, wait_until
 
 NO = None  # an argument left out: the server applies the IDL default
 
@@ -32,17 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert srv.stop() == 0
 
 
-@contextmanager
-def connect(port: int, strict: bool = True, timeout_ms: int = 10_000) -> Iterator[Forsun.Client]:
-    sock = TSocket.TSocket("127.0.0.1", port)
-    sock.setTimeout(timeout_ms)
-    transport = TTransport.TBufferedTransport(sock)
-    protocol = TBinaryProtocol.TBinaryProtocol(transport, strictWrite=strict)
-    transport.open()
-    try:
-        yield Forsun.Client(protocol)
-    finally:
-        transport.close()
+connect = thrift_client
 
 
 @pytest.fixture()
@@ -373,50 +361,8 @@ def test_50_connections_creating_while_plans_fire_on_time(server: Server) -> Non
 # ---------------------------------------------------------------- the thrift action end to end
 
 
-class Target:
-    """A Thrift server from the generated Processor recording forsun_call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, dict[str, str]]] = []
-        self.port = free_port()
-        calls = self.calls
-
-        class Handler:
-            def forsun_call(self, key: str, ts: int, params: dict[str, str]) -> None:
-                calls.append((key, ts, params))
-
-        self.server = TServer.TThreadedServer(
-            Forsun.Processor(Handler()), TSocket.TServerSocket("127.0.0.1", self.port),
-            TTransport.TBufferedTransportFactory(), TBinaryProtocol.TBinaryProtocolFactory(),
-            daemon=True)
-        self.closed = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        # thrift's own serve() loops for ever once its socket is closed: accept here
-        transport = self.server.serverTransport
-        transport.listen()
-        while True:
-            try:
-                client = transport.accept()
-            except Exception:
-                return
-            if self.closed:
-                client.close()
-                return
-            threading.Thread(target=self.server.handle, args=(client,), daemon=True).start()
-
-    def close(self) -> None:
-        self.closed = True
-        try:  # wake the blocked accept()
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            pass
-        self.server.serverTransport.close()
-
-
 def test_plan_with_thrift_action_calls_the_target(server: Server) -> None:
-    target = Target()
+    target = ThriftTarget()
     try:
         plan = server.ok("PUT", "/v1/plan", {
             "key": "to-thrift", "seconds": 1, "count": 1, "action": "thrift",

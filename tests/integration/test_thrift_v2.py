@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from thrift.protocol import TBinaryProtocol
-from thrift.transport import TSocket, TTransport
 
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError, ForsunRun
-from tests.helpers import Server, wait_until
+from tests.helpers import Server, thrift_client, wait_until
 
 DAY_MS = 86_400_000
 
@@ -27,16 +24,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert srv.stop() == 0
 
 
-@contextmanager
-def connect(port: int) -> Iterator[Forsun.Client]:
-    sock = TSocket.TSocket("127.0.0.1", port)
-    sock.setTimeout(10_000)
-    transport = TTransport.TBufferedTransport(sock)
-    transport.open()
-    try:
-        yield Forsun.Client(TBinaryProtocol.TBinaryProtocol(transport))
-    finally:
-        transport.close()
+connect = thrift_client
 
 
 @pytest.fixture()

@@ -5,113 +5,22 @@ firing a plan at such a target: tests/integration/test_thrift.py.)"""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from thrift.protocol import TBinaryProtocol
-from thrift.server import TServer
-from thrift.transport import TSocket, TTransport
 
 from forsun_box.actions import ActionFailed, get_action
 from forsun_box.actions.thrift import ThriftAction, close_pools
 from forsun_box.plan import Plan
-from forsun_box.thrift.forsun import Forsun
+from tests.helpers import ThriftTarget, free_port
 
 TS = 1_700_000_123
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
-
-
-class Target:
-    """forsun_call recorder served by thrift's blocking TThreadedServer."""
-
-    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
-        self.calls: list[tuple[str, int, dict[str, str]]] = []
-        self.delay_s = delay_s
-        self.fail = fail
-        self.active = 0
-        self.max_active = 0
-        self.lock = threading.Lock()
-        self.port = free_port()
-        handler = self
-
-        class Handler:
-            def forsun_call(self, key: str, ts: int, params: dict[str, str]) -> None:
-                with handler.lock:
-                    handler.active += 1
-                    handler.max_active = max(handler.max_active, handler.active)
-                try:
-                    if handler.delay_s:
-                        time.sleep(handler.delay_s)
-                    if handler.fail:
-                        raise RuntimeError("target refuses")
-                    with handler.lock:
-                        handler.calls.append((key, ts, params))
-                finally:
-                    with handler.lock:
-                        handler.active -= 1
-
-        self.server = TServer.TThreadedServer(
-            Forsun.Processor(Handler()),
-            TSocket.TServerSocket("127.0.0.1", self.port),
-            TTransport.TBufferedTransportFactory(),
-            TBinaryProtocol.TBinaryProtocolFactory(),
-            daemon=True,
-        )
-        self.closed = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        assert wait_until(self._listening, 5)
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    def _serve(self) -> None:
-        # thrift's own serve() loops for ever once its socket is closed: accept here
-        transport = self.server.serverTransport
-        transport.listen()
-        while True:
-            try:
-                client = transport.accept()
-            except Exception:
-                return
-            if self.closed:
-                client.close()
-                return
-            threading.Thread(target=self.server.handle, args=(client,), daemon=True).start()
-
-    def close(self) -> None:
-        self.closed = True
-        try:  # wake the blocked accept()
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            pass
-        self.server.serverTransport.close()
-
-
 @pytest.fixture()
-def target() -> Iterator[Target]:
-    t = Target()
+def target() -> Iterator[ThriftTarget]:
+    t = ThriftTarget()
     yield t
     t.close()
 
@@ -131,13 +40,13 @@ def test_registered() -> None:
     assert get_action("thrift") is ThriftAction
 
 
-def test_calls_forsun_call_with_key_ts_and_params(target: Target) -> None:
+def test_calls_forsun_call_with_key_ts_and_params(target: ThriftTarget) -> None:
     params = {"host": "127.0.0.1", "port": str(target.port), "extra": "x;y=z"}
     fire(params, key="plan-7")
     assert target.calls == [("plan-7", TS, params)]
 
 
-def test_connections_bounded_and_reused(target: Target) -> None:
+def test_connections_bounded_and_reused(target: ThriftTarget) -> None:
     target.delay_s = 0.05
     params = {"host": "127.0.0.1", "port": str(target.port), "max_connections": "2"}
 
@@ -170,13 +79,13 @@ def test_unreachable_target_fails() -> None:
         fire({"host": "127.0.0.1", "port": str(free_port())})
 
 
-def test_exception_from_target_fails(target: Target) -> None:
+def test_exception_from_target_fails(target: ThriftTarget) -> None:
     target.fail = True
     with pytest.raises(ActionFailed):
         fire({"host": "127.0.0.1", "port": str(target.port)})
 
 
-def test_slow_target_times_out(target: Target) -> None:
+def test_slow_target_times_out(target: ThriftTarget) -> None:
     target.delay_s = 2
     t0 = time.monotonic()
     with pytest.raises(ActionFailed, match="no answer"):
