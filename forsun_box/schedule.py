@@ -75,15 +75,15 @@ def delay_interval_ms(second: int, minute: int, hour: int, day: int, month: int,
     ``second + 60*minute + 3600*hour + 86400*day + 30*86400*month +
     7*86400*week`` seconds.
     """
-    parts = (
-        (second, 1),
-        (minute, 60),
-        (hour, 3600),
-        (day, 86400),
-        (month, 30 * 86400),
-        (week, 7 * 86400),
-    )
-    return sum(v * unit for v, unit in parts if v >= 0) * 1000
+    # conditional expressions, not a loop: bulk creates call this once per plan
+    return (
+        (second if second > 0 else 0)
+        + (minute * 60 if minute > 0 else 0)
+        + (hour * 3600 if hour > 0 else 0)
+        + (day * 86400 if day > 0 else 0)
+        + (month * 30 * 86400 if month > 0 else 0)
+        + (week * 7 * 86400 if week > 0 else 0)
+    ) * 1000
 
 
 def _next_table(allowed: frozenset[int], size: int) -> tuple[int | None, ...]:

@@ -169,14 +169,20 @@ def _ping(base_url: str) -> bool:
 
 
 def start_server(
-    config: ServerConfig, name: str, ready_timeout: float = 30.0, keep: bool = False
+    config: ServerConfig,
+    name: str,
+    ready_timeout: float = 30.0,
+    keep: bool = False,
+    workdir: Path | None = None,
 ) -> Server:
-    """Start ``name`` on fresh ports in a fresh temp dir; return once /v1/ping answers.
+    """Start ``name`` on fresh ports and return once /v1/ping answers.
 
-    On failure the server is stopped, its temp dir removed (unless ``keep``) and a
-    ServerError raised carrying the tail of its output.
+    ``workdir`` reuses a stopped server's directory (its data: a restart); by
+    default a fresh temp dir. On failure the server is stopped, a fresh temp dir
+    removed (unless ``keep``) and a ServerError raised carrying the tail of its output.
     """
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    fresh = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-")) if workdir is None else workdir
     http_port, thrift_port = free_port(), free_port()
     while thrift_port == http_port:
         thrift_port = free_port()
@@ -187,7 +193,7 @@ def start_server(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
     cmd = config.command(name, http_port, thrift_port, workdir)
-    with open(workdir / "stdout.log", "wb") as out:
+    with open(workdir / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
             cmd,
             cwd=workdir,
@@ -207,10 +213,10 @@ def start_server(
             break
         if _ping(server.base_url):
             return server
-        time.sleep(0.1)
+        time.sleep(0.02)  # fine enough to time a start-up
     server.stop()
     message = problem + "\n" + server.log_tail()
-    if not keep:
+    if fresh and not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     raise ServerError(message)
 

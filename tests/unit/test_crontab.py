@@ -82,3 +82,28 @@ _value = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
 def test_single_quoted_values_round_trip(params: dict[str, str]) -> None:
     text = ";".join(f"{k}='{v}'" for k, v in params.items())
     assert parse_params(text, "redis") == params
+
+
+_PLAIN_TEXT = st.text(
+    alphabet=st.characters(blacklist_characters="'\"\\", blacklist_categories=("Cs",)),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.from_regex(r"[a-z0-9_-]{1,10}", fullmatch=True), params=_PLAIN_TEXT)
+def test_unquoted_fast_path_parses_as_shell_splitting_does(key: str, params: str) -> None:
+    """Lines without quotes or backslashes skip shlex; the result must not change."""
+    import shlex
+
+    from forsun_box.api.crontab import parse_tokens
+
+    line = f"{key} */30 * * * * * http {params}"
+    try:
+        expected = parse_tokens(shlex.split(line, posix=True))
+    except errors.ForsunBoxError as e:
+        with pytest.raises(errors.ForsunBoxError) as got:
+            parse_line(line)
+        assert got.value.code == e.code
+        return
+    assert parse_line(line) == expected
