@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import shutil
@@ -113,37 +114,69 @@ def _far(key: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- phases
 
 
-def fill(server: Server, sizes: Sizes, rep: Report) -> None:
+def _load(port: int, bodies: list[bytes], ctype: str, loaders: int) -> float:
+    """Send every body as a bulk create over ``loaders`` keep-alive connections at once;
+    returns the wall seconds taken (the bodies are built before: only the server's work
+    and loopback are timed)."""
+    failures: list[str] = []
+    lock = threading.Lock()
+    queue = list(reversed(bodies))
+
+    def loader() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=600)
+        try:
+            while not failures:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                conn.request("PUT", "/v1/plan", body=body, headers={"Content-Type": ctype})
+                resp = conn.getresponse()
+                raw = resp.read()
+                if resp.status != 200 or orjson.loads(raw).get("errcode") != 0:
+                    failures.append(f"HTTP {resp.status}: {raw[:200]!r}")
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=loader) for _ in range(loaders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise RuntimeError(f"bulk create failed: {failures[0]}")
+    return time.perf_counter() - t0
+
+
+def _json_body(first: int, last: int) -> bytes:
+    return orjson.dumps([_far(f"scale-{i}") for i in range(first, last)])
+
+
+def fill(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     """Bulk-create ``sizes.plans`` far-future plans; the rate of each tenth of the way."""
     total = sizes.plans
     client = V1Client(server.http_port)
-    existing = int(client.info().get("plan_count") or 0)
-    if existing >= total:
+    try:
+        existing = int(client.info().get("plan_count") or 0)
+    finally:
         client.close()
+    if existing >= total:
         print(f"    {existing:,} plans already there (--reuse): no fill", flush=True)
         return
     tenth = max(total // 10, BULK)
     rates: list[float] = []
-    waited_all = 0.0
-    try:
-        done = 0
-        while done < total:
-            waited = 0.0
-            part_start, part_end = done, min(total, done + tenth)
-            while done < part_end:
-                size = min(BULK, part_end - done)
-                body = orjson.dumps([_far(f"scale-{i}") for i in range(done, done + size)])
-                elapsed, _ = client.create_many("PUT", body, size)
-                waited += elapsed
-                done += size
-            rates.append((part_end - part_start) / waited)
-            waited_all += waited
-            print(f"    {done:>11,} plans  {rates[-1]:>9,.0f}/s", flush=True)
-    finally:
-        client.close()
+    took_all = 0.0
+    for part_start in range(0, total, tenth):
+        part_end = min(total, part_start + tenth)
+        bodies = [_json_body(i, min(i + BULK, part_end)) for i in range(part_start, part_end, BULK)]
+        took = _load(server.http_port, bodies, "application/json", loaders)
+        rates.append((part_end - part_start) / took)
+        took_all += took
+        print(f"    {part_end:>11,} plans  {rates[-1]:>9,.0f}/s", flush=True)
     rep.values["fill_rates_per_tenth"] = [round(r) for r in rates]
-    rep.add("fill_rate", f"bulk create to {total:,} (JSON arrays of {BULK:,})",
-            total / waited_all, f"{total / waited_all:,.0f}/s overall, slowest tenth "
+    rep.add("fill_rate", f"bulk create to {total:,} (JSON arrays of {BULK:,}, {loaders} loaders)",
+            total / took_all, f"{total / took_all:,.0f}/s overall, slowest tenth "
             f"{min(rates):,.0f}/s", ">= 60,000/s")
 
 
@@ -189,7 +222,34 @@ def _wrk_rate(port: int, seconds: float, prefix: str) -> float:
     return res["ok"] / (res["duration_us"] / 1e6)
 
 
-def ops(server: Server, sizes: Sizes, rep: Report) -> None:
+def _remove_all(port: int, keys: list[str], clients: int = 8) -> float:
+    """Remove ``keys`` over ``clients`` keep-alive connections; returns the seconds taken."""
+    failures: list[str] = []
+
+    def remove(part: list[str]) -> None:
+        client = V1Client(port)
+        try:
+            for key in part:
+                try:
+                    client.request("DELETE", f"/v1/plan?key={key}")
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    failures.append(f"{key}: {e}")
+        finally:
+            client.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=remove, args=(keys[i::clients],)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - t0
+    if failures:
+        raise RuntimeError(f"{len(failures)} removes failed, first: {failures[0]}")
+    return took
+
+
+def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     """Single creates vs a bare tornado handler, removes, paged keys, other bulk formats."""
     box = _wrk_rate(server.http_port, sizes.wrk_seconds, "ops")
     port = free_port()
@@ -201,33 +261,22 @@ def ops(server: Server, sizes: Sizes, rep: Report) -> None:
     rep.add("create_vs_bare", "single create / bare tornado", box / bare, f"{box / bare:.0%}",
             ">= 80%")
 
-    # removes: 8 keep-alive clients deleting known keys
-    keys = [f"scale-{i}" for i in range(0, sizes.plans, max(sizes.plans // sizes.removes, 1))]
-    keys = keys[: sizes.removes]
-    failures: list[str] = []
-
-    def remove_all(part: list[str]) -> None:
-        client = V1Client(server.http_port)
-        try:
-            for key in part:
-                try:
-                    client.request("DELETE", f"/v1/plan?key={key}")
-                except Exception as e:  # noqa: BLE001 - counted and reported
-                    failures.append(f"{key}: {e}")
-        finally:
-            client.close()
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=remove_all, args=(keys[i::8],)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - t0
-    if failures:
-        raise RuntimeError(f"{len(failures)} removes failed, first: {failures[0]}")
-    rep.add("remove_rate", "single removes, 8 clients", len(keys) / took,
-            f"{len(keys) / took:,.0f}/s")
+    # removes by 8 keep-alive clients: the newest keys (a payment timeout cancelled
+    # minutes after it was set) and keys spread over the whole key range
+    step = max(sizes.plans // sizes.removes, 1)
+    spread = [f"scale-{i}" for i in range(step // 2, sizes.plans, step)][: sizes.removes // 2]
+    newest = [f"recent-{i}" for i in range(sizes.removes // 2)]
+    client = V1Client(server.http_port)
+    try:
+        for start in range(0, len(newest), BULK):
+            chunk = newest[start:start + BULK]
+            client.create_many("PUT", orjson.dumps([_far(k) for k in chunk]), len(chunk))
+    finally:
+        client.close()
+    for name, keys in (("newest", newest), ("spread", spread)):
+        took = _remove_all(server.http_port, keys)
+        rep.add(f"remove_{name}_rate", f"single removes, 8 clients, {name} keys",
+                len(keys) / took, f"{len(keys) / took:,.0f}/s")
 
     # keys by prefix, paged through v2 (100 per page), and v1's unpaged keys
     prefix = f"scale-{sizes.plans // 2 // 1000}"  # about 1,111 keys at any size
@@ -259,18 +308,15 @@ def ops(server: Server, sizes: Sizes, rep: Report) -> None:
     # other bulk formats, plans beyond the filled range
     n = sizes.side_bulk
     first = sizes.plans
-    lines = "".join(f"crontab-{i} */{FAR_SECONDS} * * * * * http url={IDLE_URL}\n"
-                    for i in range(first, first + n)).encode()
-    took = 0.0
-    for start in range(0, len(lines.splitlines()), BULK):
-        chunk = b"\n".join(lines.splitlines()[start:start + BULK])
-        t0 = time.perf_counter()
-        status, raw = _http(server.http_port, "PUT", "/v1/plan", chunk, "application/crontab")
-        took += time.perf_counter() - t0
-        if status != 200 or orjson.loads(raw).get("errcode") != 0:
-            raise RuntimeError(f"crontab bulk answered {status}: {raw[:200]!r}")
-    rep.add("crontab_rate", f"bulk create, application/crontab ({n:,})", n / took,
-            f"{n / took:,.0f}/s", ">= 60,000/s")
+    def crontab_body(lo: int, hi: int) -> bytes:
+        return "".join(f"crontab-{i} */{FAR_SECONDS} * * * * * http url={IDLE_URL}\n"
+                       for i in range(lo, hi)).encode()
+
+    took = _load(server.http_port,
+                 [crontab_body(i, min(i + BULK, first + n)) for i in range(first, first + n, BULK)],
+                 "application/crontab", loaders)
+    rep.add("crontab_rate", f"bulk create, application/crontab ({n:,}, {loaders} loaders)",
+            n / took, f"{n / took:,.0f}/s", ">= 60,000/s")
     took = 0.0
     for start in range(first, first + n, BULK):
         body = b"".join(
@@ -330,7 +376,7 @@ def _sink(seconds: float) -> Iterator[int]:
 
 def _http_firing(server: Server, name: str, label: str, total: int, window_s: float,
                  rep: Report, p99_target: str, max_target: str = "") -> None:
-    lead_s = 3.0 + total / 40_000  # time to create them all before the first is due
+    lead_s = 5.0 + total / 25_000  # time to create them all before the first is due
     with _sink(lead_s + window_s + GRACE_S + 120) as port:
         first_ms = int((time.time() + lead_s) * 1000)
         due_of = _create_due(
@@ -377,7 +423,7 @@ def trivial(server: Server, sizes: Sizes, rep: Report) -> None:
     total = rate * seconds
     samples_file = Path(os.environ["BENCH_LATENESS_FILE"])
     samples_file.unlink(missing_ok=True)
-    lead_s = 3.0 + total / 40_000
+    lead_s = 5.0 + total / 25_000
     first_ms = int((time.time() + lead_s) * 1000)
     _create_due(server, "trivial", total, first_ms, seconds * 1000, "bench_count",
                 lambda k, due: {})
@@ -443,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=PHASES, help="phases to run (fill always runs)")
     ap.add_argument("--json", type=Path, default=None, help="results file")
     ap.add_argument("--keep", action="store_true", help="keep the server's temp dir")
+    ap.add_argument("--loaders", type=int, default=2,
+                    help="concurrent connections of the bulk loads (default 2)")
     ap.add_argument("--reuse", type=Path, default=None, metavar="DIR",
                     help="a temp dir kept by --keep: its plans count towards the fill")
     args = ap.parse_args(argv)
@@ -471,8 +519,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if phase == "restart":
                     server = restart(server, sizes, rep, config)
+                elif phase in ("fill", "ops"):
+                    {"fill": fill, "ops": ops}[phase](server, sizes, rep, args.loaders)
                 else:
-                    {"fill": fill, "rss": rss, "ops": ops, "fire": fire, "trivial": trivial,
+                    {"rss": rss, "fire": fire, "trivial": trivial,
                      "http": http_sustained}[phase](server, sizes, rep)
             except (RuntimeError, OSError, ValueError, KeyError) as e:
                 ok = False

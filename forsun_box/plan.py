@@ -205,15 +205,19 @@ def _check_params(params: Any, limits: Limits) -> dict[str, str]:
     for k, v in params.items():
         if not isinstance(k, str):
             raise errors.InvalidValue("params names must be strings")
-        if isinstance(v, bool):
-            v = "true" if v else "false"
-        elif isinstance(v, (int, float)):
-            v = str(v)
-        elif v is None:
-            v = ""
-        elif not isinstance(v, str):
-            raise errors.InvalidValue(f"params value of {k!r} must be a string")
-        size += len(k.encode()) + len(v.encode())
+        if type(v) is not str:
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                v = str(v)
+            elif v is None:
+                v = ""
+            elif not isinstance(v, str):
+                raise errors.InvalidValue(f"params value of {k!r} must be a string")
+        # UTF-8 size; isascii() is a flag check, cheaper than encoding
+        size += (len(k) if k.isascii() else len(k.encode())) + (
+            len(v) if v.isascii() else len(v.encode())
+        )
         out[k] = v
     if size > limits.max_params_bytes:
         raise errors.TooLarge(f"params exceed {limits.max_params_bytes} bytes")
@@ -266,33 +270,36 @@ def build_plan(
     if kind not in KINDS:
         raise errors.InvalidValue(f"unknown schedule kind: {kind}")
     clean_params = _check_params(params, limits)
-    values = {
-        "second": _int_field("second", second),
-        "minute": _int_field("minute", minute),
-        "hour": _int_field("hour", hour),
-        "day": _int_field("day", day),
-        "month": _int_field("month", month),
-        "week": _int_field("week", week),
-    }
-    count_v = _int_field("count", count)
+    # `type(x) is int` first: the common case costs no call (bulk creates
+    # spend most of their time here).
+    f_second = second if type(second) is int else _int_field("second", second)
+    f_minute = minute if type(minute) is int else _int_field("minute", minute)
+    f_hour = hour if type(hour) is int else _int_field("hour", hour)
+    f_day = day if type(day) is int else _int_field("day", day)
+    f_month = month if type(month) is int else _int_field("month", month)
+    f_week = week if type(week) is int else _int_field("week", week)
+    count_v = count if type(count) is int else _int_field("count", count)
     if count_v < 0 or count_v > I16_MAX:
         raise errors.InvalidValue(f"count must be between 0 and {I16_MAX}")
-    for name, v in values.items():
-        if v < -1 or v > I16_MAX:
-            raise errors.InvalidValue(f"{name} out of range: {v}")
-    jitter_v = _int_field("jitter_ms", jitter_ms)
+    values = (f_second, f_minute, f_hour, f_day, f_month, f_week)
+    if min(values) < -1 or max(values) > I16_MAX:
+        for name, v in zip(FIELDS, values, strict=True):
+            if v < -1 or v > I16_MAX:
+                raise errors.InvalidValue(f"{name} out of range: {v}")
+    jitter_v = jitter_ms if type(jitter_ms) is int else _int_field("jitter_ms", jitter_ms)
     if not 0 <= jitter_v <= MAX_JITTER_MS:
         raise errors.InvalidValue(f"jitter_ms must be between 0 and {MAX_JITTER_MS}")
     if misfire not in MISFIRE_POLICIES:
         raise errors.InvalidValue(
             f"misfire must be one of {', '.join(p for p in MISFIRE_POLICIES if p)}"
         )
-    grace_v = _int_field("grace_ms", grace_ms)
+    grace_v = grace_ms if type(grace_ms) is int else _int_field("grace_ms", grace_ms)
     if grace_v < 0:
         raise errors.InvalidValue("grace_ms must not be negative")
+    zone = default_tz
     if timezone:
         try:
-            ZoneInfo(timezone)
+            zone = ZoneInfo(timezone)
         except Exception:
             raise errors.InvalidValue(f"unknown time zone: {timezone}") from None
     plan = Plan(
@@ -304,33 +311,31 @@ def build_plan(
         timezone=timezone,
         end_ms=end_ms,
         created_time=now_ms,
-        second=values["second"],
-        minute=values["minute"],
-        hour=values["hour"],
-        day=values["day"],
-        month=values["month"],
-        week=values["week"],
+        second=f_second,
+        minute=f_minute,
+        hour=f_hour,
+        day=f_day,
+        month=f_month,
+        week=f_week,
         jitter_ms=jitter_v,
         misfire=misfire,
         grace_ms=grace_v,
     )
     if kind == DELAY:
-        plan.interval_ms = schedule.delay_interval_ms(*(values[f] for f in FIELDS))
+        plan.interval_ms = schedule.delay_interval_ms(*values)
         if plan.interval_ms <= 0:
             raise errors.TimeNeverArrives("the interval is zero: the time will never arrive")
         if jitter_v >= plan.interval_ms:
             raise errors.InvalidValue("jitter_ms must be shorter than the interval")
         plan.anchor_ms = now_ms
     elif kind == CALENDAR:
-        for name, (lo, hi) in CALENDAR_RANGES.items():
-            v = values[name]
+        for (name, (lo, hi)), v in zip(CALENDAR_RANGES.items(), values, strict=True):
             if v != -1 and not lo <= v <= hi:
                 raise errors.InvalidValue(f"{name} must be -1 or {lo}-{hi}, got {v}")
-        if all(values[f] != -1 for f in FIELDS[:5]):
+        if -1 not in values[:5]:
             # forsun: all of second..month fixed names one instant of the
             # current year, fired once.
-            tz = ZoneInfo(timezone) if timezone else default_tz
-            plan.end_ms = schedule.start_of_next_year_ms(now_ms, tz)
+            plan.end_ms = schedule.start_of_next_year_ms(now_ms, zone)
             if end_ms:
                 plan.end_ms = min(plan.end_ms, end_ms)
     elif kind == CRON:
@@ -345,9 +350,8 @@ def build_plan(
         if at_ms is None:
             raise errors.MissingArgument("at")
         plan.anchor_ms = int(at_ms)
-    tz = ZoneInfo(timezone) if timezone else default_tz
     try:
-        plan.next_time = plan.next_after(now_ms, tz if timezone else default_tz)
+        plan.next_time = plan.next_after(now_ms, zone)
     except ValueError as e:
         raise errors.InvalidValue(str(e)) from None
     if plan.next_time is None:

@@ -15,12 +15,20 @@ Durability: every mutation goes through :class:`_Writer`, which commits
 everything queued in one transaction (group commit). Callers are answered
 after their mutation committed. A firing's advance is queued only after
 the action's first attempt finished, so a crash in between refires the
-plan at restart (at least once).
+plan at restart (at least once). Firing records (advances, runs) wait up to
+``firing_commit_linger_ms`` to share a commit unless a caller's mutation is
+queued; a plan is back in the window only once its advance committed.
+
+Firing cost: when the executor is a dispatcher, a plain-function action runs
+inline in the firing loop (no task per firing); coroutine actions get a task.
+The window holds at most about twice ``refill_limit`` plans, refilled in a
+background task so firing goes on while the store is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import logging
@@ -29,12 +37,12 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors
 from forsun_box.clock import Clock, TimerHandle
-from forsun_box.plan import Plan
+from forsun_box.plan import DELAY, Plan
 from forsun_box.store.base import Advance, Batch, Run, Store
 
 log = logging.getLogger("forsun_box.scheduler")
@@ -48,17 +56,45 @@ CATCHUP_POLICIES = (FIRE_ONCE, FIRE_ALL, SKIP)
 _MAX_KEY = "\U0010ffff" * 1024
 
 Executor = Callable[[Plan, int], Awaitable[int]]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class EngineOptions:
     catchup: str = FIRE_ONCE
     window_ms: int = 30_000
-    refill_limit: int = 20_000
+    refill_limit: int = 50_000
     slice_size: int = 500
     max_batch: int = 20_000
     meta_interval_ms: int = 1_000
     shutdown_grace_s: float = 5.0
+    #: how long firing records (advances, runs) may wait to share a commit when
+    #: no caller waits on the writer: fewer, bigger transactions under load
+    firing_commit_linger_ms: int = 20
+    #: apply :func:`tune_gc` at start
+    tune_gc: bool = True
+
+
+#: most advances (and most run records) in one commit
+FIRING_BATCH = 20_000
+
+#: least number of young collections between two full ones (CPython's default: 10)
+GC_FULL_EVERY = 1000
+
+
+def tune_gc() -> None:
+    """Make the collector's full passes rare (process-wide; idempotent).
+
+    Under load nearly every object the engine makes lives long enough to
+    reach the oldest generation (window plans, queued run records), so with
+    CPython's defaults a full collection -- a pass over every tracked object,
+    ~100 ms with a large window -- ran about twice a second and set the
+    firing lateness p99. Cycles that die young are still collected by the
+    young generations; only garbage cycles that grew old wait longer.
+    """
+    g0, g1, g2 = gc.get_threshold()
+    if 0 < g2 < GC_FULL_EVERY:
+        gc.set_threshold(g0, g1, GC_FULL_EVERY)
 
 
 class _Writer:
@@ -68,15 +104,23 @@ class _Writer:
         self,
         store: Store,
         lock: asyncio.Lock,
-        on_commit: Callable[[list[Any]], None],
+        on_commit: Callable[[list[Any], list[tuple[Advance, Plan | None]]], None],
         max_batch: int,
+        linger_s: float = 0.0,
     ) -> None:
         self._store = store
+        self._linger_s = linger_s
         self._lock = lock
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._queue: list[tuple[str, Any, asyncio.Future[None] | None]] = []
+        # The two mutations of every firing skip the tagged queue: no tuple
+        # per item, no dispatch on its kind (they commit in any order anyway).
+        self.advances: list[tuple[Advance, Plan | None]] = []
+        self.runs: list[Run] = []
         self._wake = asyncio.Event()
+        # set by mutations someone may wait for: ends a linger at once
+        self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
@@ -89,28 +133,73 @@ class _Writer:
         fut = asyncio.get_running_loop().create_future() if wait else None
         self._queue.append((kind, payload, fut))
         self._wake.set()
+        if fut is not None:
+            self._urgent.set()
         return fut
 
+    def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
+        self.advances.append((adv, moved))
+        self._wake.set()
+
+    def submit_run(self, run: Run) -> None:
+        self.runs.append(run)
+        self._wake.set()
+
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self.advances) + len(self.runs)
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
+        self._urgent.set()
         if self._task:
             await self._task
 
     async def _loop(self) -> None:
+        max_batch = self._max_batch
         while True:
-            if not self._queue:
+            if not (self._queue or self.advances or self.runs):
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            items = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+            if (
+                self._linger_s > 0
+                and not any(fut is not None for _, _, fut in self._queue)
+                and not self._closing
+                and len(self.advances) + len(self.runs) < FIRING_BATCH
+            ):
+                # Only firing records: let more of them gather for one commit
+                # (a crash meanwhile fires them again, as for any uncommitted
+                # advance), unless a caller's mutation arrives.
+                self._urgent.clear()
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
+                except TimeoutError:
+                    pass
+            items = self._queue[:max_batch]
+            del self._queue[:max_batch]
+            # Firing records go in smaller slices: a backlog then drains as
+            # several short commits, and a window refill waiting for the
+            # store lock gets its turn between two of them.
+            cap = FIRING_BATCH
+            advances = self.advances
+            if len(advances) <= cap:
+                self.advances = []
+            else:
+                advances = advances[:cap]
+                del self.advances[:cap]
+            runs = self.runs
+            if len(runs) <= cap:
+                self.runs = []
+            else:
+                runs = runs[:cap]
+                del self.runs[:cap]
             batch = Batch()
+            if advances:
+                batch.advances = [a for a, _ in advances]
+            batch.runs = runs
             for kind, payload, _ in items:
                 if kind == "puts":
                     ops = batch.ops
@@ -139,7 +228,7 @@ class _Writer:
                 self.last_commit_ms = (time.perf_counter() - started) * 1000
                 self.commits += 1
                 # Membership decisions happen before any read can interleave.
-                self._on_commit(items)
+                self._on_commit(items, advances)
             if error is not None:
                 log.error("commit of %d mutations failed: %s", len(items), error)
             for _, _, fut in items:
@@ -169,10 +258,14 @@ class Scheduler:
         self.options = options or EngineOptions()
         if self.options.catchup not in CATCHUP_POLICIES:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}")
+        self._start: Callable[[Plan, int], int | Awaitable[int]] | None = None
         self.executor = executor
         self.stats = stats
         self._io = asyncio.Lock()
-        self._writer = _Writer(store, self._io, self._committed, self.options.max_batch)
+        self._writer = _Writer(
+            store, self._io, self._committed, self.options.max_batch,
+            self.options.firing_commit_linger_ms / 1000,
+        )  # fmt: skip
         self._window: dict[str, Plan] = {}
         self._heap: list[tuple[int, int, str, int]] = []
         self._seq = itertools.count()
@@ -191,10 +284,27 @@ class Scheduler:
         self.caught_up = 0
         self.skipped = 0
 
+    @property
+    def executor(self) -> Executor | None:
+        """Runs a firing's first attempt: ``await executor(plan, due_ms)`` -> status."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor | None) -> None:
+        self._executor = executor
+        # A dispatcher's ``run`` comes with ``start_firing``, which finishes cheap
+        # actions synchronously: the engine then needs no task per firing.
+        owner = getattr(executor, "__self__", None)
+        start = getattr(owner, "start_firing", None)
+        same = getattr(executor, "__func__", None) is getattr(type(owner), "run", False)
+        self._start = start if start is not None and same else None
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Load the first window and arm the timer. The store must be open."""
+        if self.options.tune_gc:
+            tune_gc()
         self._started_ms = self.clock.now_ms()
         self._writer.start()
         async with self._io:
@@ -236,20 +346,45 @@ class Scheduler:
 
     async def create(self, plans: Sequence[Plan]) -> list[Plan]:
         """Store ``plans`` (replacing same keys); answered once committed."""
+        if plans:
+            await self._commit_puts(plans, None)
+        return list(plans)
+
+    async def create_prepared(self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], T]) -> T:
+        """As :meth:`create`, returning ``prepare(plans)`` computed while the commit runs.
+
+        A big batch commits in the store's thread: encoding the answer
+        meanwhile takes it off the request's critical path. The result is
+        returned only once the commit succeeded.
+        """
         if not plans:
-            return []
+            return prepare([])
+        return await self._commit_puts(plans, prepare)  # type: ignore[no-any-return]
+
+    async def _commit_puts(
+        self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], Any] | None
+    ) -> Any:
         pending = self._pending
         versions = self._versions
         for p in plans:
             p.version = next(versions)
             pending[p.key] += 1
-        fut = self._writer.submit("puts", list(plans), True)
+        batch = list(plans)
+        fut = self._writer.submit("puts", batch, True)
         assert fut is not None
+        prepared = None
+        if prepare is not None:
+            # One turn of the loop lets the writer hand the batch to the store.
+            await asyncio.sleep(0)
+            prepared = prepare(batch)
         await fut
         if self.stats is not None:
-            for p in plans:
-                self.stats.incr("create_timeouted_count" if p.is_time_out else "created_count")
-        return list(plans)
+            timeouts = sum(1 for p in plans if p.kind == DELAY)
+            if timeouts:
+                self.stats.incr("create_timeouted_count", timeouts)
+            if len(plans) - timeouts:
+                self.stats.incr("created_count", len(plans) - timeouts)
+        return prepared
 
     async def remove(self, key: str) -> Plan:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
@@ -344,7 +479,7 @@ class Scheduler:
 
     def record_run(self, run: Run) -> None:
         """Dispatcher callback: persist one attempt's record."""
-        self._writer.submit("run", run, False)
+        self._writer.submit_run(run)
 
     def record_status(self, key: str, version: int, status: int) -> None:
         """Dispatcher callback: the final status after retries."""
@@ -375,8 +510,10 @@ class Scheduler:
         if self._timer_at is None or plan.next_time < self._timer_at:
             self._arm()
 
-    def _committed(self, items: list[Any]) -> None:
+    def _committed(self, items: list[Any], advances: list[tuple[Advance, Plan | None]]) -> None:
         """Runs in the writer right after a commit, before any read can interleave."""
+        if advances:
+            self._advanced(advances)
         for kind, payload, _ in items:
             if kind == "puts":
                 cursor = self._cursor
@@ -392,16 +529,26 @@ class Scheduler:
                 self._release(payload)
                 self._inflight.pop(payload, None)
                 self._window.pop(payload, None)
-            elif kind == "advance":
-                adv: Advance = payload[0]
-                moved: Plan = payload[1]
-                key = adv.key
-                self._release(key)
-                if self._inflight.get(key) != adv.version:
-                    continue  # removed or replaced while firing
-                del self._inflight[key]
-                if adv.next_time is not None and self._in_window(adv.next_time, key):
-                    self._admit(moved)
+
+    def _advanced(self, advances: list[tuple[Advance, Plan | None]]) -> None:
+        """Committed post-firing updates: the plans leave the in-flight set."""
+        inflight = self._inflight
+        pending = self._pending
+        cursor = self._cursor
+        for adv, moved in advances:
+            key = adv.key
+            n = pending[key] - 1
+            if n <= 0:
+                del pending[key]
+            else:
+                pending[key] = n
+            if inflight.get(key) != adv.version:
+                continue  # removed or replaced while firing
+            del inflight[key]
+            nt = adv.next_time
+            if nt is not None and (nt, key) <= cursor:
+                assert moved is not None
+                self._admit(moved)
 
     def _release(self, key: str) -> None:
         n = self._pending[key] - 1
@@ -462,7 +609,8 @@ class Scheduler:
             heapq.heappop(self._heap)
         at = self._heap[0][0] if self._heap else None
         refill_at = self._cursor[0] - self.options.window_ms // 2
-        if len(self._window) < self.options.refill_limit:
+        if len(self._window) < self.options.refill_limit and not self._refilling:
+            # (a refill under way re-arms when it ends)
             at = refill_at if at is None else min(at, refill_at)
         if at is None:
             at = self.clock.now_ms() + self.options.window_ms // 2
@@ -502,8 +650,17 @@ class Scheduler:
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit("meta", ("processed_until", str(now)), False)
-            if self._cursor[0] - now <= self.options.window_ms // 2 and self._running:
-                await self._refill()
+            if (
+                self._cursor[0] - now <= self.options.window_ms // 2
+                and len(self._window) < self.options.refill_limit
+                and self._running
+                and not self._refilling
+            ):
+                # In its own task: firing goes on while the refill waits for
+                # the store (behind a group commit, then the query).
+                task = asyncio.get_running_loop().create_task(self._refill())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         except Exception:
             log.exception("engine loop failed")
         finally:
@@ -527,11 +684,42 @@ class Scheduler:
         if due < self._started_ms or policy != FIRE_ALL:
             self.caught_up += 1
             log.info("misfire: firing %s due at %d (%s)", plan.key, due, policy)
-        task = asyncio.get_running_loop().create_task(
-            self._run_firing(plan, due, now if policy == FIRE_ONCE else due)
-        )
+        base = now if policy == FIRE_ONCE else due
+        start = self._start
+        if start is None:
+            coro = self._run_firing(plan, due, base)
+        else:
+            stats = self.stats
+            if stats is not None:
+                stats.incr("timeout_handling_count")
+            try:
+                started = start(plan, due)
+            except Exception:
+                log.exception("firing %s failed unexpectedly", plan.key)
+                started = -1
+            if type(started) is int:
+                # Finished right here: no task for this firing.
+                if stats is not None:
+                    stats.incr("timeout_handled_count")
+                self._advance(plan, due, base, started)
+                return
+            coro = self._await_firing(plan, due, base, started)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _await_firing(self, plan: Plan, due: int, base: int, first: Awaitable[int]) -> None:
+        """The rest of a firing whose first attempt did not finish synchronously."""
+        status = -1
+        try:
+            status = await first
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("firing %s failed unexpectedly", plan.key)
+        if self.stats is not None:
+            self.stats.incr("timeout_handled_count")
+        self._advance(plan, due, base, status)
 
     async def _run_firing(self, plan: Plan, due: int, base: int) -> None:
         stats = self.stats
@@ -547,9 +735,29 @@ class Scheduler:
             log.exception("firing %s failed unexpectedly", plan.key)
         if stats is not None:
             stats.incr("timeout_handled_count")
-        advanced = plan.copy(current_count=plan.current_count + 1, last_timeout=due, status=status)
-        advanced.next_time = advanced.next_after(base, self.tz)
-        self._queue_advance(advanced)
+        self._advance(plan, due, base, status)
+
+    def _advance(self, plan: Plan, due: int, base: int, status: int) -> None:
+        """Queue the update after a firing's first attempt (due at ``due``) ended."""
+        count = plan.current_count + 1
+        # The next firing counts this one; the count is put back at once (nothing
+        # runs in between), as the action or its retries may still hold the plan.
+        plan.current_count = count
+        try:
+            nxt = plan.next_after(base, self.tz)
+        finally:
+            plan.current_count = count - 1
+        if nxt is None:
+            # Finished: the row goes, nothing returns to the window; no copy.
+            adv = Advance(plan.key, plan.version, None, count, due, status)
+            self._writer.submit_advance(adv, None)
+            return
+        moved = plan.copy()
+        moved.current_count = count
+        moved.last_timeout = due
+        moved.status = status
+        moved.next_time = nxt
+        self._queue_advance(moved)
 
     def _queue_advance(self, moved: Plan) -> None:
         """Queue the post-firing update; ``moved`` is the plan as it now stands."""
@@ -557,4 +765,4 @@ class Scheduler:
             moved.key, moved.version, moved.next_time, moved.current_count, moved.last_timeout,
             moved.status,
         )  # fmt: skip
-        self._writer.submit("advance", (adv, moved), False)
+        self._writer.submit_advance(adv, moved)

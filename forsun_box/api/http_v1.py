@@ -19,7 +19,7 @@ import tornado.web
 from forsun_box import errors
 from forsun_box.api import access, crontab
 from forsun_box.api.service import ForsunService
-from forsun_box.plan import to_forsun
+from forsun_box.plan import Plan, to_forsun
 
 log = logging.getLogger("forsun_box.http")
 
@@ -127,6 +127,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps({"errcode": errors.UNKNOWN, "errmsg": self._reason, "data": None}))
 
 
+def _encode_created(plans: list[Plan]) -> orjson.Fragment:
+    """The answer to a many-plan create, encoded while the commit runs (see
+    :meth:`~forsun_box.scheduler.Scheduler.create`)."""
+    return orjson.Fragment(orjson.dumps([to_forsun(p) for p in plans]))
+
+
 class PingHandler(BaseHandler):
     needs_token = False  # health probes need no secret, and it tells nothing
     async def get(self) -> None:
@@ -170,16 +176,16 @@ class PlanHandler(BaseHandler):
             if isinstance(parsed, list):
                 plans = []
                 known = service.known_actions()
+                now_ms = service.scheduler.clock.now_ms()
                 for i, obj in enumerate(parsed):
                     try:
                         # forsun lets each element of an array pick its mode
                         mode = obj.get("method") if isinstance(obj, dict) else None
                         timeout = _ARRAY_MODES.get(mode, is_time_out) if mode else is_time_out
-                        plans.append(service.from_v1(obj, timeout, known))
+                        plans.append(service.from_v1(obj, timeout, known, now_ms))
                     except errors.ForsunBoxError as e:
                         raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
-                created = await service.create(plans)
-                return [to_forsun(p) for p in created]
+                return await service.create_prepared(plans, _encode_created)
             if not isinstance(parsed, dict):
                 raise BadRequest("body must be a JSON object or an array of objects")
             created = await service.create([service.from_v1(parsed, is_time_out)])
@@ -194,8 +200,7 @@ class PlanHandler(BaseHandler):
                 raise errors.MissingArgument("plan")
             known = service.known_actions()
             plans = [service.from_line(line, known) for line in lines]
-            created = await service.create(plans)
-            return [to_forsun(p) for p in created]
+            return await service.create_prepared(plans, _encode_created)
         raise BadRequest(f"unsupported Content-Type: {ctype}")
 
 

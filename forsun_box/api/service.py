@@ -12,7 +12,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -22,6 +22,8 @@ from forsun_box.api.crontab import PlanLine
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,7 +87,7 @@ class ForsunService:
 
     def _build(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
                day: Any, month: Any, week: Any, count: Any, action: Any, params: Any,
-               known_actions: frozenset[str] | None) -> Plan:
+               known_actions: frozenset[str] | None, now_ms: int | None = None) -> Plan:
         if key is None or key == "":
             key = self.scheduler.new_key()
         elif not isinstance(key, str):
@@ -95,7 +97,7 @@ class ForsunService:
         return build_plan(
             key=key,
             kind=DELAY if is_time_out else CALENDAR,
-            now_ms=self.scheduler.clock.now_ms(),
+            now_ms=self.scheduler.clock.now_ms() if now_ms is None else now_ms,
             default_tz=self.scheduler.tz,
             action=action,
             params=params,
@@ -167,9 +169,16 @@ class ForsunService:
         return self._known
 
     def from_v1(
-        self, obj: Any, is_time_out: bool, known_actions: frozenset[str] | None = None
+        self,
+        obj: Any,
+        is_time_out: bool,
+        known_actions: frozenset[str] | None = None,
+        now_ms: int | None = None,
     ) -> Plan:
-        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural)."""
+        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural).
+
+        ``known_actions`` and ``now_ms`` let a caller building many plans look
+        them up once (the plans of one request are created at one instant)."""
         if not isinstance(obj, dict):
             raise errors.InvalidValue("each plan must be a JSON object")
         get = obj.get
@@ -178,7 +187,7 @@ class ForsunService:
             second = get("second")  # be lenient with the answer's spelling
         return self._build(get("key"), is_time_out, second, get("minute"), get("hour"),
                            get("day"), get("month"), get("week"), get("count", 0),
-                           get("action", "shell"), get("params"), known_actions)
+                           get("action", "shell"), get("params"), known_actions, now_ms)
 
     def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None) -> Plan:
         return self.build(
@@ -194,6 +203,13 @@ class ForsunService:
     # ------------------------------------------------------------------ operations
 
     async def create(self, plans: list[Plan]) -> list[Plan]:
+        return await self.scheduler.create(self._one_per_key(plans))
+
+    async def create_prepared(self, plans: list[Plan], prepare: Callable[[list[Plan]], T]) -> T:
+        """As :meth:`create`; answers ``prepare(created plans)``, computed during the commit."""
+        return await self.scheduler.create_prepared(self._one_per_key(plans), prepare)
+
+    def _one_per_key(self, plans: list[Plan]) -> list[Plan]:
         if len(plans) > self.max_plans_per_request:
             raise errors.TooLarge(f"more than {self.max_plans_per_request} plans in one request")
         seen: dict[str, int] = {}
@@ -202,7 +218,7 @@ class ForsunService:
         if len(seen) != len(plans):
             # The same key twice in one request: the last definition wins.
             plans = [p for i, p in enumerate(plans) if seen[p.key] == i]
-        return await self.scheduler.create(plans)
+        return plans
 
     async def remove(self, key: Any) -> Plan:
         key = self._key(key)

@@ -13,6 +13,7 @@ limit get status 413 and are not stored.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -24,6 +25,8 @@ from forsun_box.api.http_v2 import BATCH_CHUNK, Problem, V2Handler
 from forsun_box.plan import Plan
 
 NDJSON = "application/x-ndjson"
+#: chunks handed to the engine and not yet committed, per request
+MAX_COMMITS_IN_FLIGHT = 2
 #: bytes one line may average before the request is refused
 BYTES_PER_LINE = 4096
 
@@ -46,6 +49,7 @@ class BatchHandler(V2Handler):
         self._pending_keys: set[str] = set()
         self._results: list[tuple[int, bytes]] = []
         self._known = self.service.known_actions()
+        self._commits: list[asyncio.Future[None]] = []
 
     async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
         if self._finished:
@@ -111,10 +115,25 @@ class BatchHandler(V2Handler):
         })))
 
     async def _flush(self) -> None:
+        """Hand the pending chunk to the engine without waiting for its commit.
+
+        Parsing the next chunk overlaps the commit of this one (big commits run
+        in the store's thread); at most MAX_COMMITS_IN_FLIGHT are outstanding,
+        and the engine commits them in the order they were handed over.
+        """
         pending, self._pending = self._pending, []
         self._pending_keys = set()
         if not pending:
             return
+        self._commits.append(asyncio.ensure_future(self._commit(pending)))
+        while len(self._commits) > MAX_COMMITS_IN_FLIGHT:
+            await self._commits.pop(0)
+
+    async def _drain(self) -> None:
+        while self._commits:
+            await self._commits.pop(0)
+
+    async def _commit(self, pending: list[tuple[int, Plan]]) -> None:
         try:
             await self.service.scheduler.create([p for _, p in pending])
         except errors.ForsunBoxError as e:
@@ -134,6 +153,7 @@ class BatchHandler(V2Handler):
                 await self._line(self._buf)
                 self._buf = b""
             await self._flush()
+            await self._drain()
             self._results.sort(key=lambda r: r[0])
             self.send(200, b"".join(r + b"\n" for _, r in self._results), NDJSON)
 

@@ -17,7 +17,11 @@ applied in order, each in its own transaction, when the store opens.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 import logging
+import operator
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -38,6 +42,23 @@ BUSY_TIMEOUT_MS = 5000
 # Page cache per connection. Bulk writes touch pages all over the key and
 # next-time b-trees; a roomy cache keeps them from re-reading the file.
 CACHE_KIB = 64 * 1024
+
+# Databases up to this size get a full quick_check at start-up (see _check_pages).
+FULL_CHECK_MAX_BYTES = 64 << 20
+# Start-up probes of larger databases: both ends of every table and index.
+_PROBES = tuple(
+    f"SELECT {col} FROM {table} {where} ORDER BY {order} LIMIT 1"
+    for table, col, where, orders in (
+        ("plans", "key", "", ("rowid", "rowid DESC", "key", "key DESC")),
+        ("plans", "key", "WHERE paused = 0 AND next_time IS NOT NULL",
+         ("next_time, key", "next_time DESC, key DESC")),
+        ("runs", "id", "", ("id", "id DESC")),  # id is the rowid
+        ("runs", "id", "", ("key, id", "key DESC, id DESC")),
+        ("runs", "id", "", ("started_ms", "started_ms DESC")),
+        ("meta", "name", "", ("name", "name DESC")),
+    )
+    for order in orders
+)
 
 # Numbered migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -103,7 +124,11 @@ _COLUMNS = (
     "status, created_time, paused, version, jitter_ms, misfire, grace_ms"
 )
 _PUT = f"INSERT OR REPLACE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 26)})"
+# Inserts only keys not stored yet, so the connection's change counter counts new plans.
+_INSERT_NEW = f"INSERT OR IGNORE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 26)})"
 _DELETE = "DELETE FROM plans WHERE key = ?"
+# meta row holding the number of plans, kept in step by every commit
+PLAN_COUNT = "plan_count"
 _ADVANCE = (
     "UPDATE plans SET next_time = ?, current_count = ?, last_timeout = ?, status = ? "
     "WHERE key = ? AND version = ?"
@@ -114,12 +139,82 @@ _RUN = (
     "INSERT INTO runs (key, due_ms, started_ms, duration_ms, attempt, result, error, action) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Keep only the newest N runs of a key: the subquery (the id of the N+1-th
-# newest) is NULL, so nothing is deleted, while the key has at most N runs.
+# Keep only the newest N (?2) runs of each key of a JSON array (?1), in one
+# statement: per key, the subquery (the id of the N+1-th newest) is NULL, so
+# nothing is deleted, while the key has at most N runs. One statement instead
+# of one per key: the whole trim runs in SQLite without the GIL.
 _TRIM_RUNS = (
-    "DELETE FROM runs WHERE key = ? AND id <= "
-    "(SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+    "DELETE FROM runs WHERE id IN (SELECT r.id FROM json_each(?1) AS j "
+    "JOIN runs AS r ON r.key = j.value WHERE r.id <= "
+    "(SELECT id FROM runs WHERE key = j.value ORDER BY id DESC LIMIT 1 OFFSET ?2))"
 )
+_run_row = operator.attrgetter(
+    "key", "due_ms", "started_ms", "duration_ms", "attempt", "result", "error", "action"
+)
+_run_key = operator.attrgetter("key")
+_advance_row = operator.attrgetter(
+    "next_time", "current_count", "last_timeout", "status", "key", "version"
+)
+_finish_row = operator.attrgetter("key", "version")
+
+
+def _status_row(s: tuple[str, int, int]) -> tuple[int, str, int]:
+    return (s[2], s[0], s[1])
+
+
+# The firing side writes in few statements over many rows, never one
+# statement per row: executemany takes the GIL back after every row, and
+# while the event loop thread is busy firing, each of those takes waits for
+# the interpreter's switch interval. Rows go in as one JSON array (read by
+# json_each) or as multi-row VALUES lists, so a whole batch runs in SQLite
+# with the GIL released.
+_ADVANCE_MANY = (
+    "UPDATE plans SET next_time = j.value ->> 0, current_count = j.value ->> 1, "
+    "last_timeout = j.value ->> 2, status = j.value ->> 3 FROM json_each(?) AS j "
+    "WHERE plans.key = j.value ->> 4 AND plans.version = j.value ->> 5"
+)
+_FINISH_MANY = (
+    "DELETE FROM plans WHERE rowid IN (SELECT p.rowid FROM json_each(?) AS j "
+    "JOIN plans AS p ON p.key = j.value ->> 0 AND p.version = j.value ->> 1)"
+)
+_RUN_COLUMNS = "key, due_ms, started_ms, duration_ms, attempt, result, error, action"
+# Rows per multi-row INSERT of runs (8 parameters each, far below SQLite's limit).
+RUN_CHUNK = 256
+
+
+@functools.lru_cache(maxsize=RUN_CHUNK)
+def _insert_runs_sql(rows: int) -> str:
+    return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES " + ", ".join(
+        ["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows
+    )
+
+
+def _insert_runs(conn: sqlite3.Connection, runs: list[Run]) -> None:
+    """Insert ``runs`` in order (ids follow), RUN_CHUNK rows per statement."""
+    params = list(itertools.chain.from_iterable(map(_run_row, runs)))
+    width = 8
+    for lo in range(0, len(runs), RUN_CHUNK):
+        n = min(RUN_CHUNK, len(runs) - lo)
+        conn.execute(_insert_runs_sql(n), params[lo * width : (lo + n) * width])
+
+
+def _apply_advances(conn: sqlite3.Connection, advances: list[Any]) -> int:
+    """Post-firing updates: moved plans are updated, finished ones deleted.
+
+    Returns how many rows the updates changed (the caller counts deletions
+    from the connection's change counter)."""
+    moved = []
+    finished = []
+    for a in advances:
+        (finished if a.next_time is None else moved).append(a)
+    updated = 0
+    if moved:
+        before = conn.total_changes
+        conn.execute(_ADVANCE_MANY, (orjson.dumps(list(map(_advance_row, moved))),))
+        updated = conn.total_changes - before
+    if finished:
+        conn.execute(_FINISH_MANY, (orjson.dumps(list(map(_finish_row, finished))),))
+    return updated
 _META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 # The window queries repeat the partial index's condition so the planner may use it.
 _DUE_WHERE = "paused = 0 AND next_time IS NOT NULL"
@@ -190,6 +285,7 @@ class SqliteStore(Store):
         self.run_retention_ms = run_retention_ms
         self.max_runs_per_key = max_runs_per_key
         self._db: aiosqlite.Connection | None = None
+        self._count = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -250,14 +346,10 @@ class SqliteStore(Store):
         # (cheaper commits), and a second forsun-box on the same data directory
         # is refused at start instead of firing every plan twice.
         await db.execute("PRAGMA locking_mode = EXCLUSIVE")
-        # quick_check reads every page: a damaged file stops start-up instead of
-        # failing later in the middle of the service's life.
-        problems = [r[0] for r in await db.execute_fetchall("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            shown = "; ".join(str(p) for p in problems[:5])
-            raise StartupError(f"the SQLite database {self.path} is damaged: {shown}")
+        await self._check_pages(db)
         for number in range(version, SCHEMA_VERSION):
             await self._migrate(number)
+        await self._load_count(db)
         # Prove the file is writable now rather than at the first client's request.
         # (a write statement, even one touching no row, needs a writable file).
         await db.execute("BEGIN IMMEDIATE")
@@ -265,6 +357,52 @@ class SqliteStore(Store):
             await db.execute("DELETE FROM meta WHERE 0")
         finally:
             await db.execute("ROLLBACK")
+
+    async def _check_pages(self, db: aiosqlite.Connection) -> None:
+        """Stop start-up on a damaged file instead of failing mid-service.
+
+        Up to FULL_CHECK_MAX_BYTES, ``quick_check`` reads every page. Above
+        that, reading every page costs seconds to minutes (random reads of a
+        file that is not in the page cache), so start-up probes the first and
+        last entries of every table and index instead -- a root-to-leaf path
+        through each b-tree -- and the full check is left to an operator
+        (``PRAGMA quick_check`` with the service stopped).
+        """
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            size = 0
+        if size <= FULL_CHECK_MAX_BYTES:
+            problems = [r[0] for r in await db.execute_fetchall("PRAGMA quick_check")]
+        else:
+            log.info("%s is %d MB: probing its b-trees instead of a full check", self.path,
+                     size >> 20)
+            problems = []
+            for sql in _PROBES:
+                try:
+                    await db.execute_fetchall(sql)
+                except sqlite3.DatabaseError as e:
+                    problems.append(f"{e} (reading: {sql})")
+        if problems and problems != ["ok"]:
+            shown = "; ".join(str(p) for p in problems[:5])
+            raise StartupError(f"the SQLite database {self.path} is damaged: {shown}")
+
+    async def _load_count(self, db: aiosqlite.Connection) -> None:
+        """The plan count from meta; counted once (and stored) when it isn't there."""
+        rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE name = ?",
+                                              (PLAN_COUNT,)))
+        if rows:
+            self._count = int(rows[0][0])
+            return
+        log.info("counting the plans of %s (once)", self.path)
+        self._count = list(await db.execute_fetchall("SELECT count(*) FROM plans"))[0][0]
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(_META, (PLAN_COUNT, str(self._count)))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
 
     async def _migrate(self, number: int) -> None:
         db = self._db
@@ -306,9 +444,12 @@ class SqliteStore(Store):
     async def apply(self, batch: Batch) -> None:
         db = self._conn()
         try:
-            if len(batch) <= INLINE_MAX_ROWS:
+            if len(batch) <= INLINE_MAX_ROWS and not batch.advances and not batch.runs:
                 # A small commit (tens of microseconds) costs less than the round
-                # trip to aiosqlite's thread, so it runs right here.
+                # trip to aiosqlite's thread, so it runs right here. Not firing
+                # records: nobody waits on them, and the commit that happens to
+                # trigger a WAL checkpoint (hundreds of ms under load) must not
+                # stall the event loop while it fires.
                 self._apply_sync(db._conn, batch)
             else:
                 # Big batches run in aiosqlite's thread, in one hop, so the event
@@ -321,43 +462,40 @@ class SqliteStore(Store):
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
         puts = [p for p in batch.ops.values() if p is not None]
         deletes = [(k,) for k, p in batch.ops.items() if p is None]
+        count = self._count
         conn.execute("BEGIN IMMEDIATE")
         try:
             if deletes:
+                before = conn.total_changes
                 conn.executemany(_DELETE, deletes)
+                count -= conn.total_changes - before
             if puts:
-                conn.executemany(_PUT, map(_plan_row, puts))
+                # New keys are inserted and counted; when some keys existed,
+                # the batch is written again, replacing them (rare: bulk loads
+                # and fresh timeouts are new keys).
+                rows = list(map(_plan_row, puts))
+                before = conn.total_changes
+                conn.executemany(_INSERT_NEW, rows)
+                added = conn.total_changes - before
+                count += added
+                if added < len(rows):
+                    conn.executemany(_PUT, rows)
             if batch.advances:
-                moved = [
-                    (a.next_time, a.current_count, a.last_timeout, a.status, a.key, a.version)
-                    for a in batch.advances
-                    if a.next_time is not None
-                ]
-                finished = [(a.key, a.version) for a in batch.advances if a.next_time is None]
-                if moved:
-                    conn.executemany(_ADVANCE, moved)
-                if finished:
-                    conn.executemany(_FINISH, finished)
+                before = conn.total_changes
+                moved = _apply_advances(conn, batch.advances)
+                count -= conn.total_changes - before - moved
             if batch.statuses:
-                conn.executemany(
-                    _STATUS, [(status, key, version) for key, version, status in batch.statuses]
-                )
+                conn.executemany(_STATUS, map(_status_row, batch.statuses))
             if batch.runs:
-                conn.executemany(
-                    _RUN,
-                    [
-                        (r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result,
-                         r.error, r.action)
-                        for r in batch.runs
-                    ],
-                )  # fmt: skip
-                keys = {r.key for r in batch.runs}
-                conn.executemany(
-                    _TRIM_RUNS, [(k, k, max(self.max_runs_per_key, 1)) for k in keys]
-                )
+                _insert_runs(conn, batch.runs)
+                keys = orjson.dumps(list(dict.fromkeys(map(_run_key, batch.runs))))
+                conn.execute(_TRIM_RUNS, (keys, max(self.max_runs_per_key, 1)))
             if batch.meta:
                 conn.executemany(_META, list(batch.meta.items()))
+            if count != self._count:
+                conn.execute(_META, (PLAN_COUNT, str(count)))
             conn.execute("COMMIT")
+            self._count = count
         except BaseException:
             if conn.in_transaction:
                 try:
@@ -391,8 +529,32 @@ class SqliteStore(Store):
 
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
         if after is None:
-            return await self._plans(DUE_FIRST_SQL, (before_ms, limit))
-        return await self._plans(DUE_AFTER_SQL, (after[0], after[1], before_ms, limit))
+            sql, args = DUE_FIRST_SQL, (before_ms, limit)
+        else:
+            sql, args = DUE_AFTER_SQL, (after[0], after[1], before_ms, limit)
+        # Read on the event loop's thread, DUE_CHUNK rows at a time, yielding in
+        # between. In aiosqlite's thread every row would take the GIL back from
+        # a busy event loop (a switch-interval wait per row): a refill of tens
+        # of thousands of plans then took seconds under load. The engine holds
+        # its store lock meanwhile, so nothing else uses the connection.
+        conn = self._conn()._conn
+        out: list[Plan] = []
+        try:
+            cursor = conn.execute(sql, args)
+            try:
+                cursor.row_factory = _plan_factory  # type: ignore[assignment]
+                while True:
+                    rows = cursor.fetchmany(DUE_CHUNK)
+                    out.extend(rows)
+                    if len(rows) < DUE_CHUNK:
+                        return out
+                    await asyncio.sleep(0)
+            finally:
+                cursor.close()
+        except UnicodeEncodeError:
+            return []
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from None
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
         return await self._plans(FIRING_BETWEEN_SQL, (start_ms, end_ms, limit))
@@ -410,7 +572,8 @@ class SqliteStore(Store):
         return await self._plans(*key_range_sql(_COLUMNS, prefix, after, limit))
 
     async def count(self) -> int:
-        return int(await self._scalar("SELECT count(*) FROM plans"))
+        # Kept by every commit: counting 10M rows would hold the store for seconds.
+        return self._count
 
     async def runs(self, key: str, limit: int = 50) -> list[Run]:
         db = self._conn()
@@ -473,6 +636,8 @@ class SqliteStore(Store):
 
 
 _GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
+# Rows of a window refill read between two yields to the event loop (see due).
+DUE_CHUNK = 2_000
 # Batches up to this many mutations commit on the caller's thread (see apply).
 INLINE_MAX_ROWS = 64
 

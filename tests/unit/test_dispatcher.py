@@ -370,3 +370,77 @@ def test_stats_lateness_percentiles_over_a_bounded_ring():
     assert p["p99"] == 99
     assert p["max"] == 100
     assert p["max_ever"] == 5000
+
+
+def test_start_firing_runs_plain_actions_inline():
+    calls = []
+
+    class Plain(Action):
+        def execute(self):
+            calls.append(self.plan.key)
+
+    class PlainFails(Action):
+        def execute(self):
+            calls.append("fail")
+            raise ActionFailed("no")
+
+    class Coro(Action):
+        async def execute(self):
+            calls.append("coro")
+
+    register_action("plain", Plain)
+    register_action("plain-fails", PlainFails)
+    register_action("coro", Coro)
+    h = Harness(retry_max_count=1, retry_delay_seconds=1)
+
+    async def main():
+        await h.clock.set(T0 + 5)
+        # A plain function finishes right here: a status, not an awaitable.
+        assert h.dispatcher.start_firing(h.plan("plain", key="a"), T0) == 1
+        assert calls == ["a"] and h.dispatcher.active == 0
+        assert [(r.key, r.result, r.attempt, r.started_ms) for r in h.runs] == [
+            ("a", 1, 1, T0 + 5)
+        ]
+        # A failure arms its retry as usual; the retry reports the final status.
+        assert h.dispatcher.start_firing(h.plan("plain-fails", key="b"), T0) == -1
+        assert h.runs[-1].result == 2 and h.dispatcher.pending_retries == 1
+        await h.clock.advance(1000)
+        assert calls[-1] == "fail" and h.runs[-1].result == -1
+        assert h.statuses == [("b", 7, -1)]
+        # Coroutine actions and unknown actions go the asynchronous way.
+        pending = h.dispatcher.start_firing(h.plan("coro", key="c"), T0)
+        assert not isinstance(pending, int) and "coro" not in calls
+        assert await pending == 1 and calls[-1] == "coro"
+        unknown = h.dispatcher.start_firing(h.plan("nope", key="d"), T0)
+        assert await unknown == -1
+
+    asyncio.run(main())
+    s = h.stats
+    assert s.action_executed_count == 5 and s.action_executed_error_count == 3
+    assert s.action_executing_count == 0
+
+
+def test_start_firing_waits_for_a_slot_when_the_action_is_busy():
+    seen = []
+
+    class ReturnsAwaitable(Action):
+        def execute(self):
+            async def later():
+                seen.append(self.plan.key)
+                await asyncio.sleep(0)
+
+            return later()
+
+    register_action("ra", ReturnsAwaitable)
+    h = Harness(concurrency={"ra": 1})
+
+    async def main():
+        # execute() returned an awaitable: the rest runs in a slot, asynchronously.
+        first = h.dispatcher.start_firing(h.plan("ra", key="x"), T0)
+        second = h.dispatcher.start_firing(h.plan("ra", key="y"), T0)
+        assert not isinstance(first, int) and not isinstance(second, int)
+        assert await asyncio.gather(first, second) == [1, 1]
+
+    asyncio.run(main())
+    assert sorted(seen) == ["x", "y"]
+    assert [r.result for r in h.runs] == [1, 1]

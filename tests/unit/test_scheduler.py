@@ -318,3 +318,64 @@ def test_plan_copy_keeps_every_field() -> None:
     assert [getattr(copied, n) for n in names] == [
         (-5 if n == "status" else i) for i, n in enumerate(names)
     ]
+
+
+def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
+    from forsun_box.actions import ACTIONS, Action, ActionSettings, register_action
+    from forsun_box.dispatcher import Dispatcher
+    from forsun_box.stats import Stats
+
+    fired: list[tuple[str, int]] = []
+
+    class Count(Action):
+        def execute(self) -> None:
+            fired.append((self.plan.key, self.plan.current_count))
+
+    saved = dict(ACTIONS)
+    register_action("count", Count)
+    try:
+        async def main() -> None:
+            clock = FakeClock(T0)
+            store = MemoryStore(path=None)
+            await store.open()
+            # A long linger: only a flush (or a caller's mutation) commits firing records.
+            stats = Stats()
+            sched = Scheduler(store, clock, UTC, stats=stats,
+                              options=EngineOptions(firing_commit_linger_ms=60_000))
+            dispatcher = Dispatcher(ActionSettings(), clock, sched.record_run,
+                                    sched.record_status, stats)
+            sched.executor = dispatcher.run
+            assert sched._start is not None  # the dispatcher's inline path is used
+            await sched.start()
+            plans = [build_plan(key=f"at{i}", kind="at", at_ms=T0 + 1000 + i, now_ms=T0,
+                                default_tz=UTC, action="count") for i in range(3)]
+            plans.append(build_plan(key="rep", kind=DELAY, now_ms=T0, default_tz=UTC,
+                                    second=1, count=3, action="count"))
+            created = await asyncio.wait_for(sched.create(plans), 5)  # not held by the linger
+            assert len(created) == 4
+            await clock.advance(1002)
+            assert sorted(fired) == [("at0", 0), ("at1", 0), ("at2", 0), ("rep", 0)]
+            assert not sched._tasks or all(t.done() for t in sched._tasks)
+            # At least once: the advances are not committed yet, the plans are still stored.
+            assert (await store.get("at0")) is not None
+            await sched.flush()
+            assert [await store.get(f"at{i}") for i in range(3)] == [None, None, None]
+            rep = await store.get("rep")
+            assert rep is not None and rep.current_count == 1 and rep.next_time == T0 + 2000
+            assert [r.result for r in await store.runs("at1")] == [1]
+            # The recurring plan went back into the window and fires on, each
+            # firing once the previous one's advance committed.
+            await clock.advance(1000)
+            await sched.flush()
+            await clock.advance(1000)
+            assert [c for k, c in fired if k == "rep"] == [0, 1, 2]
+            await sched.flush()
+            assert await store.get("rep") is None
+            assert stats.timeout_handling_count == stats.timeout_handled_count == 6
+            await sched.stop()
+            await store.close()
+
+        run(main())
+    finally:
+        ACTIONS.clear()
+        ACTIONS.update(saved)

@@ -868,3 +868,142 @@ def test_redis_large_batches_are_chunked_in_one_transaction(
         assert await store.get_meta("processed_until") == "9"
 
     run(make_factory("redis", tmp_path, redis_port), body)
+
+
+def test_sqlite_startup_probes_use_an_index_each(tmp_path: Path) -> None:
+    """Above the full-check size, start-up reads only both ends of each b-tree:
+    no probe may scan or sort a table (that would cost seconds at 10M plans)."""
+    import sqlite3
+
+    from forsun_box.store import sqlite as sqlite_store
+
+    path = tmp_path / "plans.db"
+    sqlite_open(path)  # creates the schema
+    conn = sqlite3.connect(path)
+    try:
+        for probe in sqlite_store._PROBES:
+            plan_rows = conn.execute("EXPLAIN QUERY PLAN " + probe).fetchall()
+            detail = " ".join(str(r[-1]) for r in plan_rows)
+            # in b-tree order, LIMIT 1 stops at the first row; a sort would read them all
+            assert "TEMP B-TREE" not in detail, (probe, detail)
+            if "WHERE" in probe:  # a filter must come from the partial index, not a scan
+                assert "INDEX plans_due" in detail, (probe, detail)
+    finally:
+        conn.close()
+
+
+def test_sqlite_large_damaged_database_is_caught_by_the_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forsun_box.store import sqlite as sqlite_store
+
+    path = tmp_path / "plans.db"
+
+    async def fill() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        await put(store, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
+        await store.close()
+
+    asyncio.run(fill())
+    # every database counts as large: the probes run instead of quick_check
+    monkeypatch.setattr(sqlite_store, "FULL_CHECK_MAX_BYTES", 0)
+    sqlite_open(path)  # an intact database passes the probes
+    data = bytearray(path.read_bytes())
+    page = 4096
+    last = len(data) // page - 1
+    data[last * page : (last + 1) * page] = os.urandom(page)  # the last page: a b-tree's end
+    data[2 * page : 3 * page] = os.urandom(page)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StartupError) as e:
+        sqlite_open(path)
+    assert str(path) in str(e.value)
+
+
+def test_sqlite_plan_count_is_kept_exact_by_every_commit(tmp_path: Path) -> None:
+    """count() is answered from a number every commit keeps (a count(*) of 10M rows
+    would hold the store for seconds): it must match the table through inserts,
+    replacements, removals, finishing and moving advances, a failed commit and a reopen."""
+    path = tmp_path / "plans.db"
+
+    def real_count() -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("SELECT count(*) FROM plans").fetchone()[0])
+        finally:
+            conn.close()
+
+    async def scenario() -> list[int]:
+        seen = []
+        store = SqliteStore(str(path))
+        await store.open()
+        await put(store, *(plan(f"k{i}", T0 + i, version=1) for i in range(10)))
+        seen.append(await store.count())  # 10 new
+        await put(store, plan("k1", T0, version=2), plan("k2", T0, version=2), plan("n1", T0))
+        seen.append(await store.count())  # 2 replaced, 1 new: 11
+        batch = Batch()
+        batch.ops["k3"] = None
+        batch.ops["missing"] = None
+        batch.advances.append(Advance("k4", 1, None, 1, T0, 0))  # finished: deleted
+        batch.advances.append(Advance("k5", 1, T0 + 9, 1, T0, 0))  # moved: stays
+        batch.advances.append(Advance("k6", 99, None, 1, T0, 0))  # stale version: no-op
+        await store.apply(batch)
+        seen.append(await store.count())  # 11 - 2 = 9
+        bad = Batch()
+        bad.ops["zz"] = None
+        bad.ops["k7"] = None
+        bad.ops["new"] = plan("new", T0)
+        bad.ops["new"].kind = None  # type: ignore[assignment]  # NOT NULL: the commit fails
+        with pytest.raises(StoreError):
+            await store.apply(bad)
+        seen.append(await store.count())  # rolled back: still 9
+        await store.close()
+        reopened = SqliteStore(str(path))
+        await reopened.open()
+        seen.append(await reopened.count())
+        await reopened.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [10, 11, 9, 9, 9]
+    assert real_count() == 9
+
+
+def test_sqlite_plan_count_of_a_database_without_one_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "plans.db"
+
+    async def fill() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        await put(store, *(plan(f"k{i}", T0 + i) for i in range(7)))
+        await store.close()
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM meta WHERE name = 'plan_count'")  # as an older version left it
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path))
+
+    async def count() -> int:
+        await store.open()
+        try:
+            return await store.count()
+        finally:
+            await store.close()
+
+    assert asyncio.run(count()) == 7
+
+
+def test_runs_bounded_per_key_within_one_big_batch(factory: Factory) -> None:
+    async def body(store: Store) -> None:
+        # Many keys, each past the bound inside a single batch, in interleaved order.
+        runs = [Run(f"k{i % 50:02d}", T0 + i, T0 + i, 0, 1, 1, action="x") for i in range(400)]
+        await store.apply(Batch(runs=runs))
+        for k in range(50):
+            got = await store.runs(f"k{k:02d}")
+            # the 3 newest of the 8 runs of each key, newest first
+            assert [r.due_ms for r in got] == [T0 + k + 50 * j for j in (7, 6, 5)]
+        await store.apply(Batch(runs=[Run("k00", T0 + 999, T0 + 999, 0, 1, -1, "e", "x")]))
+        assert [r.due_ms for r in await store.runs("k00")] == [T0 + 999, T0 + 350, T0 + 300]
+
+    run(factory, body, max_runs_per_key=3)

@@ -1,0 +1,66 @@
+"""The floor under bulk creates: SQLite's own batch insert rate for forsun-box's schema.
+
+Inserts N plans in transactions of 10,000 rows straight through the sqlite3 module, with
+the store's settings (WAL, synchronous NORMAL, exclusive locking, its page cache) and its
+statement and row encoding, with no HTTP, validation or engine: the rate the server's
+bulk create can approach but not pass. Plans are the ones `scale.py` creates (monotonic
+due times, keys `scale-<i>`). Prints the rate of each fifth of the way.
+
+    .venv/bin/python bench/sqlite_limit.py [--plans 1000000] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import tempfile
+import time
+from zoneinfo import ZoneInfo
+
+from forsun_box.plan import DELAY, build_plan
+from forsun_box.store import sqlite as store
+
+BATCH = 10_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plans", type=int, default=1_000_000)
+    ap.add_argument("--dir", default=None, help="where the database goes (a temp dir)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="sqlite-limit-") as tmp:
+        path = os.path.join(tmp, "plans.db")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA cache_size = -{store.CACHE_KIB}")
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        for migration in store.MIGRATIONS:
+            for statement in store._split_sql(migration):
+                conn.execute(statement)
+        proto = build_plan(key="x", kind=DELAY, now_ms=1_700_000_000_000,
+                           default_tz=ZoneInfo("UTC"), action="http",
+                           params={"url": "http://127.0.0.1:9/never"}, second=30000, count=1)
+        fifth = max(args.plans // 5, BATCH)
+        done, spent = 0, 0.0
+        while done < args.plans:
+            plans = []
+            for i in range(done, min(done + BATCH, args.plans)):
+                p = proto.copy(key=f"scale-{i}")
+                p.next_time = proto.next_time + i // 40  # about as a 40k/s fill spreads them
+                plans.append(p)
+            t0 = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(store._PUT, map(store._plan_row, plans))
+            conn.execute("COMMIT")
+            spent += time.perf_counter() - t0
+            done += len(plans)
+            if done % fifth == 0 or done == args.plans:
+                print(f"{done:>11,} plans  {done / spent:>9,.0f}/s cumulative  "
+                      f"({spent * 1e6 / done:.2f} µs a row)", flush=True)
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()
