@@ -5,10 +5,15 @@ accelerated TBinaryProtocol, the generated client) and calls
 ``createTimeout`` with distinct keys, one at a time, for ``--seconds``.
 Reported: creates per second summed over 1 and over 4 client processes.
 
-    python bench/thrift_bench.py [--seconds 5] [--forsun-peer /tmp/forsun-peer]
+    python bench/thrift_bench.py [--seconds 5] [--rounds 1] [--forsun-peer /tmp/forsun-peer]
 
 forsun-box runs on its default (durable) SQLite store; forsun runs its
-``mem`` store. The forsun peer is installed by
+``mem`` store. Each server is warmed up before it is measured (forsun answers
+its first call only after a few seconds of lazy start-up, which would
+otherwise be counted against its 1-client rate). With ``--rounds N`` the
+servers are measured alternately N times, each on a fresh server, and the
+median is reported: on a shared machine, background load then falls on both
+alike. The forsun peer is installed by
 ``bash /work/shared/peers/setup_forsun_peer.sh /tmp/forsun-peer``; without
 it only forsun-box is measured.
 """
@@ -21,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +77,29 @@ def client(port: int, tag: str, seconds: float, start_at: float, out: mp.Queue) 
     out.put(n)
 
 
+def warm_up(port: int, seconds: float = 0.5, timeout: float = 60.0) -> None:
+    """Call until the server answers, then for ``seconds`` more (not measured)."""
+    from thrift.protocol import TBinaryProtocol
+    from thrift.transport import TSocket, TTransport
+
+    from forsun_box.thrift.forsun import Forsun
+
+    sock = TSocket.TSocket("127.0.0.1", port)
+    sock.setTimeout(timeout * 1000)
+    transport = TTransport.TBufferedTransport(sock)
+    c = Forsun.Client(TBinaryProtocol.TBinaryProtocolAccelerated(transport))
+    transport.open()
+    try:
+        c.createTimeout("warm-up-0", 3600, 0, 0, 0, 0, 0, 1, "shell", {"cmd": "true"})
+        end = time.monotonic() + seconds
+        n = 1
+        while time.monotonic() < end:
+            c.createTimeout(f"warm-up-{n}", 3600, 0, 0, 0, 0, 0, 1, "shell", {"cmd": "true"})
+            n += 1
+    finally:
+        transport.close()
+
+
 def measure(port: int, procs: int, seconds: float, tag: str) -> float:
     out: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
@@ -104,6 +133,8 @@ def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure the servers alternately this many times; report the median")
     ap.add_argument("--forsun-peer", type=Path, default=Path("/tmp/forsun-peer"))
     args = ap.parse_args()
     names = ["forsun-box"]
@@ -111,22 +142,31 @@ def main() -> int:
         names.append("forsun")
     else:
         print(f"forsun peer not found at {args.forsun_peer}: measuring forsun-box only")
-    results: dict[str, dict[int, float]] = {}
+    runs: dict[str, dict[int, list[float]]] = {name: {1: [], 4: []} for name in names}
     workdir = Path(tempfile.mkdtemp(prefix="thrift-bench-"))
     try:
-        for name in names:
-            proc, port = start(name, args.forsun_peer, workdir)
-            try:
-                results[name] = {n: measure(port, n, args.seconds, f"{name}-{n}")
-                                 for n in (1, 4)}
-            finally:
-                os.killpg(proc.pid, signal.SIGTERM)
+        for r in range(args.rounds):
+            for name in names:
+                rundir = workdir / f"{name}-{r}"
+                rundir.mkdir()
+                proc, port = start(name, args.forsun_peer, rundir)
                 try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    warm_up(port)
+                    for n in (1, 4):
+                        runs[name][n].append(measure(port, n, args.seconds, f"{name}-{r}-{n}"))
+                finally:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+            if args.rounds > 1:
+                print(f"round {r + 1}: " + "; ".join(
+                    f"{name} {runs[name][1][-1]:,.0f} / {runs[name][4][-1]:,.0f}"
+                    for name in names), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results = {name: {n: statistics.median(v) for n, v in r.items()} for name, r in runs.items()}
     print(f"{'server':<12} {'1 client':>12} {'4 clients':>12}   (createTimeout/s)")
     for name, r in results.items():
         print(f"{name:<12} {r[1]:>12,.0f} {r[4]:>12,.0f}")

@@ -1,13 +1,17 @@
 """forsun's Thrift API (FORSUN_COMPAT §3) served on the asyncio event loop.
 
 Plain unframed binary protocol, as thrift's ``TSocket`` +
-``TBufferedTransport`` + ``TBinaryProtocol`` speak it. Each connection is
-one asyncio task: it buffers bytes until a whole message decodes (see
-:mod:`forsun_box.thrift.codec`), calls the matching :class:`ForsunService`
-coroutine and writes the reply, in order, before reading the next. A slow,
-idle or half-open client therefore only ever holds its own task; garbage,
-a message over the size bound, or a message left unfinished for
-``message_timeout_s`` closes that connection alone.
+``TBufferedTransport`` + ``TBinaryProtocol`` speak it. Each connection is an
+:class:`asyncio.Protocol` (:class:`_Connection`): received bytes are
+buffered until a whole message decodes (see :mod:`forsun_box.thrift.codec`),
+the matching :class:`ForsunService` coroutine runs, and its reply is written
+before the next buffered message is looked at, so replies keep the order of
+the calls. A slow, idle or half-open client therefore only ever holds its
+own connection; garbage, a message over the size bound, or a message left
+unfinished for ``message_timeout_s`` closes that connection alone. A client
+that doesn't read its answers stops being read (back-pressure from the
+transport's write buffer), and one that sends calls faster than they are
+answered stops being read once a chunk's worth is waiting.
 
 Errors: a :class:`~forsun_box.errors.ForsunBoxError` becomes
 ``ForsunPlanError(code, message)`` for the methods that declare it; the
@@ -57,24 +61,35 @@ def _clamp(value: int, top: int) -> int:
 def plan_struct(plan: Plan) -> ForsunPlan:
     """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped)."""
     d = to_forsun(plan)
-    return ForsunPlan(
-        is_time_out=d["is_time_out"],
-        key=d["key"],
-        second=_clamp(d["second"], I16_MAX),
-        minute=_clamp(d["minute"], I16_MAX),
-        hour=_clamp(d["hour"], I16_MAX),
-        day=_clamp(d["day"], I16_MAX),
-        month=_clamp(d["month"], I16_MAX),
-        week=_clamp(d["week"], I16_MAX),
-        next_time=_clamp(d["next_time"], I32_MAX),
-        status=_clamp(d["status"], I16_MAX),
-        count=_clamp(d["count"], I16_MAX),
+    second, minute, hour = d["second"], d["minute"], d["hour"]
+    day, month, week = d["day"], d["month"], d["week"]
+    status, count, current = d["status"], d["count"], d["current_count"]
+    next_time, last = d["next_time"], d["last_timeout"]
+    # Built without ForsunPlan.__init__ (keyword arguments cost more than the
+    # encoding, once per reply); the values are those of the IDL struct.
+    struct = _new(ForsunPlan)
+    struct.__dict__ = {
+        "is_time_out": d["is_time_out"],
+        "key": d["key"],
+        "second": second if -32768 <= second <= I16_MAX else _clamp(second, I16_MAX),
+        "minute": minute if -32768 <= minute <= I16_MAX else _clamp(minute, I16_MAX),
+        "hour": hour if -32768 <= hour <= I16_MAX else _clamp(hour, I16_MAX),
+        "day": day if -32768 <= day <= I16_MAX else _clamp(day, I16_MAX),
+        "month": month if -32768 <= month <= I16_MAX else _clamp(month, I16_MAX),
+        "week": week if -32768 <= week <= I16_MAX else _clamp(week, I16_MAX),
+        "next_time": next_time if 0 <= next_time <= I32_MAX else _clamp(next_time, I32_MAX),
+        "status": status if -32768 <= status <= I16_MAX else _clamp(status, I16_MAX),
+        "count": count if -32768 <= count <= I16_MAX else _clamp(count, I16_MAX),
         # a plan firing every second for ever passes i16 within hours: saturate
-        current_count=_clamp(d["current_count"], I16_MAX),
-        last_timeout=_clamp(d["last_timeout"], I32_MAX),
-        action=d["action"],
-        params=dict(d["params"]),
-    )
+        "current_count": current if 0 <= current <= I16_MAX else _clamp(current, I16_MAX),
+        "last_timeout": last if 0 <= last <= I32_MAX else _clamp(last, I32_MAX),
+        "action": d["action"],
+        "params": dict(d["params"]),
+    }
+    return struct
+
+
+_new = object.__new__
 
 
 def run_struct(run: Any) -> ForsunRun:
@@ -111,7 +126,7 @@ class ThriftServer:
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
         # method name -> (args class, result class, handler, declares ForsunPlanError)
         self._methods: dict[str, tuple[Any, Any, Handler, bool]] = {
             "ping": (Forsun.ping_args, Forsun.ping_result, self._ping, False),
@@ -144,13 +159,15 @@ class ThriftServer:
             ),
             "createAt": (Forsun.createAt_args, Forsun.createAt_result, self._create_at, True),
         }  # fmt: skip
+        codec.known_names(self._methods)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the bound port. Raises OSError."""
-        self._server = await asyncio.start_server(
-            self._serve, host, port, reuse_address=True, backlog=1024, limit=READ_CHUNK
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
@@ -159,9 +176,11 @@ class ThriftServer:
         """Stop listening and close every connection (requests in progress are cut)."""
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.close()
         tasks = list(self._tasks)
+        for conn in list(self._connections):
+            conn.close()
+            if conn.work is not None:
+                tasks.append(conn.work)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -176,83 +195,28 @@ class ThriftServer:
         if self.stats is not None:
             self.stats.incr(name, n)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        self._writers.add(writer)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = writer.get_extra_info("peername")
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        """One connection's life, from admission to close.
+
+        ``reader`` and ``writer`` are both the connection's :class:`_Connection`
+        (it answers ``get_extra_info`` and ``close`` as a stream writer does), so
+        a subclass may refuse a peer by closing it before calling this.
+        """
+        conn: _Connection = writer
+        self._connections.add(conn)
         self._incr("connecting_count")
         self._incr("connected_count")
         try:
-            await self._connection(reader, writer, peer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+            conn.admit()
+            await conn.closed
         except asyncio.CancelledError:
             pass
         except Exception:  # never let one connection's surprise reach the loop
-            log.exception("thrift connection from %s failed", peer)
+            log.exception("thrift connection from %s failed", conn.peer)
         finally:
             self._incr("connecting_count", -1)
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-
-    async def _connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
-    ) -> None:
-        buf = b""
-        limits = self.limits
-        while True:
-            # Answer every whole message already buffered, in order.
-            while buf:
-                try:
-                    header = codec.read_header(buf, limits)
-                    entry = self._methods.get(header.name)
-                    if entry is None:
-                        _, end = codec.message_length(buf, limits)
-                        reply = self._unknown_method(header)
-                    else:
-                        args, end = codec.decode_body(buf, header.body_start, entry[0], limits)
-                        if end > limits.max_message_bytes:
-                            raise codec.ProtocolError("message too large")
-                        reply = await self._call(header, entry, args)
-                except codec.NeedMore:
-                    if len(buf) > limits.max_message_bytes:
-                        log.warning("thrift: message from %s over the size bound; closing", peer)
-                        return
-                    break
-                except codec.ProtocolError as e:
-                    log.warning("thrift: bad input from %s (%s); closing", peer, e)
-                    return
-                buf = buf[end:]
-                if reply is not None:
-                    writer.write(reply)
-            if writer.transport.get_write_buffer_size() > 0:
-                # A client that doesn't read its answers stops being read.
-                await writer.drain()
-            if buf:
-                # A message has begun: it must complete within the time-out.
-                try:
-                    chunk = await asyncio.wait_for(
-                        reader.read(READ_CHUNK), self.message_timeout_s
-                    )
-                except TimeoutError:
-                    log.warning("thrift: message from %s unfinished for %ss; closing",
-                                peer, self.message_timeout_s)  # fmt: skip
-                    return
-            else:
-                chunk = await reader.read(READ_CHUNK)
-            if not chunk:
-                return
-            buf = buf + chunk if buf else chunk
+            self._connections.discard(conn)
+            conn.close()
 
     def _unknown_method(self, header: codec.Header) -> bytes | None:
         self._incr("requested_count")
@@ -421,3 +385,219 @@ class ThriftServer:
             at_ms=args.at_ms,
         )
         return plan_struct((await self.service.create([plan]))[0])
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: whole messages are decoded and answered in order.
+
+    At most one call runs at a time (``work``, a task that answers every
+    whole message buffered meanwhile before it ends), so replies keep the
+    order of the calls without a task waiting on every idle connection.
+    """
+
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.work: asyncio.Task[None] | None = None
+        self._buf = b""
+        self._pos = 0  # where the first unanswered message starts in _buf
+        self._admitted = False
+        self._eof = False
+        self._read_paused = False
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports don't derive from asyncio.Transport, but behave as one)
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.peer = transport.get_extra_info("peername")
+        server = self.server
+        task = asyncio.get_running_loop().create_task(server._serve(self, self))
+        server._tasks.add(task)
+        task.add_done_callback(server._tasks.discard)
+
+    def data_received(self, data: bytes) -> None:
+        if self._pos:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+        if self.work is None and self._admitted:
+            self._start()
+        elif len(self._buf) > READ_CHUNK and not self._read_paused:
+            # A call is running (or the peer not yet admitted): what follows waits.
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        # Answer the calls already received before closing (a half-sent message
+        # never completes): keep the transport open while some are pending.
+        return self.work is not None or (self._write_paused and self._pos < len(self._buf))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._buf = b""
+        self._pos = 0
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The peer isn't reading its answers: stop reading its calls.
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.work is None and self._admitted:
+            self._start()
+        self._maybe_resume_reading()
+
+    # ----------------------------------------------------------- stream-writer look-alike
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As :meth:`asyncio.StreamWriter.get_extra_info`."""
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def close(self) -> None:
+        """Close the connection (answers already written are still sent)."""
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def admit(self) -> None:
+        """Start answering (called once the server accepted the peer)."""
+        self._admitted = True
+        self._maybe_resume_reading()
+        if self.work is None:
+            self._start()
+
+    # ----------------------------------------------------------- messages
+
+    def _start(self) -> None:
+        """Begin answering the buffered messages, if a whole one is there."""
+        call = self._next()
+        if call is not None:
+            self.work = asyncio.get_running_loop().create_task(self._answer(*call))
+        elif self._eof:
+            self.close()
+
+    async def _answer(self, header: codec.Header, entry: Any, args: Any) -> None:
+        """Run calls one after another while whole messages are buffered."""
+        server = self.server
+        transport = self.transport
+        assert transport is not None
+        try:
+            while True:
+                reply = await server._call(header, entry, args)
+                if reply is not None and not transport.is_closing():
+                    transport.write(reply)
+                call = self._next()
+                if call is None:
+                    break
+                header, entry, args = call
+        finally:
+            self.work = None
+        if self._eof:
+            self.close()
+        else:
+            self._maybe_resume_reading()
+
+    def _next(self) -> tuple[codec.Header, Any, Any] | None:
+        """The next whole buffered call, answering unknown methods on the way.
+
+        None when no whole message is buffered, when writing is paused, or
+        when the connection was closed for bad input.
+        """
+        server = self.server
+        limits = server.limits
+        transport = self.transport
+        assert transport is not None
+        while True:
+            buf, pos = self._buf, self._pos
+            if pos >= len(buf) or self._write_paused or transport.is_closing():
+                if pos and pos >= len(buf):
+                    self._buf = b""
+                    self._pos = 0
+                    self._cancel_timer()
+                return None
+            try:
+                header = codec.read_header(buf, limits, pos)
+                entry = server._methods.get(header.name)
+                if entry is None:
+                    _, end = codec.message_length(buf, limits, pos)
+                else:
+                    args, end = codec.decode_body(buf, header.body_start, entry[0], limits)
+                    if end - pos > limits.max_message_bytes:
+                        raise codec.ProtocolError("message too large")
+            except codec.NeedMore:
+                if len(buf) - pos > limits.max_message_bytes:
+                    log.warning("thrift: message from %s over the size bound; closing",
+                                self.peer)  # fmt: skip
+                    self.close()
+                    return None
+                if self._timer is None:
+                    # A message has begun: it must complete within the time-out.
+                    self._timer = asyncio.get_running_loop().call_later(
+                        server.message_timeout_s, self._expire
+                    )
+                return None
+            except codec.ProtocolError as e:
+                log.warning("thrift: bad input from %s (%s); closing", self.peer, e)
+                self.close()
+                return None
+            if self._timer is not None:
+                self._cancel_timer()
+            if end >= len(buf):
+                self._buf = b""
+                self._pos = 0
+            else:
+                self._pos = end
+            if entry is not None:
+                return header, entry, args
+            reply = server._unknown_method(header)
+            if reply is not None:
+                transport.write(reply)
+
+    def _expire(self) -> None:
+        self._timer = None
+        log.warning("thrift: message from %s unfinished for %ss; closing",
+                    self.peer, self.server.message_timeout_s)  # fmt: skip
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        # Read on while no call runs: a message bigger than a chunk must arrive
+        # whole (or exceed the size bound) to be answered.
+        if (
+            self._read_paused
+            and not self._write_paused
+            and self._admitted
+            and self.work is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self._read_paused = False
+            self.transport.resume_reading()

@@ -24,6 +24,7 @@ import logging
 import operator
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,8 @@ BUSY_TIMEOUT_MS = 5000
 # next-time b-trees; a roomy cache keeps them from re-reading the file.
 CACHE_KIB = 64 * 1024
 
+# Seconds between WAL checkpoints (taken after a commit, in aiosqlite's thread).
+CHECKPOINT_INTERVAL_S = 1.0
 # Databases up to this size get a full quick_check at start-up (see _check_pages).
 FULL_CHECK_MAX_BYTES = 64 << 20
 # Start-up probes of larger databases: both ends of every table and index.
@@ -286,6 +289,7 @@ class SqliteStore(Store):
         self.max_runs_per_key = max_runs_per_key
         self._db: aiosqlite.Connection | None = None
         self._count = 0
+        self._checkpointed = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -346,6 +350,9 @@ class SqliteStore(Store):
         # (cheaper commits), and a second forsun-box on the same data directory
         # is refused at start instead of firing every plan twice.
         await db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        # Checkpoints are run by apply(), in aiosqlite's thread: left to SQLite, the
+        # commit that crosses the WAL threshold checkpoints, possibly on the event loop.
+        await db.execute("PRAGMA wal_autocheckpoint = 0")
         await self._check_pages(db)
         for number in range(version, SCHEMA_VERSION):
             await self._migrate(number)
@@ -457,6 +464,16 @@ class SqliteStore(Store):
                 await db._execute(self._apply_sync, db._conn, batch)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
             raise StoreError(f"cannot write to {self.path}: {e}") from None
+        now = time.monotonic()
+        if now - self._checkpointed >= CHECKPOINT_INTERVAL_S:
+            self._checkpointed = now
+            try:
+                # PASSIVE: copies what the WAL holds into the database file (pure C,
+                # the interpreter lock released), so the WAL stays small and a
+                # restart's recovery short.
+                await db._execute(_checkpoint, db._conn)
+            except sqlite3.Error as e:
+                log.warning("checkpoint of %s failed: %s", self.path, e)
 
     def _apply_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
@@ -640,6 +657,10 @@ _GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
 DUE_CHUNK = 2_000
 # Batches up to this many mutations commit on the caller's thread (see apply).
 INLINE_MAX_ROWS = 64
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def key_range_sql(columns: str, prefix: str, after: str, limit: int) -> tuple[str, tuple[Any, ...]]:

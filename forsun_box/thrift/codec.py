@@ -14,14 +14,13 @@ action's asyncio client.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from thrift.protocol import fastbinary
-from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
 from thrift.Thrift import TApplicationException, TMessageType, TType
-from thrift.transport.TTransport import TMemoryBuffer
 
 CALL = TMessageType.CALL
 REPLY = TMessageType.REPLY
@@ -76,24 +75,27 @@ class Header:
     body_start: int
 
 
-def read_header(buf: Buffer, limits: Limits) -> Header:
-    """Parse a message header at the start of ``buf`` (strict or old non-strict form)."""
+def read_header(buf: Buffer, limits: Limits, start: int = 0) -> Header:
+    """Parse a message header at ``buf[start:]`` (strict or old non-strict form).
+
+    ``body_start`` is an offset into ``buf`` (not relative to ``start``).
+    """
     n = len(buf)
-    if n < 4:
+    if n < start + 4:
         raise NeedMore
-    (first,) = _I32.unpack_from(buf, 0)
+    (first,) = _I32.unpack_from(buf, start)
     if first < 0:
         if first & VERSION_MASK != VERSION_1:
             raise ProtocolError("bad protocol version")
         mtype = first & 0xFF
-        if n < 8:
+        if n < start + 8:
             raise NeedMore
-        (name_len,) = _I32.unpack_from(buf, 4)
-        pos = 8
+        (name_len,) = _I32.unpack_from(buf, start + 4)
+        pos = start + 8
     else:
         mtype = -1
         name_len = first
-        pos = 4
+        pos = start + 4
     if name_len < 0 or name_len > MAX_NAME_LENGTH:
         raise ProtocolError("bad method name length")
     end = pos + name_len
@@ -101,10 +103,15 @@ def read_header(buf: Buffer, limits: Limits) -> Header:
         end += 1  # the old form puts the type byte after the name
     if n < end + 4:
         raise NeedMore
-    try:
-        name = bytes(buf[pos : pos + name_len]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("method name is not UTF-8") from None
+    raw = buf[pos : pos + name_len]
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    name = _NAMES.get(raw)
+    if name is None:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("method name is not UTF-8") from None
     if first >= 0:
         mtype = buf[end - 1]
     (seqid,) = _I32.unpack_from(buf, end)
@@ -186,13 +193,46 @@ def skip_struct(buf: Buffer, pos: int, limits: Limits, depth: int = 0) -> int:
         pos = _skip(buf, pos + 3, ftype, limits, depth)
 
 
-def message_length(buf: Buffer, limits: Limits) -> tuple[Header, int]:
-    """The header of the message at the start of ``buf`` and its total length."""
-    header = read_header(buf, limits)
+def message_length(buf: Buffer, limits: Limits, start: int = 0) -> tuple[Header, int]:
+    """The header of the message at ``buf[start:]`` and the offset just past it
+    (its total length when ``start`` is 0)."""
+    header = read_header(buf, limits, start)
     end = skip_struct(buf, header.body_start, limits)
-    if end > limits.max_message_bytes:
+    if end - start > limits.max_message_bytes:
         raise ProtocolError("message too large")
     return header, end
+
+
+class _Refill:
+    """The transport side of the C decoder's reading interface over one bytes buffer."""
+
+    __slots__ = ("cstringio_buf",)
+
+    def __init__(self) -> None:
+        self.cstringio_buf: io.BytesIO = io.BytesIO()
+
+    def cstringio_refill(self, partialread: bytes, reqlen: int) -> bytes:
+        # The whole message is already in the buffer: running out means it is cut short.
+        raise EOFError
+
+
+class _DecodeProtocol:
+    """What ``fastbinary.decode_binary`` reads from a protocol: its transport and bounds.
+
+    Built per :class:`Limits` and reused: the accelerated protocol and memory
+    buffer the thrift library would otherwise construct for every message
+    cost more than the decoding itself.
+    """
+
+    __slots__ = ("trans", "string_length_limit", "container_length_limit")
+
+    def __init__(self, limits: Limits) -> None:
+        self.trans = _Refill()
+        self.string_length_limit = limits.max_string_bytes
+        self.container_length_limit = limits.max_container_items
+
+
+_DECODERS: dict[Limits, _DecodeProtocol] = {}
 
 
 def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any, int]:
@@ -201,16 +241,18 @@ def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any,
     Raises :class:`NeedMore` when the bytes stop early and
     :class:`ProtocolError` when they can't be a ``cls``.
     """
-    trans = TMemoryBuffer(data)
-    buf = trans.cstringio_buf
+    proto = _DECODERS.get(limits)
+    if proto is None:
+        proto = _DECODERS[limits] = _DecodeProtocol(limits)
+    buf = io.BytesIO(data)
     buf.seek(start)
-    proto = TBinaryProtocolAccelerated(
-        trans,
-        string_length_limit=limits.max_string_bytes,
-        container_length_limit=limits.max_container_items,
-    )
+    # Single-threaded use (the event loop): the shared transport just points at this buffer.
+    proto.trans.cstringio_buf = buf
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = [cls, cls.thrift_spec]
     try:
-        obj = fastbinary.decode_binary(None, proto, [cls, cls.thrift_spec])
+        obj = fastbinary.decode_binary(None, proto, spec)
     except Exception:
         # fastbinary reports a short buffer in several ways (EOFError, or a
         # TypeError when it ends inside a container header): let the
@@ -220,15 +262,40 @@ def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any,
     return obj, buf.tell()
 
 
+_SPECS: dict[Any, list[Any]] = {}
+# method names seen in headers, so a known name costs no decoding
+_NAMES: dict[bytes, str] = {}
+_HEADS: dict[tuple[str, int], bytes] = {}
+
+
+def known_names(names: Any) -> None:
+    """Let :func:`read_header` map these method names without decoding them."""
+    for name in names:
+        _NAMES[name.encode("utf-8")] = name
+
+
+def message_head(name: str, mtype: int) -> bytes:
+    """A strict message header up to (not including) its sequence id."""
+    head = _HEADS.get((name, mtype))
+    if head is None:
+        encoded = name.encode("utf-8")
+        head = _I32.pack((VERSION_1 - (1 << 32)) | mtype) + _I32.pack(len(encoded)) + encoded
+        if len(_HEADS) < 4096:  # names come from the peer: bound what is kept
+            _HEADS[(name, mtype)] = head
+    return head
+
+
 def encode_message(name: str, mtype: int, seqid: int, body: Any) -> bytes:
     """One message: strict header plus ``body`` (a generated struct, or a
     :class:`TApplicationException`)."""
-    encoded = name.encode("utf-8")
-    head = _I32.pack((VERSION_1 - (1 << 32)) | mtype) + _I32.pack(len(encoded)) + encoded
-    head += _I32.pack(seqid)
+    head = message_head(name, mtype) + _I32.pack(seqid)
     if isinstance(body, TApplicationException):
         return head + _encode_app_exception(body)
-    return head + fastbinary.encode_binary(body, [body.__class__, body.thrift_spec])
+    cls = body.__class__
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = [cls, cls.thrift_spec]
+    return head + fastbinary.encode_binary(body, spec)
 
 
 _APP_EXC_SPEC = (

@@ -1007,3 +1007,29 @@ def test_runs_bounded_per_key_within_one_big_batch(factory: Factory) -> None:
         assert [r.due_ms for r in await store.runs("k00")] == [T0 + 999, T0 + 350, T0 + 300]
 
     run(factory, body, max_runs_per_key=3)
+
+
+@pytest.mark.parametrize("interval, copied", [(0.0, True), (3600.0, False)])
+def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, copied: bool
+) -> None:
+    """SQLite's automatic checkpoint would run inside whichever commit crosses the
+    threshold, possibly on the event loop; the store checkpoints after commits, at
+    most every CHECKPOINT_INTERVAL_S, in aiosqlite's thread."""
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL_S", interval)
+    path = tmp_path / "plans.db"
+
+    async def scenario() -> int:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            empty = path.stat().st_size
+            for n in range(40):  # ~2 MB of WAL: past SQLite's own 1000-page threshold
+                await put(store, *(plan(f"k{n}-{i}", T0 + i, params={"p": "x" * 400})
+                                   for i in range(100)))
+            return path.stat().st_size - empty
+        finally:
+            await store.close()
+
+    grown = asyncio.run(scenario())
+    assert (grown > 1_000_000) is copied
