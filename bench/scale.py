@@ -395,6 +395,7 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
         arrivals = orjson.loads(_http(port, "GET", "/dump")[1])
     seen: set[str] = set()
     late: list[float] = []
+    per_second: dict[int, list[float]] = {}
     duplicates = 0
     for key, due, arrival in arrivals:
         if key in seen:
@@ -403,7 +404,12 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
         if key in due_of:
             seen.add(key)
             late.append(arrival - due)
+            per_second.setdefault((due - first_ms) // 1000, []).append(arrival - due)
     _lateness_rows(rep, name, label, late, total, duplicates, cpu, p99_target, max_target)
+    worst = sorted(((max(v), s) for s, v in per_second.items()), reverse=True)[:5]
+    rep.values[f"{name}_worst_seconds"] = [[s, m] for m, s in worst]
+    print("    worst seconds (second: max ms): "
+          + ", ".join(f"{s}: {m:.0f}" for m, s in worst), flush=True)
 
 
 def fire(server: Server, sizes: Sizes, rep: Report) -> None:

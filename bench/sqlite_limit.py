@@ -52,7 +52,7 @@ def main() -> None:
                 plans.append(p)
             t0 = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(store._PUT, map(store._plan_row, plans))
+            store._write_plans(conn, "INSERT OR IGNORE", list(map(store._plan_row, plans)))
             conn.execute("COMMIT")
             spent += time.perf_counter() - t0
             done += len(plans)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import tornado.netutil
@@ -282,8 +283,16 @@ async def serve(config: Any) -> None:
     await app.stop()
 
 
+# How long a thread may keep the interpreter lock while another waits for it.
+# SQLite work runs in aiosqlite's thread and needs the lock back after every
+# step; with CPython's 5 ms a busy event loop made each of those waits last
+# 5 ms, and a bulk commit crawled (see bench/RESULTS.md).
+SWITCH_INTERVAL_S = 0.0005
+
+
 def run(config: Any) -> int:
     """Block running the service; returns the process exit status."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         import uvloop
 
@@ -294,8 +303,6 @@ def run(config: Any) -> int:
         runner(serve(config))
     except errors.StartupError as e:
         log.error("%s", e)
-        import sys
-
         print(f"forsun-box: {e}", file=sys.stderr)
         return 1
     return 0

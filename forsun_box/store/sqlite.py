@@ -126,9 +126,10 @@ _COLUMNS = (
     "interval_ms, anchor_ms, timezone, end_ms, next_time, current_count, last_timeout, "
     "status, created_time, paused, version, jitter_ms, misfire, grace_ms"
 )
-_PUT = f"INSERT OR REPLACE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 26)})"
-# Inserts only keys not stored yet, so the connection's change counter counts new plans.
-_INSERT_NEW = f"INSERT OR IGNORE INTO plans ({_COLUMNS}) VALUES ({', '.join('?' * 26)})"
+# One row's parameters in a multi-row INSERT; rows per statement (26 x 256 parameters,
+# well under SQLite's limit of 32,766).
+_PLAN_MARKS = "(" + ", ".join("?" * 26) + ")"
+PLAN_CHUNK = 256
 _DELETE = "DELETE FROM plans WHERE key = ?"
 # meta row holding the number of plans, kept in step by every commit
 PLAN_COUNT = "plan_count"
@@ -186,6 +187,24 @@ RUN_CHUNK = 256
 
 
 @functools.lru_cache(maxsize=RUN_CHUNK)
+@functools.lru_cache(maxsize=2 * PLAN_CHUNK)
+def _write_plans_sql(verb: str, rows: int) -> str:
+    return f"{verb} INTO plans ({_COLUMNS}) VALUES " + ", ".join([_PLAN_MARKS] * rows)
+
+
+def _write_plans(conn: sqlite3.Connection, verb: str, rows: list[tuple[Any, ...]]) -> None:
+    """Write plan rows with ``verb`` (INSERT OR IGNORE / OR REPLACE), PLAN_CHUNK per statement.
+
+    One statement per row (executemany) takes the interpreter lock back after
+    every row's step; while the event loop runs Python, each take waits for
+    the loop's switch interval, and a bulk commit in this thread crawls. A
+    multi-row statement binds a chunk at once, then steps without the lock.
+    """
+    for lo in range(0, len(rows), PLAN_CHUNK):
+        chunk = rows[lo : lo + PLAN_CHUNK]
+        conn.execute(_write_plans_sql(verb, len(chunk)), list(itertools.chain.from_iterable(chunk)))
+
+
 def _insert_runs_sql(rows: int) -> str:
     return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES " + ", ".join(
         ["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows
@@ -492,11 +511,11 @@ class SqliteStore(Store):
                 # and fresh timeouts are new keys).
                 rows = list(map(_plan_row, puts))
                 before = conn.total_changes
-                conn.executemany(_INSERT_NEW, rows)
+                _write_plans(conn, "INSERT OR IGNORE", rows)
                 added = conn.total_changes - before
                 count += added
                 if added < len(rows):
-                    conn.executemany(_PUT, rows)
+                    _write_plans(conn, "INSERT OR REPLACE", rows)
             if batch.advances:
                 before = conn.total_changes
                 moved = _apply_advances(conn, batch.advances)
@@ -654,7 +673,7 @@ class SqliteStore(Store):
 
 _GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
 # Rows of a window refill read between two yields to the event loop (see due).
-DUE_CHUNK = 2_000
+DUE_CHUNK = 250
 # Batches up to this many mutations commit on the caller's thread (see apply).
 INLINE_MAX_ROWS = 64
 
