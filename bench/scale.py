@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "data" / "extensions").mkdir(parents=True, exist_ok=True)
     shutil.copy(HARNESS / "count_extension.py", workdir / "data" / "extensions")
     os.environ["BENCH_LATENESS_FILE"] = str(workdir / "lateness.f64")
+    os.environ["BENCH_GC_FILE"] = str(workdir / "gc-pauses.txt")
     signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(SystemExit(128 + s)))
     config = ServerConfig(peer_dir=Path("/nonexistent"), box_python=sys.executable)
     started = datetime.datetime.now(datetime.UTC)

@@ -4,12 +4,14 @@ Copied into a bench server's extensions folder by ``bench/scale.py``. Each firin
 appends its lateness (ms from the plan's due instant to the action's start) to an
 in-memory array; the samples are flushed, a few times a second, to the file named
 by the ``BENCH_LATENESS_FILE`` environment variable (raw float64, native order), so
-the harness reads how many fired and how late without any network traffic.
+the harness reads how many fired and how late without any network traffic. Garbage
+collections of 10 ms or more are written to ``BENCH_GC_FILE`` at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from array import array
@@ -51,11 +53,38 @@ class BenchCountAction(Action):
             _Samples.add(time.time() * 1000.0 - due)
 
 
+class _GcPauses:
+    """Collections of 10 ms or more (generation, ms, wall time), for ``BENCH_GC_FILE``."""
+
+    started = 0.0
+    pauses: list[tuple[int, float, float]] = []
+
+    @classmethod
+    def callback(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls.started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - cls.started) * 1000
+        if ms >= 10:
+            cls.pauses.append((info["generation"], round(ms, 1), round(time.time(), 3)))
+
+    @classmethod
+    def write(cls) -> None:
+        path = os.environ.get("BENCH_GC_FILE")
+        if path:
+            with open(path, "w") as f:
+                f.writelines(f"{g} {ms} {at}\n" for g, ms, at in cls.pauses)
+
+
 class BenchCountExtension(Extension):
     name = "bench_count"
 
     def register(self) -> None:
         self.register_action("bench_count", BenchCountAction)
 
+    def init(self) -> None:
+        gc.callbacks.append(_GcPauses.callback)
+
     def uninit(self) -> None:
         _Samples.flush()
+        _GcPauses.write()
