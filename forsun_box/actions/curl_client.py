@@ -107,7 +107,7 @@ def header_lines(request: Request) -> list[bytes]:
 
 def _eventfds() -> set[int]:
     """The open eventfds of this process (empty where /proc is not available)."""
-    found = set()
+    found: set[int] = set()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:

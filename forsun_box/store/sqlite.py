@@ -44,6 +44,8 @@ BUSY_TIMEOUT_MS = 5000
 # next-time b-trees; a roomy cache keeps them from re-reading the file.
 CACHE_KIB = 64 * 1024
 
+# Oldest SQLite with the JSON functions and ->> built in.
+MIN_SQLITE = (3, 38, 0)
 # Seconds between WAL checkpoints (taken after a commit, in aiosqlite's thread).
 CHECKPOINT_INTERVAL_S = 1.0
 # Databases up to this size get a full quick_check at start-up (see _check_pages).
@@ -133,16 +135,7 @@ PLAN_CHUNK = 256
 _DELETE = "DELETE FROM plans WHERE key = ?"
 # meta row holding the number of plans, kept in step by every commit
 PLAN_COUNT = "plan_count"
-_ADVANCE = (
-    "UPDATE plans SET next_time = ?, current_count = ?, last_timeout = ?, status = ? "
-    "WHERE key = ? AND version = ?"
-)
-_FINISH = "DELETE FROM plans WHERE key = ? AND version = ?"
 _STATUS = "UPDATE plans SET status = ? WHERE key = ? AND version = ?"
-_RUN = (
-    "INSERT INTO runs (key, due_ms, started_ms, duration_ms, attempt, result, error, action) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # Keep only the newest N (?2) runs of each key of a JSON array (?1), in one
 # statement: per key, the subquery (the id of the N+1-th newest) is NULL, so
 # nothing is deleted, while the key has at most N runs. One statement instead
@@ -186,7 +179,6 @@ _RUN_COLUMNS = "key, due_ms, started_ms, duration_ms, attempt, result, error, ac
 RUN_CHUNK = 256
 
 
-@functools.lru_cache(maxsize=RUN_CHUNK)
 @functools.lru_cache(maxsize=2 * PLAN_CHUNK)
 def _write_plans_sql(verb: str, rows: int) -> str:
     return f"{verb} INTO plans ({_COLUMNS}) VALUES " + ", ".join([_PLAN_MARKS] * rows)
@@ -205,6 +197,7 @@ def _write_plans(conn: sqlite3.Connection, verb: str, rows: list[tuple[Any, ...]
         conn.execute(_write_plans_sql(verb, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
+@functools.lru_cache(maxsize=RUN_CHUNK)
 def _insert_runs_sql(rows: int) -> str:
     return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES " + ", ".join(
         ["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows
@@ -225,8 +218,8 @@ def _apply_advances(conn: sqlite3.Connection, advances: list[Any]) -> int:
 
     Returns how many rows the updates changed (the caller counts deletions
     from the connection's change counter)."""
-    moved = []
-    finished = []
+    moved: list[Any] = []
+    finished: list[Any] = []
     for a in advances:
         (finished if a.next_time is None else moved).append(a)
     updated = 0
@@ -237,6 +230,8 @@ def _apply_advances(conn: sqlite3.Connection, advances: list[Any]) -> int:
     if finished:
         conn.execute(_FINISH_MANY, (orjson.dumps(list(map(_finish_row, finished))),))
     return updated
+
+
 _META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 # The window queries repeat the partial index's condition so the planner may use it.
 _DUE_WHERE = "paused = 0 AND next_time IS NOT NULL"
@@ -313,6 +308,12 @@ class SqliteStore(Store):
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            # the firing side's set-based statements use json_each and ->>
+            raise StartupError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the sqlite store needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (the executable carries its own)"
+            )
         self._check_path()
         try:
             # check_same_thread=False: small transactions and point reads run on the
@@ -473,9 +474,8 @@ class SqliteStore(Store):
             if len(batch) <= INLINE_MAX_ROWS and not batch.advances and not batch.runs:
                 # A small commit (tens of microseconds) costs less than the round
                 # trip to aiosqlite's thread, so it runs right here. Not firing
-                # records: nobody waits on them, and the commit that happens to
-                # trigger a WAL checkpoint (hundreds of ms under load) must not
-                # stall the event loop while it fires.
+                # records: nobody waits on them, and their commits, big under
+                # load, must not stall the event loop while it fires.
                 self._apply_sync(db._conn, batch)
             else:
                 # Big batches run in aiosqlite's thread, in one hop, so the event
@@ -564,6 +564,7 @@ class SqliteStore(Store):
         return None if row is None else _plan_factory(None, row)
 
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
+        args: tuple[Any, ...]
         if after is None:
             sql, args = DUE_FIRST_SQL, (before_ms, limit)
         else:
@@ -645,10 +646,6 @@ class SqliteStore(Store):
         if self._db is None:
             raise StoreError(f"the store {self.path} is not open")
         return self._db
-
-    async def _scalar(self, sql: str) -> Any:
-        rows = await self._fetch(sql, ())
-        return rows[0][0] if rows else None
 
     async def _fetch(self, sql: str, args: Iterable[Any]) -> list[Any]:
         db = self._conn()

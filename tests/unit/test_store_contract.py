@@ -1033,3 +1033,13 @@ def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
 
     grown = asyncio.run(scenario())
     assert (grown > 1_000_000) is copied
+
+
+def test_sqlite_too_old_stops_startup_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite_driver.sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(StartupError, match=r"SQLite 3\.31\.1 is too old.*3\.38\.0"):
+        sqlite_open(tmp_path / "plans.db")
+    assert not (tmp_path / "plans.db").exists()  # nothing created
