@@ -46,7 +46,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.client import FAR_SECONDS, IDLE_URL, V1Client  # noqa: E402
-from harness.load import _run_wrk  # noqa: E402
+from harness.load import run_wrk  # noqa: E402
 from harness.metrics import percentile  # noqa: E402
 from harness.servers import (  # noqa: E402
     BOX,
@@ -213,9 +213,9 @@ def _process(args: list[str], port: int, ready_path: str) -> Iterator[subprocess
 
 
 def _wrk_rate(port: int, seconds: float, prefix: str) -> float:
-    target = Server("bare", None, port, 0, Path("."))  # type: ignore[arg-type]
-    _run_wrk(target, 32, 1.0, prefix + "w")
-    res = _run_wrk(target, 32, seconds, prefix)
+    base_url = f"http://{HOST}:{port}"
+    run_wrk(base_url, 32, 1.0, prefix + "w")
+    res = run_wrk(base_url, 32, seconds, prefix)
     bad = res["errcode_bad"] + res["status_bad"] + res["timeouts"] + res["connect_errors"]
     if bad:
         raise RuntimeError(f"wrk saw {bad} failed requests on port {port}")

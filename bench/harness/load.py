@@ -17,7 +17,7 @@ BULK_BATCH = 10_000
 MB = 1024 * 1024
 
 
-def _run_wrk(server: Server, connections: int, seconds: float, prefix: str) -> dict[str, int]:
+def run_wrk(base_url: str, connections: int, seconds: float, prefix: str) -> dict[str, int]:
     """One wrk run of ``create_plan.lua``; returns the script's BENCH-JSON counters."""
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -35,7 +35,7 @@ def _run_wrk(server: Server, connections: int, seconds: float, prefix: str) -> d
         "10s",
         "-s",
         str(LUA_SCRIPT),
-        server.base_url + "/v1/plan",
+        base_url + "/v1/plan",
         "--",
         prefix,
     ]
@@ -52,9 +52,9 @@ def measure_create(server: Server, quick: bool) -> Outcome:
     out = Outcome()
     errors = 0
     for conns in (1, 32):
-        _run_wrk(server, conns, warmup, f"warm{conns}")
+        run_wrk(server.base_url, conns, warmup, f"warm{conns}")
         cpu0 = server.cpu_seconds()
-        res = _run_wrk(server, conns, seconds, f"c{conns}")
+        res = run_wrk(server.base_url, conns, seconds, f"c{conns}")
         cpu = server.cpu_seconds() - cpu0
         if not server.alive():
             raise ServerError(f"{server.name} died during the {conns}-connection create run")
