@@ -1,7 +1,7 @@
 """Ten million timers on one box: every scale target, reproduced by one command.
 
-    python bench/scale.py                 # full: 10,000,000 pending plans (about 25 minutes)
-    python bench/scale.py --quick         # small numbers, about 1 minute (CI runs this)
+    python bench/scale.py                 # full: 10,000,000 pending plans (about 10 minutes)
+    python bench/scale.py --quick         # small numbers, about 40 s (CI runs this)
     python bench/scale.py --plans 1000000 --only fill rss restart
 
 One forsun-box server (default durable SQLite store) runs in a temp dir on free loopback
