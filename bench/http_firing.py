@@ -25,8 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,50 +32,18 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness.servers import HOST, free_port, running_process  # noqa: E402
+
 SINK = ROOT / "bench" / "harness" / "fast_sink.py"
-HOST = "127.0.0.1"
 #: after the last due instant, how long to wait for stragglers
 GRACE_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def start_sink(max_seconds: float) -> tuple[subprocess.Popen[bytes], int]:
-    """The sink on a free port, answering once this returns."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(SINK), "--port", str(port), "--max-seconds", str(max_seconds)]
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the sink did not start")
 
 
 def sink_get(port: int, path: str) -> object:
     with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=30) as r:
         return json.loads(r.read())
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -265,22 +231,21 @@ def main() -> int:
     # plan creation costs roughly 15 us/plan here; leave room for a busy machine
     lead = args.lead or max(5.0, total / 20_000)
     budget = 300 if args.micro else lead + args.seconds + GRACE_S + 60
-    proc, port = start_sink(budget)
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    try:
+    port = free_port()
+    sink = [sys.executable, str(SINK), "--port", str(port), "--max-seconds", str(budget)]
+    with running_process(sink, port, "/count", "the sink", ready_timeout=10):
         if args.micro:
             runner(micro(port, args.micro, args.concurrency, args.max_clients))
             return 0
         return runner(
             firing(port, args.rate, args.seconds, lead, args.keep, args.series, args.refill_limit)
         )
-    finally:
-        stop(proc)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,8 +53,8 @@ from harness.servers import (  # noqa: E402
     Server,
     ServerConfig,
     ServerError,
-    die_with_parent,
     free_port,
+    running_process,
     settle_rss,
     start_server,
 )
@@ -188,30 +187,6 @@ def rss(server: Server, sizes: Sizes, rep: Report) -> None:
             f"{server.data_bytes() / MB:,.0f} MB")
 
 
-@contextlib.contextmanager
-def _process(args: list[str], port: int, ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _http(port, "GET", ready_path, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args[1]} did not start") from None
-                time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _wrk_rate(port: int, seconds: float, prefix: str) -> float:
     base_url = f"http://{HOST}:{port}"
     run_wrk(base_url, 32, 1.0, prefix + "w")
@@ -253,8 +228,8 @@ def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     """Single creates vs a bare tornado handler, removes, paged keys, other bulk formats."""
     box = _wrk_rate(server.http_port, sizes.wrk_seconds, "ops")
     port = free_port()
-    with _process([sys.executable, str(HARNESS / "bare_tornado.py"), "--port", str(port)],
-                  port, "/ping"):
+    with running_process([sys.executable, str(HARNESS / "bare_tornado.py"), "--port",
+                          str(port)], port, "/ping", "the bare tornado server"):
         bare = _wrk_rate(port, sizes.wrk_seconds, "bare")
     rep.add("create_c32_rate", "HTTP single create, 32 conn", box, f"{box:,.0f}/s")
     rep.add("bare_c32_rate", "bare tornado handler, 32 conn", bare, f"{bare:,.0f}/s")
@@ -369,8 +344,8 @@ def _lateness_rows(rep: Report, name: str, label: str, late: list[float], expect
 @contextlib.contextmanager
 def _sink(seconds: float) -> Iterator[int]:
     port = free_port()
-    with _process([sys.executable, str(HARNESS / "fast_sink.py"), "--port", str(port),
-                   "--max-seconds", str(seconds)], port, "/count"):
+    with running_process([sys.executable, str(HARNESS / "fast_sink.py"), "--port", str(port),
+                          "--max-seconds", str(seconds)], port, "/count", "the sink"):
         yield port
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from typing import Any
 
 from harness.client import V1Client, encode
 from harness.metrics import Outcome, percentile
-from harness.servers import HOST, Server, ServerError, die_with_parent, free_port
+from harness.servers import HOST, Server, ServerError, free_port, running_process
 
 SINK_SCRIPT = Path(__file__).with_name("sink.py")
 CREATE_BATCH = 2_000
@@ -37,30 +36,10 @@ def _sink_get(port: int, path: str) -> Any:
 def running_sink(max_seconds: float) -> Iterator[int]:
     """A sink process on a free port for the duration of the block; yields its port."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(SINK_SCRIPT), "--port", str(port), "--max-seconds", str(max_seconds)],
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                _sink_get(port, "/count")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the firing sink did not start") from None
-                time.sleep(0.1)
+    args = [sys.executable, str(SINK_SCRIPT), "--port", str(port),
+            "--max-seconds", str(max_seconds)]
+    with running_process(args, port, "/count", "the firing sink", ready_timeout=15):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _calendar_plan(key: str, due: int, sink_port: int) -> dict[str, Any]:

@@ -160,6 +160,40 @@ def die_with_parent() -> None:
         pass  # not Linux: the normal stop path still applies
 
 
+@contextlib.contextmanager
+def running_process(
+    args: list[str], port: int, ready_path: str, name: str, ready_timeout: float = 20.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A helper process (a sink, a baseline server) listening on ``port`` on loopback.
+
+    Yields once ``GET ready_path`` gets any HTTP answer; terminated (killed after 10 s)
+    when the block ends, and by Linux if the harness dies first.
+    """
+    proc = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}{ready_path}", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def _ping(base_url: str) -> bool:
     try:
         with urllib.request.urlopen(base_url + "/v1/ping", timeout=2) as resp:
