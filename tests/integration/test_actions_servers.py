@@ -37,11 +37,7 @@ pytest_plugins = ["tests.servers"]
 TS = 1_700_000_123
 
 
-@pytest.fixture(autouse=True)
-def _restore_settings() -> Any:
-    saved = Action.settings
-    yield
-    configure_actions(saved)
+pytestmark = pytest.mark.usefixtures("restore_action_settings")
 
 
 def fire(cls: type[Action], params: dict[str, str], **settings: Any) -> None:

@@ -16,7 +16,6 @@ from tornado.web import Application, RequestHandler
 
 from forsun_box.actions import (
     ACTIONS,
-    Action,
     ActionFailed,
     ActionSettings,
     HttpAction,
@@ -33,11 +32,7 @@ from forsun_box.plan import Plan
 TS = 1_700_000_123
 
 
-@pytest.fixture(autouse=True)
-def _restore_settings():
-    saved = Action.settings
-    yield
-    configure_actions(saved)
+pytestmark = pytest.mark.usefixtures("restore_action_settings")
 
 
 def _plan(action: str, params: dict[str, str]) -> Plan:

@@ -17,7 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from forsun_box.actions import Action, ActionFailed, ActionSettings, HttpAction, configure_actions
+from forsun_box.actions import ActionFailed, ActionSettings, HttpAction, configure_actions
 from forsun_box.actions.curl_client import CurlClient, CurlError, Request, header_lines
 from forsun_box.actions.http import close_clients, shared_client
 from forsun_box.errors import RetryLater
@@ -26,11 +26,7 @@ from forsun_box.plan import Plan
 TS = 1_700_000_123
 
 
-@pytest.fixture(autouse=True)
-def _restore_settings():
-    saved = Action.settings
-    yield
-    configure_actions(saved)
+pytestmark = pytest.mark.usefixtures("restore_action_settings")
 
 
 class _State:
