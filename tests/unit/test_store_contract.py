@@ -496,6 +496,18 @@ def sqlite_open(path: Path) -> SqliteStore:
     return store
 
 
+def sqlite_fill(path: Path, *plans: Plan) -> None:
+    """Store ``plans`` in a SQLite database at ``path`` and close it."""
+
+    async def fill() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        await put(store, *plans)
+        await store.close()
+
+    asyncio.run(fill())
+
+
 def test_sqlite_rejects_an_unknown_synchronous_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         SqliteStore(str(tmp_path / "x.db"), synchronous="SOMETIMES")
@@ -529,13 +541,7 @@ def test_sqlite_garbage_file_stops_startup(tmp_path: Path) -> None:
 def test_sqlite_damaged_database_stops_startup(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def fill() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        await put(store, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
-        await store.close()
-
-    asyncio.run(fill())
+    sqlite_fill(path, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
     data = bytearray(path.read_bytes())
     page = 4096
     for offset in range(3 * page, len(data) - page, 7 * page):
@@ -899,13 +905,7 @@ def test_sqlite_large_damaged_database_is_caught_by_the_probes(
 
     path = tmp_path / "plans.db"
 
-    async def fill() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        await put(store, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
-        await store.close()
-
-    asyncio.run(fill())
+    sqlite_fill(path, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
     # every database counts as large: the probes run instead of quick_check
     monkeypatch.setattr(sqlite_store, "FULL_CHECK_MAX_BYTES", 0)
     sqlite_open(path)  # an intact database passes the probes
@@ -971,13 +971,7 @@ def test_sqlite_plan_count_is_kept_exact_by_every_commit(tmp_path: Path) -> None
 def test_sqlite_plan_count_of_a_database_without_one_is_counted_once(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def fill() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        await put(store, *(plan(f"k{i}", T0 + i) for i in range(7)))
-        await store.close()
-
-    asyncio.run(fill())
+    sqlite_fill(path, *(plan(f"k{i}", T0 + i) for i in range(7)))
     conn = sqlite3.connect(path)
     conn.execute("DELETE FROM meta WHERE name = 'plan_count'")  # as an older version left it
     conn.commit()
