@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import weakref
 from typing import Any
 
@@ -98,12 +97,7 @@ class Pool:
             raise ActionFailed(
                 f"thrift {self.host}:{self.port}: cannot connect: {e.strerror or e}"
             ) from None
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        codec.set_no_delay(writer)
         return _Conn(reader, writer)
 
     async def _roundtrip(self, conn: _Conn, key: str, ts: int, params: dict[str, str]) -> None:

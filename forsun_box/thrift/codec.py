@@ -15,6 +15,7 @@ action's asyncio client.
 from __future__ import annotations
 
 import io
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -325,3 +326,17 @@ def decode_app_exception(
     """Decode the TApplicationException body of an EXCEPTION reply."""
     obj, end = decode_body(data, start, _AppExc, limits)
     return TApplicationException(obj.type or 0, obj.message), end
+
+
+def set_no_delay(transport: Any) -> None:
+    """TCP_NODELAY on a transport's (or stream writer's) socket.
+
+    A Thrift call is a small message answered by another: Nagle's algorithm
+    would hold each back waiting for the peer's ack.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
