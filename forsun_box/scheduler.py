@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from forsun_box import errors
 from forsun_box.clock import Clock, TimerHandle
-from forsun_box.plan import DELAY, Plan
+from forsun_box.plan import Plan
 from forsun_box.store.base import Advance, Batch, Run, Store
 
 log = logging.getLogger("forsun_box.scheduler")
@@ -95,6 +95,13 @@ def tune_gc() -> None:
     g0, g1, g2 = gc.get_threshold()
     if 0 < g2 < GC_FULL_EVERY:
         gc.set_threshold(g0, g1, GC_FULL_EVERY)
+
+
+def _take(items: list[T], cap: int) -> tuple[list[T], list[T]]:
+    """The first ``cap`` of ``items`` and the rest (no copy when all of them fit)."""
+    if len(items) <= cap:
+        return items, []
+    return items[:cap], items[cap:]
 
 
 class _Writer:
@@ -178,24 +185,12 @@ class _Writer:
                     await asyncio.wait_for(self._urgent.wait(), self._linger_s)
                 except TimeoutError:
                     pass
-            items = self._queue[:max_batch]
-            del self._queue[:max_batch]
+            items, self._queue = _take(self._queue, max_batch)
             # Firing records go in smaller slices: a backlog then drains as
             # several short commits, and a window refill waiting for the
             # store lock gets its turn between two of them.
-            cap = FIRING_BATCH
-            advances = self.advances
-            if len(advances) <= cap:
-                self.advances = []
-            else:
-                advances = advances[:cap]
-                del self.advances[:cap]
-            runs = self.runs
-            if len(runs) <= cap:
-                self.runs = []
-            else:
-                runs = runs[:cap]
-                del self.runs[:cap]
+            advances, self.advances = _take(self.advances, FIRING_BATCH)
+            runs, self.runs = _take(self.runs, FIRING_BATCH)
             batch = Batch()
             if advances:
                 batch.advances = [a for a, _ in advances]
@@ -379,7 +374,7 @@ class Scheduler:
             prepared = prepare(batch)
         await fut
         if self.stats is not None:
-            timeouts = sum(1 for p in plans if p.kind == DELAY)
+            timeouts = sum(1 for p in plans if p.is_time_out)
             if timeouts:
                 self.stats.incr("create_timeouted_count", timeouts)
             if len(plans) - timeouts:
