@@ -9,7 +9,13 @@ Layout (schema version 2, see :data:`MIGRATIONS`):
   with a next firing serves the engine's window queries.
 - ``runs``: run history, bounded per key on insert and by age in
   :meth:`SqliteStore.prune_runs`.
-- ``meta``: small name/value pairs (e.g. ``processed_until``).
+- ``meta``: small name/value pairs (e.g. ``processed_until``, the plan
+  count, the last ack-log record folded in).
+
+Small writes (a create, a remove) are acknowledged once appended to the ack
+log beside the database (:mod:`forsun_box.store.acklog`) and folded into the
+database a few milliseconds later, many per transaction; reads see them at
+once (point reads from memory, the others after folding them in first).
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` are
 applied in order, each in its own transaction, when the store opens.
@@ -18,6 +24,7 @@ applied in order, each in its own transaction, when the store opens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -25,7 +32,7 @@ import operator
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiosqlite
@@ -33,6 +40,7 @@ import orjson
 
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
+from forsun_box.store.acklog import AckLog, AckLogDamaged
 from forsun_box.store.base import Batch, Run, Store
 
 log = logging.getLogger("forsun_box.store")
@@ -135,6 +143,8 @@ PLAN_CHUNK = 256
 _DELETE = "DELETE FROM plans WHERE key = ?"
 # meta row holding the number of plans, kept in step by every commit
 PLAN_COUNT = "plan_count"
+# meta row holding the sequence number of the last ack-log record in the database
+ACKLOG_SEQ = "acklog_seq"
 _STATUS = "UPDATE plans SET status = ? WHERE key = ? AND version = ?"
 # Keep only the newest N (?2) runs of each key of a JSON array (?1), in one
 # statement: per key, the subquery (the id of the N+1-th newest) is NULL, so
@@ -254,6 +264,13 @@ COUNT_BETWEEN_SQL = (
     f"SELECT count(*) FROM (SELECT 1 FROM plans WHERE {_DUE_WHERE} "
     "AND next_time >= ? AND next_time < ? LIMIT ?)"
 )
+# how many of a JSON array of keys are stored (and of those, firing in a range)
+COUNT_KEYS_SQL = "SELECT count(*) FROM plans WHERE key IN (SELECT value FROM json_each(?))"
+COUNT_KEYS_BETWEEN_SQL = (
+    f"{COUNT_KEYS_SQL} AND {_DUE_WHERE} AND next_time >= ? AND next_time < ?"
+)
+_by_key = operator.itemgetter(0)
+_by_time = operator.itemgetter(16, 0)
 
 
 def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
@@ -263,6 +280,79 @@ def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
         p.end_ms, p.next_time, p.current_count, p.last_timeout, p.status, p.created_time,
         1 if p.paused else 0, p.version, p.jitter_ms, p.misfire, p.grace_ms,
     )  # fmt: skip
+
+
+_row_texts = operator.itemgetter(0, 1, 2, 3, 11, 14, 24)
+_row_ints = operator.itemgetter(4, 5, 6, 7, 8, 9, 10, 12, 13, 15, 17, 18, 19, 20, 21, 22, 23, 25)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _check_row(row: tuple[Any, ...]) -> None:
+    """Raise ValueError/TypeError where SQLite would refuse ``row`` (it is logged
+    before it reaches the database, so it must not fail there)."""
+    "".join(_row_texts(row))  # TypeError unless every text column is a str
+    ints = _row_ints(row)
+    nxt = row[16]
+    if nxt is not None:
+        ints = (*ints, nxt)
+    if min(ints) < _INT64[0] or max(ints) > _INT64[1]:
+        raise OverflowError("an integer field is out of SQLite's 64-bit range")
+
+
+class _Rows:
+    """A batch as database rows: what one transaction applies."""
+
+    __slots__ = ("ops", "advances", "statuses", "runs", "meta")
+
+    def __init__(self, batch: Batch | None = None) -> None:
+        # key -> plan row to insert or replace, or None to delete
+        self.ops: dict[str, tuple[Any, ...] | None] = {}
+        self.advances: list[Any] = []
+        self.statuses: list[tuple[str, int, int]] = []
+        self.runs: list[Run] = []
+        self.meta: dict[str, str] = {}
+        if batch is not None:
+            self.ops = {k: None if p is None else _plan_row(p) for k, p in batch.ops.items()}
+            self.advances = batch.advances
+            self.statuses = batch.statuses
+            self.runs = batch.runs
+            self.meta = batch.meta
+
+    def __len__(self) -> int:
+        return (len(self.ops) + len(self.advances) + len(self.statuses) + len(self.runs)
+                + len(self.meta))
+
+    def loggable(self) -> bool:
+        """Small, and only puts, deletes and meta (what a caller waits for)."""
+        return (len(self.ops) + len(self.meta) <= INLINE_MAX_ROWS and not self.advances
+                and not self.statuses and not self.runs)
+
+    def encode(self) -> bytes:
+        """The ack-log payload; raises where the database would refuse a row."""
+        for row in self.ops.values():
+            if row is not None:
+                _check_row(row)
+        return orjson.dumps([list(self.ops.items()), self.meta])
+
+    @classmethod
+    def decode(cls, payload: bytes) -> _Rows:
+        ops, meta = orjson.loads(payload)
+        rows = cls()
+        rows.ops = {k: None if r is None else tuple(r) for k, r in ops}
+        rows.meta = meta
+        return rows
+
+    def then(self, later: _Rows) -> None:
+        """Fold ``later`` in: its mutations apply after these.
+
+        A put replaces the whole row and a delete removes it, so per key only
+        the last of them matters; advances and status changes match a plan
+        version, and apply after the puts and deletes (see _apply_sync)."""
+        self.ops.update(later.ops)
+        self.meta.update(later.meta)
+        self.advances = self.advances + later.advances
+        self.statuses = self.statuses + later.statuses
+        self.runs = self.runs + later.runs
 
 
 def _plan_factory(_cursor: Any, r: tuple[Any, ...], _loads: Any = orjson.loads) -> Plan:
@@ -304,6 +394,17 @@ class SqliteStore(Store):
         self._db: aiosqlite.Connection | None = None
         self._count = 0
         self._checkpointed = 0.0
+        # Small writes acknowledged once logged (not with FULL: the log is not
+        # synced per write), and the logged ones not yet in the database:
+        # (seq, rows) oldest first, and per key (seq, row or None) for get().
+        self._log: AckLog | None = None
+        self._pending: list[tuple[int, _Rows]] = []
+        self._overlay: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
+        # held by whatever uses the connection across an await (the thread does
+        # the work) and by every read: a fold in the thread never overlaps them
+        self._lock = asyncio.Lock()
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._fold_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -377,6 +478,8 @@ class SqliteStore(Store):
         for number in range(version, SCHEMA_VERSION):
             await self._migrate(number)
         await self._load_count(db)
+        if self.synchronous != "FULL":
+            await self._open_log(db)
         # Prove the file is writable now rather than at the first client's request.
         # (a write statement, even one touching no row, needs a writable file).
         await db.execute("BEGIN IMMEDIATE")
@@ -431,6 +534,34 @@ class SqliteStore(Store):
             await db.execute("ROLLBACK")
             raise
 
+    async def _open_log(self, db: aiosqlite.Connection) -> None:
+        """Open the ack log and fold into the database what it holds beyond it."""
+        ack = AckLog(self.path + ACKLOG_SUFFIX)
+        try:
+            records = ack.open()
+        except AckLogDamaged as e:
+            raise StartupError(f"the ack log is damaged: {e}") from None
+        except OSError as e:
+            raise StartupError(f"cannot open the ack log {ack.path}: {e}") from None
+        self._log = ack
+        rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE name = ?",
+                                              (ACKLOG_SEQ,)))
+        applied = int(rows[0][0]) if rows else 0
+        fresh = [(seq, payload) for seq, payload in records if seq > applied]
+        if fresh:
+            log.info("folding %d logged writes into %s", len(fresh), self.path)
+            try:
+                merged = _Rows()
+                for _, payload in fresh:
+                    merged.then(_Rows.decode(payload))
+            except (ValueError, TypeError) as e:
+                raise StartupError(f"the ack log {ack.path} is damaged: {e}") from None
+            merged.meta[ACKLOG_SEQ] = str(fresh[-1][0])
+            await db._execute(self._apply_sync, db._conn, merged)
+        ack.seq = max(ack.seq, applied)
+        if records:
+            ack.truncate()
+
     async def _migrate(self, number: int) -> None:
         db = self._db
         assert db is not None
@@ -447,42 +578,144 @@ class SqliteStore(Store):
 
     async def _abandon(self) -> None:
         db, self._db = self._db, None
+        self._close_log()
         if db is not None:
             try:
                 await db.close()
             except sqlite3.Error:
                 pass
 
+    def _close_log(self) -> None:
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     async def close(self) -> None:
-        """Checkpoint the WAL into the database file and close. Safe to call twice."""
-        db, self._db = self._db, None
-        if db is None:
+        """Fold in the logged writes, checkpoint the WAL into the database file and
+        close. Safe to call twice."""
+        if self._db is None:
             return
-        try:
-            # Fold the WAL back into the database so the file is complete on its own.
-            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            log.warning("checkpoint of %s at close failed: %s", self.path, e)
-        finally:
-            await db.close()
+        async with self._lock:
+            db, self._db = self._db, None
+            try:
+                if self._pending:
+                    await self._fold(db, None)
+                if self._log is not None:
+                    self._log.truncate()
+            except (StoreError, OSError) as e:
+                # kept in the log: folded in at the next start
+                log.error("%s: logged writes stay in the ack log: %s", self.path, e)
+            self._close_log()
+            try:
+                # Fold the WAL back into the database so the file is complete on its own.
+                await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                log.warning("checkpoint of %s at close failed: %s", self.path, e)
+            finally:
+                await db.close()
 
     # -- writes ------------------------------------------------------------
 
     async def apply(self, batch: Batch) -> None:
         db = self._conn()
         try:
-            if len(batch) <= INLINE_MAX_ROWS and not batch.advances and not batch.runs:
+            rows = _Rows(batch)
+            payload = rows.encode() if self._log is not None and rows.loggable() else None
+        except (ValueError, TypeError, OverflowError) as e:
+            raise StoreError(f"cannot write to {self.path}: {e}") from None
+        if payload is not None and self._log is not None:
+            try:
+                seq = self._log.append(payload)
+            except OSError as e:
+                raise StoreError(f"cannot write to {self.path}{ACKLOG_SUFFIX}: {e}") from None
+            self._pending.append((seq, rows))
+            overlay = self._overlay
+            for key, row in rows.ops.items():
+                overlay[key] = (seq, row)
+            if len(overlay) < FOLD_MAX_KEYS and self._log.size < FOLD_MAX_LOG_BYTES:
+                if self._fold_timer is None and self._fold_task is None:
+                    self._fold_timer = asyncio.get_running_loop().call_later(
+                        FOLD_DELAY_S, self._start_fold)
+                return
+            rows = _Rows()  # too much waiting: fold it in now (and make the caller wait)
+        async with self._lock:
+            await self._fold(db, rows)
+
+    def _start_fold(self) -> None:
+        self._fold_timer = None
+        self._fold_task = asyncio.get_running_loop().create_task(self._fold_later())
+
+    async def _fold_later(self) -> None:
+        delay = FOLD_DELAY_S
+        try:
+            async with self._lock:
+                db = self._db
+                if db is None or not self._pending:
+                    return
+                try:
+                    await self._fold(db, None)
+                    if self._pending and self._log is not None and \
+                            self._log.size > LOG_TRUNCATE_BYTES:
+                        # Written while the fold ran in the thread: few, so this one
+                        # most likely runs inline, and leaves the log empty to cut.
+                        await self._fold(db, None)
+                except StoreError as e:
+                    # They are in the log; retried a little later.
+                    log.error("%s: folding in logged writes failed: %s", self.path, e)
+                    delay = FOLD_RETRY_S
+        finally:
+            self._fold_task = None
+            if self._pending and self._db is not None and self._fold_timer is None:
+                self._fold_timer = asyncio.get_running_loop().call_later(delay, self._start_fold)
+
+    async def _fold(self, db: aiosqlite.Connection, rows: _Rows | None) -> None:
+        """Commit the logged writes, then ``rows``, in one transaction (lock held).
+
+        On failure the logged writes stay pending (and logged); StoreError.
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            merged = pending[0][1] if len(pending) == 1 and rows is None else _Rows()
+            if merged is not pending[0][1]:
+                for _, logged in pending:
+                    merged.then(logged)
+                if rows is not None:
+                    merged.then(rows)
+            merged.meta[ACKLOG_SEQ] = str(pending[-1][0])
+        elif rows is not None:
+            merged = rows
+        else:
+            return
+        try:
+            if len(merged) <= INLINE_MAX_ROWS and not merged.advances and not merged.runs:
                 # A small commit (tens of microseconds) costs less than the round
                 # trip to aiosqlite's thread, so it runs right here. Not firing
                 # records: nobody waits on them, and their commits, big under
                 # load, must not stall the event loop while it fires.
-                self._apply_sync(db._conn, batch)
+                self._apply_sync(db._conn, merged)
             else:
                 # Big batches run in aiosqlite's thread, in one hop, so the event
                 # loop keeps firing meanwhile.
-                await db._execute(self._apply_sync, db._conn, batch)
+                await db._execute(self._apply_sync, db._conn, merged)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+            self._pending[:0] = pending
             raise StoreError(f"cannot write to {self.path}: {e}") from None
+        if pending:
+            done = pending[-1][0]
+            overlay = self._overlay
+            for _, logged in pending:
+                for key in logged.ops:
+                    hit = overlay.get(key)
+                    if hit is not None and hit[0] <= done:
+                        del overlay[key]
+            if not self._pending and self._log is not None and self._log.size > LOG_TRUNCATE_BYTES:
+                try:
+                    self._log.truncate()
+                except OSError as e:
+                    log.warning("cannot truncate %s: %s", self._log.path, e)
         now = time.monotonic()
         if now - self._checkpointed >= CHECKPOINT_INTERVAL_S:
             self._checkpointed = now
@@ -494,10 +727,10 @@ class SqliteStore(Store):
             except sqlite3.Error as e:
                 log.warning("checkpoint of %s failed: %s", self.path, e)
 
-    def _apply_sync(self, conn: sqlite3.Connection, batch: Batch) -> None:
+    def _apply_sync(self, conn: sqlite3.Connection, batch: _Rows) -> None:
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
-        puts = [p for p in batch.ops.values() if p is not None]
-        deletes = [(k,) for k, p in batch.ops.items() if p is None]
+        rows = [r for r in batch.ops.values() if r is not None]
+        deletes = [(k,) for k, r in batch.ops.items() if r is None]
         count = self._count
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -505,11 +738,10 @@ class SqliteStore(Store):
                 before = conn.total_changes
                 conn.executemany(_DELETE, deletes)
                 count -= conn.total_changes - before
-            if puts:
+            if rows:
                 # New keys are inserted and counted; when some keys existed,
                 # the batch is written again, replacing them (rare: bulk loads
                 # and fresh timeouts are new keys).
-                rows = list(map(_plan_row, puts))
                 before = conn.total_changes
                 _write_plans(conn, "INSERT OR IGNORE", rows)
                 added = conn.total_changes - before
@@ -541,18 +773,33 @@ class SqliteStore(Store):
             raise
 
     async def prune_runs(self, now_ms: int) -> int:
-        db = self._conn()
-        try:
-            cursor = await db.execute(
-                "DELETE FROM runs WHERE started_ms < ?", (now_ms - self.run_retention_ms,)
-            )
-            return max(cursor.rowcount, 0)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot prune runs in {self.path}: {e}") from None
+        async with self._using() as db:
+            try:
+                cursor = await db.execute(
+                    "DELETE FROM runs WHERE started_ms < ?", (now_ms - self.run_retention_ms,)
+                )
+                return max(cursor.rowcount, 0)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot prune runs in {self.path}: {e}") from None
 
     # -- reads -------------------------------------------------------------
+    #
+    # Reads never wait for the logged writes to be folded in (nor fail when a
+    # full disk stops that): they read the database and lay the logged writes
+    # over what they read (see _overlaid).
 
     async def get(self, key: str) -> Plan | None:
+        if self._lock.locked():
+            # a fold runs in aiosqlite's thread: read after it
+            async with self._lock:
+                return self._get(key)
+        return self._get(key)
+
+    def _get(self, key: str) -> Plan | None:
+        hit = self._overlay.get(key)
+        if hit is not None:
+            # logged, not yet in the database
+            return None if hit[1] is None else _plan_factory(None, hit[1])
         # A primary-key lookup is cheaper than a hop to aiosqlite's thread.
         db = self._conn()
         try:
@@ -566,68 +813,112 @@ class SqliteStore(Store):
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
         args: tuple[Any, ...]
         if after is None:
-            sql, args = DUE_FIRST_SQL, (before_ms, limit)
+            sql, args = DUE_FIRST_SQL, (before_ms,)
         else:
-            sql, args = DUE_AFTER_SQL, (after[0], after[1], before_ms, limit)
+            sql, args = DUE_AFTER_SQL, (after[0], after[1], before_ms)
         # Read on the event loop's thread, DUE_CHUNK rows at a time, yielding in
         # between. In aiosqlite's thread every row would take the GIL back from
         # a busy event loop (a switch-interval wait per row): a refill of tens
-        # of thousands of plans then took seconds under load. The engine holds
-        # its store lock meanwhile, so nothing else uses the connection.
-        conn = self._conn()._conn
-        out: list[Plan] = []
-        try:
-            cursor = conn.execute(sql, args)
+        # of thousands of plans then took seconds under load. The store's lock
+        # is held meanwhile, so nothing else uses the connection.
+        async with self._using() as db:
+            overlay = dict(self._overlay)
+            wide = _widen(limit, overlay)
+            rows: list[Any] = []
             try:
-                cursor.row_factory = _plan_factory  # type: ignore[assignment]
-                while True:
-                    rows = cursor.fetchmany(DUE_CHUNK)
-                    out.extend(rows)
-                    if len(rows) < DUE_CHUNK:
-                        return out
-                    await asyncio.sleep(0)
-            finally:
-                cursor.close()
-        except UnicodeEncodeError:
-            return []
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read {self.path}: {e}") from None
+                cursor = db._conn.execute(sql, (*args, wide))
+                try:
+                    while True:
+                        chunk = cursor.fetchmany(DUE_CHUNK)
+                        rows.extend(chunk)
+                        if len(chunk) < DUE_CHUNK:
+                            break
+                        await asyncio.sleep(0)
+                finally:
+                    cursor.close()
+            except UnicodeEncodeError:
+                return []
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
+        if overlay:
+            rows = _overlaid(rows, overlay, limit, _by_time, lambda r: (
+                r[21] == 0 and r[16] is not None and r[16] < before_ms
+                and (after is None or (r[16], r[0]) > after)))
+        return [_plan_factory(None, r) for r in rows]
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
-        return await self._plans(FIRING_BETWEEN_SQL, (start_ms, end_ms, limit))
+        rows, overlay = await self._read(FIRING_BETWEEN_SQL, (start_ms, end_ms), limit)
+        if overlay:
+            rows = _overlaid(rows, overlay, limit, _by_time, lambda r: (
+                r[21] == 0 and r[16] is not None and start_ms <= r[16] < end_ms))
+        return [_plan_factory(None, r) for r in rows]
 
     async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
-        rows = await self._fetch(COUNT_BETWEEN_SQL, (start_ms, end_ms, limit))
-        return int(rows[0][0]) if rows else 0
+        async with self._using() as db:
+            overlay = dict(self._overlay)
+            try:
+                n = list(await db.execute_fetchall(
+                    COUNT_BETWEEN_SQL, (start_ms, end_ms, _widen(limit, overlay))))[0][0]
+                if overlay:
+                    # rows of logged keys in the database are replaced (or gone)
+                    n -= list(await db.execute_fetchall(COUNT_KEYS_BETWEEN_SQL, (
+                        orjson.dumps(list(overlay)), start_ms, end_ms)))[0][0]
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
+        n += sum(1 for _, r in overlay.values() if r is not None and r[21] == 0
+                 and r[16] is not None and start_ms <= r[16] < end_ms)
+        return min(n, limit)
 
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
-        sql, args = key_range_sql("key", prefix, after, limit)
-        return [r[0] for r in await self._fetch(sql, args)]
+        rows = await self._key_range("key", prefix, after, limit)
+        return [r[0] for r in rows]
 
     async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
         """As :meth:`Store.plans`; ``limit`` 0 (or less) means all."""
-        return await self._plans(*key_range_sql(_COLUMNS, prefix, after, limit))
+        rows = await self._key_range(_COLUMNS, prefix, after, limit)
+        return [_plan_factory(None, r) for r in rows]
+
+    async def _key_range(self, columns: str, prefix: str, after: str, limit: int) -> list[Any]:
+        sql, args = key_range_sql(columns, prefix, after, limit)
+        rows, overlay = await self._read(sql, args[:-1], limit)
+        if overlay:
+            rows = _overlaid(rows, overlay, limit, _by_key, lambda r: (
+                r[0].startswith(prefix) and (not after or r[0] > after)))
+        return rows
 
     async def count(self) -> int:
         # Kept by every commit: counting 10M rows would hold the store for seconds.
-        return self._count
+        if not self._overlay:
+            return self._count
+        async with self._using() as db:
+            overlay = dict(self._overlay)
+            try:
+                stored = list(await db.execute_fetchall(
+                    COUNT_KEYS_SQL, (orjson.dumps(list(overlay)),)))[0][0]
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
+            count = self._count
+        return count - stored + sum(1 for _, r in overlay.values() if r is not None)
 
     async def runs(self, key: str, limit: int = 50) -> list[Run]:
-        db = self._conn()
-        try:
-            async with db.execute(
-                "SELECT key, due_ms, started_ms, duration_ms, attempt, result, error, action "
-                "FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
-                (key, limit if limit > 0 else -1),
-            ) as cursor:
-                cursor.row_factory = _run_factory  # type: ignore[assignment]
-                return list(await cursor.fetchall())  # type: ignore[arg-type]
-        except UnicodeEncodeError:
-            return []
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read {self.path}: {e}") from None
+        async with self._using() as db:
+            try:
+                async with db.execute(
+                    "SELECT key, due_ms, started_ms, duration_ms, attempt, result, error, action "
+                    "FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
+                    (key, limit if limit > 0 else -1),
+                ) as cursor:
+                    cursor.row_factory = _run_factory  # type: ignore[assignment]
+                    return list(await cursor.fetchall())  # type: ignore[arg-type]
+            except UnicodeEncodeError:
+                return []
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
 
     async def get_meta(self, name: str) -> str | None:
+        for _, logged in reversed(self._pending):
+            if name in logged.meta:
+                return logged.meta[name]
         rows = await self._fetch("SELECT value FROM meta WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
@@ -647,25 +938,57 @@ class SqliteStore(Store):
             raise StoreError(f"the store {self.path} is not open")
         return self._db
 
-    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[Any]:
-        db = self._conn()
-        try:
-            return list(await db.execute_fetchall(sql, tuple(args)))
-        except UnicodeEncodeError:
-            return []  # a string with no UTF-8 form (a lone surrogate) matches no stored key
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read {self.path}: {e}") from None
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, under the store's lock (no fold in the thread meanwhile)."""
+        async with self._lock:
+            yield self._conn()
 
-    async def _plans(self, sql: str, args: tuple[Any, ...]) -> list[Plan]:
-        db = self._conn()
-        try:
-            async with db.execute(sql, args) as cursor:
-                cursor.row_factory = _plan_factory  # type: ignore[assignment]
-                return list(await cursor.fetchall())  # type: ignore[arg-type]
-        except UnicodeEncodeError:
-            return []
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read {self.path}: {e}") from None
+    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[Any]:
+        async with self._using() as db:
+            try:
+                return list(await db.execute_fetchall(sql, tuple(args)))
+            except UnicodeEncodeError:
+                return []  # a string with no UTF-8 form (a lone surrogate) matches no stored key
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
+
+    async def _read(self, sql: str, args: tuple[Any, ...], limit: int
+                    ) -> tuple[list[Any], dict[str, Any]]:
+        """Rows of ``sql`` (whose last parameter, after ``args``, is its row
+        limit, widened) and the logged writes as of the read."""
+        async with self._using() as db:
+            overlay = dict(self._overlay)
+            wide = _widen(limit, overlay)
+            try:
+                rows = list(await db.execute_fetchall(sql, (*args, wide)))
+            except UnicodeEncodeError:
+                return [], {}  # a string with no UTF-8 form matches no stored key
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from None
+        return rows, overlay
+
+
+def _widen(limit: int, overlay: dict[str, Any]) -> int:
+    """A read's row limit, raised so that dropping the rows of logged keys still
+    leaves ``limit`` of them (``limit`` 0 or less: -1, no limit)."""
+    return limit + len(overlay) if limit > 0 else -1
+
+
+def _overlaid(rows: list[Any], overlay: dict[str, Any], limit: int,
+              order: Callable[[Any], Any], keep: Callable[[Any], bool]) -> list[Any]:
+    """The first ``limit`` (all if 0 or less) of ``rows`` read from the database
+    and the logged writes over them, in ``order``.
+
+    Rows of logged keys are dropped (replaced or deleted since); logged plan
+    rows that ``keep`` accepts come in. The read was widened (_widen): even
+    with every logged key dropped, its rows fill ``limit``, so a logged row
+    past its last one never makes the cut ahead of an unread row.
+    """
+    out = [r for r in rows if r[0] not in overlay]
+    out.extend(row for _, row in overlay.values() if row is not None and keep(row))
+    out.sort(key=order)
+    return out[:limit] if limit > 0 else out
 
 
 _GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
@@ -673,6 +996,17 @@ _GET_SQL = f"SELECT {_COLUMNS} FROM plans WHERE key = ?"
 DUE_CHUNK = 250
 # Batches up to this many mutations commit on the caller's thread (see apply).
 INLINE_MAX_ROWS = 64
+# The ack log beside the database file (see forsun_box.store.acklog).
+ACKLOG_SUFFIX = "-acklog"
+# Logged writes wait this long to be folded in, many per transaction...
+FOLD_DELAY_S = 0.005
+# ... unless this many keys or log bytes wait: then the writer waits for the fold.
+FOLD_MAX_KEYS = 20_000
+FOLD_MAX_LOG_BYTES = 32 << 20
+# A failed fold (a full disk) is retried after this long, or with the next write.
+FOLD_RETRY_S = 1.0
+# Once every logged write is folded in, the log is cut back when it is this big.
+LOG_TRUNCATE_BYTES = 1 << 20
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
