@@ -121,7 +121,10 @@ def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
                 "--port", str(port), "--http", f"127.0.0.1:{http}",
                 "--data-dir", str(workdir / "box"), "--log-level", "WARNING"]
     else:
+        # its dump-on-exit file in the run's directory: the default, in $HOME, is
+        # loaded by every later forsun and grows with each run
         argv = [str(peer / "bin" / "forsund"), "--nodemon", "--driver", "mem",
+                "--driver-mem-store-file", str(workdir / "forsun.dump"),
                 "--bind", "127.0.0.1", "--port", str(port), "--http", f"127.0.0.1:{http}",
                 "--log-level", "WARNING"]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir),
