@@ -18,6 +18,7 @@ import psutil
 
 from forsun_box import __version__, errors
 from forsun_box.actions import action_names
+from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.crontab import PlanLine
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
 from forsun_box.scheduler import Scheduler
@@ -84,6 +85,13 @@ class ForsunService:
         return self._build(key, is_time_out, get("second"), get("minute"), get("hour"),
                            get("day"), get("month"), get("week"), count, action, params,
                            known_actions)
+
+    def build_args(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
+                   day: Any, month: Any, week: Any, count: Any, action: Any,
+                   params: Any) -> Plan:
+        """As :meth:`build`, with the time fields as arguments (a missing one is None)."""
+        return self._build(key, is_time_out, second, minute, hour, day, month, week, count,
+                           action, params, None)
 
     def _build(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
                day: Any, month: Any, week: Any, count: Any, action: Any, params: Any,
@@ -160,8 +168,7 @@ class ForsunService:
 
     def known_actions(self) -> frozenset[str]:
         """Action names (and aliases) plans may use; cached while the registry is unchanged."""
-        from forsun_box.actions.base import ACTIONS, ALIASES
-
+        # (the registry's dicts are changed in place, never rebound: imported once)
         stamp = (len(ACTIONS), len(ALIASES))
         if stamp != self._known_stamp:
             self._known = frozenset(self.actions())
@@ -212,6 +219,8 @@ class ForsunService:
     def _one_per_key(self, plans: list[Plan]) -> list[Plan]:
         if len(plans) > self.max_plans_per_request:
             raise errors.TooLarge(f"more than {self.max_plans_per_request} plans in one request")
+        if len(plans) < 2:
+            return plans
         seen: dict[str, int] = {}
         for i, p in enumerate(plans):
             seen[p.key] = i

@@ -230,80 +230,87 @@ class ThriftServer:
     async def _call(
         self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], args: Any
     ) -> bytes | None:
-        _, result_cls, handler, declares = entry
-        self._incr("requesting_count")
-        result = result_cls()
-        body: Any = result
-        mtype = codec.REPLY
-        failed = False
+        stats = self.stats
+        if stats is not None:
+            stats.incr("requesting_count")
         try:
-            result.success = await handler(args)
-        except errors.ForsunBoxError as e:
-            failed = True
-            if declares:
-                result.err = ForsunPlanError(code=e.code, message=e.message)
-            else:
-                body = TApplicationException(
-                    TApplicationException.INTERNAL_ERROR, f"{e.code}: {e.message}"
-                )
-                mtype = codec.EXCEPTION
+            success = await entry[2](args)
         except Exception as e:
-            failed = True
-            log.exception("thrift: unexpected error in %s", header.name)
-            message = f"unknown error: {e.__class__.__name__}"
-            if declares:
-                result.err = ForsunPlanError(code=errors.UNKNOWN, message=message)
-            else:
-                body = TApplicationException(
-                    TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {message}"
-                )
-                mtype = codec.EXCEPTION
-        finally:
-            self._incr("requesting_count", -1)
-            self._incr("requested_count")
-        if failed:
-            self._incr("requested_error_count")
+            # (stats first, as for a success: the error answer is built after)
+            if stats is not None:
+                stats.incr("requesting_count", -1)
+                stats.incr("requested_count")
+                stats.incr("requested_error_count")
+            if header.mtype == codec.ONEWAY:
+                if not isinstance(e, errors.ForsunBoxError):
+                    log.exception("thrift: unexpected error in %s", header.name)
+                return None
+            return self._error_reply(header, entry, e)
+        except BaseException:  # cancelled: counted as answered, as any call that ended
+            if stats is not None:
+                stats.incr("requesting_count", -1)
+                stats.incr("requested_count")
+            raise
+        if stats is not None:
+            stats.incr("requesting_count", -1)
+            stats.incr("requested_count")
         if header.mtype == codec.ONEWAY:
             return None
         try:
-            return codec.encode_message(header.name, mtype, header.seqid, body)
+            return codec.encode_reply(header.name, header.seqid, entry[1], success)
         except Exception as e:  # a value the IDL can't carry: say so, keep the connection
-            log.exception("thrift: cannot encode the answer to %s", header.name)
-            exc = TApplicationException(
-                TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {e.__class__.__name__}"
+            return self._encode_failed(header, e)
+
+    def _error_reply(
+        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], e: Exception
+    ) -> bytes:
+        """The answer to a call whose handler raised ``e``."""
+        declares = entry[3]
+        if isinstance(e, errors.ForsunBoxError):
+            code, message = e.code, e.message
+        else:
+            log.exception("thrift: unexpected error in %s", header.name, exc_info=e)
+            code, message = errors.UNKNOWN, f"unknown error: {e.__class__.__name__}"
+        body: Any
+        if declares:
+            body = entry[1]()
+            body.err = ForsunPlanError(code=code, message=message)
+            mtype = codec.REPLY
+        else:
+            body = TApplicationException(
+                TApplicationException.INTERNAL_ERROR, f"{code}: {message}"
             )
-            return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
+            mtype = codec.EXCEPTION
+        try:
+            return codec.encode_message(header.name, mtype, header.seqid, body)
+        except Exception as exc:
+            return self._encode_failed(header, exc)
+
+    def _encode_failed(self, header: codec.Header, e: Exception) -> bytes:
+        log.exception("thrift: cannot encode the answer to %s", header.name, exc_info=e)
+        exc = TApplicationException(
+            TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {e.__class__.__name__}"
+        )
+        return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
 
     # ------------------------------------------------------------------ methods
 
     async def _ping(self, args: Any) -> int:
         return 0
 
-    async def _create_plan(self, args: Any, is_time_out: bool, count: Any) -> ForsunPlan:
-        service = self.service
-        plan = service.build(
-            key=args.key,
-            is_time_out=is_time_out,
-            fields={
-                "second": args.second,
-                "minute": args.minute,
-                "hour": args.hour,
-                "day": args.day,
-                "month": args.month,
-                "week": args.week,
-            },
-            count=count,
-            action=args.action,
-            params=args.params,
-        )
-        created = await service.create([plan])
-        return plan_struct(created[0])
-
     async def _create(self, args: Any) -> ForsunPlan:
-        return await self._create_plan(args, False, 0)
+        service = self.service
+        plan = service.build_args(args.key, False, args.second, args.minute, args.hour,
+                                  args.day, args.month, args.week, 0, args.action, args.params)
+        return plan_struct((await service.create([plan]))[0])
 
     async def _create_timeout(self, args: Any) -> ForsunPlan:
-        return await self._create_plan(args, True, 1 if args.count is None else args.count)
+        service = self.service
+        count = args.count
+        plan = service.build_args(args.key, True, args.second, args.minute, args.hour,
+                                  args.day, args.month, args.week, 1 if count is None else count,
+                                  args.action, args.params)
+        return plan_struct((await service.create([plan]))[0])
 
     async def _remove(self, args: Any) -> ForsunPlan:
         return plan_struct(await self.service.remove(args.key))

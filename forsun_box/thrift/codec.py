@@ -234,6 +234,7 @@ class _DecodeProtocol:
 
 
 _DECODERS: dict[Limits, _DecodeProtocol] = {}
+_LAST_DECODER: list[Any] = [None, None]  # the (limits, protocol) of the last decode
 
 
 def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any, int]:
@@ -242,9 +243,14 @@ def decode_body(data: bytes, start: int, cls: Any, limits: Limits) -> tuple[Any,
     Raises :class:`NeedMore` when the bytes stop early and
     :class:`ProtocolError` when they can't be a ``cls``.
     """
-    proto = _DECODERS.get(limits)
-    if proto is None:
-        proto = _DECODERS[limits] = _DecodeProtocol(limits)
+    last = _LAST_DECODER
+    if last[0] is limits:  # (hashing the frozen dataclass per message costs more)
+        proto = last[1]
+    else:
+        proto = _DECODERS.get(limits)
+        if proto is None:
+            proto = _DECODERS[limits] = _DecodeProtocol(limits)
+        last[:] = (limits, proto)
     buf = io.BytesIO(data)
     buf.seek(start)
     # Single-threaded use (the event loop): the shared transport just points at this buffer.
@@ -292,6 +298,44 @@ def encode_message(name: str, mtype: int, seqid: int, body: Any) -> bytes:
     head = message_head(name, mtype) + _I32.pack(seqid)
     if isinstance(body, TApplicationException):
         return head + _encode_app_exception(body)
+    cls = body.__class__
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = [cls, cls.thrift_spec]
+    return head + fastbinary.encode_binary(body, spec)
+
+
+_STOP = b"\x00"
+# result class -> (header of its field 0, the struct class and spec of that field's
+# value) when ``success`` is a struct; None otherwise
+_STRUCT_SUCCESS: dict[Any, tuple[bytes, type, list[Any]] | None] = {}
+
+
+def _struct_success(result_cls: Any) -> tuple[bytes, type, list[Any]] | None:
+    spec = result_cls.thrift_spec
+    field = spec[0] if spec else None
+    if field is None or field[0] != 0 or field[1] != TType.STRUCT:
+        return None
+    value_cls = field[3][0]
+    return bytes((TType.STRUCT, 0, 0)), value_cls, [value_cls, value_cls.thrift_spec]
+
+
+def encode_reply(name: str, seqid: int, result_cls: Any, success: Any) -> bytes:
+    """The REPLY message whose body is ``result_cls(success=success)``.
+
+    Same bytes as :func:`encode_message` of that struct; when ``success`` is
+    a struct (the plan answers) its field header and the result's STOP are
+    written around the value's own encoding, without building the result.
+    """
+    if result_cls in _STRUCT_SUCCESS:
+        framing = _STRUCT_SUCCESS[result_cls]
+    else:
+        framing = _STRUCT_SUCCESS[result_cls] = _struct_success(result_cls)
+    head = message_head(name, REPLY) + _I32.pack(seqid)
+    if framing is not None and success.__class__ is framing[1]:
+        return head + framing[0] + fastbinary.encode_binary(success, framing[2]) + _STOP
+    body = result_cls()
+    body.success = success
     cls = body.__class__
     spec = _SPECS.get(cls)
     if spec is None:
