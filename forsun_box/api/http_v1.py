@@ -199,7 +199,8 @@ class PlanHandler(BaseHandler):
             if not lines:
                 raise errors.MissingArgument("plan")
             known = service.known_actions()
-            plans = [service.from_line(line, known) for line in lines]
+            now_ms = service.scheduler.clock.now_ms()
+            plans = [service.from_line(line, known, now_ms) for line in lines]
             return await service.create_prepared(plans, _encode_created)
         raise BadRequest(f"unsupported Content-Type: {ctype}")
 

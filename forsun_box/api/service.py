@@ -196,16 +196,13 @@ class ForsunService:
                            get("day"), get("month"), get("week"), get("count", 0),
                            get("action", "shell"), get("params"), known_actions, now_ms)
 
-    def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None) -> Plan:
-        return self.build(
-            known_actions=known_actions,
-            key=line.key,
-            is_time_out=line.is_time_out,
-            fields=line.fields,
-            count=line.count,
-            action=line.action,
-            params=line.params,
-        )
+    def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None,
+                  now_ms: int | None = None) -> Plan:
+        """The plan of a parsed crontab line; ``now_ms`` shared by a whole body."""
+        f = line.fields
+        return self._build(line.key, line.is_time_out, f.get("second"), f.get("minute"),
+                           f.get("hour"), f.get("day"), f.get("month"), f.get("week"),
+                           line.count, line.action, line.params, known_actions, now_ms)
 
     # ------------------------------------------------------------------ operations
 
