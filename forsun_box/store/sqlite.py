@@ -299,6 +299,12 @@ def _check_row(row: tuple[Any, ...]) -> None:
         raise OverflowError("an integer field is out of SQLite's 64-bit range")
 
 
+def _loggable(batch: Batch) -> bool:
+    """Small, and only puts, deletes and meta (what a caller waits for)."""
+    return (len(batch.ops) + len(batch.meta) <= INLINE_MAX_ROWS and not batch.advances
+            and not batch.statuses and not batch.runs)
+
+
 class _Rows:
     """A batch as database rows: what one transaction applies."""
 
@@ -321,11 +327,6 @@ class _Rows:
     def __len__(self) -> int:
         return (len(self.ops) + len(self.advances) + len(self.statuses) + len(self.runs)
                 + len(self.meta))
-
-    def loggable(self) -> bool:
-        """Small, and only puts, deletes and meta (what a caller waits for)."""
-        return (len(self.ops) + len(self.meta) <= INLINE_MAX_ROWS and not self.advances
-                and not self.statuses and not self.runs)
 
     def encode(self) -> bytes:
         """The ack-log payload; raises where the database would refuse a row."""
@@ -621,12 +622,12 @@ class SqliteStore(Store):
 
     async def apply(self, batch: Batch) -> None:
         db = self._conn()
-        try:
-            rows = _Rows(batch)
-            payload = rows.encode() if self._log is not None and rows.loggable() else None
-        except (ValueError, TypeError, OverflowError) as e:
-            raise StoreError(f"cannot write to {self.path}: {e}") from None
-        if payload is not None and self._log is not None:
+        if self._log is not None and _loggable(batch):
+            try:
+                rows = _Rows(batch)
+                payload = rows.encode()
+            except (ValueError, TypeError, OverflowError) as e:
+                raise StoreError(f"cannot write to {self.path}: {e}") from None
             try:
                 seq = self._log.append(payload)
             except OSError as e:
@@ -640,9 +641,10 @@ class SqliteStore(Store):
                     self._fold_timer = asyncio.get_running_loop().call_later(
                         FOLD_DELAY_S, self._start_fold)
                 return
-            rows = _Rows()  # too much waiting: fold it in now (and make the caller wait)
+            # too much waiting: fold it in now (and make the caller wait)
+            batch = Batch()
         async with self._lock:
-            await self._fold(db, rows)
+            await self._fold(db, batch)
 
     def _start_fold(self) -> None:
         self._fold_timer = None
@@ -671,35 +673,37 @@ class SqliteStore(Store):
             if self._pending and self._db is not None and self._fold_timer is None:
                 self._fold_timer = asyncio.get_running_loop().call_later(delay, self._start_fold)
 
-    async def _fold(self, db: aiosqlite.Connection, rows: _Rows | None) -> None:
-        """Commit the logged writes, then ``rows``, in one transaction (lock held).
+    async def _fold(self, db: aiosqlite.Connection, batch: Batch | None) -> None:
+        """Commit the logged writes, then ``batch``, in one transaction (lock held).
 
         On failure the logged writes stay pending (and logged); StoreError.
         """
         pending, self._pending = self._pending, []
-        if pending:
-            merged = pending[0][1] if len(pending) == 1 and rows is None else _Rows()
-            if merged is not pending[0][1]:
-                for _, logged in pending:
-                    merged.then(logged)
-                if rows is not None:
-                    merged.then(rows)
-            merged.meta[ACKLOG_SEQ] = str(pending[-1][0])
-        elif rows is not None:
-            merged = rows
-        else:
+        if not pending and batch is None:
             return
+
+        def merged() -> _Rows:
+            rows = _Rows()
+            for _, logged in pending:
+                rows.then(logged)
+            if batch is not None:
+                rows.then(_Rows(batch))
+            if pending:
+                rows.meta[ACKLOG_SEQ] = str(pending[-1][0])
+            return rows
+
+        size = sum(len(logged) for _, logged in pending) + (len(batch) if batch else 0)
         try:
-            if len(merged) <= INLINE_MAX_ROWS and not merged.advances and not merged.runs:
+            if size <= INLINE_MAX_ROWS and not (batch and (batch.advances or batch.runs)):
                 # A small commit (tens of microseconds) costs less than the round
                 # trip to aiosqlite's thread, so it runs right here. Not firing
                 # records: nobody waits on them, and their commits, big under
                 # load, must not stall the event loop while it fires.
-                self._apply_sync(db._conn, merged)
+                self._apply_sync(db._conn, merged())
             else:
-                # Big batches run in aiosqlite's thread, in one hop, so the event
-                # loop keeps firing meanwhile.
-                await db._execute(self._apply_sync, db._conn, merged)
+                # Big batches run in aiosqlite's thread, rows made there too, in one
+                # hop, so the event loop keeps firing meanwhile.
+                await db._execute(lambda: self._apply_sync(db._conn, merged()))
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
             self._pending[:0] = pending
             raise StoreError(f"cannot write to {self.path}: {e}") from None
