@@ -85,8 +85,7 @@ class AckLog:
         later record never follows a broken one.
         """
         seq = self.seq + 1
-        head = _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq))), seq)
-        record = head + payload
+        record = _record(seq, payload)
         try:
             written = os.write(self._fd, record)
             if written != len(record):
@@ -103,10 +102,36 @@ class AckLog:
         os.ftruncate(self._fd, len(MAGIC))
         self.size = len(MAGIC)
 
+    def rewrite(self, records: list[tuple[int, bytes]]) -> None:
+        """Keep only ``records`` (the ones not in the database yet). Raises OSError.
+
+        They go to a new file that replaces the log in one rename: a crash
+        before it leaves the old log (every record), after it the new one.
+        """
+        tmp = self.path + ".new"
+        blob = MAGIC + b"".join(_record(seq, payload) for seq, payload in records)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        try:
+            if os.write(fd, blob) != len(blob):
+                raise OSError(f"short write to {tmp}")
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        self.size = len(blob)
+
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _record(seq: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+    return _HEADER.pack(len(payload), crc, seq) + payload
 
 
 def _parse(data: bytes, path: str) -> tuple[list[tuple[int, bytes]], int]:

@@ -399,7 +399,7 @@ class SqliteStore(Store):
         # synced per write), and the logged ones not yet in the database:
         # (seq, rows) oldest first, and per key (seq, row or None) for get().
         self._log: AckLog | None = None
-        self._pending: list[tuple[int, _Rows]] = []
+        self._pending: list[tuple[int, _Rows, bytes]] = []
         self._overlay: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
         # held by whatever uses the connection across an await (the thread does
         # the work) and by every read: a fold in the thread never overlaps them
@@ -632,7 +632,7 @@ class SqliteStore(Store):
                 seq = self._log.append(payload)
             except OSError as e:
                 raise StoreError(f"cannot write to {self.path}{ACKLOG_SUFFIX}: {e}") from None
-            self._pending.append((seq, rows))
+            self._pending.append((seq, rows, payload))
             overlay = self._overlay
             for key, row in rows.ops.items():
                 overlay[key] = (seq, row)
@@ -659,11 +659,6 @@ class SqliteStore(Store):
                     return
                 try:
                     await self._fold(db, None)
-                    if self._pending and self._log is not None and \
-                            self._log.size > LOG_TRUNCATE_BYTES:
-                        # Written while the fold ran in the thread: few, so this one
-                        # most likely runs inline, and leaves the log empty to cut.
-                        await self._fold(db, None)
                 except StoreError as e:
                     # They are in the log; retried a little later.
                     log.error("%s: folding in logged writes failed: %s", self.path, e)
@@ -676,7 +671,9 @@ class SqliteStore(Store):
     async def _fold(self, db: aiosqlite.Connection, batch: Batch | None) -> None:
         """Commit the logged writes, then ``batch``, in one transaction (lock held).
 
-        On failure the logged writes stay pending (and logged); StoreError.
+        A small commit someone waits for (a ``batch``) runs on the event loop;
+        any other in aiosqlite's thread, while the loop goes on. On failure the
+        logged writes stay pending (and logged); StoreError.
         """
         pending, self._pending = self._pending, []
         if not pending and batch is None:
@@ -684,7 +681,7 @@ class SqliteStore(Store):
 
         def merged() -> _Rows:
             rows = _Rows()
-            for _, logged in pending:
+            for _, logged, _ in pending:
                 rows.then(logged)
             if batch is not None:
                 rows.then(_Rows(batch))
@@ -692,9 +689,9 @@ class SqliteStore(Store):
                 rows.meta[ACKLOG_SEQ] = str(pending[-1][0])
             return rows
 
-        size = sum(len(logged) for _, logged in pending) + (len(batch) if batch else 0)
+        size = sum(len(logged) for _, logged, _ in pending) + (len(batch) if batch else 0)
         try:
-            if size <= INLINE_MAX_ROWS and not (batch and (batch.advances or batch.runs)):
+            if batch and size <= INLINE_MAX_ROWS and not (batch.advances or batch.runs):
                 # A small commit (tens of microseconds) costs less than the round
                 # trip to aiosqlite's thread, so it runs right here. Not firing
                 # records: nobody waits on them, and their commits, big under
@@ -710,16 +707,20 @@ class SqliteStore(Store):
         if pending:
             done = pending[-1][0]
             overlay = self._overlay
-            for _, logged in pending:
+            for _, logged, _ in pending:
                 for key in logged.ops:
                     hit = overlay.get(key)
                     if hit is not None and hit[0] <= done:
                         del overlay[key]
-            if not self._pending and self._log is not None and self._log.size > LOG_TRUNCATE_BYTES:
+            if self._log is not None and self._log.size > LOG_TRUNCATE_BYTES:
+                # cut the folded records away: keep those written meanwhile
                 try:
-                    self._log.truncate()
+                    if self._pending:
+                        self._log.rewrite([(seq, payload) for seq, _, payload in self._pending])
+                    else:
+                        self._log.truncate()
                 except OSError as e:
-                    log.warning("cannot truncate %s: %s", self._log.path, e)
+                    log.warning("cannot cut back %s: %s", self._log.path, e)
         now = time.monotonic()
         if now - self._checkpointed >= CHECKPOINT_INTERVAL_S:
             self._checkpointed = now
@@ -920,7 +921,7 @@ class SqliteStore(Store):
                 raise StoreError(f"cannot read {self.path}: {e}") from None
 
     async def get_meta(self, name: str) -> str | None:
-        for _, logged in reversed(self._pending):
+        for _, logged, _ in reversed(self._pending):
             if name in logged.meta:
                 return logged.meta[name]
         rows = await self._fetch("SELECT value FROM meta WHERE name = ?", (name,))

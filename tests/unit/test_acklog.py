@@ -72,8 +72,12 @@ def test_records_round_trip_and_numbers_continue_after_truncate(tmp_path: Path) 
     assert again.open() == [(1, b"one"), (2, b""), (3, b"three")]
     again.truncate()
     assert again.append(b"four") == 4
+    assert again.append(b"five") == 5
+    again.rewrite([(5, b"five")])  # 4 is in the database: only 5 stays
+    assert again.append(b"six") == 6
     again.close()
-    assert AckLog(path).open() == [(4, b"four")]
+    assert AckLog(path).open() == [(5, b"five"), (6, b"six")]
+    assert sorted(os.listdir(tmp_path)) == ["log"]
 
 
 @pytest.mark.parametrize("cut", [1, 7, 16, 20])
@@ -398,3 +402,29 @@ def test_reads_over_logged_writes_match_a_model(
             await again.close()
 
     asyncio.run(body())
+
+
+def test_the_log_is_cut_back_under_a_steady_stream_of_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver, "LOG_TRUNCATE_BYTES", 16 << 10)
+    path = tmp_path / "plans.db"
+
+    async def body() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            assert store._log is not None
+            sizes = []
+            for i in range(3000):
+                await store.apply(Batch(ops={f"k{i}": plan(f"k{i}", T0 + i)}))
+                await asyncio.sleep(0)  # a steady stream, never a pause
+                sizes.append(store._log.size)
+            # ~220 bytes a record: 3,000 records would make 650 KB of log
+            assert max(sizes) < 200 << 10, max(sizes)
+            assert await store.count() == 3000
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+    assert len(db_keys(path)) == 3000
