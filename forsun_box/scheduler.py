@@ -111,7 +111,7 @@ class _Writer:
         self,
         store: Store,
         lock: asyncio.Lock,
-        on_commit: Callable[[list[Any], list[tuple[Advance, Plan | None]]], None],
+        on_commit: Callable[[list[Any], list[tuple[Advance, Plan | None]], bool], None],
         max_batch: int,
         linger_s: float = 0.0,
     ) -> None:
@@ -130,6 +130,10 @@ class _Writer:
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # True from taking items off the queue until their callers are answered
+        self._busy = False
+        # a commit_alone ran in this turn of the event loop
+        self._alone = False
         self.commits = 0
         self.last_commit_ms = 0.0
 
@@ -143,6 +147,34 @@ class _Writer:
         if fut is not None:
             self._urgent.set()
         return fut
+
+    async def commit_alone(self, kind: str, payload: Any) -> bool:
+        """Commit one mutation right away when nothing else is queued or being
+        committed, once per turn of the event loop; False (nothing done)
+        otherwise: submit it.
+
+        The caller waits for the commit anyway: done here, it is answered in
+        the same turn of the loop instead of handing over to the writer's task
+        and back (a lone client's every call). Mutations arriving in the same
+        turn after it still share one commit. Raises ForsunBoxError when the
+        commit fails.
+        """
+        if self._alone or self._busy or self._queue or self._closing or self._lock.locked():
+            return False
+        self._alone = self._busy = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        try:
+            error = await self._commit([(kind, payload, None)], [], [])
+        finally:
+            self._busy = False
+        if self._queue or self.advances or self.runs:
+            self._wake.set()  # (queued while this one committed)
+        if error is not None:
+            raise error
+        return True
+
+    def _next_turn(self) -> None:
+        self._alone = False
 
     def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
         self.advances.append((adv, moved))
@@ -185,45 +217,21 @@ class _Writer:
                     await asyncio.wait_for(self._urgent.wait(), self._linger_s)
                 except TimeoutError:
                     pass
+            if self._busy:  # a commit_alone is under way: this one follows it
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             items, self._queue = _take(self._queue, max_batch)
             # Firing records go in smaller slices: a backlog then drains as
             # several short commits, and a window refill waiting for the
             # store lock gets its turn between two of them.
             advances, self.advances = _take(self.advances, FIRING_BATCH)
             runs, self.runs = _take(self.runs, FIRING_BATCH)
-            batch = Batch()
-            if advances:
-                batch.advances = [a for a, _ in advances]
-            batch.runs = runs
-            for kind, payload, _ in items:
-                if kind == "puts":
-                    ops = batch.ops
-                    for p in payload:
-                        ops[p.key] = p
-                elif kind == "delete":
-                    batch.ops[payload] = None
-                elif kind == "advance":
-                    batch.advances.append(payload[0])
-                elif kind == "status":
-                    batch.statuses.append(payload)
-                elif kind == "run":
-                    batch.runs.append(payload)
-                elif kind == "meta":
-                    batch.meta[payload[0]] = payload[1]
-            error: BaseException | None = None
-            started = time.perf_counter()
-            async with self._lock:
-                try:
-                    await self._store.apply(batch)
-                except errors.ForsunBoxError as e:
-                    error = e
-                except Exception as e:  # a driver bug must not kill the writer
-                    log.exception("store apply failed")
-                    error = errors.StoreError(f"store error: {e}")
-                self.last_commit_ms = (time.perf_counter() - started) * 1000
-                self.commits += 1
-                # Membership decisions happen before any read can interleave.
-                self._on_commit(items, advances)
+            self._busy = True
+            try:
+                error = await self._commit(items, advances, runs)
+            finally:
+                self._busy = False
             if error is not None:
                 log.error("commit of %d mutations failed: %s", len(items), error)
             for _, _, fut in items:
@@ -232,6 +240,48 @@ class _Writer:
                         fut.set_result(None)
                     else:
                         fut.set_exception(error)
+
+    async def _commit(
+        self,
+        items: list[tuple[str, Any, asyncio.Future[None] | None]],
+        advances: list[tuple[Advance, Plan | None]],
+        runs: list[Run],
+    ) -> errors.ForsunBoxError | None:
+        """Apply ``items``, ``advances`` and ``runs`` as one transaction; the error, if any."""
+        batch = Batch()
+        if advances:
+            batch.advances = [a for a, _ in advances]
+        batch.runs = runs
+        for kind, payload, _ in items:
+            if kind == "puts":
+                ops = batch.ops
+                for p in payload:
+                    ops[p.key] = p
+            elif kind == "delete":
+                batch.ops[payload] = None
+            elif kind == "advance":
+                batch.advances.append(payload[0])
+            elif kind == "status":
+                batch.statuses.append(payload)
+            elif kind == "run":
+                batch.runs.append(payload)
+            elif kind == "meta":
+                batch.meta[payload[0]] = payload[1]
+        error: errors.ForsunBoxError | None = None
+        started = time.perf_counter()
+        async with self._lock:
+            try:
+                await self._store.apply(batch)
+            except errors.ForsunBoxError as e:
+                error = e
+            except Exception as e:  # a driver bug must not kill the writer
+                log.exception("store apply failed")
+                error = errors.StoreError(f"store error: {e}")
+            self.last_commit_ms = (time.perf_counter() - started) * 1000
+            self.commits += 1
+            # Membership decisions happen before any read can interleave.
+            self._on_commit(items, advances, error is None)
+        return error
 
 
 class Scheduler:
@@ -365,14 +415,18 @@ class Scheduler:
             p.version = next(versions)
             pending[p.key] += 1
         batch = list(plans)
-        fut = self._writer.submit("puts", batch, True)
-        assert fut is not None
         prepared = None
         if prepare is not None:
+            fut = self._writer.submit("puts", batch, True)
+            assert fut is not None
             # One turn of the loop lets the writer hand the batch to the store.
             await asyncio.sleep(0)
             prepared = prepare(batch)
-        await fut
+            await fut
+        elif not await self._writer.commit_alone("puts", batch):
+            fut = self._writer.submit("puts", batch, True)
+            assert fut is not None
+            await fut
         if self.stats is not None:
             timeouts = sum(1 for p in plans if p.is_time_out)
             if timeouts:
@@ -385,9 +439,10 @@ class Scheduler:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
         self._pending[key] += 1
-        fut = self._writer.submit("delete", key, True)
-        assert fut is not None
-        await fut
+        if not await self._writer.commit_alone("delete", key):
+            fut = self._writer.submit("delete", key, True)
+            assert fut is not None
+            await fut
         if self.stats is not None:
             self.stats.incr("removed_count")
         return plan
@@ -505,10 +560,25 @@ class Scheduler:
         if self._timer_at is None or plan.next_time < self._timer_at:
             self._arm()
 
-    def _committed(self, items: list[Any], advances: list[tuple[Advance, Plan | None]]) -> None:
-        """Runs in the writer right after a commit, before any read can interleave."""
+    def _committed(
+        self, items: list[Any], advances: list[tuple[Advance, Plan | None]], ok: bool
+    ) -> None:
+        """Runs in the writer right after a commit, before any read can interleave.
+
+        When the commit failed (not ``ok``) the callers get the error and the
+        store holds what it held: the window keeps its plans and admits none
+        of the failed puts. (Firings happened either way: their records are
+        lost, and a restart fires those plans again, at least once.)"""
         if advances:
             self._advanced(advances)
+        if not ok:
+            for kind, payload, _ in items:
+                if kind == "puts":
+                    for plan in payload:
+                        self._release(plan.key)
+                elif kind == "delete":
+                    self._release(payload)
+            return
         for kind, payload, _ in items:
             if kind == "puts":
                 cursor = self._cursor

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from forsun_box.errors import StoreError
 from forsun_box.plan import CALENDAR, DELAY, Plan, build_plan
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.store.memory import MemoryStore
@@ -165,6 +166,50 @@ def test_firing_in_slices_lets_other_work_in() -> None:
         assert len(rec.calls) == 1000
         # the other task observed the firing at intermediate points
         assert any(0 < m < 1000 for m in marks)
+        await sched.stop()
+
+    run(main())
+
+
+def test_a_lone_create_or_remove_commits_in_the_callers_turn() -> None:
+    """Nothing else queued: the caller commits itself, no hand-over to the writer's
+    task (a callback scheduled before the call has not run when it returns)."""
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        loop = asyncio.get_running_loop()
+        for key in ("a", "b"):
+            await asyncio.sleep(0)  # a new turn of the loop
+            ran: list[bool] = []
+            loop.call_soon(ran.append, True)
+            before = sched._writer.commits
+            await sched.create([delay_plan(key, T0, 100)])
+            assert ran == [] and sched._writer.commits == before + 1
+            assert (await store.get(key)) is not None
+        await asyncio.sleep(0)
+        ran = []
+        loop.call_soon(ran.append, True)
+        await sched.remove("a")
+        assert ran == [] and await store.get("a") is None
+        # a failed commit reaches the caller, and nothing is left half-done
+        await asyncio.sleep(0)
+        real_apply = store.apply
+
+        async def failing_apply(batch):  # type: ignore[no-untyped-def]
+            raise StoreError("disk full")
+
+        store.apply = failing_apply  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await sched.create([delay_plan("c", T0, 1)])
+        with pytest.raises(StoreError):
+            await sched.remove("b")
+        store.apply = real_apply  # type: ignore[method-assign]
+        assert await store.get("c") is None and sched._pending == {}
+        # the refused plan never fires; the one whose remove failed still does
+        await clock.advance(100_000)
+        assert [c[0] for c in rec.calls] == ["b"]
+        await sched.create([delay_plan("c", clock.now_ms(), 100)])
+        assert await sched.count() == 1
         await sched.stop()
 
     run(main())
