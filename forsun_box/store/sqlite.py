@@ -24,6 +24,7 @@ applied in order, each in its own transaction, when the store opens.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import itertools
@@ -269,8 +270,8 @@ COUNT_KEYS_SQL = "SELECT count(*) FROM plans WHERE key IN (SELECT value FROM jso
 COUNT_KEYS_BETWEEN_SQL = (
     f"{COUNT_KEYS_SQL} AND {_DUE_WHERE} AND next_time >= ? AND next_time < ?"
 )
-_by_key = operator.itemgetter(0)
-_by_time = operator.itemgetter(16, 0)
+_KEY_OF = operator.attrgetter("key")
+_PLAN_BY_TIME = operator.attrgetter("next_time", "key")
 
 
 def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
@@ -363,6 +364,14 @@ def _plan_factory(_cursor: Any, r: tuple[Any, ...], _loads: Any = orjson.loads) 
         r[12], r[13], r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21] != 0, r[22],
         r[23], r[24], r[25],
     )  # fmt: skip
+
+
+def _key_factory(_cursor: Any, r: tuple[Any, ...]) -> str:
+    return r[0]  # type: ignore[no-any-return]
+
+
+def _itself(x: Any) -> Any:
+    return x
 
 
 def _run_factory(_cursor: Any, r: tuple[Any, ...]) -> Run:
@@ -828,14 +837,14 @@ class SqliteStore(Store):
         # is held meanwhile, so nothing else uses the connection.
         async with self._using() as db:
             overlay = dict(self._overlay)
-            wide = _widen(limit, overlay)
-            rows: list[Any] = []
+            out: list[Plan] = []
             try:
-                cursor = db._conn.execute(sql, (*args, wide))
+                cursor = db._conn.execute(sql, (*args, _widen(limit, overlay)))
                 try:
+                    cursor.row_factory = _plan_factory  # type: ignore[assignment]
                     while True:
                         chunk = cursor.fetchmany(DUE_CHUNK)
-                        rows.extend(chunk)
+                        out.extend(chunk)
                         if len(chunk) < DUE_CHUNK:
                             break
                         await asyncio.sleep(0)
@@ -846,17 +855,18 @@ class SqliteStore(Store):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
         if overlay:
-            rows = _overlaid(rows, overlay, limit, _by_time, lambda r: (
+            out = _overlaid(out, overlay, limit, _PLAN_BY_TIME, lambda r: (
                 r[21] == 0 and r[16] is not None and r[16] < before_ms
                 and (after is None or (r[16], r[0]) > after)))
-        return [_plan_factory(None, r) for r in rows]
+        return out
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
-        rows, overlay = await self._read(FIRING_BETWEEN_SQL, (start_ms, end_ms), limit)
+        plans, overlay = await self._read(FIRING_BETWEEN_SQL, (start_ms, end_ms), limit,
+                                          _plan_factory)
         if overlay:
-            rows = _overlaid(rows, overlay, limit, _by_time, lambda r: (
+            plans = _overlaid(plans, overlay, limit, _PLAN_BY_TIME, lambda r: (
                 r[21] == 0 and r[16] is not None and start_ms <= r[16] < end_ms))
-        return [_plan_factory(None, r) for r in rows]
+        return plans
 
     async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
         async with self._using() as db:
@@ -875,21 +885,22 @@ class SqliteStore(Store):
         return min(n, limit)
 
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
-        rows = await self._key_range("key", prefix, after, limit)
-        return [r[0] for r in rows]
+        return await self._key_range("key", _key_factory, _itself, prefix, after, limit)
 
     async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
         """As :meth:`Store.plans`; ``limit`` 0 (or less) means all."""
-        rows = await self._key_range(_COLUMNS, prefix, after, limit)
-        return [_plan_factory(None, r) for r in rows]
+        return await self._key_range(_COLUMNS, _plan_factory, _KEY_OF, prefix, after, limit)
 
-    async def _key_range(self, columns: str, prefix: str, after: str, limit: int) -> list[Any]:
+    async def _key_range(self, columns: str, factory: Callable[[Any, Any], Any],
+                         key: Callable[[Any], str], prefix: str, after: str,
+                         limit: int) -> list[Any]:
+        """Keys or plans (``factory``; ``key`` tells an item's key, their order)."""
         sql, args = key_range_sql(columns, prefix, after, limit)
-        rows, overlay = await self._read(sql, args[:-1], limit)
+        items, overlay = await self._read(sql, args[:-1], limit, factory)
         if overlay:
-            rows = _overlaid(rows, overlay, limit, _by_key, lambda r: (
-                r[0].startswith(prefix) and (not after or r[0] > after)))
-        return rows
+            items = _overlaid(items, overlay, limit, key, lambda r: (
+                r[0].startswith(prefix) and (not after or r[0] > after)), factory, key)
+        return items
 
     async def count(self) -> int:
         # Kept by every commit: counting 10M rows would hold the store for seconds.
@@ -958,20 +969,22 @@ class SqliteStore(Store):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
 
-    async def _read(self, sql: str, args: tuple[Any, ...], limit: int
-                    ) -> tuple[list[Any], dict[str, Any]]:
-        """Rows of ``sql`` (whose last parameter, after ``args``, is its row
-        limit, widened) and the logged writes as of the read."""
+    async def _read(self, sql: str, args: tuple[Any, ...], limit: int,
+                    factory: Callable[[Any, Any], Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The rows of ``sql`` (whose last parameter, after ``args``, is its row
+        limit, widened) made by ``factory`` in aiosqlite's thread, and the logged
+        writes as of the read."""
         async with self._using() as db:
             overlay = dict(self._overlay)
-            wide = _widen(limit, overlay)
             try:
-                rows = list(await db.execute_fetchall(sql, (*args, wide)))
+                async with db.execute(sql, (*args, _widen(limit, overlay))) as cursor:
+                    cursor.row_factory = factory  # type: ignore[assignment]
+                    items = list(await cursor.fetchall())
             except UnicodeEncodeError:
                 return [], {}  # a string with no UTF-8 form matches no stored key
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
-        return rows, overlay
+        return items, overlay
 
 
 def _widen(limit: int, overlay: dict[str, Any]) -> int:
@@ -980,19 +993,24 @@ def _widen(limit: int, overlay: dict[str, Any]) -> int:
     return limit + len(overlay) if limit > 0 else -1
 
 
-def _overlaid(rows: list[Any], overlay: dict[str, Any], limit: int,
-              order: Callable[[Any], Any], keep: Callable[[Any], bool]) -> list[Any]:
-    """The first ``limit`` (all if 0 or less) of ``rows`` read from the database
-    and the logged writes over them, in ``order``.
+def _overlaid(items: list[Any], overlay: dict[str, Any], limit: int,
+              order: Callable[[Any], Any], keep: Callable[[Any], bool],
+              factory: Callable[[Any, Any], Any] = _plan_factory,
+              key: Callable[[Any], str] = _KEY_OF) -> list[Any]:
+    """The first ``limit`` (all if 0 or less) of ``items`` read from the database
+    (in ``order``, made by ``factory``) with the logged writes over them.
 
-    Rows of logged keys are dropped (replaced or deleted since); logged plan
-    rows that ``keep`` accepts come in. The read was widened (_widen): even
-    with every logged key dropped, its rows fill ``limit``, so a logged row
-    past its last one never makes the cut ahead of an unread row.
+    Items of logged keys are dropped (replaced or deleted since); logged plan
+    rows that ``keep`` accepts come in, in order (few: no sort of the whole
+    read, which may be a window refill of tens of thousands). The read was
+    widened (_widen): even with every logged key dropped, its items fill
+    ``limit``, so a logged row past its last one never makes the cut ahead of
+    an unread row.
     """
-    out = [r for r in rows if r[0] not in overlay]
-    out.extend(row for _, row in overlay.values() if row is not None and keep(row))
-    out.sort(key=order)
+    out = [x for x in items if key(x) not in overlay]
+    for _, row in overlay.values():
+        if row is not None and keep(row):
+            bisect.insort(out, factory(None, row), key=order)
     return out[:limit] if limit > 0 else out
 
 
