@@ -6,7 +6,10 @@ statement and row encoding, with no HTTP, validation or engine: the rate the ser
 bulk create can approach but not pass. Plans are the ones `scale.py` creates (monotonic
 due times, keys `scale-<i>`). Prints the rate of each fifth of the way.
 
-    .venv/bin/python bench/sqlite_limit.py [--plans 1000000] [--dir /tmp]
+With ``--single N``, then N one-plan commits, with and without the plan-count row, and N
+appends of the same plan to the store's ack log: what a lone create costs each way.
+
+    .venv/bin/python bench/sqlite_limit.py [--plans 1000000] [--single 20000] [--dir /tmp]
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import tempfile
 import time
 from zoneinfo import ZoneInfo
 
-from forsun_box.plan import DELAY, build_plan
+from forsun_box.plan import DELAY, Plan, build_plan
 from forsun_box.store import sqlite as store
+from forsun_box.store.acklog import AckLog
+from forsun_box.store.base import Batch
 
 BATCH = 10_000
 
@@ -28,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plans", type=int, default=1_000_000)
     ap.add_argument("--dir", default=None, help="where the database goes (a temp dir)")
+    ap.add_argument("--single", type=int, default=0, help="one-plan commits to time after")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="sqlite-limit-") as tmp:
         path = os.path.join(tmp, "plans.db")
@@ -59,7 +65,34 @@ def main() -> None:
             if done % fifth == 0 or done == args.plans:
                 print(f"{done:>11,} plans  {done / spent:>9,.0f}/s cumulative  "
                       f"({spent * 1e6 / done:.2f} µs a row)", flush=True)
+        if args.single:
+            single(conn, proto, args.single, os.path.join(tmp, "plans.db-acklog"))
         conn.close()
+
+
+def single(conn: sqlite3.Connection, proto: Plan, n: int, log_path: str) -> None:
+    """Time n one-plan commits (with and without the count row) and n log appends."""
+    for with_count in (True, False):
+        t0 = time.perf_counter()
+        for i in range(n):
+            p = proto.copy(key=f"single-{with_count}-{i}")
+            conn.execute("BEGIN IMMEDIATE")
+            store._write_plans(conn, "INSERT OR IGNORE", [store._plan_row(p)])
+            if with_count:
+                conn.execute(store._META, (store.PLAN_COUNT, str(i)))
+            conn.execute("COMMIT")
+        took = (time.perf_counter() - t0) * 1e6 / n
+        print(f"one-plan commit{' with the count row' if with_count else ''}: {took:.1f} µs",
+              flush=True)
+    ack = AckLog(log_path)
+    ack.open()
+    t0 = time.perf_counter()
+    for i in range(n):
+        p = proto.copy(key=f"logged-{i}")
+        ack.append(store._Rows(Batch(ops={p.key: p})).encode())
+    print(f"ack-log append (rows, checks, encoding, write): "
+          f"{(time.perf_counter() - t0) * 1e6 / n:.1f} µs", flush=True)
+    ack.close()
 
 
 if __name__ == "__main__":
