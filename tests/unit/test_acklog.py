@@ -4,13 +4,16 @@ reach the database (visible at once, surviving kill -9, cut back on a failed wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,13 +51,23 @@ def db_keys(where: Path | SqliteStore) -> list[str]:
         conn.close()
 
 
+@contextlib.asynccontextmanager
+async def opened(path: str, **kw: Any) -> AsyncIterator[SqliteStore]:
+    """A sqlite store at ``path``, open for the block."""
+    store = SqliteStore(path, **kw)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def create(path: Path) -> None:
     """An empty database at ``path``."""
 
     async def body() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        await store.close()
+        async with opened(str(path)):
+            pass
 
     asyncio.run(body())
 
@@ -80,15 +93,20 @@ def test_records_round_trip_and_numbers_continue_after_truncate(tmp_path: Path) 
     assert sorted(os.listdir(tmp_path)) == ["log"]
 
 
+def write_log(path: Path, *payloads: bytes) -> bytes:
+    """A log at ``path`` holding ``payloads`` as records 1, 2, ...; its bytes."""
+    ack = AckLog(str(path))
+    ack.open()
+    for payload in payloads:
+        ack.append(payload)
+    ack.close()
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("cut", [1, 7, 16, 20])
 def test_a_record_cut_short_at_the_end_is_dropped(tmp_path: Path, cut: int) -> None:
     path = tmp_path / "log"
-    ack = AckLog(str(path))
-    ack.open()
-    ack.append(b"kept")
-    ack.append(b"never acknowledged")
-    ack.close()
-    whole = path.read_bytes()
+    whole = write_log(path, b"kept", b"never acknowledged")
     path.write_bytes(whole[: len(MAGIC) + 16 + 4 + cut])
     again = AckLog(str(path))
     assert again.open() == [(1, b"kept")]
@@ -100,12 +118,7 @@ def test_a_record_cut_short_at_the_end_is_dropped(tmp_path: Path, cut: int) -> N
 
 def test_a_torn_last_record_is_dropped_but_damage_before_the_end_stops(tmp_path: Path) -> None:
     path = tmp_path / "log"
-    ack = AckLog(str(path))
-    ack.open()
-    ack.append(b"first")
-    ack.append(b"second")
-    ack.close()
-    whole = bytearray(path.read_bytes())
+    whole = bytearray(write_log(path, b"first", b"second"))
     torn = bytearray(whole)
     torn[-1] ^= 0xFF  # the last record's payload
     path.write_bytes(bytes(torn))
@@ -135,9 +148,7 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(tmp_path: Path) -> N
     path = tmp_path / "plans.db"
 
     async def body() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        try:
+        async with opened(str(path)) as store:
             await store.apply(Batch(ops={"a": plan("a"), "b": plan("b", T0 + 1)}))
             await store.apply(Batch(ops={"b": None, "c": plan("c", T0 + 2)}))
             # acknowledged, in the log, not yet in the database file
@@ -162,8 +173,6 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(tmp_path: Path) -> N
             assert db_keys(store) == ["a", "c"]
             assert store._overlay == {}
             assert await store.count() == 2
-        finally:
-            await store.close()
         assert Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).stat().st_size == len(MAGIC)
 
     asyncio.run(body())
@@ -171,17 +180,13 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(tmp_path: Path) -> N
 
 def test_a_write_the_database_would_refuse_is_refused_before_it_is_logged(tmp_path: Path) -> None:
     async def body() -> None:
-        store = SqliteStore(str(tmp_path / "plans.db"))
-        await store.open()
-        try:
+        async with opened(str(tmp_path / "plans.db")) as store:
             size = store._log.size if store._log else 0
             for bad in (plan("x", T0 + (1 << 63)), plan("\udcff"), plan("y", created_time="1")):
                 with pytest.raises(StoreError):
                     await store.apply(Batch(ops={bad.key: bad}))
             assert store._log is not None and store._log.size == size
             assert await store.keys() == []
-        finally:
-            await store.close()
 
     asyncio.run(body())
 
@@ -190,13 +195,9 @@ def test_full_synchronous_commits_every_write_without_the_log(tmp_path: Path) ->
     path = tmp_path / "plans.db"
 
     async def body() -> None:
-        store = SqliteStore(str(path), synchronous="FULL")
-        await store.open()
-        try:
+        async with opened(str(path), synchronous="FULL") as store:
             await store.apply(Batch(ops={"a": plan("a")}))
             assert db_keys(store) == ["a"]
-        finally:
-            await store.close()
 
     asyncio.run(body())
     assert not Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).exists()
@@ -206,9 +207,7 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
     path = tmp_path / "plans.db"
 
     async def body() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        try:
+        async with opened(str(path)) as store:
             db = store._db
             assert db is not None
             pages = list(await db.execute_fetchall("PRAGMA page_count"))[0][0]
@@ -231,8 +230,6 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
                 await asyncio.sleep(0.01)
             assert db_keys(store) == sorted(big)
             assert await store.count() == 40
-        finally:
-            await store.close()
 
     asyncio.run(body())
     assert db_keys(path) == sorted(f"k{i}" for i in range(40))
@@ -308,13 +305,9 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, limit: bool) -> None
         expected.append("k99")
 
     async def reopen() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        try:
+        async with opened(str(path)) as store:
             assert await store.keys() == expected
             assert await store.count() == len(expected)
-        finally:
-            await store.close()
 
     asyncio.run(reopen())
     assert db_keys(path) == expected
@@ -357,10 +350,8 @@ def test_reads_over_logged_writes_match_a_model(
     path = tmp_path_factory.mktemp("model") / "plans.db"
 
     async def body() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
         model: dict[str, Plan] = {}
-        try:
+        async with opened(str(path)) as store:
             for op, key, t, paused in ops:
                 if op == "put":
                     model[key] = plan(key, T0 + t, paused=paused)
@@ -391,15 +382,9 @@ def test_reads_over_logged_writes_match_a_model(
             assert await store.count() == len(model)
             for key in model:
                 assert await store.get(key) == model[key]
-        finally:
-            await store.close()
-        again = SqliteStore(str(path))
-        await again.open()
-        try:
+        async with opened(str(path)) as again:
             assert await again.keys() == sorted(model)
             assert await again.count() == len(model)
-        finally:
-            await again.close()
 
     asyncio.run(body())
 
@@ -411,9 +396,7 @@ def test_the_log_is_cut_back_under_a_steady_stream_of_writes(
     path = tmp_path / "plans.db"
 
     async def body() -> None:
-        store = SqliteStore(str(path))
-        await store.open()
-        try:
+        async with opened(str(path)) as store:
             assert store._log is not None
             sizes = []
             for i in range(3000):
@@ -423,8 +406,6 @@ def test_the_log_is_cut_back_under_a_steady_stream_of_writes(
             # ~220 bytes a record: 3,000 records would make 650 KB of log
             assert max(sizes) < 200 << 10, max(sizes)
             assert await store.count() == 3000
-        finally:
-            await store.close()
 
     asyncio.run(body())
     assert len(db_keys(path)) == 3000
