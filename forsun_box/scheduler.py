@@ -277,6 +277,11 @@ class _Writer:
             except Exception as e:  # a driver bug must not kill the writer
                 log.exception("store apply failed")
                 error = errors.StoreError(f"store error: {e}")
+            except BaseException:
+                # cancelled (a commit_alone's caller, at a stop): whether it was
+                # committed is unknown; release its keys, admit nothing
+                self._on_commit(items, advances, False)
+                raise
             self.last_commit_ms = (time.perf_counter() - started) * 1000
             self.commits += 1
             # Membership decisions happen before any read can interleave.

@@ -713,6 +713,11 @@ class SqliteStore(Store):
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
             self._pending[:0] = pending
             raise StoreError(f"cannot write to {self.path}: {e}") from None
+        except BaseException:
+            # Cancelled (a stop): the commit may still finish in the thread. Kept
+            # pending, the writes are folded again, which changes nothing twice.
+            self._pending[:0] = pending
+            raise
         if pending:
             done = pending[-1][0]
             overlay = self._overlay

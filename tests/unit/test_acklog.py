@@ -409,3 +409,29 @@ def test_the_log_is_cut_back_under_a_steady_stream_of_writes(
 
     asyncio.run(body())
     assert len(db_keys(path)) == 3000
+
+
+def test_a_fold_cancelled_in_flight_keeps_the_logged_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels a caller while its fold runs in the thread: the logged writes it
+    carried stay pending, and are in the database after the close."""
+    monkeypatch.setattr(sqlite_driver, "FOLD_DELAY_S", 3600.0)
+    path = tmp_path / "plans.db"
+
+    async def body() -> None:
+        async with opened(str(path)) as store:
+            for i in range(10):
+                await store.apply(Batch(ops={f"k{i}": plan(f"k{i}")}))
+            big = {f"big{i}": plan(f"big{i}") for i in range(sqlite_driver.INLINE_MAX_ROWS + 1)}
+            task = asyncio.create_task(store.apply(Batch(ops=big)))
+            await asyncio.sleep(0)  # the fold (logged writes + big) is in the thread now
+            assert store._pending == [] and store._lock.locked()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert [seq for seq, _, _ in store._pending] == list(range(1, 11))
+            assert await store.keys("k") == [f"k{i}" for i in range(10)]
+
+    asyncio.run(body())
+    assert [k for k in db_keys(path) if k.startswith("k")] == [f"k{i}" for i in range(10)]

@@ -215,6 +215,34 @@ def test_a_lone_create_or_remove_commits_in_the_callers_turn() -> None:
     run(main())
 
 
+def test_a_cancelled_lone_commit_releases_its_key() -> None:
+    """A stop cancels a caller whose commit runs in its own turn: its key is not
+    left marked as in flight, and nothing of it enters the window."""
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock)
+        real_apply = store.apply
+        stuck = asyncio.Event()
+
+        async def slow_apply(batch):  # type: ignore[no-untyped-def]
+            await stuck.wait()
+
+        store.apply = slow_apply  # type: ignore[method-assign]
+        task = asyncio.create_task(sched.create([delay_plan("a", T0, 1)]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.apply = real_apply  # type: ignore[method-assign]
+        assert sched._pending == {} and "a" not in sched._window
+        await sched.create([delay_plan("b", T0, 1)])
+        await clock.advance(1000)
+        assert [c[0] for c in rec.calls] == ["b"]
+        await sched.stop()
+
+    run(main())
+
+
 def test_group_commit_shares_transactions() -> None:
     async def main() -> None:
         clock = FakeClock(T0)
