@@ -15,7 +15,7 @@ Layout (schema version 2, see :data:`MIGRATIONS`):
 Small writes (a create, a remove) are acknowledged once appended to the ack
 log beside the database (:mod:`forsun_box.store.acklog`) and folded into the
 database a few milliseconds later, many per transaction; reads see them at
-once (point reads from memory, the others after folding them in first).
+once (they lay the logged writes over what the database returns).
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` are
 applied in order, each in its own transaction, when the store opens.
@@ -406,7 +406,7 @@ class SqliteStore(Store):
         self._checkpointed = 0.0
         # Small writes acknowledged once logged (not with FULL: the log is not
         # synced per write), and the logged ones not yet in the database:
-        # (seq, rows) oldest first, and per key (seq, row or None) for get().
+        # (seq, rows, record payload) oldest first, and per key (seq, row or None).
         self._log: AckLog | None = None
         self._pending: list[tuple[int, _Rows, bytes]] = []
         self._overlay: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
@@ -488,8 +488,7 @@ class SqliteStore(Store):
         for number in range(version, SCHEMA_VERSION):
             await self._migrate(number)
         await self._load_count(db)
-        if self.synchronous != "FULL":
-            await self._open_log(db)
+        await self._open_log(db)
         # Prove the file is writable now rather than at the first client's request.
         # (a write statement, even one touching no row, needs a writable file).
         await db.execute("BEGIN IMMEDIATE")
@@ -571,6 +570,15 @@ class SqliteStore(Store):
         ack.seq = max(ack.seq, applied)
         if records:
             ack.truncate()
+        if self.synchronous == "FULL":
+            # every write is committed (and synced) before its answer: no log,
+            # once what a run with another mode left in it is folded in
+            self._log = None
+            ack.close()
+            try:
+                os.remove(ack.path)
+            except OSError as e:
+                raise StartupError(f"cannot remove the ack log {ack.path}: {e}") from None
 
     async def _migrate(self, number: int) -> None:
         db = self._db

@@ -435,3 +435,23 @@ def test_a_fold_cancelled_in_flight_keeps_the_logged_writes(
 
     asyncio.run(body())
     assert [k for k in db_keys(path) if k.startswith("k")] == [f"k{i}" for i in range(10)]
+
+
+def test_full_folds_in_what_a_normal_run_left_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restarted with synchronous FULL after a crash in NORMAL: nothing logged is lost."""
+    path = tmp_path / "plans.db"
+    create(path)
+    log_path = Path(str(path) + sqlite_driver.ACKLOG_SUFFIX)
+    rows = sqlite_driver._Rows(Batch(ops={"a": plan("a"), "b": plan("b")}))
+    write_log(log_path, rows.encode())
+
+    async def body() -> None:
+        async with opened(str(path), synchronous="FULL") as store:
+            assert store._log is None
+            assert await store.keys() == ["a", "b"]
+
+    asyncio.run(body())
+    assert not log_path.exists()
+    assert db_keys(path) == ["a", "b"]
