@@ -97,6 +97,10 @@ def tune_gc() -> None:
         gc.set_threshold(g0, g1, GC_FULL_EVERY)
 
 
+# Plans a window refill admits between two yields to the event loop.
+ADMIT_CHUNK = 1000
+
+
 def _take(items: list[T], cap: int) -> tuple[list[T], list[T]]:
     """The first ``cap`` of ``items`` and the rest (no copy when all of them fit)."""
     if len(items) <= cap:
@@ -640,7 +644,12 @@ class Scheduler:
                 limit = self.options.refill_limit
                 async with self._io:
                     rows = await self.store.due(self._cursor, horizon, limit)
-                    for p in rows:
+                    for i, p in enumerate(rows):
+                        if i and not i % ADMIT_CHUNK:
+                            # Tens of thousands of plans take tens of ms to admit:
+                            # let due firings run in between. (No commit can: the
+                            # store lock is held, so no plan changes meanwhile.)
+                            await asyncio.sleep(0)
                         if (
                             p.key in self._pending
                             or p.key in self._inflight
