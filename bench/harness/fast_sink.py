@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import time
 from urllib.parse import unquote_plus
+
+from forsun_box.thrift.codec import set_no_delay
 
 RECORDS: list[tuple[str, int, int]] = []
 
@@ -71,12 +72,7 @@ class SinkProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_no_delay(transport)
 
     def data_received(self, data: bytes) -> None:
         arrival_ms = time.time_ns() // 1_000_000
