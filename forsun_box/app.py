@@ -222,7 +222,9 @@ class App:
             default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
             **console_settings,
         )
-        server = http_v1.CountingHTTPServer(app, max_body_size=config.max_body_bytes * 2)
+        router = http_v1.Router(app, self.service, config.max_body_bytes, config.api_token,
+                                config.v1_token_required)
+        server = http_v1.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
         server.max_connections = config.max_http_connections
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 import time
 
 import pytest
@@ -252,6 +255,73 @@ def test_body_over_limit_is_refused_with_message(tmp_path) -> None:
         assert srv.ok("GET", "/v1/ping") == {}
     finally:
         srv.stop()
+
+
+def _chunked_put(port: int, parts: list[bytes]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("PUT", "/v1/plan", body=iter(parts), encode_chunked=True,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_streamed_body_is_cut_off_at_the_limit(tmp_path) -> None:
+    # no Content-Length to refuse up front: the limit applies while the body streams in
+    srv = Server(tmp_path, "--max-body-bytes", "1000").start()
+    try:
+        body = json.dumps([delay(f"chunk{i}") for i in range(30)]).encode()[:1500] + b"]"
+        # (beyond twice the limit, tornado itself drops the connection)
+        status, reply = _chunked_put(srv.http_port, [body[i:i + 300]
+                                                     for i in range(0, len(body), 300)])
+        assert status == 413 and reply["errcode"] == 1009
+        assert srv.ok("GET", "/v1/keys?prefix=chunk") == []
+        small = json.dumps(delay("chunk-ok")).encode()
+        status, reply = _chunked_put(srv.http_port, [small[:10], small[10:]])
+        assert status == 200 and reply["data"]["key"] == "chunk-ok"
+    finally:
+        srv.stop()
+
+
+def test_create_answer_headers_and_keep_alive(server: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        for key in ("ka-1", "ka-2"):  # one connection, two creates
+            conn.request("PUT", "/v1/plan", body=json.dumps(delay(key)),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            reply = json.loads(resp.read())
+            assert resp.status == 200 and reply["data"]["key"] == key
+            assert resp.getheader("Content-Type") == "application/json; charset=utf-8"
+            assert resp.getheader("Date", "").endswith(" GMT")
+            assert not resp.will_close
+    finally:
+        conn.close()
+
+
+def test_client_leaving_mid_request_is_counted_and_harmless(server: Server) -> None:
+    before = int(server.ok("GET", "/v1/info")["http_requested_count"])
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
+        # headers and half the body, then gone
+        s.sendall(b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                  b'{"key": "left-early"')
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
+        # a whole request, gone before its answer: the plan is still created
+        body = json.dumps(delay("left-after")).encode()
+        s.sendall(b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+    deadline = time.monotonic() + 10
+    while True:
+        info = server.ok("GET", "/v1/info")  # this request is the one in flight
+        done = int(info["http_requested_count"]) - before
+        if int(info["http_requesting_count"]) == 1 and done >= 3:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+    assert server.call("GET", "/v1/plan?key=left-early")[1]["errcode"] != 0
+    assert server.ok("GET", "/v1/plan?key=left-after")["key"] == "left-after"
 
 
 def test_unknown_path_and_method(server: Server) -> None:

@@ -67,6 +67,13 @@ def test_v1_token_always_required_when_configured_so(tmp_path: Path) -> None:
                                          headers={header: value})
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 200 and b'"data":[]' in resp.read()
+        # and with the token, a create goes through
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{srv.http_port}/v1/plan", method="PUT",
+            data=b'{"key": "y", "seconds": 60, "action": "shell", "params": {"cmd": "true"}}',
+            headers={"X-Api-Token": "s3cret", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200 and b'"key":"y"' in resp.read()
         req = urllib.request.Request(f"http://127.0.0.1:{srv.http_port}/v1/keys",
                                      headers={"X-Api-Token": "wrong"})
         with pytest.raises(urllib.error.HTTPError) as info:
