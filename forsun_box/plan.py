@@ -303,31 +303,21 @@ def build_plan(
         except Exception:
             raise errors.InvalidValue(f"unknown time zone: {timezone}") from None
     plan = Plan(
-        key=key,
-        kind=kind,
-        action=action,
-        params=clean_params,
-        count=count_v,
-        timezone=timezone,
-        end_ms=end_ms,
-        created_time=now_ms,
-        second=f_second,
-        minute=f_minute,
-        hour=f_hour,
-        day=f_day,
-        month=f_month,
-        week=f_week,
-        jitter_ms=jitter_v,
-        misfire=misfire,
-        grace_ms=grace_v,
-    )
+        key, kind, action, clean_params, f_second, f_minute, f_hour, f_day, f_month, f_week,
+        count_v, "", 0, 0, timezone, end_ms, None, 0, 0, STATUS_PENDING, now_ms, False, 0,
+        jitter_v, misfire, grace_v,
+    )  # fmt: skip  (positional: a bulk create builds one per plan)
     if kind == DELAY:
-        plan.interval_ms = schedule.delay_interval_ms(*values)
-        if plan.interval_ms <= 0:
+        interval = plan.interval_ms = schedule.delay_interval_ms(*values)
+        if interval <= 0:
             raise errors.TimeNeverArrives("the interval is zero: the time will never arrive")
-        if jitter_v >= plan.interval_ms:
+        if jitter_v >= interval:
             raise errors.InvalidValue("jitter_ms must be shorter than the interval")
         plan.anchor_ms = now_ms
+        if not jitter_v and not end_ms:
+            # the first of now + k * interval (what next_after gives, without its steps)
+            plan.next_time = now_ms + interval
+            return plan
     elif kind == CALENDAR:
         for (name, (lo, hi)), v in zip(CALENDAR_RANGES.items(), values, strict=True):
             if v != -1 and not lo <= v <= hi:

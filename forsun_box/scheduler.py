@@ -34,7 +34,6 @@ import itertools
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -324,7 +323,7 @@ class Scheduler:
         self._heap: list[tuple[int, int, str, int]] = []
         self._seq = itertools.count()
         self._cursor: tuple[int, str] = (0, "")
-        self._pending: Counter[str] = Counter()
+        self._pending: dict[str, int] = {}  # key -> mutations of it not yet committed
         self._inflight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._versions = itertools.count(time.time_ns() // 1000)
@@ -419,10 +418,12 @@ class Scheduler:
         self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], Any] | None
     ) -> Any:
         pending = self._pending
+        held = pending.get
         versions = self._versions
         for p in plans:
             p.version = next(versions)
-            pending[p.key] += 1
+            key = p.key
+            pending[key] = held(key, 0) + 1
         batch = list(plans)
         prepared = None
         if prepare is not None:
@@ -447,7 +448,7 @@ class Scheduler:
     async def remove(self, key: str) -> Plan:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
-        self._pending[key] += 1
+        self._hold(key)
         if not await self._writer.commit_alone("delete", key):
             fut = self._writer.submit("delete", key, True)
             assert fut is not None
@@ -588,16 +589,25 @@ class Scheduler:
                 elif kind == "delete":
                     self._release(payload)
             return
+        pending = self._pending
         for kind, payload, _ in items:
             if kind == "puts":
                 cursor = self._cursor
-                for plan in payload:
+                edge = cursor[0]
+                forget_inflight = self._inflight.pop
+                forget_window = self._window.pop
+                for plan in payload:  # (bulk creates: per plan, inlined)
                     key = plan.key
-                    self._release(key)
-                    self._inflight.pop(key, None)
-                    self._window.pop(key, None)
+                    n = pending.get(key, 0) - 1
+                    if n > 0:
+                        pending[key] = n
+                    else:
+                        pending.pop(key, None)
+                    forget_inflight(key, None)
+                    forget_window(key, None)
                     nt = plan.next_time
-                    if not plan.paused and nt is not None and (nt, key) <= cursor:
+                    if (nt is not None and nt <= edge and not plan.paused
+                            and (nt, key) <= cursor):
                         self._admit(plan.copy())
             elif kind == "delete":
                 self._release(payload)
@@ -611,11 +621,11 @@ class Scheduler:
         cursor = self._cursor
         for adv, moved in advances:
             key = adv.key
-            n = pending[key] - 1
-            if n <= 0:
-                del pending[key]
-            else:
+            n = pending.get(key, 0) - 1
+            if n > 0:
                 pending[key] = n
+            else:
+                pending.pop(key, None)
             if inflight.get(key) != adv.version:
                 continue  # removed or replaced while firing
             del inflight[key]
@@ -624,12 +634,15 @@ class Scheduler:
                 assert moved is not None
                 self._admit(moved)
 
+    def _hold(self, key: str) -> None:
+        self._pending[key] = self._pending.get(key, 0) + 1
+
     def _release(self, key: str) -> None:
-        n = self._pending[key] - 1
-        if n <= 0:
-            del self._pending[key]
-        else:
+        n = self._pending.get(key, 0) - 1
+        if n > 0:
             self._pending[key] = n
+        else:
+            self._pending.pop(key, None)
 
     async def _refill(self) -> None:
         """Load plans between the cursor and now + window from the store."""
@@ -753,7 +766,7 @@ class Scheduler:
             # within the grace window a firing is on time whatever the cause.
             policy = plan.misfire if now - due > plan.grace_ms else FIRE_ALL
         self._inflight[plan.key] = plan.version
-        self._pending[plan.key] += 1
+        self._hold(plan.key)
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)

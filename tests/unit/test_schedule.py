@@ -633,3 +633,30 @@ def test_calendar_next_fire_matches_its_fields(tz, start, second, minute, hour, 
     assert all(ok) or skipped
     # Asking again from just before the firing finds the same one.
     assert schedule.next_fire(p, x - 1000, tz) == x
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    now=st.integers(utc_ms(2000, 1, 1), utc_ms(2090, 1, 1)),
+    second=st.integers(-1, 5000),
+    minute=st.integers(-1, 90),
+    hour=st.integers(-1, 30),
+    count=st.integers(0, 5),
+    jitter=st.integers(0, 999),
+    end_after=st.one_of(st.just(0), st.integers(1, 10_000_000)),
+)
+def test_delay_plan_first_firing_is_next_after_its_creation(
+    now, second, minute, hour, count, jitter, end_after
+):
+    # build_plan takes a shortcut for the common delay plan (no jitter, no end):
+    # it must give what the general path gives
+    try:
+        p = plan_mod.build_plan(key="k", kind=DELAY, now_ms=now, default_tz=UTC_Z,
+                                second=second, minute=minute, hour=hour, count=count,
+                                jitter_ms=jitter, end_ms=now + end_after if end_after else 0)
+    except plan_mod.errors.ForsunBoxError:
+        assert second <= 0 and minute <= 0 and hour <= 0 or jitter or end_after
+        return
+    general = p.copy(next_time=None).next_after(now, UTC_Z)
+    assert p.next_time == general and p.anchor_ms == now
+    assert p.interval_ms == schedule.delay_interval_ms(second, minute, hour, -1, -1, -1)
