@@ -71,6 +71,7 @@ PHASES = ("fill", "rss", "ops", "fire", "trivial", "http", "restart")
 class Sizes:
     plans: int
     wrk_seconds: float
+    wrk_rounds: int  # single creates: rounds alternating forsun-box and bare tornado
     removes: int
     side_bulk: int  # crontab and NDJSON bulk measurements, plans each
     fire: tuple[int, int]  # plans, window seconds
@@ -78,8 +79,8 @@ class Sizes:
     http: tuple[int, int]  # rate /s, seconds
 
 
-FULL = Sizes(10_000_000, 10.0, 20_000, 200_000, (20_000, 10), (20_000, 60), (5_000, 60))
-QUICK = Sizes(20_000, 2.0, 1_000, 5_000, (1_000, 2), (1_000, 2), (500, 2))
+FULL = Sizes(10_000_000, 10.0, 3, 20_000, 200_000, (20_000, 10), (20_000, 60), (5_000, 60))
+QUICK = Sizes(20_000, 2.0, 1, 1_000, 5_000, (1_000, 2), (1_000, 2), (500, 2))
 
 
 @dataclass
@@ -226,15 +227,25 @@ def _remove_all(port: int, keys: list[str], clients: int = 8) -> float:
 
 def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     """Single creates vs a bare tornado handler, removes, paged keys, other bulk formats."""
-    box = _wrk_rate(server.http_port, sizes.wrk_seconds, "ops")
+    # Rounds alternate between the two servers: on this shared 2-core machine either
+    # rate drifts by tens of percent over a minute; a round's ratio compares
+    # neighbours, and the figure is the median round.
     port = free_port()
+    rounds: list[tuple[float, float]] = []
     with running_process([sys.executable, str(HARNESS / "bare_tornado.py"), "--port",
                           str(port)], port, "/ping", "the bare tornado server"):
-        bare = _wrk_rate(port, sizes.wrk_seconds, "bare")
-    rep.add("create_c32_rate", "HTTP single create, 32 conn", box, f"{box:,.0f}/s")
-    rep.add("bare_c32_rate", "bare tornado handler, 32 conn", bare, f"{bare:,.0f}/s")
-    rep.add("create_vs_bare", "single create / bare tornado", box / bare, f"{box / bare:.0%}",
-            ">= 80%")
+        for r in range(sizes.wrk_rounds):
+            rounds.append((_wrk_rate(server.http_port, sizes.wrk_seconds, f"ops{r}"),
+                           _wrk_rate(port, sizes.wrk_seconds, f"bare{r}")))
+    rounds.sort(key=lambda pair: pair[0] / pair[1])
+    box, bare = rounds[len(rounds) // 2]
+    rep.values["create_vs_bare_rounds"] = [[round(a), round(b)] for a, b in rounds]
+    rep.add("create_c32_rate", "HTTP single create, 32 conn (median round)", box,
+            f"{box:,.0f}/s")
+    rep.add("bare_c32_rate", "bare tornado handler, 32 conn (same round)", bare, f"{bare:,.0f}/s")
+    rep.add("create_vs_bare", f"single create / bare tornado (median of {len(rounds)} rounds, "
+            f"from {rounds[0][0] / rounds[0][1]:.0%} to {rounds[-1][0] / rounds[-1][1]:.0%})",
+            box / bare, f"{box / bare:.0%}", ">= 80%")
 
     # removes by 8 keep-alive clients: the newest keys (a payment timeout cancelled
     # minutes after it was set) and keys spread over the whole key range
