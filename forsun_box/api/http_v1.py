@@ -30,6 +30,7 @@ from forsun_box.api.service import ForsunService
 from forsun_box.plan import Plan, to_forsun
 
 log = logging.getLogger("forsun_box.http")
+_access_log = logging.getLogger("tornado.access")
 
 
 class BadRequest(Exception):
@@ -278,6 +279,11 @@ class CreateDelegate(HTTPMessageDelegate):
             body,
         )
         conn.finish()
+        if _access_log.isEnabledFor(logging.INFO):  # as tornado logs its handlers' requests
+            request = self._request
+            level = logging.INFO if status < 400 else logging.WARNING
+            _access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+                            request.remote_ip, 1000.0 * request.request_time())
 
     def _count_finished(self) -> None:
         stats = self._router.service.stats

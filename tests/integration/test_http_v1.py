@@ -299,6 +299,9 @@ def test_create_answer_headers_and_keep_alive(server: Server) -> None:
             assert not resp.will_close
     finally:
         conn.close()
+    # logged as tornado logs the requests of its handlers (at INFO, as the tests run)
+    assert "200 PUT /v1/plan (127.0.0.1)" in server.log()
+    assert "GET /v1/ping (127.0.0.1)" in server.log()
 
 
 def test_client_leaving_mid_request_is_counted_and_harmless(server: Server) -> None:
