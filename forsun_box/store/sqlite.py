@@ -57,6 +57,7 @@ CACHE_KIB = 64 * 1024
 MIN_SQLITE = (3, 38, 0)
 # Seconds between WAL checkpoints (taken after a commit, in aiosqlite's thread).
 CHECKPOINT_INTERVAL_S = 1.0
+SLOW_CHECKPOINT_S = 0.5  # a periodic checkpoint taking this long is logged
 # Databases up to this size get a full quick_check at start-up (see _check_pages).
 FULL_CHECK_MAX_BYTES = 64 << 20
 # Start-up probes of larger databases: both ends of every table and index.
@@ -750,9 +751,14 @@ class SqliteStore(Store):
                 # PASSIVE: copies what the WAL holds into the database file (pure C,
                 # the interpreter lock released), so the WAL stays small and a
                 # restart's recovery short.
-                await db._execute(_checkpoint, db._conn)
+                pages = await db._execute(_checkpoint, db._conn)
             except sqlite3.Error as e:
                 log.warning("checkpoint of %s failed: %s", self.path, e)
+            else:
+                took = time.monotonic() - now
+                if took >= SLOW_CHECKPOINT_S:
+                    # every commit waited meanwhile: worth knowing when writes stall
+                    log.warning("checkpoint of %s took %.1f s (%d pages)", self.path, took, pages)
 
     def _apply_sync(self, conn: sqlite3.Connection, batch: _Rows) -> None:
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
@@ -1047,8 +1053,10 @@ FOLD_RETRY_S = 1.0
 LOG_TRUNCATE_BYTES = 1 << 20
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _checkpoint(conn: sqlite3.Connection) -> int:
+    """Copy the WAL into the database file; the number of pages copied."""
+    _busy, _log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(copied)
 
 
 def key_range_sql(columns: str, prefix: str, after: str, limit: int) -> tuple[str, tuple[Any, ...]]:
