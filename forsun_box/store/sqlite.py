@@ -751,14 +751,15 @@ class SqliteStore(Store):
                 # PASSIVE: copies what the WAL holds into the database file (pure C,
                 # the interpreter lock released), so the WAL stays small and a
                 # restart's recovery short.
-                pages = await db._execute(_checkpoint, db._conn)
+                frames = await db._execute(_checkpoint, db._conn)
             except sqlite3.Error as e:
                 log.warning("checkpoint of %s failed: %s", self.path, e)
             else:
                 took = time.monotonic() - now
                 if took >= SLOW_CHECKPOINT_S:
                     # every commit waited meanwhile: worth knowing when writes stall
-                    log.warning("checkpoint of %s took %.1f s (%d pages)", self.path, took, pages)
+                    log.warning("checkpoint of %s took %.1f s (%d WAL frames)", self.path, took,
+                                frames)
 
     def _apply_sync(self, conn: sqlite3.Connection, batch: _Rows) -> None:
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
@@ -1054,8 +1055,8 @@ LOG_TRUNCATE_BYTES = 1 << 20
 
 
 def _checkpoint(conn: sqlite3.Connection) -> int:
-    """Copy the WAL into the database file; the number of pages copied."""
-    _busy, _log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    """Copy the WAL into the database file; how many WAL frames it holds copied."""
+    _busy, _frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(copied)
 
 

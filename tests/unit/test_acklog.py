@@ -213,6 +213,22 @@ def test_full_synchronous_commits_every_write_without_the_log(tmp_path: Path) ->
     assert not Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).exists()
 
 
+def test_a_slow_checkpoint_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    # every checkpoint counts as slow here: the message names what it copied
+    monkeypatch.setattr(sqlite_driver, "SLOW_CHECKPOINT_S", 0.0)
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL_S", 0.0)
+
+    async def body() -> None:
+        async with opened(str(tmp_path / "plans.db"), synchronous="FULL") as store:
+            await store.apply(Batch(ops={"a": plan("a")}))
+
+    with caplog.at_level("WARNING", logger="forsun_box"):
+        asyncio.run(body())
+    slow = [r.getMessage() for r in caplog.records if "checkpoint of" in r.getMessage()]
+    assert slow and all(" s (" in m and "WAL frames)" in m for m in slow)
+
+
 def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
