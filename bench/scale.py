@@ -365,9 +365,11 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
     lead_s = 5.0 + total / 25_000  # time to create them all before the first is due
     with _sink(lead_s + window_s + GRACE_S + 120) as port:
         first_ms = int((time.time() + lead_s) * 1000)
+        tcp0 = _tcp_counters()
         due_of = _create_due(
             server, name, total, first_ms, int(window_s * 1000), "http",
             lambda k, due: {"url": f"http://{HOST}:{port}/hit?key={k}&due={due}"})
+        spare_ms = first_ms - time.time() * 1000  # negative: created after the first was due
         cpu0 = server.cpu_seconds()
         deadline = first_ms / 1000 + window_s + GRACE_S
         while time.time() < deadline:
@@ -379,6 +381,7 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
             time.sleep(0.5)
         cpu = server.cpu_seconds() - cpu0
         arrivals = orjson.loads(_http(port, "GET", "/dump")[1])
+        tcp = {k: v - tcp0.get(k, 0) for k, v in _tcp_counters().items()}
     seen: set[str] = set()
     late: list[float] = []
     per_second: dict[int, list[float]] = {}
@@ -396,6 +399,23 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
     rep.values[f"{name}_worst_seconds"] = [[s, m] for m, s in worst]
     print("    worst seconds (second: max ms): "
           + ", ".join(f"{s}: {m:.0f}" for m, s in worst), flush=True)
+    # what to look at when the first second is late: were the plans there in time, did
+    # connections to the sink have to be retried (the kernel's counters, machine-wide)
+    rep.values[f"{name}_created_ms_before_due"] = round(spare_ms)
+    rep.values[f"{name}_tcp"] = tcp
+    print(f"    all created {spare_ms:,.0f} ms before the first was due; TCP meanwhile: "
+          + ", ".join(f"{k} +{v}" for k, v in tcp.items()), flush=True)
+
+
+def _tcp_counters() -> dict[str, int]:
+    """Listen-queue overflows and SYN retransmits so far (Linux; empty elsewhere)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    names, values = (line.split() for line in lines[:2])
+    wanted = ("ListenOverflows", "TCPSynRetrans")
+    return {n: int(v) for n, v in zip(names, values, strict=True) if n in wanted}
 
 
 def fire(server: Server, sizes: Sizes, rep: Report) -> None:
