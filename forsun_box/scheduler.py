@@ -179,6 +179,14 @@ class _Writer:
     def _next_turn(self) -> None:
         self._alone = False
 
+    async def commit(self, kind: str, payload: Any) -> None:
+        """Commit one mutation for a caller who waits for it: alone if it can
+        (:meth:`commit_alone`), else with whatever the writer's task takes next."""
+        if not await self.commit_alone(kind, payload):
+            fut = self.submit(kind, payload, True)
+            assert fut is not None
+            await fut
+
     def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
         self.advances.append((adv, moved))
         self._wake.set()
@@ -417,13 +425,11 @@ class Scheduler:
     async def _commit_puts(
         self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], Any] | None
     ) -> Any:
-        pending = self._pending
-        held = pending.get
+        hold = self._hold
         versions = self._versions
         for p in plans:
             p.version = next(versions)
-            key = p.key
-            pending[key] = held(key, 0) + 1
+            hold(p.key)
         batch = list(plans)
         prepared = None
         if prepare is not None:
@@ -433,10 +439,8 @@ class Scheduler:
             await asyncio.sleep(0)
             prepared = prepare(batch)
             await fut
-        elif not await self._writer.commit_alone("puts", batch):
-            fut = self._writer.submit("puts", batch, True)
-            assert fut is not None
-            await fut
+        else:
+            await self._writer.commit("puts", batch)
         if self.stats is not None:
             timeouts = sum(1 for p in plans if p.is_time_out)
             if timeouts:
@@ -449,10 +453,7 @@ class Scheduler:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
         self._hold(key)
-        if not await self._writer.commit_alone("delete", key):
-            fut = self._writer.submit("delete", key, True)
-            assert fut is not None
-            await fut
+        await self._writer.commit("delete", key)
         if self.stats is not None:
             self.stats.incr("removed_count")
         return plan
@@ -589,20 +590,16 @@ class Scheduler:
                 elif kind == "delete":
                     self._release(payload)
             return
-        pending = self._pending
+        release = self._release
         for kind, payload, _ in items:
             if kind == "puts":
                 cursor = self._cursor
                 edge = cursor[0]
                 forget_inflight = self._inflight.pop
                 forget_window = self._window.pop
-                for plan in payload:  # (bulk creates: per plan, inlined)
+                for plan in payload:  # (bulk creates: per plan)
                     key = plan.key
-                    n = pending.get(key, 0) - 1
-                    if n > 0:
-                        pending[key] = n
-                    else:
-                        pending.pop(key, None)
+                    release(key)
                     forget_inflight(key, None)
                     forget_window(key, None)
                     nt = plan.next_time
@@ -617,15 +614,11 @@ class Scheduler:
     def _advanced(self, advances: list[tuple[Advance, Plan | None]]) -> None:
         """Committed post-firing updates: the plans leave the in-flight set."""
         inflight = self._inflight
-        pending = self._pending
+        release = self._release
         cursor = self._cursor
         for adv, moved in advances:
             key = adv.key
-            n = pending.get(key, 0) - 1
-            if n > 0:
-                pending[key] = n
-            else:
-                pending.pop(key, None)
+            release(key)
             if inflight.get(key) != adv.version:
                 continue  # removed or replaced while firing
             del inflight[key]
