@@ -14,7 +14,7 @@ Layout (schema version 2, see :data:`MIGRATIONS`):
 
 Small writes (a create, a remove) are acknowledged once appended to the ack
 log beside the database (:mod:`forsun_box.store.acklog`) and folded into the
-database a few milliseconds later, many per transaction; reads see them at
+database some 50 ms later, many per transaction; reads see them at
 once (they lay the logged writes over what the database returns).
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` are
