@@ -365,7 +365,8 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
     lead_s = 5.0 + total / 25_000  # time to create them all before the first is due
     with _sink(lead_s + window_s + GRACE_S + 120) as port:
         first_ms = int((time.time() + lead_s) * 1000)
-        tcp0 = _tcp_counters()
+        machine0 = _machine_counters()
+        output0 = server.output_size()
         due_of = _create_due(
             server, name, total, first_ms, int(window_s * 1000), "http",
             lambda k, due: {"url": f"http://{HOST}:{port}/hit?key={k}&due={due}"})
@@ -381,7 +382,9 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
             time.sleep(0.5)
         cpu = server.cpu_seconds() - cpu0
         arrivals = orjson.loads(_http(port, "GET", "/dump")[1])
-        tcp = {k: v - tcp0.get(k, 0) for k, v in _tcp_counters().items()}
+        machine = {k: v - machine0.get(k, 0) for k, v in _machine_counters().items()}
+        dirty_mb = machine0.pop("dirty_mb", 0)
+        machine.pop("dirty_mb", None)
     seen: set[str] = set()
     late: list[float] = []
     per_second: dict[int, list[float]] = {}
@@ -399,23 +402,43 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
     rep.values[f"{name}_worst_seconds"] = [[s, m] for m, s in worst]
     print("    worst seconds (second: max ms): "
           + ", ".join(f"{s}: {m:.0f}" for m, s in worst), flush=True)
-    # what to look at when the first second is late: were the plans there in time, did
-    # connections to the sink have to be retried (the kernel's counters, machine-wide)
+    # What to look at when some second is late: were the plans there in time, did
+    # connections to the sink have to be retried, was the machine short of CPU or
+    # disk (machine-wide counters), did the server's event loop stall (its log).
     rep.values[f"{name}_created_ms_before_due"] = round(spare_ms)
-    rep.values[f"{name}_tcp"] = tcp
-    print(f"    all created {spare_ms:,.0f} ms before the first was due; TCP meanwhile: "
-          + ", ".join(f"{k} +{v}" for k, v in tcp.items()), flush=True)
+    rep.values[f"{name}_machine"] = machine
+    print(f"    all created {spare_ms:,.0f} ms before the first was due; {dirty_mb:,} MB dirty "
+          "then; meanwhile: " + ", ".join(f"{k} +{v:,}" for k, v in machine.items()),
+          flush=True)
+    said = [line for line in server.output_since(output0).splitlines()
+            if "event loop" in line or "checkpoint" in line]
+    rep.values[f"{name}_server_said"] = said[:20]
+    for line in said[:20]:
+        print(f"    server: {line}", flush=True)
 
 
-def _tcp_counters() -> dict[str, int]:
-    """Listen-queue overflows and SYN retransmits so far (Linux; empty elsewhere)."""
-    try:
+def _machine_counters() -> dict[str, int]:
+    """Machine-wide counters (Linux; what can't be read is left out): listen-queue
+    overflows and SYN retransmits, CPU time stolen by the hypervisor (ms), time some
+    task waited for CPU or for I/O (pressure stall, ms), dirty page cache (MB)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
         lines = Path("/proc/net/netstat").read_text().splitlines()
-    except OSError:
-        return {}
-    names, values = (line.split() for line in lines[:2])
-    wanted = ("ListenOverflows", "TCPSynRetrans")
-    return {n: int(v) for n, v in zip(names, values, strict=True) if n in wanted}
+        names, values = (line.split() for line in lines[:2])
+        out.update((n, int(v)) for n, v in zip(names, values, strict=True)
+                   if n in ("ListenOverflows", "TCPSynRetrans"))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        out["steal_ms"] = int(cpu[8]) * 1000 // os.sysconf("SC_CLK_TCK")
+    for what in ("cpu", "io"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            some = Path(f"/proc/pressure/{what}").read_text().split("\n", 1)[0]
+            out[f"{what}_stall_ms"] = int(some.rsplit("total=", 1)[1]) // 1000
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(("Dirty:", "Writeback:")):
+                out["dirty_mb"] = out.get("dirty_mb", 0) + int(line.split()[1]) // 1024
+    return out
 
 
 def fire(server: Server, sizes: Sizes, rep: Report) -> None:

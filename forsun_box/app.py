@@ -28,6 +28,7 @@ from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.stats import Stats
 from forsun_box.store import DRIVERS, Store
 from forsun_box.thrift import codec
+from forsun_box.watchdog import LoopWatch
 
 log = logging.getLogger("forsun_box")
 
@@ -104,6 +105,7 @@ class App:
         self.thrift_server: ThriftServer | None = None
         self.thrift_port = 0
         self._prune_task: asyncio.Task[None] | None = None
+        self.loop_watch: LoopWatch | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -112,6 +114,10 @@ class App:
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
         extensions_dir = default_extensions_dir(config)
         log.info("extensions folder %s", extensions_dir)
+        if config.loop_stall_ms:
+            self.loop_watch = LoopWatch(config.loop_stall_ms / 1000)
+            self.loop_watch.start()
+            self.metrics.watch_loop(self.loop_watch)
         # Extensions first: they may register the store driver --driver names.
         self.extensions.load(
             folder=extensions_dir,
@@ -266,6 +272,8 @@ class App:
         if self.store is not None:
             await self.store.close()
         await self.extensions.uninit_all()
+        if self.loop_watch is not None:
+            self.loop_watch.stop()
         log.info("forsun-box stopped")
 
 

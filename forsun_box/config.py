@@ -343,6 +343,11 @@ class Config:
         30.0, "How far ahead the engine keeps due plans in memory, seconds.",
         "--window-seconds", check=_POSITIVE
     )  # fmt: skip
+    loop_stall_ms: int = _s(
+        250, "Log a warning, with what the event loop is running, when it goes unanswered "
+        "this many milliseconds (firings are then late); 0 turns the watch off.",
+        "--loop-stall-ms", check=_NON_NEG
+    )  # fmt: skip
     pid_file: str = _s(
         "", "Pid file written with --demon; empty means <data_dir>/forsun-box.pid.",
         "--pid-file", path=True

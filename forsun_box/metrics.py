@@ -10,7 +10,8 @@ process (tests) don't share series. Sources:
 * the store's commit latency, timed around the driver's ``apply``
   (:meth:`Metrics.instrument_store`);
 * gauges read from the engine at scrape time (:meth:`Metrics.refresh`):
-  pending plans, window size, firings in flight.
+  pending plans, window size, firings in flight;
+* event-loop stalls counted by :mod:`forsun_box.watchdog` (:meth:`Metrics.watch_loop`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,30 @@ class _RunCollector(Collector):
         return iter(())
 
 
+class _LoopWatchCollector(Collector):
+    """Event-loop stalls seen by a :class:`~forsun_box.watchdog.LoopWatch`."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily(
+            "forsun_box_event_loop_stalls",
+            "Times the event loop went unanswered for the stall threshold or longer",
+        )
+        fam.add_metric([], self._watch.stalls)
+        yield fam
+        fam = CounterMetricFamily(
+            "forsun_box_event_loop_stalled_seconds",
+            "Total length of those stalls (counted when the loop answers again)",
+        )
+        fam.add_metric([], self._watch.stalled_s)
+        yield fam
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
 class Metrics:
     """The service's Prometheus series; see the module docstring."""
 
@@ -140,6 +165,10 @@ class Metrics:
         )
         if stats is not None:
             r.register(_StatsCollector(stats))
+
+    def watch_loop(self, watch: Any) -> None:
+        """Expose the stall counts of ``watch`` (a :class:`~forsun_box.watchdog.LoopWatch`)."""
+        self.registry.register(_LoopWatchCollector(watch))
 
     def record_run(self, run: Any) -> None:
         """Count one attempt (a ``store.base.Run``)."""

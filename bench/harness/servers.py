@@ -136,6 +136,22 @@ class Server:
                 parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-limit:]}")
         return "\n".join(parts)
 
+    def output_size(self) -> int:
+        """Bytes the server has written to its output so far (see :meth:`output_since`)."""
+        try:
+            return (self.workdir / "stdout.log").stat().st_size
+        except OSError:
+            return 0
+
+    def output_since(self, offset: int) -> str:
+        """What the server wrote to its output (warnings and errors) after ``offset``."""
+        try:
+            with open(self.workdir / "stdout.log", "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds (forsun dumps its store on exit)."""
         if self.proc.poll() is None:

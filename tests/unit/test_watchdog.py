@@ -1,0 +1,86 @@
+"""The event-loop watch: a held loop is reported with its stack, a free one never.
+
+These hold a real loop for a few hundred milliseconds: what is watched is
+real time passing while the loop cannot answer, which a fake clock can't show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from forsun_box.metrics import Metrics
+from forsun_box.watchdog import LoopWatch
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # a blocking call where a coroutine should have awaited
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "forsun_box.watchdog"]
+
+
+def test_a_held_loop_is_reported_with_what_holds_it(caplog: pytest.LogCaptureFixture) -> None:
+    watch = LoopWatch(threshold_s=0.1, period_s=0.01)
+
+    async def body() -> None:
+        watch.start()
+        try:
+            await asyncio.sleep(0.1)
+            _hold_the_loop(0.4)
+            await asyncio.sleep(0.2)  # the watch sees the loop answer again
+        finally:
+            watch.stop()
+
+    with caplog.at_level("WARNING", logger="forsun_box.watchdog"):
+        asyncio.run(body())
+    messages = _messages(caplog)
+    assert watch.stalls == 1, messages
+    held = [m for m in messages if m.startswith("event loop held for")]
+    assert len(held) == 1
+    assert "_hold_the_loop" in held[0] and "time.sleep" in held[0]
+    again = [m for m in messages if m.startswith("event loop answered again after")]
+    assert len(again) == 1
+    assert 0.3 <= watch.longest_s <= 1.0
+    assert watch.stalled_s == watch.longest_s
+    metrics = Metrics()
+    metrics.watch_loop(watch)
+    text = metrics.render().decode()
+    assert "forsun_box_event_loop_stalls_total 1.0" in text
+    assert f"forsun_box_event_loop_stalled_seconds_total {watch.stalled_s!r}" in text
+
+
+def test_a_loop_that_keeps_answering_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
+    watch = LoopWatch(threshold_s=0.1, period_s=0.01)
+
+    async def body() -> None:
+        watch.start()
+        try:
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                _hold_the_loop(0.02)  # busy, but answering every 20 ms
+                await asyncio.sleep(0)
+        finally:
+            watch.stop()
+
+    with caplog.at_level("WARNING", logger="forsun_box.watchdog"):
+        asyncio.run(body())
+    assert watch.stalls == 0
+    assert _messages(caplog) == []
+
+
+def test_the_watch_ends_with_its_loop() -> None:
+    """Left running when its loop is closed, the thread ends by itself."""
+    watch = LoopWatch(threshold_s=0.05, period_s=0.01)
+    loop = asyncio.new_event_loop()
+    loop.call_soon(watch.start, loop)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    thread = watch._thread
+    assert thread is not None and thread.is_alive()
+    loop.close()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+    assert watch.stalls == 0
