@@ -164,7 +164,7 @@ def to_forsun(plan: Plan) -> dict[str, Any]:
         "week": plan.week,
         "status": plan.status,
         "count": plan.count,
-        "is_time_out": plan.is_time_out,
+        "is_time_out": plan.kind == DELAY,
         "next_time": (plan.next_time or 0) // 1000,
         "current_count": plan.current_count,
         "last_timeout": plan.last_timeout // 1000,
@@ -255,6 +255,40 @@ def build_plan(
     empty key). Raises :class:`~forsun_box.errors.ForsunBoxError`
     subclasses: 1002 when it would never fire, 1006 for an unknown action,
     1008 for an invalid value, 1009 when over a limit.
+    """
+    return make_plan(key, kind, now_ms, default_tz, action, params, second, minute, hour, day,
+                     month, week, count, known_actions, limits, cron, at_ms, timezone, end_ms,
+                     jitter_ms, misfire, grace_ms)
+
+
+def make_plan(
+    key: str,
+    kind: str,
+    now_ms: int,
+    default_tz: ZoneInfo,
+    action: str,
+    params: Any,
+    second: Any,
+    minute: Any,
+    hour: Any,
+    day: Any,
+    month: Any,
+    week: Any,
+    count: Any,
+    known_actions: frozenset[str] | set[str] | None,
+    limits: Limits | None,
+    cron: str = "",
+    at_ms: int | None = None,
+    timezone: str = "",
+    end_ms: int = 0,
+    jitter_ms: Any = 0,
+    misfire: str = "",
+    grace_ms: Any = 0,
+) -> Plan:
+    """:func:`build_plan` with positional arguments, the forsun fields first.
+
+    Bulk creates call it once per plan: binding some twenty keyword
+    arguments costs about a third of what the validation itself does.
     """
     limits = limits or Limits()
     if not isinstance(key, str) or not key:

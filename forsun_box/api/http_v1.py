@@ -159,17 +159,7 @@ async def create(service: ForsunService, body: bytes, ctype: str, is_time_out: b
         except orjson.JSONDecodeError as e:
             raise BadRequest(f"body is not valid JSON: {e}") from None
         if isinstance(parsed, list):
-            plans = []
-            known = service.known_actions()
-            now_ms = service.scheduler.clock.now_ms()
-            for i, obj in enumerate(parsed):
-                try:
-                    # forsun lets each element of an array pick its mode
-                    mode = obj.get("method") if isinstance(obj, dict) else None
-                    timeout = _ARRAY_MODES.get(mode, is_time_out) if mode else is_time_out
-                    plans.append(service.from_v1(obj, timeout, known, now_ms))
-                except errors.ForsunBoxError as e:
-                    raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
+            plans = service.from_v1_many(parsed, is_time_out, _ARRAY_MODES)
             return await service.create_prepared(plans, _encode_created)
         if not isinstance(parsed, dict):
             raise BadRequest("body must be a JSON object or an array of objects")

@@ -20,7 +20,7 @@ from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.crontab import PlanLine
-from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, make_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
 
@@ -102,22 +102,13 @@ class ForsunService:
             raise errors.InvalidValue("key must be a string")
         if action is None or action == "":
             action = "shell"
-        return build_plan(
-            key=key,
-            kind=DELAY if is_time_out else CALENDAR,
-            now_ms=self.scheduler.clock.now_ms() if now_ms is None else now_ms,
-            default_tz=self.scheduler.tz,
-            action=action,
-            params=params,
-            count=0 if count is None else count,
-            known_actions=known_actions or self.known_actions(),
-            limits=self.limits,
-            second=-1 if second is None else second,
-            minute=-1 if minute is None else minute,
-            hour=-1 if hour is None else hour,
-            day=-1 if day is None else day,
-            month=-1 if month is None else month,
-            week=-1 if week is None else week,
+        return make_plan(
+            key, DELAY if is_time_out else CALENDAR,
+            self.scheduler.clock.now_ms() if now_ms is None else now_ms, self.scheduler.tz,
+            action, params, -1 if second is None else second, -1 if minute is None else minute,
+            -1 if hour is None else hour, -1 if day is None else day,
+            -1 if month is None else month, -1 if week is None else week,
+            0 if count is None else count, known_actions or self.known_actions(), self.limits,
         )
 
     def build_kind(
@@ -175,26 +166,62 @@ class ForsunService:
             self._known_stamp = stamp
         return self._known
 
-    def from_v1(
-        self,
-        obj: Any,
-        is_time_out: bool,
-        known_actions: frozenset[str] | None = None,
-        now_ms: int | None = None,
-    ) -> Plan:
-        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural).
+    def from_v1(self, obj: Any, is_time_out: bool) -> Plan:
+        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural)."""
+        return self.from_v1_many([obj], is_time_out, numbered=False)[0]
 
-        ``known_actions`` and ``now_ms`` let a caller building many plans look
-        them up once (the plans of one request are created at one instant)."""
-        if not isinstance(obj, dict):
-            raise errors.InvalidValue("each plan must be a JSON object")
-        get = obj.get
-        second = get("seconds")
-        if second is None:
-            second = get("second")  # be lenient with the answer's spelling
-        return self._build(get("key"), is_time_out, second, get("minute"), get("hour"),
-                           get("day"), get("month"), get("week"), get("count", 0),
-                           get("action", "shell"), get("params"), known_actions, now_ms)
+    def from_v1_many(self, objs: list[Any], is_time_out: bool,
+                     modes: Mapping[Any, bool] | None = None, numbered: bool = True) -> list[Plan]:
+        """The plans of a v1 JSON array (or of one object, ``numbered`` False).
+
+        An element naming a ``method`` found in ``modes`` takes that mode
+        instead of ``is_time_out`` (forsun lets each element pick). The plans
+        of one request are created at one instant, with one look-up of the
+        action names; an error names the element at fault (when ``numbered``).
+        A bulk create runs this loop once per plan, so it calls
+        :func:`~forsun_box.plan.make_plan` directly, with locals.
+        """
+        known = self.known_actions()
+        now_ms = self.scheduler.clock.now_ms()
+        tz = self.scheduler.tz
+        limits = self.limits
+        new_key = self.scheduler.new_key
+        out: list[Plan] = []
+        append = out.append
+        for i, obj in enumerate(objs):
+            try:
+                if not isinstance(obj, dict):
+                    raise errors.InvalidValue("each plan must be a JSON object")
+                get = obj.get
+                timeout = is_time_out
+                if modes:
+                    mode = get("method")
+                    if type(mode) is str:
+                        timeout = modes.get(mode, is_time_out)
+                key = get("key")
+                if key is None or key == "":
+                    key = new_key()
+                elif not isinstance(key, str):
+                    raise errors.InvalidValue("key must be a string")
+                second = get("seconds")
+                if second is None:
+                    second = get("second")  # be lenient with the answer's spelling
+                minute, hour, day = get("minute"), get("hour"), get("day")
+                month, week, count = get("month"), get("week"), get("count")
+                action = get("action")
+                append(make_plan(
+                    key, DELAY if timeout else CALENDAR, now_ms, tz,
+                    "shell" if action is None or action == "" else action, get("params"),
+                    -1 if second is None else second, -1 if minute is None else minute,
+                    -1 if hour is None else hour, -1 if day is None else day,
+                    -1 if month is None else month, -1 if week is None else week,
+                    0 if count is None else count, known, limits,
+                ))
+            except errors.ForsunBoxError as e:
+                if not numbered:
+                    raise
+                raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
+        return out
 
     def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None,
                   now_ms: int | None = None) -> Plan:

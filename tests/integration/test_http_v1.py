@@ -110,9 +110,12 @@ def test_json_array_elements_may_choose_their_mode(server: Server) -> None:
         {"key": "mode:cal", "seconds": 5, "minute": 4, "method": "create"},
         {"key": "mode:delay", "seconds": 5, "method": "createTimeout"},
         {"key": "mode:default", "seconds": 5},
+        {"key": "mode:odd", "seconds": 5, "method": ["create"]},  # not a name: no choice
+        {"key": "mode:unknown", "seconds": 5, "method": "remove"},
     ])
     modes = {p["key"]: p["is_time_out"] for p in plans}
-    assert modes == {"mode:cal": False, "mode:delay": True, "mode:default": True}
+    assert modes == {"mode:cal": False, "mode:delay": True, "mode:default": True,
+                     "mode:odd": True, "mode:unknown": True}
 
 
 def test_json_array_with_one_bad_plan_stores_nothing(server: Server) -> None:
