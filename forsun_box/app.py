@@ -17,6 +17,7 @@ from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
 from forsun_box.api import access, console, http_v1, http_v2
+from forsun_box.api.bodies import Worker
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
@@ -106,11 +107,15 @@ class App:
         self.thrift_port = 0
         self._prune_task: asyncio.Task[None] | None = None
         self.loop_watch: LoopWatch | None = None
+        self.worker = Worker()  # builds big create bodies (forsun_box.api.bodies)
 
     async def start(self) -> None:
         config = self.config
         access.check_bind(config)
         os.makedirs(config.data_dir, exist_ok=True)
+        if config.create_worker:
+            # forked first: before extensions, the store or the loop watch start threads
+            self.worker.start()
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
         extensions_dir = default_extensions_dir(config)
         log.info("extensions folder %s", extensions_dir)
@@ -166,6 +171,7 @@ class App:
             ),
             stats=self.stats,
             max_plans_per_request=config.max_plans_per_request,
+            worker=self.worker,
         )
         await self._start_thrift()
         if config.http_bind:
@@ -274,6 +280,7 @@ class App:
         await self.extensions.uninit_all()
         if self.loop_watch is not None:
             self.loop_watch.stop()
+        self.worker.close()
         log.info("forsun-box stopped")
 
 

@@ -458,6 +458,11 @@ class Config:
     max_plans_per_request: int = _http(
         100000, "Most plans per request.", "--max-plans-per-request", check=_POSITIVE
     )
+    create_worker: bool = _http(
+        True, "Build big v1 create bodies (parse, validate, encode the answer) in a worker "
+        "process while the event loop goes on; off builds them in the event loop.",
+        "--create-worker", neg_flag="--no-create-worker"
+    )  # fmt: skip
     console_password: str = _http(
         "", "Password of the web console; empty (and no api_token) leaves it open. "
         "Prefer the environment or the conf file to a flag (flags show in ps).",

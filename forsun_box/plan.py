@@ -13,6 +13,7 @@ are converted only at the edges (:func:`to_forsun`).
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -150,6 +151,11 @@ class Plan:
             # occurrences skipped by a catch-up policy are used up, not postponed.
             return None
         return nxt
+
+
+def new_key() -> str:
+    """A key for a plan created without one."""
+    return uuid.uuid4().hex
 
 
 def to_forsun(plan: Plan) -> dict[str, Any]:

@@ -33,7 +33,6 @@ import heapq
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from forsun_box import errors
 from forsun_box.clock import Clock, TimerHandle
-from forsun_box.plan import Plan
+from forsun_box.plan import DELAY, Plan, new_key
 from forsun_box.store.base import Advance, Batch, Run, Store
 
 log = logging.getLogger("forsun_box.scheduler")
@@ -403,51 +402,26 @@ class Scheduler:
     # ------------------------------------------------------------------ public API
 
     def new_key(self) -> str:
-        return uuid.uuid4().hex
+        return new_key()
 
     async def create(self, plans: Sequence[Plan]) -> list[Plan]:
         """Store ``plans`` (replacing same keys); answered once committed."""
-        if plans:
-            await self._commit_puts(plans, None)
-        return list(plans)
-
-    async def create_prepared(self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], T]) -> T:
-        """As :meth:`create`, returning ``prepare(plans)`` computed while the commit runs.
-
-        A big batch commits in the store's thread: encoding the answer
-        meanwhile takes it off the request's critical path. The result is
-        returned only once the commit succeeded.
-        """
         if not plans:
-            return prepare([])
-        return await self._commit_puts(plans, prepare)  # type: ignore[no-any-return]
-
-    async def _commit_puts(
-        self, plans: Sequence[Plan], prepare: Callable[[list[Plan]], Any] | None
-    ) -> Any:
+            return []
         hold = self._hold
         versions = self._versions
         for p in plans:
             p.version = next(versions)
             hold(p.key)
         batch = list(plans)
-        prepared = None
-        if prepare is not None:
-            fut = self._writer.submit("puts", batch, True)
-            assert fut is not None
-            # One turn of the loop lets the writer hand the batch to the store.
-            await asyncio.sleep(0)
-            prepared = prepare(batch)
-            await fut
-        else:
-            await self._writer.commit("puts", batch)
+        await self._writer.commit("puts", batch)
         if self.stats is not None:
-            timeouts = sum(1 for p in plans if p.is_time_out)
+            timeouts = sum(1 for p in plans if p.kind == DELAY)
             if timeouts:
                 self.stats.incr("create_timeouted_count", timeouts)
             if len(plans) - timeouts:
                 self.stats.incr("created_count", len(plans) - timeouts)
-        return prepared
+        return batch
 
     async def remove(self, key: str) -> Plan:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""

@@ -25,22 +25,13 @@ import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, ResponseStartLine
 
 from forsun_box import errors
-from forsun_box.api import access, crontab
+from forsun_box.api import access
+from forsun_box.api.bodies import BadRequest
 from forsun_box.api.service import ForsunService
-from forsun_box.plan import Plan, to_forsun
+from forsun_box.plan import to_forsun
 
 log = logging.getLogger("forsun_box.http")
 _access_log = logging.getLogger("tornado.access")
-
-
-class BadRequest(Exception):
-    """The request can't be understood at all: HTTP 400."""
-
-    def __init__(self, message: str, status: int = 400, code: int = errors.INVALID_VALUE) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
 
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -118,12 +109,6 @@ async def answer(fn: Any, *args: Any) -> tuple[int, int, str, Any]:
     return 200, 0, "", data
 
 
-def _encode_created(plans: list[Plan]) -> orjson.Fragment:
-    """The answer to a many-plan create, encoded while the commit runs (see
-    :meth:`~forsun_box.scheduler.Scheduler.create`)."""
-    return orjson.Fragment(orjson.dumps([to_forsun(p) for p in plans]))
-
-
 class PingHandler(BaseHandler):
     needs_token = False  # health probes need no secret, and it tells nothing
     async def get(self) -> None:
@@ -151,33 +136,7 @@ class PlanHandler(BaseHandler):
 
 async def create(service: ForsunService, body: bytes, ctype: str, is_time_out: bool) -> Any:
     """``PUT`` (``is_time_out``) or ``POST /v1/plan`` with ``body`` of type ``ctype``."""
-    mime = ctype.split(";", 1)[0].strip().lower()
-    # curl -d sends a form type by default; forsun's clients rely on JSON being assumed.
-    if mime in ("application/json", "text/json", "", "application/x-www-form-urlencoded"):
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise BadRequest(f"body is not valid JSON: {e}") from None
-        if isinstance(parsed, list):
-            plans = service.from_v1_many(parsed, is_time_out, _ARRAY_MODES)
-            return await service.create_prepared(plans, _encode_created)
-        if not isinstance(parsed, dict):
-            raise BadRequest("body must be a JSON object or an array of objects")
-        created = await service.create([service.from_v1(parsed, is_time_out)])
-        return to_forsun(created[0])
-    if mime == "application/crontab":
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("crontab body is not UTF-8") from None
-        lines = crontab.parse_body(text)
-        if not lines:
-            raise errors.MissingArgument("plan")
-        known = service.known_actions()
-        now_ms = service.scheduler.clock.now_ms()
-        plans = [service.from_line(line, known, now_ms) for line in lines]
-        return await service.create_prepared(plans, _encode_created)
-    raise BadRequest(f"unsupported Content-Type: {ctype}")
+    return orjson.Fragment(await service.create_from_body(body, ctype, is_time_out))
 
 
 class CreateDelegate(HTTPMessageDelegate):
@@ -329,9 +288,6 @@ class PauseHandler(BaseHandler):
             return to_forsun(await op(key))
 
         await self.run(change)
-
-
-_ARRAY_MODES = {"create": False, "createTimeout": True}
 
 
 class TimeHandler(BaseHandler):

@@ -19,7 +19,7 @@ import psutil
 from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
-from forsun_box.api.crontab import PlanLine
+from forsun_box.api.bodies import Body, Worker, one_per_key
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, make_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
@@ -50,6 +50,7 @@ class ForsunService:
         info: ServiceInfo,
         stats: Any,
         max_plans_per_request: int = 100_000,
+        worker: Worker | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.actions = actions
@@ -57,6 +58,8 @@ class ForsunService:
         self.info_facts = info
         self.stats = stats
         self.max_plans_per_request = max_plans_per_request
+        # builds HTTP v1 create bodies; in another process once started (see bodies)
+        self.worker = worker or Worker()
         self.start_time = int(time.time())
         self._process = psutil.Process(os.getpid())
         self._known: frozenset[str] = frozenset()
@@ -166,92 +169,20 @@ class ForsunService:
             self._known_stamp = stamp
         return self._known
 
-    def from_v1(self, obj: Any, is_time_out: bool) -> Plan:
-        """A plan from an HTTP v1 JSON object (input field ``seconds``, plural)."""
-        return self.from_v1_many([obj], is_time_out, numbered=False)[0]
-
-    def from_v1_many(self, objs: list[Any], is_time_out: bool,
-                     modes: Mapping[Any, bool] | None = None, numbered: bool = True) -> list[Plan]:
-        """The plans of a v1 JSON array (or of one object, ``numbered`` False).
-
-        An element naming a ``method`` found in ``modes`` takes that mode
-        instead of ``is_time_out`` (forsun lets each element pick). The plans
-        of one request are created at one instant, with one look-up of the
-        action names; an error names the element at fault (when ``numbered``).
-        A bulk create runs this loop once per plan, so it calls
-        :func:`~forsun_box.plan.make_plan` directly, with locals.
-        """
-        known = self.known_actions()
-        now_ms = self.scheduler.clock.now_ms()
-        tz = self.scheduler.tz
-        limits = self.limits
-        new_key = self.scheduler.new_key
-        out: list[Plan] = []
-        append = out.append
-        for i, obj in enumerate(objs):
-            try:
-                if not isinstance(obj, dict):
-                    raise errors.InvalidValue("each plan must be a JSON object")
-                get = obj.get
-                timeout = is_time_out
-                if modes:
-                    mode = get("method")
-                    if type(mode) is str:
-                        timeout = modes.get(mode, is_time_out)
-                key = get("key")
-                if key is None or key == "":
-                    key = new_key()
-                elif not isinstance(key, str):
-                    raise errors.InvalidValue("key must be a string")
-                second = get("seconds")
-                if second is None:
-                    second = get("second")  # be lenient with the answer's spelling
-                minute, hour, day = get("minute"), get("hour"), get("day")
-                month, week, count = get("month"), get("week"), get("count")
-                action = get("action")
-                append(make_plan(
-                    key, DELAY if timeout else CALENDAR, now_ms, tz,
-                    "shell" if action is None or action == "" else action, get("params"),
-                    -1 if second is None else second, -1 if minute is None else minute,
-                    -1 if hour is None else hour, -1 if day is None else day,
-                    -1 if month is None else month, -1 if week is None else week,
-                    0 if count is None else count, known, limits,
-                ))
-            except errors.ForsunBoxError as e:
-                if not numbered:
-                    raise
-                raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
-        return out
-
-    def from_line(self, line: PlanLine, known_actions: frozenset[str] | None = None,
-                  now_ms: int | None = None) -> Plan:
-        """The plan of a parsed crontab line; ``now_ms`` shared by a whole body."""
-        f = line.fields
-        return self._build(line.key, line.is_time_out, f.get("second"), f.get("minute"),
-                           f.get("hour"), f.get("day"), f.get("month"), f.get("week"),
-                           line.count, line.action, line.params, known_actions, now_ms)
-
     # ------------------------------------------------------------------ operations
 
     async def create(self, plans: list[Plan]) -> list[Plan]:
-        return await self.scheduler.create(self._one_per_key(plans))
+        return await self.scheduler.create(one_per_key(plans, self.max_plans_per_request))
 
-    async def create_prepared(self, plans: list[Plan], prepare: Callable[[list[Plan]], T]) -> T:
-        """As :meth:`create`; answers ``prepare(created plans)``, computed during the commit."""
-        return await self.scheduler.create_prepared(self._one_per_key(plans), prepare)
-
-    def _one_per_key(self, plans: list[Plan]) -> list[Plan]:
-        if len(plans) > self.max_plans_per_request:
-            raise errors.TooLarge(f"more than {self.max_plans_per_request} plans in one request")
-        if len(plans) < 2:
-            return plans
-        seen: dict[str, int] = {}
-        for i, p in enumerate(plans):
-            seen[p.key] = i
-        if len(seen) != len(plans):
-            # The same key twice in one request: the last definition wins.
-            plans = [p for i, p in enumerate(plans) if seen[p.key] == i]
-        return plans
+    async def create_from_body(self, body: bytes, content_type: str, is_time_out: bool) -> bytes:
+        """Create the plans of an HTTP v1 body (JSON or crontab); the answer's data,
+        encoded. Big bodies are built in the create worker, when there is one."""
+        req = Body(body, content_type, is_time_out, self.scheduler.clock.now_ms(),
+                   self.scheduler.tz, self.limits, self.known_actions(),
+                   self.max_plans_per_request)
+        plans, data = await self.worker.build(req)
+        await self.scheduler.create(plans)
+        return data
 
     async def remove(self, key: Any) -> Plan:
         key = self._key(key)

@@ -288,6 +288,13 @@ def test_download_and_run(installed: Installed) -> None:
     # the drop-in extension's action
     installed.ok("PUT", "/v1/plan", {"key": "ext", "seconds": 1, "count": 1, "action": "touch",
                                      "params": {"file": str(out / "ext.txt"), "word": "hi"}})
+    # a bulk create big enough to be built in the create worker process
+    bulk = [{"key": f"bulk-{i}", "seconds": 3600, "count": 1, "action": "shell",
+             "params": {"cmd": f"echo {i}"}} for i in range(600)]
+    assert [p["key"] for p in installed.ok("PUT", "/v1/plan", bulk)] == [
+        p["key"] for p in bulk]
+    assert "create worker process" in installed.log()  # it started ...
+    assert "create worker process stopped" not in installed.log()  # ... and did not stop
     # the client commands of the same executable
     cli = installed.run("--port", str(installed.thrift_port), "set", "cli-hourly",
                         "0", "15", "*", "*", "*", "*", "shell", "cmd=true")

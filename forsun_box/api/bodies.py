@@ -1,0 +1,293 @@
+"""Create bodies of HTTP v1 (JSON, crontab) made into plans, in the event loop or a worker.
+
+A bulk create spends most of its time on Python work that needs nothing of
+the running service: parsing the body, validating every plan, encoding the
+answer. :func:`build` does that work from a :class:`Body` (the request and
+the few facts of the service it needs) and nothing else, so it can run in
+another process. :class:`Worker` keeps one such process: big bodies are
+built there while the event loop goes on firing and answering, and only
+the finished plans come back (each as a tuple of its fields, far cheaper to
+carry across than the objects), with the answer already encoded.
+
+Only the engine's own bookkeeping (versions, the in-flight set, the window)
+and the commit stay in the service's process, so a plan created through the
+worker is the same as one created in the loop: same validation, same
+answer, same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import dataclasses
+import gc
+import itertools
+import logging
+import multiprocessing
+import operator
+import signal
+import sys
+from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from forsun_box import errors
+from forsun_box.api import crontab
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, make_plan, new_key, to_forsun
+
+log = logging.getLogger("forsun_box.http")
+
+# Bodies at least this big go to the worker (about 150 plans); smaller ones
+# take less time to build than the round trip to the other process.
+WORKER_MIN_BYTES = 32 * 1024
+# The worker's young-generation collection threshold (CPython's default: 700).
+WORKER_GC_YOUNG = 50_000
+JSON_TYPES = ("application/json", "text/json", "", "application/x-www-form-urlencoded")
+CRONTAB_TYPE = "application/crontab"
+# forsun lets each element of a JSON array pick its mode
+ARRAY_MODES = {"create": False, "createTimeout": True}
+
+_plan_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Plan)))
+
+
+class BadRequest(Exception):
+    """A body that can't be read at all: HTTP 400 (or ``status``) with errcode ``code``."""
+
+    def __init__(self, message: str, status: int = 400, code: int = errors.INVALID_VALUE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One create request and what of the service building its plans needs."""
+
+    body: bytes
+    content_type: str
+    is_time_out: bool  # PUT (forsun's createTimeout) rather than POST (create)
+    now_ms: int  # the instant all of the request's plans are created at
+    tz: ZoneInfo  # the server's zone (calendar plans)
+    limits: Limits
+    known_actions: frozenset[str]
+    max_plans: int
+
+
+def media_type(content_type: str) -> str:
+    """``json`` or ``crontab`` for a create's Content-Type; BadRequest for any other."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    # curl -d sends a form type by default; forsun's clients rely on JSON being assumed.
+    if mime in JSON_TYPES:
+        return "json"
+    if mime == CRONTAB_TYPE:
+        return "crontab"
+    raise BadRequest(f"unsupported Content-Type: {content_type}")
+
+
+def build(req: Body) -> tuple[list[Plan], bytes]:
+    """The plans of ``req`` (one per key: a key's last definition wins) and the
+    answer's ``data`` encoded (the plan, or the list of them for an array or a
+    crontab body). Raises ForsunBoxError or BadRequest; nothing is created."""
+    if media_type(req.content_type) == "json":
+        try:
+            parsed = orjson.loads(req.body)
+        except orjson.JSONDecodeError as e:
+            raise BadRequest(f"body is not valid JSON: {e}") from None
+        if isinstance(parsed, dict):
+            plans = v1_plans([parsed], req, None, numbered=False)
+            return plans, orjson.dumps(to_forsun(plans[0]))
+        if not isinstance(parsed, list):
+            raise BadRequest("body must be a JSON object or an array of objects")
+        plans = v1_plans(parsed, req, ARRAY_MODES)
+    else:
+        try:
+            text = req.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("crontab body is not UTF-8") from None
+        lines = crontab.parse_body(text)
+        if not lines:
+            raise errors.MissingArgument("plan")
+        plans = line_plans(lines, req)
+    plans = one_per_key(plans, req.max_plans)
+    return plans, orjson.dumps([to_forsun(p) for p in plans])
+
+
+def one_per_key(plans: list[Plan], max_plans: int) -> list[Plan]:
+    """``plans`` with a key given twice kept once, as last defined; 1009 past ``max_plans``."""
+    if len(plans) > max_plans:
+        raise errors.TooLarge(f"more than {max_plans} plans in one request")
+    if len(plans) < 2:
+        return plans
+    seen: dict[str, int] = {}
+    for i, p in enumerate(plans):
+        seen[p.key] = i
+    if len(seen) != len(plans):
+        plans = [p for i, p in enumerate(plans) if seen[p.key] == i]
+    return plans
+
+
+def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
+             numbered: bool = True) -> list[Plan]:
+    """The plans of v1 JSON objects (input field ``seconds``, plural).
+
+    An element naming a ``method`` found in ``modes`` takes that mode instead
+    of the request's. An error names the element at fault (when ``numbered``).
+    A bulk create runs this loop once per plan, so it calls
+    :func:`~forsun_box.plan.make_plan` directly, with locals.
+    """
+    is_time_out, now_ms, tz, limits = req.is_time_out, req.now_ms, req.tz, req.limits
+    known = req.known_actions
+    out: list[Plan] = []
+    append = out.append
+    for i, obj in enumerate(objs):
+        try:
+            if not isinstance(obj, dict):
+                raise errors.InvalidValue("each plan must be a JSON object")
+            get = obj.get
+            timeout = is_time_out
+            if modes:
+                mode = get("method")
+                if type(mode) is str:
+                    timeout = modes.get(mode, is_time_out)
+            key = get("key")
+            if key is None or key == "":
+                key = new_key()
+            elif not isinstance(key, str):
+                raise errors.InvalidValue("key must be a string")
+            second = get("seconds")
+            if second is None:
+                second = get("second")  # be lenient with the answer's spelling
+            minute, hour, day = get("minute"), get("hour"), get("day")
+            month, week, count = get("month"), get("week"), get("count")
+            action = get("action")
+            append(make_plan(
+                key, DELAY if timeout else CALENDAR, now_ms, tz,
+                "shell" if action is None or action == "" else action, get("params"),
+                -1 if second is None else second, -1 if minute is None else minute,
+                -1 if hour is None else hour, -1 if day is None else day,
+                -1 if month is None else month, -1 if week is None else week,
+                0 if count is None else count, known, limits,
+            ))
+        except errors.ForsunBoxError as e:
+            if not numbered:
+                raise
+            raise errors.ForsunBoxError(f"plan [{i}]: {e.message}", e.code) from None
+    return out
+
+
+def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
+    """The plans of parsed crontab lines."""
+    now_ms, tz, limits, known = req.now_ms, req.tz, req.limits, req.known_actions
+    out: list[Plan] = []
+    for line in lines:
+        f = line.fields
+        get = f.get
+        second, minute, hour = get("second"), get("minute"), get("hour")
+        day, month, week = get("day"), get("month"), get("week")
+        out.append(make_plan(
+            line.key or new_key(), DELAY if line.is_time_out else CALENDAR, now_ms, tz,
+            line.action or "shell", line.params, -1 if second is None else second,
+            -1 if minute is None else minute, -1 if hour is None else hour,
+            -1 if day is None else day, -1 if month is None else month,
+            -1 if week is None else week, line.count, known, limits,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+def _build_in_worker(req: Body) -> tuple[Any, ...]:
+    """:func:`build` in the worker process: ``(True, plan tuples, answer)``,
+    or ``(False, HTTP status, errcode, message)`` for a request at fault."""
+    try:
+        plans, data = build(req)
+    except BadRequest as e:
+        return False, e.status, e.code, e.message
+    except errors.ForsunBoxError as e:
+        return False, 200, e.code, e.message
+    return True, list(map(_plan_fields, plans)), data
+
+
+def _worker_started() -> None:
+    """Set up the worker process: signals are the service's business, not its own."""
+    # A signal caught here must not reach the service's event loop through the
+    # wake-up descriptor inherited with the fork; Ctrl-C in a terminal reaches the
+    # whole process group, and the service stops its worker itself.
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The objects of a request live until its answer and form no cycles: the
+    # collector's passes over them are wasted work. What the fork brought along
+    # is never garbage either; frozen, no pass looks at it again.
+    gc.freeze()
+    gc.set_threshold(WORKER_GC_YOUNG, 20, 100)
+    if sys.platform.startswith("linux"):
+        # die with the service, even when it is killed (-9)
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Worker:
+    """One process building big create bodies (see the module docstring).
+
+    Forked when the service starts, before any thread of its own runs (a fork
+    copies only the forking thread; a lock another thread held would stay
+    held in the child). If the process dies, bodies are built in the event
+    loop from then on, and the service says so in its log.
+    """
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def start(self) -> None:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started)
+        pool.submit(int).result()  # forks now: before the service starts any thread
+        self._pool = pool
+        log.info("create worker process %s started", self.pid())
+
+    def pid(self) -> int | None:
+        """The worker's process id (None when not running)."""
+        pool = self._pool
+        if pool is None:
+            return None
+        return next(iter(pool._processes), None)
+
+    async def build(self, req: Body) -> tuple[list[Plan], bytes]:
+        """As :func:`build`; in the worker when there is one and the body is big."""
+        pool = self._pool
+        if pool is None or len(req.body) < WORKER_MIN_BYTES:
+            return build(req)
+        try:
+            done = await asyncio.get_running_loop().run_in_executor(pool, _build_in_worker, req)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                log.error("the create worker process stopped: create bodies are built in "
+                          "the event loop from now on")
+                self._pool = None
+                pool.shutdown(wait=False)
+            return build(req)
+        if not done[0]:
+            _, status, code, message = done
+            if status != 200:
+                raise BadRequest(message, status, code)
+            raise errors.ForsunBoxError(message, code)
+        _, rows, data = done
+        return list(itertools.starmap(Plan, rows)), data
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,137 @@
+"""Big v1 create bodies built in the create worker process, against real servers.
+
+A body of 32 KiB or more goes to the worker; the answers, errors and stored
+plans must be what the event loop gives for the same body (a server with
+``--no-create-worker`` side by side), and the service must outlive its
+worker and the worker not outlive the service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from forsun_box.api.bodies import WORKER_MIN_BYTES
+from tests.helpers import Server
+
+N = 600  # plans in a big body (well over WORKER_MIN_BYTES)
+VOLATILE = ("next_time", "created_time")  # differ between two servers by the clock
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    with_worker = Server(tmp_path_factory.mktemp("worker")).start()
+    in_loop = Server(tmp_path_factory.mktemp("loop"), "--no-create-worker").start()
+    yield with_worker, in_loop
+    assert with_worker.stop() == 0
+    assert in_loop.stop() == 0
+
+
+def _plans(prefix: str, n: int = N) -> list[dict]:
+    return [{"key": f"{prefix}{i}", "seconds": 3600 + i, "count": 1 + i % 3, "action": "http",
+             "params": {"url": f"http://127.0.0.1:9/p?i={i}", "method": "post"}}
+            for i in range(n)]
+
+
+def _worker_of(server: Server) -> psutil.Process:
+    assert server.proc is not None
+    children = psutil.Process(server.proc.pid).children()
+    assert len(children) == 1, children
+    return children[0]
+
+
+def _stable(plans: list[dict]) -> list[dict]:
+    return [{k: v for k, v in p.items() if k not in VOLATILE} for p in plans]
+
+
+def test_a_big_array_is_answered_as_the_event_loop_answers_it(servers) -> None:
+    with_worker, in_loop = servers
+    body = _plans("big:")
+    body.append({**body[5], "seconds": 30, "method": "create"})  # big:5 again: the last wins
+    assert len(str(body)) > WORKER_MIN_BYTES
+    before = time.time()
+    a = with_worker.ok("PUT", "/v1/plan", body)
+    b = in_loop.ok("PUT", "/v1/plan", body)
+    assert _stable(a) == _stable(b)
+    assert [p["key"] for p in a] == [f"big:{i}" for i in range(N) if i != 5] + ["big:5"]
+    five = a[-1]
+    assert five["is_time_out"] is False and five["second"] == 30
+    assert int(before) + 3600 <= a[0]["next_time"] <= int(time.time()) + 3600
+    # stored as answered, the bookkeeping (versions, counts) in the service's process
+    by_key = {p["key"]: p for p in a}
+    assert with_worker.ok("GET", "/v1/plan?key=big:7") == by_key["big:7"]
+    assert with_worker.ok("GET", "/v1/keys?prefix=big:") == sorted(p["key"] for p in a)
+    info = with_worker.ok("GET", "/v1/info")
+    assert int(info["create_timeouted_count"]) >= N - 1
+    assert with_worker.ok("DELETE", "/v1/plan?key=big:7")["key"] == "big:7"
+
+
+def test_a_big_crontab_body(servers) -> None:
+    with_worker, in_loop = servers
+    text = "".join(f"cron:{i} */{60 + i} * * * * * http url=http://127.0.0.1:9/c?i={i}\n"
+                   for i in range(N))
+    assert len(text) > WORKER_MIN_BYTES
+    a = with_worker.ok("PUT", "/v1/plan", text, ctype="application/crontab")
+    b = in_loop.ok("PUT", "/v1/plan", text, ctype="application/crontab")
+    assert _stable(a) == _stable(b) and len(a) == N
+    assert a[3]["params"] == {"url": "http://127.0.0.1:9/c?i=3"}
+
+
+@pytest.mark.parametrize("spoil,status,errcode,says", [
+    (lambda b: b.__setitem__(N // 2, {**b[N // 2], "action": "nope"}), 200, 1006,
+     f"plan [{N // 2}]: unknown action"),
+    (lambda b: b.__setitem__(N - 1, {**b[N - 1], "seconds": "soon"}), 200, 1008,
+     f"plan [{N - 1}]: second must be an integer"),
+    (lambda b: b.__setitem__(3, 42), 200, 1008, "plan [3]: each plan must be a JSON object"),
+])
+def test_a_big_body_with_one_bad_plan_stores_nothing(servers, spoil, status, errcode,
+                                                      says) -> None:
+    with_worker, in_loop = servers
+    body = _plans("bad:")
+    spoil(body)
+    for server in (with_worker, in_loop):
+        got_status, reply = server.call("PUT", "/v1/plan", body)
+        assert (got_status, reply["errcode"]) == (status, errcode), reply
+        assert reply["errmsg"].startswith(says), reply
+        assert server.ok("GET", "/v1/keys?prefix=bad:") == []
+
+
+def test_a_big_body_that_is_not_json(servers) -> None:
+    with_worker, _ = servers
+    status, reply = with_worker.call("PUT", "/v1/plan", raw=b"[" + b"1," * WORKER_MIN_BYTES)
+    assert status == 400 and reply["errcode"] == 1008
+    assert reply["errmsg"].startswith("body is not valid JSON")
+
+
+def test_the_service_outlives_its_worker(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    try:
+        worker = _worker_of(server)
+        # A signal to the worker alone stays there: SIGINT is ignored, and
+        # nothing reaches the service's event loop (which would stop it).
+        os.kill(worker.pid, signal.SIGINT)
+        assert server.ok("PUT", "/v1/plan", _plans("a:"))[0]["key"] == "a:0"
+        assert worker.is_running()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        # the next big body is built in the event loop
+        created = server.ok("PUT", "/v1/plan", _plans("b:"))
+        assert len(created) == N
+        assert server.ok("GET", f"/v1/plan?key=b:{N - 1}")["key"] == f"b:{N - 1}"
+        assert "create worker process stopped" in server.log()
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_worker_does_not_outlive_the_service(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    worker = _worker_of(server)
+    server.kill()  # -9: no stop of the worker by the service
+    worker.wait(10)  # raises TimeoutExpired if it lingers
+    assert not worker.is_running()
