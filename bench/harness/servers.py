@@ -111,13 +111,26 @@ class Server:
         return self.proc.poll() is None
 
     def rss(self) -> int:
-        """Resident set size of the server process, in bytes."""
-        return int(psutil.Process(self.pid).memory_info().rss)
+        """Resident set size of the server process and its children (forsun-box's create
+        worker), in bytes; pages a fork still shares are counted in each."""
+        proc = psutil.Process(self.pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return int(total)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU time the server process has used so far, its children's
+        (forsun-box's create worker) included."""
+        proc = psutil.Process(self.pid)
+        times = proc.cpu_times()
+        total = times.user + times.system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                ct = child.cpu_times()
+                total += ct.user + ct.system
+        return float(total)
 
     def data_bytes(self) -> int:
         """Bytes on disk under the server's temp dir (its database, logs, dumps)."""
