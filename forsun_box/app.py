@@ -113,9 +113,10 @@ class App:
         config = self.config
         access.check_bind(config)
         os.makedirs(config.data_dir, exist_ok=True)
+        tz = config.tzinfo()
         if config.create_worker:
             # forked first: before extensions, the store or the loop watch start threads
-            self.worker.start()
+            self.worker.start(tz)
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
         extensions_dir = default_extensions_dir(config)
         log.info("extensions folder %s", extensions_dir)
@@ -135,7 +136,6 @@ class App:
         self.store = make_store(config)
         await self.store.open()
         self.metrics.instrument_store(self.store)
-        tz = config.tzinfo()
         self.scheduler = Scheduler(
             self.store,
             self.clock,

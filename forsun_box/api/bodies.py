@@ -26,6 +26,7 @@ import itertools
 import logging
 import multiprocessing
 import operator
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -73,7 +74,9 @@ class Body:
     content_type: str
     is_time_out: bool  # PUT (forsun's createTimeout) rather than POST (create)
     now_ms: int  # the instant all of the request's plans are created at
-    tz: ZoneInfo  # the server's zone (calendar plans)
+    # the service's zone (calendar plans); None in the worker, which has it from its start
+    # (a zone read from a file, as /etc/localtime can be, can't be pickled)
+    tz: ZoneInfo | None
     limits: Limits
     known_actions: frozenset[str]
     max_plans: int
@@ -141,7 +144,7 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
     A bulk create runs this loop once per plan, so it calls
     :func:`~forsun_box.plan.make_plan` directly, with locals.
     """
-    is_time_out, now_ms, tz, limits = req.is_time_out, req.now_ms, req.tz, req.limits
+    is_time_out, now_ms, tz, limits = req.is_time_out, req.now_ms, _zone(req), req.limits
     known = req.known_actions
     out: list[Plan] = []
     append = out.append
@@ -183,7 +186,7 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
 
 def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
     """The plans of parsed crontab lines."""
-    now_ms, tz, limits, known = req.now_ms, req.tz, req.limits, req.known_actions
+    now_ms, tz, limits, known = req.now_ms, _zone(req), req.limits, req.known_actions
     out: list[Plan] = []
     for line in lines:
         f = line.fields
@@ -202,6 +205,13 @@ def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
 
 # ---------------------------------------------------------------------------- the worker
 
+_worker_zone = ZoneInfo("UTC")  # in the worker process: the service's zone, set at its start
+
+
+def _zone(req: Body) -> ZoneInfo:
+    return _worker_zone if req.tz is None else req.tz
+
+
 
 def _build_in_worker(req: Body) -> tuple[Any, ...]:
     """:func:`build` in the worker process: ``(True, plan tuples, answer)``,
@@ -215,8 +225,11 @@ def _build_in_worker(req: Body) -> tuple[Any, ...]:
     return True, list(map(_plan_fields, plans)), data
 
 
-def _worker_started() -> None:
-    """Set up the worker process: signals are the service's business, not its own."""
+def _worker_started(parent: int, zone: ZoneInfo) -> None:
+    """Set up the worker process (forked from ``parent``, the service, whose zone is
+    ``zone``): signals are the service's business, not its own."""
+    global _worker_zone
+    _worker_zone = zone
     # A signal caught here must not reach the service's event loop through the
     # wake-up descriptor inherited with the fork; Ctrl-C in a terminal reaches the
     # whole process group, and the service stops its worker itself.
@@ -233,6 +246,8 @@ def _worker_started() -> None:
         PR_SET_PDEATHSIG = 1
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)  # the service went before the line above took effect
 
 
 class Worker:
@@ -251,10 +266,18 @@ class Worker:
     def running(self) -> bool:
         return self._pool is not None
 
-    def start(self) -> None:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started)
-        pool.submit(int).result()  # forks now: before the service starts any thread
+    def start(self, zone: ZoneInfo) -> None:
+        """Fork the worker (the service's zone is ``zone``). If that fails, the service
+        goes on without it, and says so."""
+        try:
+            pool = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
+                initargs=(os.getpid(), zone))  # a fork passes them on as they are
+            pool.submit(int).result()  # forks now: before the service starts any thread
+        except (OSError, BrokenProcessPool) as e:
+            log.warning("cannot start the create worker process (%s): create bodies are "
+                        "built in the event loop", e)
+            return
         self._pool = pool
         log.info("create worker process %s started", self.pid())
 
@@ -271,7 +294,8 @@ class Worker:
         if pool is None or len(req.body) < WORKER_MIN_BYTES:
             return build(req)
         try:
-            done = await asyncio.get_running_loop().run_in_executor(pool, _build_in_worker, req)
+            done = await asyncio.get_running_loop().run_in_executor(
+                pool, _build_in_worker, dataclasses.replace(req, tz=None))
         except BrokenProcessPool:
             if self._pool is pool:
                 log.error("the create worker process stopped: create bodies are built in "

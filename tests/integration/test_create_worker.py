@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psutil
 import pytest
@@ -135,3 +137,22 @@ def test_the_worker_does_not_outlive_the_service(tmp_path: Path) -> None:
     server.kill()  # -9: no stop of the worker by the service
     worker.wait(10)  # raises TimeoutExpired if it lingers
     assert not worker.is_running()
+
+
+def test_a_zone_read_from_a_file_reaches_the_worker(tmp_path: Path) -> None:
+    """TZ as a path gives a zone read from a file, which can't be pickled: the worker
+    has the service's zone from its start instead of from each request."""
+    zone_file = Path("/usr/share/zoneinfo/Asia/Tokyo")
+    if not zone_file.exists():
+        pytest.skip("no zone files on this machine")
+    server = Server(tmp_path, env={"TZ": str(zone_file)}).start()
+    try:
+        body = [{"key": f"tokyo:{i}", "seconds": 0, "minute": i % 60, "hour": 9,
+                 "action": "shell", "params": {"cmd": "true"}} for i in range(N)]
+        created = server.ok("POST", "/v1/plan", body)
+        tokyo = ZoneInfo("Asia/Tokyo")
+        for p in created[:61]:
+            at = datetime.fromtimestamp(p["next_time"], tokyo)
+            assert (at.hour, at.minute, at.second) == (9, p["minute"], 0), p
+    finally:
+        assert server.stop() == 0
