@@ -1,10 +1,12 @@
-"""Create bodies of HTTP v1 (JSON, crontab) made into plans, in the event loop or a worker.
+"""Create bodies (HTTP v1 JSON and crontab, v2 NDJSON lines) made into plans, in the event
+loop or a worker.
 
 A bulk create spends most of its time on Python work that needs nothing of
 the running service: parsing the body, validating every plan, encoding the
 answer. :func:`build` does that work from a :class:`Body` (the request and
 the few facts of the service it needs) and nothing else, so it can run in
-another process. :class:`Worker` keeps one such process: big bodies are
+another process; :func:`build_lines` does the same for the lines of a v2
+batch. :class:`Worker` keeps one such process: big bodies are
 built there while the event loop goes on firing and answering, and only
 the finished plans come back (each as a tuple of its fields, far cheaper to
 carry across than the objects), with the answer already encoded.
@@ -39,6 +41,7 @@ import orjson
 
 from forsun_box import errors
 from forsun_box.api import crontab
+from forsun_box.api.v2_schema import build_v2_plan
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, make_plan, new_key, to_forsun
 
 log = logging.getLogger("forsun_box.http")
@@ -203,12 +206,54 @@ def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """Lines of a v2 NDJSON batch (``(line number, text)``) and what building needs."""
+
+    lines: list[tuple[int, bytes]]
+    now_ms: int
+    tz: ZoneInfo | None  # as in Body
+    limits: Limits
+    known_actions: frozenset[str]
+
+    def size(self) -> int:
+        return sum(len(raw) for _, raw in self.lines)
+
+
+# What build_lines gives for a line: (line number, plan) or, for a line at fault,
+# (line number, its key if it names one, forsun's error code or 0 for unreadable JSON,
+# message).
+LineResult = tuple[int, Plan] | tuple[int, str | None, int, str]
+
+
+def build_lines(req: Lines) -> list[LineResult]:
+    """The plan of each line of a v2 batch, or why it has none (see LineResult)."""
+    tz = _zone(req)
+    out: list[LineResult] = []
+    for line_no, raw in req.lines:
+        key = None
+        try:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                out.append((line_no, None, 0, f"line is not valid JSON: {e}"))
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("key"), str):
+                key = obj["key"]
+            out.append((line_no, build_v2_plan(obj, key=None, now_ms=req.now_ms, default_tz=tz,
+                                               known_actions=req.known_actions,
+                                               limits=req.limits)))
+        except errors.ForsunBoxError as e:
+            out.append((line_no, key, e.code, e.message))
+    return out
+
+
 # ---------------------------------------------------------------------------- the worker
 
 _worker_zone = ZoneInfo("UTC")  # in the worker process: the service's zone, set at its start
 
 
-def _zone(req: Body) -> ZoneInfo:
+def _zone(req: Body | Lines) -> ZoneInfo:
     return _worker_zone if req.tz is None else req.tz
 
 
@@ -223,6 +268,12 @@ def _build_in_worker(req: Body) -> tuple[Any, ...]:
     except errors.ForsunBoxError as e:
         return False, 200, e.code, e.message
     return True, list(map(_plan_fields, plans)), data
+
+
+def _build_lines_in_worker(req: Lines) -> list[tuple[Any, ...]]:
+    """:func:`build_lines` in the worker process, plans as tuples of their fields."""
+    return [(r[0], _plan_fields(r[1])) if len(r) == 2 else r  # type: ignore[misc]
+            for r in build_lines(req)]
 
 
 def _worker_started(parent: int, zone: ZoneInfo) -> None:
@@ -290,18 +341,10 @@ class Worker:
 
     async def build(self, req: Body) -> tuple[list[Plan], bytes]:
         """As :func:`build`; in the worker when there is one and the body is big."""
-        pool = self._pool
-        if pool is None or len(req.body) < WORKER_MIN_BYTES:
+        if self._pool is None or len(req.body) < WORKER_MIN_BYTES:
             return build(req)
-        try:
-            done = await asyncio.get_running_loop().run_in_executor(
-                pool, _build_in_worker, dataclasses.replace(req, tz=None))
-        except BrokenProcessPool:
-            if self._pool is pool:
-                log.error("the create worker process stopped: create bodies are built in "
-                          "the event loop from now on")
-                self._pool = None
-                pool.shutdown(wait=False)
+        done = await self._run(_build_in_worker, dataclasses.replace(req, tz=None))
+        if done is None:
             return build(req)
         if not done[0]:
             _, status, code, message = done
@@ -310,6 +353,29 @@ class Worker:
             raise errors.ForsunBoxError(message, code)
         _, rows, data = done
         return list(itertools.starmap(Plan, rows)), data
+
+    async def build_lines(self, req: Lines) -> list[LineResult]:
+        """As :func:`build_lines`; in the worker when there is one and the lines are many."""
+        if self._pool is None or req.size() < WORKER_MIN_BYTES:
+            return build_lines(req)
+        done = await self._run(_build_lines_in_worker, dataclasses.replace(req, tz=None))
+        if done is None:
+            return build_lines(req)
+        return [(r[0], Plan(*r[1])) if len(r) == 2 else r for r in done]
+
+    async def _run(self, fn: Any, req: Any) -> Any:
+        """``fn(req)`` in the worker; None if the worker has stopped (it is then let go)."""
+        pool = self._pool
+        assert pool is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, req)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                log.error("the create worker process stopped: create bodies are built in "
+                          "the event loop from now on")
+                self._pool = None
+                pool.shutdown(wait=False)
+            return None
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

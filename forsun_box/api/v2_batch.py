@@ -1,9 +1,10 @@
 """``POST /v2/plans:batch``: NDJSON plan definitions, streamed, answered per line.
 
 Each non-blank line is one v2 plan definition (the key in the body) and is
-upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives and
-committed in chunks, so a request of 100,000 lines never sits whole in
-memory. The answer (``application/x-ndjson``) has one line per non-blank
+upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives,
+its lines built (parsed and validated: in the create worker of
+:mod:`~forsun_box.api.bodies` when they are many) and committed in chunks,
+so a request of 100,000 lines never sits whole in memory. The answer (``application/x-ndjson``) has one line per non-blank
 input line, in order: ``{"line": n, "key": k, "status": 200}`` or
 ``{"line": n, "key": k|null, "status": 4xx|5xx, "problem": {...}}``. A line
 with a key that an earlier line of the same request also names is committed
@@ -14,19 +15,22 @@ limit get status 413 and are not stored.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import v2_schema
+from forsun_box.api import bodies
 from forsun_box.api.http_v2 import BATCH_CHUNK, Problem, V2Handler
 from forsun_box.plan import Plan
 
 NDJSON = "application/x-ndjson"
 #: chunks handed to the engine and not yet committed, per request
 MAX_COMMITS_IN_FLIGHT = 2
+#: lines built at a time (small enough for building the next ones to overlap taking these on)
+BUILD_CHUNK = 1000
+#: chunks of lines being built (in the create worker) and not yet taken on, per request
+MAX_BUILDS_IN_FLIGHT = 4
 #: bytes one line may average before the request is refused
 BYTES_PER_LINE = 4096
 
@@ -45,6 +49,8 @@ class BatchHandler(V2Handler):
         self._skipping = False  # inside a line longer than the per-line limit
         self._line_no = 0
         self._seen = 0
+        self._raw: list[tuple[int, bytes]] = []  # lines read, not yet built
+        self._builds: list[asyncio.Future[list[bodies.LineResult]]] = []
         self._pending: list[tuple[int, Plan]] = []
         self._pending_keys: set[str] = set()
         self._results: list[tuple[int, bytes]] = []
@@ -82,35 +88,42 @@ class BatchHandler(V2Handler):
             self._fail(None, Problem(413, f"more than {self.max_lines} plans in one request",
                                      "too-large", errors.TOO_LARGE))
             return
-        key = None
-        try:
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise Problem(400, f"line is not valid JSON: {e}") from None
-            if isinstance(obj, dict) and isinstance(obj.get("key"), str):
-                key = obj["key"]
-            plan = self.build_known(obj)
-        except Problem as p:
-            self._fail(key, p)
-            return
-        except errors.ForsunBoxError as e:
-            self._fail(key, Problem.from_error(e))
-            return
-        if plan.key in self._pending_keys or len(self._pending) >= BATCH_CHUNK:
-            await self._flush()
-        self._pending.append((self._line_no, plan))
-        self._pending_keys.add(plan.key)
+        self._raw.append((self._line_no, raw))
+        if len(self._raw) >= BUILD_CHUNK:
+            await self._build()
 
-    def build_known(self, obj: Any) -> Plan:
-        scheduler = self.service.scheduler
-        return v2_schema.build_v2_plan(obj, key=None, now_ms=scheduler.clock.now_ms(),
-                                       default_tz=scheduler.tz, known_actions=self._known,
-                                       limits=self.service.limits)
+    async def _build(self, drain: bool = False) -> None:
+        """Start building the plans of the lines read so far (in the create worker when
+        they are many), and take the built ones on in order: reading and building the
+        next lines overlaps handing these to the engine. At most
+        MAX_BUILDS_IN_FLIGHT are outstanding; ``drain`` takes them all."""
+        if self._raw:
+            raw, self._raw = self._raw, []
+            scheduler = self.service.scheduler
+            self._builds.append(asyncio.ensure_future(self.service.worker.build_lines(
+                bodies.Lines(raw, scheduler.clock.now_ms(), scheduler.tz, self.service.limits,
+                             self._known))))
+        while self._builds and (drain or len(self._builds) > MAX_BUILDS_IN_FLIGHT):
+            await self._take(await self._builds.pop(0))
 
-    def _fail(self, key: str | None, p: Problem) -> None:
-        self._results.append((self._line_no, orjson.dumps({
-            "line": self._line_no, "key": key, "status": p.status,
+    async def _take(self, built: list[bodies.LineResult]) -> None:
+        """Built lines: failures answered, plans handed on in chunks of BATCH_CHUNK."""
+        for result in built:
+            if len(result) != 2:
+                line_no, key, code, message = result  # type: ignore[misc]
+                self._fail(key, Problem(400, message) if code == 0 else
+                           Problem.from_error(errors.ForsunBoxError(message, code)), line_no)
+                continue
+            line_no, plan = result  # type: ignore[misc]
+            if plan.key in self._pending_keys or len(self._pending) >= BATCH_CHUNK:
+                await self._flush()
+            self._pending.append((line_no, plan))
+            self._pending_keys.add(plan.key)
+
+    def _fail(self, key: str | None, p: Problem, line_no: int = 0) -> None:
+        line_no = line_no or self._line_no
+        self._results.append((line_no, orjson.dumps({
+            "line": line_no, "key": key, "status": p.status,
             "problem": p.body(self.request.path),
         })))
 
@@ -152,6 +165,7 @@ class BatchHandler(V2Handler):
             if self._buf.strip() or self._skipping:
                 await self._line(self._buf)
                 self._buf = b""
+            await self._build(drain=True)
             await self._flush()
             await self._drain()
             self._results.sort(key=lambda r: r[0])

@@ -8,6 +8,7 @@ worker and the worker not outlive the service.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -156,3 +157,35 @@ def test_a_zone_read_from_a_file_reaches_the_worker(tmp_path: Path) -> None:
             assert (at.hour, at.minute, at.second) == (9, p["minute"], 0), p
     finally:
         assert server.stop() == 0
+
+
+def _ndjson(server: Server, raw: bytes) -> list[dict]:
+    status, reply = server.call("POST", "/v2/plans:batch", raw=raw,
+                                ctype="application/x-ndjson")
+    assert status == 200, reply
+    if isinstance(reply, dict):  # one line: urllib's caller parsed it whole
+        return [reply]
+    return [json.loads(line) for line in reply.splitlines()]
+
+
+def test_a_big_v2_batch_is_answered_as_the_event_loop_answers_it(servers) -> None:
+    """Lines of a v2 NDJSON batch are built in the worker too, a chunk at a time."""
+    with_worker, in_loop = servers
+    lines = [json.dumps({"key": f"nd:{i}", "action": "shell", "params": {"cmd": "true"},
+                         "schedule": {"kind": "delay", "interval_ms": 60_000 + i}})
+             for i in range(N)]
+    lines[10] = "{not json"
+    lines[20] = json.dumps({"key": "nd:bad", "schedule": {"kind": "cron", "expr": "bad"}})
+    lines[30] = json.dumps({"key": "nd:1", "action": "shell", "params": {"cmd": "false"},
+                            "schedule": {"kind": "at", "at": 4083998400000}})  # nd:1 again
+    raw = ("\n".join(lines) + "\n").encode()
+    assert len(raw) > WORKER_MIN_BYTES
+    a, b = _ndjson(with_worker, raw), _ndjson(in_loop, raw)
+    assert a == b
+    assert len(a) == N
+    failed = {r["line"]: (r["key"], r["status"]) for r in a if r["status"] != 200}
+    assert failed == {11: (None, 400), 21: ("nd:bad", 422)}
+    assert a[10]["problem"]["detail"].startswith("line is not valid JSON")
+    # the later line with the same key wins
+    status, plan = with_worker.call("GET", "/v2/plans/nd:1")
+    assert status == 200 and plan["params"] == {"cmd": "false"}, plan
