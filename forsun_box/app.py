@@ -120,10 +120,6 @@ class App:
         log.info("forsun-box starting: data directory %s, store %s", config.data_dir, config.driver)
         extensions_dir = default_extensions_dir(config)
         log.info("extensions folder %s", extensions_dir)
-        if config.loop_stall_ms:
-            self.loop_watch = LoopWatch(config.loop_stall_ms / 1000)
-            self.loop_watch.start()
-            self.metrics.watch_loop(self.loop_watch)
         # Extensions first: they may register the store driver --driver names.
         self.extensions.load(
             folder=extensions_dir,
@@ -177,6 +173,11 @@ class App:
         if config.http_bind:
             self._start_http()
         self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop())
+        if config.loop_stall_ms:
+            # from here on: start-up itself may hold the loop (imports, the store's checks)
+            self.loop_watch = LoopWatch(config.loop_stall_ms / 1000)
+            self.loop_watch.start()
+            self.metrics.watch_loop(self.loop_watch)
         log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
 
     def _on_run(self, run: Any) -> None:

@@ -257,7 +257,6 @@ def _zone(req: Body | Lines) -> ZoneInfo:
     return _worker_zone if req.tz is None else req.tz
 
 
-
 def _build_in_worker(req: Body) -> tuple[Any, ...]:
     """:func:`build` in the worker process: ``(True, plan tuples, answer)``,
     or ``(False, HTTP status, errcode, message)`` for a request at fault."""
@@ -312,10 +311,6 @@ class Worker:
 
     def __init__(self) -> None:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._pool is not None
 
     def start(self, zone: ZoneInfo) -> None:
         """Fork the worker (the service's zone is ``zone``). If that fails, the service

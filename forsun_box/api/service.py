@@ -12,7 +12,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
@@ -23,8 +23,6 @@ from forsun_box.api.bodies import Body, Worker, one_per_key
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, make_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -58,7 +56,8 @@ class ForsunService:
         self.info_facts = info
         self.stats = stats
         self.max_plans_per_request = max_plans_per_request
-        # builds HTTP v1 create bodies; in another process once started (see bodies)
+        # builds create bodies (v1) and batch lines (v2); in another process once started
+        # (see forsun_box.api.bodies)
         self.worker = worker or Worker()
         self.start_time = int(time.time())
         self._process = psutil.Process(os.getpid())

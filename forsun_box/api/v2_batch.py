@@ -1,12 +1,13 @@
 """``POST /v2/plans:batch``: NDJSON plan definitions, streamed, answered per line.
 
 Each non-blank line is one v2 plan definition (the key in the body) and is
-upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives,
-its lines built (parsed and validated: in the create worker of
+upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives, its
+lines built (parsed and validated: in the create worker of
 :mod:`~forsun_box.api.bodies` when they are many) and committed in chunks,
-so a request of 100,000 lines never sits whole in memory. The answer (``application/x-ndjson``) has one line per non-blank
-input line, in order: ``{"line": n, "key": k, "status": 200}`` or
-``{"line": n, "key": k|null, "status": 4xx|5xx, "problem": {...}}``. A line
+so a request of 100,000 lines never sits whole in memory. The answer
+(``application/x-ndjson``) has one line per non-blank input line, in order:
+``{"line": n, "key": k, "status": 200}`` or ``{"line": n, "key": k|null,
+"status": 4xx|5xx, "problem": {...}}``. A line
 with a key that an earlier line of the same request also names is committed
 after it, so the last definition wins. Lines past the per-request plan
 limit get status 413 and are not stored.
