@@ -1,9 +1,10 @@
 """Crash test driver: load over HTTP and Thrift while the server is SIGKILLed.
 
-Each round starts forsun-box on the same data directory, runs two load
+Each round starts forsun-box on the same data directory, runs three load
 threads (one HTTP v1 client, one Thrift client through the generated
-``Forsun.Client``) that create and remove plans, and SIGKILLs the server at
-a random moment. Every request whose answer arrived is *acknowledged*;
+``Forsun.Client``, both creating and removing plans, and one HTTP v1 client
+creating arrays of BULK_PLANS plans, big enough for the create worker to
+build them), and SIGKILLs the server at a random moment. Every request whose answer arrived is *acknowledged*;
 requests cut off by the kill are *unknown* and promise nothing either way.
 
 Plans are of two kinds:
@@ -42,6 +43,8 @@ from forsun_box.thrift.forsun import Forsun
 from tests.helpers import Server, Sink, call, wait_until
 
 FAR_S = 3600
+BULK_PLANS = 300  # about 40 KiB of JSON: built in the create worker
+BULK_PAUSE_S = 0.5  # between two arrays (the mem store snapshots every plan every 0.2 s)
 
 
 @dataclass
@@ -146,6 +149,34 @@ class _Load:
                 self._record(Ack(key, "create", kind, _now_ms(), sent + delay_ms))
                 live.append(key)
 
+    def run_bulk(self) -> None:
+        """Arrays of BULK_PLANS plans, far and near; an answer acknowledges every one."""
+        rng = random.Random(self.seed + 2)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            plans = []
+            delays: dict[str, tuple[str, int]] = {}
+            for j in range(BULK_PLANS):
+                kind = "near" if rng.random() < 0.2 else "far"
+                key = f"b{self.round_no}:{i}:{j}:{kind}"
+                seconds = rng.randint(1, 3) if kind == "near" else FAR_S
+                plans.append({"key": key, "seconds": seconds, "count": 1, "action": "http",
+                              "params": self._body(key, kind)[1]})
+                delays[key] = (kind, seconds * 1000)
+            sent = _now_ms()
+            try:
+                status, reply = call(self.server.http_port, "PUT", "/v1/plan", plans,
+                                     timeout=10)
+            except OSError:
+                self.unknown += 1  # cut off by the kill: these promise nothing
+                return
+            if status == 200 and reply["errcode"] == 0:
+                now = _now_ms()
+                for key, (kind, delay_ms) in delays.items():
+                    self._record(Ack(key, "create", kind, now, sent + delay_ms))
+            self.stop.wait(BULK_PAUSE_S)
+
     def run_thrift(self) -> None:
         rng = random.Random(self.seed + 1)
         try:
@@ -219,7 +250,8 @@ def run_crash(data_dir: Path, driver: str, rounds: int, seed: int = 1,
             _check_store(server, ledger, kills, mem_bound_ms, report, final=False)
             load = _Load(server, sink, round_no, rng, ledger, lock)
             threads = [threading.Thread(target=load.run_http, daemon=True),
-                       threading.Thread(target=load.run_thrift, daemon=True)]
+                       threading.Thread(target=load.run_thrift, daemon=True),
+                       threading.Thread(target=load.run_bulk, daemon=True)]
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.3, 1.5))

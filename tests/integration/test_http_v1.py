@@ -356,9 +356,10 @@ def test_shell_plan_fires(server: Server, tmp_path) -> None:
     server.ok("PUT", "/v1/plan", delay("fire-shell", seconds=1,
                                        params={"cmd": f"echo $FORSUN_TIMESTAMP >> {out}"}))
     deadline = time.time() + 10
-    while time.time() < deadline and not out.exists():
+    # the shell creates the file (>>) before echo writes the line: wait for the line
+    while time.time() < deadline and not (out.exists() and out.read_text().endswith("\n")):
         time.sleep(0.05)
-    assert out.exists()
+    assert out.exists() and out.read_text().endswith("\n")
     assert abs(int(out.read_text().split()[0]) - time.time()) < 10
     # A finished one-shot plan is gone; its firing was counted.
     for _ in range(100):
