@@ -8,7 +8,7 @@ One forsun-box server (default durable SQLite store) runs in a temp dir on free 
 ports for the whole run, so every phase after ``fill`` works with the full set pending:
 
 - fill     bulk create N plans (PUT /v1/plan, JSON arrays of 10,000), rate per tenth of N
-- rss      server RSS with N pending
+- rss      RSS with N pending: the server and its create worker (and their PSS)
 - ops      at N: single creates (wrk, 32 conn) against a bare tornado handler run in the
            same run; removes; ``keys`` by prefix, paged; crontab and NDJSON bulk rates
 - fire     20,000 plans due within one 10 s window, http action to a keep-alive sink
