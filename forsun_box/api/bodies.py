@@ -42,7 +42,7 @@ import orjson
 from forsun_box import errors
 from forsun_box.api import crontab
 from forsun_box.api.v2_schema import build_v2_plan
-from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, make_plan, new_key, to_forsun
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, new_key, to_forsun
 
 log = logging.getLogger("forsun_box.http")
 
@@ -145,7 +145,7 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
     An element naming a ``method`` found in ``modes`` takes that mode instead
     of the request's. An error names the element at fault (when ``numbered``).
     A bulk create runs this loop once per plan, so it calls
-    :func:`~forsun_box.plan.make_plan` directly, with locals.
+    :func:`~forsun_box.plan.build_plan` directly, positionally, with locals.
     """
     is_time_out, now_ms, tz, limits = req.is_time_out, req.now_ms, _zone(req), req.limits
     known = req.known_actions
@@ -172,7 +172,7 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
             minute, hour, day = get("minute"), get("hour"), get("day")
             month, week, count = get("month"), get("week"), get("count")
             action = get("action")
-            append(make_plan(
+            append(build_plan(
                 key, DELAY if timeout else CALENDAR, now_ms, tz,
                 "shell" if action is None or action == "" else action, get("params"),
                 -1 if second is None else second, -1 if minute is None else minute,
@@ -196,7 +196,7 @@ def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
         get = f.get
         second, minute, hour = get("second"), get("minute"), get("hour")
         day, month, week = get("day"), get("month"), get("week")
-        out.append(make_plan(
+        out.append(build_plan(
             line.key or new_key(), DELAY if line.is_time_out else CALENDAR, now_ms, tz,
             line.action or "shell", line.params, -1 if second is None else second,
             -1 if minute is None else minute, -1 if hour is None else hour,

@@ -20,7 +20,7 @@ from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.bodies import Body, Worker, one_per_key
-from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, make_plan
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
 
@@ -104,7 +104,7 @@ class ForsunService:
             raise errors.InvalidValue("key must be a string")
         if action is None or action == "":
             action = "shell"
-        return make_plan(
+        return build_plan(
             key, DELAY if is_time_out else CALENDAR,
             self.scheduler.clock.now_ms() if now_ms is None else now_ms, self.scheduler.tz,
             action, params, -1 if second is None else second, -1 if minute is None else minute,
