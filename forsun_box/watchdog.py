@@ -9,9 +9,10 @@ with the loop thread's stack at that moment (what held it), and once the
 loop answers again, how long the stall lasted. Stalls are counted for the
 metrics.
 
-The thread itself costs a wake-up every ``period_s``; if it wakes late too,
-the whole process was held (no CPU, or the machine paused), which the
-warning says as well.
+The thread itself costs a wake-up every ``period_s``. If it wakes late too,
+the loop held the interpreter lock all along (a long call into C that never
+lets it go) or the process got no CPU: the warning says so, since the stack
+it shows is then what runs after the stall, not during it.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class LoopWatch:
                 continue  # a note is due every period_s: that much is no stall
             stalled_since = noted
             self.stalls += 1
-            whole = (" (this watch was held %.0f ms too: the process got no CPU)"
+            whole = (" (this watch was held %.0f ms too: the interpreter lock was never let "
+                     "go, or the process got no CPU; the stack is what runs now)"
                      % (overslept * 1000)) if overslept >= self.threshold_s else ""
             log.warning("event loop held for %.0f ms so far%s; it is running:\n%s",
                         (held - self.period_s) * 1000, whole, self._loop_stack())
