@@ -180,6 +180,41 @@ def to_forsun(plan: Plan) -> dict[str, Any]:
     }
 
 
+def build_forsun_plan(
+    key: Any,
+    is_time_out: bool,
+    second: Any,
+    minute: Any,
+    hour: Any,
+    day: Any,
+    month: Any,
+    week: Any,
+    count: Any,
+    action: Any,
+    params: Any,
+    now_ms: int,
+    default_tz: ZoneInfo,
+    known_actions: frozenset[str] | set[str] | None,
+    limits: Limits | None,
+) -> Plan:
+    """:func:`build_plan` for a plan as forsun's interfaces (HTTP v1, crontab lines,
+    Thrift) give it: a delay plan if ``is_time_out``, else a calendar one; a missing
+    (None) time field is -1, a missing count 0, a missing or empty action ``shell``,
+    a missing or empty key a new one (:func:`new_key`)."""
+    if key is None or key == "":
+        key = new_key()
+    elif not isinstance(key, str):
+        raise errors.InvalidValue("key must be a string")
+    return build_plan(
+        key, DELAY if is_time_out else CALENDAR, now_ms, default_tz,
+        "shell" if action is None or action == "" else action, params,
+        -1 if second is None else second, -1 if minute is None else minute,
+        -1 if hour is None else hour, -1 if day is None else day,
+        -1 if month is None else month, -1 if week is None else week,
+        0 if count is None else count, known_actions, limits,
+    )
+
+
 def _int_field(name: str, value: Any) -> int:
     if type(value) is int:  # the common case, first and cheapest
         return value

@@ -42,7 +42,7 @@ import orjson
 from forsun_box import errors
 from forsun_box.api import crontab
 from forsun_box.api.v2_schema import build_v2_plan
-from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan, new_key, to_forsun
+from forsun_box.plan import Limits, Plan, build_forsun_plan, to_forsun
 
 log = logging.getLogger("forsun_box.http")
 
@@ -144,8 +144,6 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
 
     An element naming a ``method`` found in ``modes`` takes that mode instead
     of the request's. An error names the element at fault (when ``numbered``).
-    A bulk create runs this loop once per plan, so it calls
-    :func:`~forsun_box.plan.build_plan` directly, positionally, with locals.
     """
     is_time_out, now_ms, tz, limits = req.is_time_out, req.now_ms, _zone(req), req.limits
     known = req.known_actions
@@ -161,24 +159,13 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
                 mode = get("method")
                 if type(mode) is str:
                     timeout = modes.get(mode, is_time_out)
-            key = get("key")
-            if key is None or key == "":
-                key = new_key()
-            elif not isinstance(key, str):
-                raise errors.InvalidValue("key must be a string")
             second = get("seconds")
             if second is None:
                 second = get("second")  # be lenient with the answer's spelling
-            minute, hour, day = get("minute"), get("hour"), get("day")
-            month, week, count = get("month"), get("week"), get("count")
-            action = get("action")
-            append(build_plan(
-                key, DELAY if timeout else CALENDAR, now_ms, tz,
-                "shell" if action is None or action == "" else action, get("params"),
-                -1 if second is None else second, -1 if minute is None else minute,
-                -1 if hour is None else hour, -1 if day is None else day,
-                -1 if month is None else month, -1 if week is None else week,
-                0 if count is None else count, known, limits,
+            append(build_forsun_plan(
+                get("key"), timeout, second, get("minute"), get("hour"), get("day"),
+                get("month"), get("week"), get("count"), get("action"), get("params"), now_ms,
+                tz, known, limits,
             ))
         except errors.ForsunBoxError as e:
             if not numbered:
@@ -192,16 +179,11 @@ def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
     now_ms, tz, limits, known = req.now_ms, _zone(req), req.limits, req.known_actions
     out: list[Plan] = []
     for line in lines:
-        f = line.fields
-        get = f.get
-        second, minute, hour = get("second"), get("minute"), get("hour")
-        day, month, week = get("day"), get("month"), get("week")
-        out.append(build_plan(
-            line.key or new_key(), DELAY if line.is_time_out else CALENDAR, now_ms, tz,
-            line.action or "shell", line.params, -1 if second is None else second,
-            -1 if minute is None else minute, -1 if hour is None else hour,
-            -1 if day is None else day, -1 if month is None else month,
-            -1 if week is None else week, line.count, known, limits,
+        get = line.fields.get
+        out.append(build_forsun_plan(
+            line.key, line.is_time_out, get("second"), get("minute"), get("hour"), get("day"),
+            get("month"), get("week"), line.count, line.action, line.params, now_ms, tz, known,
+            limits,
         ))
     return out
 

@@ -20,7 +20,7 @@ from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.bodies import Body, Worker, one_per_key
-from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_plan
+from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_forsun_plan, build_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
 
@@ -97,21 +97,11 @@ class ForsunService:
 
     def _build(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
                day: Any, month: Any, week: Any, count: Any, action: Any, params: Any,
-               known_actions: frozenset[str] | None, now_ms: int | None = None) -> Plan:
-        if key is None or key == "":
-            key = self.scheduler.new_key()
-        elif not isinstance(key, str):
-            raise errors.InvalidValue("key must be a string")
-        if action is None or action == "":
-            action = "shell"
-        return build_plan(
-            key, DELAY if is_time_out else CALENDAR,
-            self.scheduler.clock.now_ms() if now_ms is None else now_ms, self.scheduler.tz,
-            action, params, -1 if second is None else second, -1 if minute is None else minute,
-            -1 if hour is None else hour, -1 if day is None else day,
-            -1 if month is None else month, -1 if week is None else week,
-            0 if count is None else count, known_actions or self.known_actions(), self.limits,
-        )
+               known_actions: frozenset[str] | None) -> Plan:
+        return build_forsun_plan(key, is_time_out, second, minute, hour, day, month, week,
+                                 count, action, params, self.scheduler.clock.now_ms(),
+                                 self.scheduler.tz, known_actions or self.known_actions(),
+                                 self.limits)
 
     def build_kind(
         self,
