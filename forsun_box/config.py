@@ -459,8 +459,9 @@ class Config:
         100000, "Most plans per request.", "--max-plans-per-request", check=_POSITIVE
     )
     create_worker: bool = _http(
-        True, "Build big v1 create bodies (parse, validate, encode the answer) in a worker "
-        "process while the event loop goes on; off builds them in the event loop.",
+        True, "Build big v1 create bodies and v2 batch lines (parse, validate, encode the "
+        "answer) in a worker process while the event loop goes on; off builds them in the "
+        "event loop.",
         "--create-worker", neg_flag="--no-create-worker"
     )  # fmt: skip
     console_password: str = _http(
