@@ -20,8 +20,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## lint: ruff and mypy over the package
+## lint: formatter, linter and type checker (run by .ci/run before the tests)
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check forsun_box tests bench
 	$(BIN)/mypy forsun_box
 

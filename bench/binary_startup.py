@@ -46,12 +46,14 @@ def one_run(exe: Path, home: Path, drop_caches: bool) -> float:
         subprocess.run(["sync"], check=True)
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     http_port, thrift_port = free_port(), free_port()
-    env = dict(os.environ, HOME=str(home), HTTP_BIND=f"127.0.0.1:{http_port}",
-               PORT=str(thrift_port))
+    env = dict(
+        os.environ, HOME=str(home), HTTP_BIND=f"127.0.0.1:{http_port}", PORT=str(thrift_port)
+    )
     env.pop("XDG_DATA_HOME", None)
     began = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "serve"], env=env, cwd=home,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "serve"], env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         while not answered(http_port):
             if proc.poll() is not None:
@@ -69,8 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary", default=str(ROOT / "dist" / "forsun-box"))
     parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--drop-caches", action="store_true",
-                        help="empty the page cache before each run (needs root)")
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="empty the page cache before each run (needs root)",
+    )
     args = parser.parse_args()
     binary = Path(args.binary)
     size = binary.stat().st_size
@@ -83,9 +88,11 @@ def main() -> None:
             home.mkdir()
             times.append(one_run(exe, home, args.drop_caches))
     print(f"size: {size} bytes ({size / 1024 / 1024:.1f} MiB)")
-    print(f"start-up to first answered request, {args.runs} runs: "
-          f"median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
-          f"max {max(times):.3f} s")
+    print(
+        f"start-up to first answered request, {args.runs} runs: "
+        f"median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
+        f"max {max(times):.3f} s"
+    )
 
 
 if __name__ == "__main__":

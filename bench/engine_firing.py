@@ -66,8 +66,14 @@ async def burst(plans: int, window: int) -> None:
     first = int(time.time()) + 3
     now = int(time.time() * 1000)
     batch = [
-        build_plan(key=f"b{i}", kind=AT, at_ms=(first + i * window // plans) * 1000, now_ms=now,
-                   default_tz=app.scheduler.tz, action="bench_noop")
+        build_plan(
+            key=f"b{i}",
+            kind=AT,
+            at_ms=(first + i * window // plans) * 1000,
+            now_ms=now,
+            default_tz=app.scheduler.tz,
+            action="bench_noop",
+        )
         for i in range(plans)
     ]
     await app.scheduler.create(batch)
@@ -80,8 +86,10 @@ async def burst(plans: int, window: int) -> None:
     print(f"plans {plans} in {window} s ({plans // window} due at each whole second)")
     print(f"fired {n}, missed {plans - n}")
     if n:
-        print(f"lateness ms: p50 {late[n // 2]:.1f}  p99 {late[int(n * 0.99)]:.1f}  "
-              f"max {late[-1]:.1f}")
+        print(
+            f"lateness ms: p50 {late[n // 2]:.1f}  p99 {late[int(n * 0.99)]:.1f}  "
+            f"max {late[-1]:.1f}"
+        )
 
 
 def prefill(path: str, pending: int) -> None:
@@ -144,10 +152,14 @@ async def sustained(
         app = App(config)
         await app.start()
         assert app.scheduler is not None
-        tpl = build_plan(key=PENDING_PREFIX + "template", kind=AT,
-                         at_ms=int(time.time() * 1000) + 30 * 86_400_000,
-                         now_ms=int(time.time() * 1000), default_tz=app.scheduler.tz,
-                         action="bench_noop")
+        tpl = build_plan(
+            key=PENDING_PREFIX + "template",
+            kind=AT,
+            at_ms=int(time.time() * 1000) + 30 * 86_400_000,
+            now_ms=int(time.time() * 1000),
+            default_tz=app.scheduler.tz,
+            action="bench_noop",
+        )
         await app.scheduler.create([tpl])
         await app.stop()
         prefill(config.sqlite_path, pending)  # type: ignore[attr-defined]
@@ -158,8 +170,10 @@ async def sustained(
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("DELETE FROM runs")
-            conn.execute("DELETE FROM plans WHERE key >= ? AND key < ?",
-                         (LOAD_PREFIX, chr(ord(LOAD_PREFIX) + 1)))
+            conn.execute(
+                "DELETE FROM plans WHERE key >= ? AND key < ?",
+                (LOAD_PREFIX, chr(ord(LOAD_PREFIX) + 1)),
+            )
             conn.execute("DELETE FROM meta WHERE name = 'plan_count'")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -173,8 +187,14 @@ async def sustained(
     total = rate * seconds
     window_ms = sched.options.window_ms
     now = int(time.time() * 1000)
-    template = build_plan(key="x", kind=AT, at_ms=now + 86_400_000, now_ms=now,
-                          default_tz=sched.tz, action="bench_noop")
+    template = build_plan(
+        key="x",
+        kind=AT,
+        at_ms=now + 86_400_000,
+        now_ms=now,
+        default_tz=sched.tz,
+        action="bench_noop",
+    )
     # The first due instant is placed once creation is done; create them far
     # out, then shift: cheaper to compute the real instants up front instead.
     t_create = time.perf_counter()
@@ -190,8 +210,10 @@ async def sustained(
     created_ms = (time.perf_counter() - t_create) * 1000
     if int(time.time() * 1000) + window_ms >= first:
         print(f"warning: creation took {created_ms:.0f} ms, past the start of the window")
-    print(f"created {total} plans in {created_ms / 1000:.1f} s; first due in "
-          f"{(first - time.time() * 1000) / 1000:.1f} s")
+    print(
+        f"created {total} plans in {created_ms / 1000:.1f} s; first due in "
+        f"{(first - time.time() * 1000) / 1000:.1f} s"
+    )
     await asyncio.sleep(max(0.0, (first - time.time() * 1000) / 1000))
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
@@ -203,9 +225,11 @@ async def sustained(
         ticks += 1
         if verbose and ticks % 10 == 0:
             w = sched._writer
-            print(f"  t+{ticks / 5:.0f}s fired {len(started)} window {sched.window_size()} "
-                  f"in flight {sched.inflight_count()} writer queue {len(w)} "
-                  f"commits {w.commits} last commit {w.last_commit_ms:.0f} ms")
+            print(
+                f"  t+{ticks / 5:.0f}s fired {len(started)} window {sched.window_size()} "
+                f"in flight {sched.inflight_count()} writer queue {len(w)} "
+                f"commits {w.commits} last commit {w.last_commit_ms:.0f} ms"
+            )
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
     window_peak = sched.window_size()
@@ -217,17 +241,23 @@ async def sustained(
     print(f"rate {rate}/s for {seconds} s = {total} plans, {pending} other plans pending")
     print(f"fired {n}, missed {total - unique}, duplicates {n - unique}")
     if n:
-        print(f"lateness ms: p50 {late[n // 2]:.1f}  p99 {late[int(n * 0.99)]:.1f}  "
-              f"max {late[-1]:.1f}")
-        print(f"process CPU {cpu:.1f} s over {wall:.1f} s: {cpu / n * 1e6:.1f} us per firing "
-              f"({cpu / wall * 100:.0f} % of a core); window at end {window_peak}")
+        print(
+            f"lateness ms: p50 {late[n // 2]:.1f}  p99 {late[int(n * 0.99)]:.1f}  "
+            f"max {late[-1]:.1f}"
+        )
+        print(
+            f"process CPU {cpu:.1f} s over {wall:.1f} s: {cpu / n * 1e6:.1f} us per firing "
+            f"({cpu / wall * 100:.0f} % of a core); window at end {window_peak}"
+        )
         # Where the lateness is: the worst seconds of the run (by due time).
         per_second: dict[int, list[float]] = {}
         for key, lateness in zip(keys, started, strict=True):
             per_second.setdefault(key // rate, []).append(lateness)
         worst = sorted(per_second.items(), key=lambda kv: -max(kv[1]))[:5]
-        print("worst seconds (second: max ms, firings > 50 ms): " + ", ".join(
-            f"{sec}: {max(v):.0f}, {sum(1 for x in v if x > 50)}" for sec, v in worst))
+        print(
+            "worst seconds (second: max ms, firings > 50 ms): "
+            + ", ".join(f"{sec}: {max(v):.0f}, {sum(1 for x in v if x > 50)}" for sec, v in worst)
+        )
 
 
 def main() -> None:

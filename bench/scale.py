@@ -89,14 +89,22 @@ class Report:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, key: str, label: str, value: float | int | str, shown: str, target: str = "") -> None:
+    def add(
+        self, key: str, label: str, value: float | int | str, shown: str, target: str = ""
+    ) -> None:
         self.values[key] = value
         self.rows.append((label, shown, target))
         print(f"  {label}: {shown}" + (f"   (target {target})" if target else ""), flush=True)
 
 
-def _http(port: int, method: str, path: str, body: bytes | None = None,
-          ctype: str = "application/json", timeout: float = 600.0) -> tuple[int, bytes]:
+def _http(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    ctype: str = "application/json",
+    timeout: float = 600.0,
+) -> tuple[int, bytes]:
     req = urllib.request.Request(f"http://{HOST}:{port}{path}", data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", ctype)
@@ -108,8 +116,13 @@ def _http(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def _far(key: str) -> dict[str, Any]:
-    return {"key": key, "seconds": FAR_SECONDS, "count": 1, "action": "http",
-            "params": {"url": IDLE_URL}}
+    return {
+        "key": key,
+        "seconds": FAR_SECONDS,
+        "count": 1,
+        "action": "http",
+        "params": {"url": IDLE_URL},
+    }
 
 
 # ---------------------------------------------------------------------------- phases
@@ -176,9 +189,13 @@ def fill(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
         took_all += took
         print(f"    {part_end:>11,} plans  {rates[-1]:>9,.0f}/s", flush=True)
     rep.values["fill_rates_per_tenth"] = [round(r) for r in rates]
-    rep.add("fill_rate", f"bulk create to {total:,} (JSON arrays of {BULK:,}, {loaders} loaders)",
-            total / took_all, f"{total / took_all:,.0f}/s overall, slowest tenth "
-            f"{min(rates):,.0f}/s", ">= 60,000/s")
+    rep.add(
+        "fill_rate",
+        f"bulk create to {total:,} (JSON arrays of {BULK:,}, {loaders} loaders)",
+        total / took_all,
+        f"{total / took_all:,.0f}/s overall, slowest tenth {min(rates):,.0f}/s",
+        ">= 60,000/s",
+    )
 
 
 def rss(server: Server, sizes: Sizes, rep: Report) -> None:
@@ -188,11 +205,20 @@ def rss(server: Server, sizes: Sizes, rep: Report) -> None:
     # proportional set sizes: pages the fork still shares counted once between the two
     pss = sum(getattr(p.memory_full_info(), "pss", 0) for p in procs)
     rep.values["pss_mb"] = round(pss / MB)
-    rep.add("rss_mb", f"RSS with {sizes.plans:,} pending", value / MB,
-            f"{value / MB:,.0f} MB (service {own / MB:,.0f} MB + create worker "
-            f"{(value - own) / MB:,.0f} MB; PSS of both {pss / MB:,.0f} MB)", "<= 300 MB")
-    rep.add("disk_mb", "database on disk", server.data_bytes() / MB,
-            f"{server.data_bytes() / MB:,.0f} MB")
+    rep.add(
+        "rss_mb",
+        f"RSS with {sizes.plans:,} pending",
+        value / MB,
+        f"{value / MB:,.0f} MB (service {own / MB:,.0f} MB + create worker "
+        f"{(value - own) / MB:,.0f} MB; PSS of both {pss / MB:,.0f} MB)",
+        "<= 300 MB",
+    )
+    rep.add(
+        "disk_mb",
+        "database on disk",
+        server.data_bytes() / MB,
+        f"{server.data_bytes() / MB:,.0f} MB",
+    )
 
 
 def _wrk_rate(port: int, seconds: float, prefix: str) -> float:
@@ -239,20 +265,32 @@ def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     # neighbours, and the figure is the median round.
     port = free_port()
     rounds: list[tuple[float, float]] = []
-    with running_process([sys.executable, str(HARNESS / "bare_tornado.py"), "--port",
-                          str(port)], port, "/ping", "the bare tornado server"):
+    with running_process(
+        [sys.executable, str(HARNESS / "bare_tornado.py"), "--port", str(port)],
+        port,
+        "/ping",
+        "the bare tornado server",
+    ):
         for r in range(sizes.wrk_rounds):
-            rounds.append((_wrk_rate(server.http_port, sizes.wrk_seconds, f"ops{r}"),
-                           _wrk_rate(port, sizes.wrk_seconds, f"bare{r}")))
+            rounds.append(
+                (
+                    _wrk_rate(server.http_port, sizes.wrk_seconds, f"ops{r}"),
+                    _wrk_rate(port, sizes.wrk_seconds, f"bare{r}"),
+                )
+            )
     rounds.sort(key=lambda pair: pair[0] / pair[1])
     box, bare = rounds[len(rounds) // 2]
     rep.values["create_vs_bare_rounds"] = [[round(a), round(b)] for a, b in rounds]
-    rep.add("create_c32_rate", "HTTP single create, 32 conn (median round)", box,
-            f"{box:,.0f}/s")
+    rep.add("create_c32_rate", "HTTP single create, 32 conn (median round)", box, f"{box:,.0f}/s")
     rep.add("bare_c32_rate", "bare tornado handler, 32 conn (same round)", bare, f"{bare:,.0f}/s")
-    rep.add("create_vs_bare", f"single create / bare tornado (median of {len(rounds)} rounds, "
-            f"from {rounds[0][0] / rounds[0][1]:.0%} to {rounds[-1][0] / rounds[-1][1]:.0%})",
-            box / bare, f"{box / bare:.0%}", ">= 80%")
+    rep.add(
+        "create_vs_bare",
+        f"single create / bare tornado (median of {len(rounds)} rounds, "
+        f"from {rounds[0][0] / rounds[0][1]:.0%} to {rounds[-1][0] / rounds[-1][1]:.0%})",
+        box / bare,
+        f"{box / bare:.0%}",
+        ">= 80%",
+    )
 
     # removes by 8 keep-alive clients: the newest keys (a payment timeout cancelled
     # minutes after it was set) and keys spread over the whole key range
@@ -262,22 +300,27 @@ def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     client = V1Client(server.http_port)
     try:
         for start in range(0, len(newest), BULK):
-            chunk = newest[start:start + BULK]
+            chunk = newest[start : start + BULK]
             client.create_many("PUT", orjson.dumps([_far(k) for k in chunk]), len(chunk))
     finally:
         client.close()
     for name, keys in (("newest", newest), ("spread", spread)):
         took = _remove_all(server.http_port, keys)
-        rep.add(f"remove_{name}_rate", f"single removes, 8 clients, {name} keys",
-                len(keys) / took, f"{len(keys) / took:,.0f}/s")
+        rep.add(
+            f"remove_{name}_rate",
+            f"single removes, 8 clients, {name} keys",
+            len(keys) / took,
+            f"{len(keys) / took:,.0f}/s",
+        )
 
     # keys by prefix, paged through v2 (100 per page), and v1's unpaged keys
     prefix = f"scale-{sizes.plans // 2 // 1000}"  # about 1,111 keys at any size
     pages, seen, after = [], 0, ""
     while len(pages) < 50:
         t0 = time.perf_counter()
-        status, raw = _http(server.http_port, "GET",
-                            f"/v2/plans?prefix={prefix}&limit=100&after={after}")
+        status, raw = _http(
+            server.http_port, "GET", f"/v2/plans?prefix={prefix}&limit=100&after={after}"
+        )
         pages.append((time.perf_counter() - t0) * 1000)
         if status != 200:
             raise RuntimeError(f"/v2/plans answered {status}: {raw[:200]!r}")
@@ -293,58 +336,109 @@ def ops(server: Server, sizes: Sizes, rep: Report, loaders: int) -> None:
     if v1_keys != seen:
         raise RuntimeError(f"v1 keys found {v1_keys}, v2 paging {seen} for prefix {prefix}")
     pages.sort()
-    rep.add("keys_page_ms", f"keys by prefix, v2 pages of 100 ({len(pages)} pages, {seen:,} keys)",
-            pages[len(pages) // 2], f"median {pages[len(pages) // 2]:.1f} ms, "
-            f"max {pages[-1]:.1f} ms")
+    rep.add(
+        "keys_page_ms",
+        f"keys by prefix, v2 pages of 100 ({len(pages)} pages, {seen:,} keys)",
+        pages[len(pages) // 2],
+        f"median {pages[len(pages) // 2]:.1f} ms, max {pages[-1]:.1f} ms",
+    )
     rep.add("keys_v1_ms", f"v1 keys by prefix ({v1_keys:,} keys)", v1_ms, f"{v1_ms:.1f} ms")
 
     # other bulk formats, plans beyond the filled range
     n = sizes.side_bulk
     first = sizes.plans
-    def crontab_body(lo: int, hi: int) -> bytes:
-        return "".join(f"crontab-{i} */{FAR_SECONDS} * * * * * http url={IDLE_URL}\n"
-                       for i in range(lo, hi)).encode()
 
-    took = _load(server.http_port,
-                 [crontab_body(i, min(i + BULK, first + n)) for i in range(first, first + n, BULK)],
-                 "application/crontab", loaders)
-    rep.add("crontab_rate", f"bulk create, application/crontab ({n:,}, {loaders} loaders)",
-            n / took, f"{n / took:,.0f}/s", ">= 60,000/s")
+    def crontab_body(lo: int, hi: int) -> bytes:
+        return "".join(
+            f"crontab-{i} */{FAR_SECONDS} * * * * * http url={IDLE_URL}\n" for i in range(lo, hi)
+        ).encode()
+
+    took = _load(
+        server.http_port,
+        [crontab_body(i, min(i + BULK, first + n)) for i in range(first, first + n, BULK)],
+        "application/crontab",
+        loaders,
+    )
+    rep.add(
+        "crontab_rate",
+        f"bulk create, application/crontab ({n:,}, {loaders} loaders)",
+        n / took,
+        f"{n / took:,.0f}/s",
+        ">= 60,000/s",
+    )
     took = 0.0
     for start in range(first, first + n, BULK):
         body = b"".join(
-            orjson.dumps({"key": f"ndjson-{i}", "action": "http", "params": {"url": IDLE_URL},
-                          "schedule": {"kind": "delay", "interval_ms": FAR_SECONDS * 1000}})
-            + b"\n" for i in range(start, min(start + BULK, first + n)))
+            orjson.dumps(
+                {
+                    "key": f"ndjson-{i}",
+                    "action": "http",
+                    "params": {"url": IDLE_URL},
+                    "schedule": {"kind": "delay", "interval_ms": FAR_SECONDS * 1000},
+                }
+            )
+            + b"\n"
+            for i in range(start, min(start + BULK, first + n))
+        )
         t0 = time.perf_counter()
-        status, raw = _http(server.http_port, "POST", "/v2/plans:batch", body,
-                            "application/x-ndjson")
+        status, raw = _http(
+            server.http_port, "POST", "/v2/plans:batch", body, "application/x-ndjson"
+        )
         took += time.perf_counter() - t0
         if status != 200 or b'"problem"' in raw:
             raise RuntimeError(f"NDJSON batch answered {status}: {raw[:200]!r}")
-    rep.add("ndjson_rate", f"bulk create, v2 NDJSON batch ({n:,}, one client)", n / took,
-            f"{n / took:,.0f}/s")  # the issue sets no target for v2
+    rep.add(
+        "ndjson_rate",
+        f"bulk create, v2 NDJSON batch ({n:,}, one client)",
+        n / took,
+        f"{n / took:,.0f}/s",
+    )  # the issue sets no target for v2
 
 
-def _create_due(server: Server, prefix: str, total: int, first_ms: int, window_ms: int,
-                action: str, params: Callable[[str, int], dict[str, str]]) -> dict[str, int]:
+def _create_due(
+    server: Server,
+    prefix: str,
+    total: int,
+    first_ms: int,
+    window_ms: int,
+    action: str,
+    params: Callable[[str, int], dict[str, str]],
+) -> dict[str, int]:
     """``total`` one-shot plans evenly spread over ``window_ms`` from ``first_ms``."""
     due_of = {f"{prefix}-{i}": first_ms + i * window_ms // total for i in range(total)}
     keys = list(due_of)
     for start in range(0, total, BULK):
         body = b"".join(
-            orjson.dumps({"key": k, "action": action, "params": params(k, due_of[k]),
-                          "schedule": {"kind": "at", "at": due_of[k]}}) + b"\n"
-            for k in keys[start:start + BULK])
-        status, raw = _http(server.http_port, "POST", "/v2/plans:batch", body,
-                            "application/x-ndjson")
+            orjson.dumps(
+                {
+                    "key": k,
+                    "action": action,
+                    "params": params(k, due_of[k]),
+                    "schedule": {"kind": "at", "at": due_of[k]},
+                }
+            )
+            + b"\n"
+            for k in keys[start : start + BULK]
+        )
+        status, raw = _http(
+            server.http_port, "POST", "/v2/plans:batch", body, "application/x-ndjson"
+        )
         if status != 200 or b'"problem"' in raw:
             raise RuntimeError(f"NDJSON batch answered {status}: {raw[:200]!r}")
     return due_of
 
 
-def _lateness_rows(rep: Report, name: str, label: str, late: list[float], expected: int,
-                   duplicates: int, cpu: float, p99_target: str, max_target: str = "") -> None:
+def _lateness_rows(
+    rep: Report,
+    name: str,
+    label: str,
+    late: list[float],
+    expected: int,
+    duplicates: int,
+    cpu: float,
+    p99_target: str,
+    max_target: str = "",
+) -> None:
     late.sort()
     n = len(late)
     missed = expected - n
@@ -355,28 +449,57 @@ def _lateness_rows(rep: Report, name: str, label: str, late: list[float], expect
         rep.add(f"{name}_p99_ms", f"{label}: lateness p99", p99, f"{p99:.1f} ms", p99_target)
         rep.add(f"{name}_p50_ms", f"{label}: lateness p50", p50, f"{p50:.1f} ms")
         rep.add(f"{name}_max_ms", f"{label}: lateness max", mx, f"{mx:.1f} ms", max_target)
-    rep.add(f"{name}_cpu_us", f"{label}: server CPU per firing", cpu * 1e6 / max(expected, 1),
-            f"{cpu * 1e6 / max(expected, 1):.0f} µs")
+    rep.add(
+        f"{name}_cpu_us",
+        f"{label}: server CPU per firing",
+        cpu * 1e6 / max(expected, 1),
+        f"{cpu * 1e6 / max(expected, 1):.0f} µs",
+    )
 
 
 @contextlib.contextmanager
 def _sink(seconds: float) -> Iterator[int]:
     port = free_port()
-    with running_process([sys.executable, str(HARNESS / "fast_sink.py"), "--port", str(port),
-                          "--max-seconds", str(seconds)], port, "/count", "the sink"):
+    with running_process(
+        [
+            sys.executable,
+            str(HARNESS / "fast_sink.py"),
+            "--port",
+            str(port),
+            "--max-seconds",
+            str(seconds),
+        ],
+        port,
+        "/count",
+        "the sink",
+    ):
         yield port
 
 
-def _http_firing(server: Server, name: str, label: str, total: int, window_s: float,
-                 rep: Report, p99_target: str, max_target: str = "") -> None:
+def _http_firing(
+    server: Server,
+    name: str,
+    label: str,
+    total: int,
+    window_s: float,
+    rep: Report,
+    p99_target: str,
+    max_target: str = "",
+) -> None:
     lead_s = 5.0 + total / 25_000  # time to create them all before the first is due
     with _sink(lead_s + window_s + GRACE_S + 120) as port:
         first_ms = int((time.time() + lead_s) * 1000)
         machine0 = _machine_counters()
         output0 = server.output_size()
         due_of = _create_due(
-            server, name, total, first_ms, int(window_s * 1000), "http",
-            lambda k, due: {"url": f"http://{HOST}:{port}/hit?key={k}&due={due}"})
+            server,
+            name,
+            total,
+            first_ms,
+            int(window_s * 1000),
+            "http",
+            lambda k, due: {"url": f"http://{HOST}:{port}/hit?key={k}&due={due}"},
+        )
         spare_ms = first_ms - time.time() * 1000  # negative: created after the first was due
         cpu0 = server.cpu_seconds()
         deadline = first_ms / 1000 + window_s + GRACE_S
@@ -407,18 +530,25 @@ def _http_firing(server: Server, name: str, label: str, total: int, window_s: fl
     _lateness_rows(rep, name, label, late, total, duplicates, cpu, p99_target, max_target)
     worst = sorted(((max(v), s) for s, v in per_second.items()), reverse=True)[:5]
     rep.values[f"{name}_worst_seconds"] = [[s, m] for m, s in worst]
-    print("    worst seconds (second: max ms): "
-          + ", ".join(f"{s}: {m:.0f}" for m, s in worst), flush=True)
+    print(
+        "    worst seconds (second: max ms): " + ", ".join(f"{s}: {m:.0f}" for m, s in worst),
+        flush=True,
+    )
     # What to look at when some second is late: were the plans there in time, did
     # connections to the sink have to be retried, was the machine short of CPU or
     # disk (machine-wide counters), did the server's event loop stall (its log).
     rep.values[f"{name}_created_ms_before_due"] = round(spare_ms)
     rep.values[f"{name}_machine"] = machine
-    print(f"    all created {spare_ms:,.0f} ms before the first was due; {dirty_mb:,} MB dirty "
-          "then; meanwhile: " + ", ".join(f"{k} +{v:,}" for k, v in machine.items()),
-          flush=True)
-    said = [line for line in server.output_since(output0).splitlines()
-            if "event loop" in line or "checkpoint" in line]
+    print(
+        f"    all created {spare_ms:,.0f} ms before the first was due; {dirty_mb:,} MB dirty "
+        "then; meanwhile: " + ", ".join(f"{k} +{v:,}" for k, v in machine.items()),
+        flush=True,
+    )
+    said = [
+        line
+        for line in server.output_since(output0).splitlines()
+        if "event loop" in line or "checkpoint" in line
+    ]
     rep.values[f"{name}_server_said"] = said[:20]
     for line in said[:20]:
         print(f"    server: {line}", flush=True)
@@ -432,8 +562,11 @@ def _machine_counters() -> dict[str, int]:
     with contextlib.suppress(OSError, ValueError):
         lines = Path("/proc/net/netstat").read_text().splitlines()
         names, values = (line.split() for line in lines[:2])
-        out.update((n, int(v)) for n, v in zip(names, values, strict=True)
-                   if n in ("ListenOverflows", "TCPSynRetrans"))
+        out.update(
+            (n, int(v))
+            for n, v in zip(names, values, strict=True)
+            if n in ("ListenOverflows", "TCPSynRetrans")
+        )
     with contextlib.suppress(OSError, ValueError, IndexError):
         cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
         out["steal_ms"] = int(cpu[8]) * 1000 // os.sysconf("SC_CLK_TCK")
@@ -450,14 +583,29 @@ def _machine_counters() -> dict[str, int]:
 
 def fire(server: Server, sizes: Sizes, rep: Report) -> None:
     total, window = sizes.fire
-    _http_firing(server, "fire", f"{total:,} due in {window} s, http action", total, window, rep,
-                 "<= 20 ms", "<= 100 ms")
+    _http_firing(
+        server,
+        "fire",
+        f"{total:,} due in {window} s, http action",
+        total,
+        window,
+        rep,
+        "<= 20 ms",
+        "<= 100 ms",
+    )
 
 
 def http_sustained(server: Server, sizes: Sizes, rep: Report) -> None:
     rate, seconds = sizes.http
-    _http_firing(server, "http", f"http action, {rate:,}/s for {seconds} s", rate * seconds,
-                 seconds, rep, "<= 50 ms")
+    _http_firing(
+        server,
+        "http",
+        f"http action, {rate:,}/s for {seconds} s",
+        rate * seconds,
+        seconds,
+        rep,
+        "<= 50 ms",
+    )
 
 
 def trivial(server: Server, sizes: Sizes, rep: Report) -> None:
@@ -467,8 +615,9 @@ def trivial(server: Server, sizes: Sizes, rep: Report) -> None:
     samples_file.unlink(missing_ok=True)
     lead_s = 5.0 + total / 25_000
     first_ms = int((time.time() + lead_s) * 1000)
-    _create_due(server, "trivial", total, first_ms, seconds * 1000, "bench_count",
-                lambda k, due: {})
+    _create_due(
+        server, "trivial", total, first_ms, seconds * 1000, "bench_count", lambda k, due: {}
+    )
     cpu0 = server.cpu_seconds()
     deadline = first_ms / 1000 + seconds + GRACE_S
     while time.time() < deadline:
@@ -485,11 +634,23 @@ def trivial(server: Server, sizes: Sizes, rep: Report) -> None:
     fired = list(late)
     # a duplicate firing adds a sample of its own: more samples than plans
     duplicates = max(len(fired) - total, 0)
-    _lateness_rows(rep, "trivial", f"count action, {rate:,}/s for {seconds} s",
-                   fired[:total], total, duplicates, cpu, "<= 50 ms")
-    rep.add("trivial_rate", f"count action, {rate:,}/s for {seconds} s: rate held",
-            min(len(fired), total) / seconds, f"{min(len(fired), total) / seconds:,.0f}/s",
-            ">= 20,000/s")
+    _lateness_rows(
+        rep,
+        "trivial",
+        f"count action, {rate:,}/s for {seconds} s",
+        fired[:total],
+        total,
+        duplicates,
+        cpu,
+        "<= 50 ms",
+    )
+    rep.add(
+        "trivial_rate",
+        f"count action, {rate:,}/s for {seconds} s: rate held",
+        min(len(fired), total) / seconds,
+        f"{min(len(fired), total) / seconds:,.0f}/s",
+        ">= 20,000/s",
+    )
 
 
 def restart(server: Server, sizes: Sizes, rep: Report, config: ServerConfig) -> Server:
@@ -505,9 +666,13 @@ def restart(server: Server, sizes: Sizes, rep: Report, config: ServerConfig) -> 
         t0 = time.perf_counter()
         server = start_server(config, BOX, ready_timeout=120, workdir=server.workdir)
         start_s = time.perf_counter() - t0
-        rep.add(f"start_{how}_s", f"start-up to first answer after {how.upper()}", start_s,
-                f"{start_s:.2f} s" + (f" (stop took {stop_s:.2f} s)" if how == "sigterm" else ""),
-                "<= 3 s")
+        rep.add(
+            f"start_{how}_s",
+            f"start-up to first answer after {how.upper()}",
+            start_s,
+            f"{start_s:.2f} s" + (f" (stop took {stop_s:.2f} s)" if how == "sigterm" else ""),
+            "<= 3 s",
+        )
     info = V1Client(server.http_port)
     try:
         count = info.info().get("plan_count")
@@ -516,8 +681,13 @@ def restart(server: Server, sizes: Sizes, rep: Report, config: ServerConfig) -> 
     count = int(count or 0)
     rep.add("count_after_restart", "plans after the restarts", count, f"{count:,}")
     value = settle_rss(server)
-    rep.add("rss_after_restart_mb", "RSS after restart", value / MB, f"{value / MB:,.0f} MB",
-            "<= 300 MB")
+    rep.add(
+        "rss_after_restart_mb",
+        "RSS after restart",
+        value / MB,
+        f"{value / MB:,.0f} MB",
+        "<= 300 MB",
+    )
     return server
 
 
@@ -531,10 +701,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=PHASES, help="phases to run (fill always runs)")
     ap.add_argument("--json", type=Path, default=None, help="results file")
     ap.add_argument("--keep", action="store_true", help="keep the server's temp dir")
-    ap.add_argument("--loaders", type=int, default=2,
-                    help="concurrent connections of the bulk loads (default 2)")
-    ap.add_argument("--reuse", type=Path, default=None, metavar="DIR",
-                    help="a temp dir kept by --keep: its plans count towards the fill")
+    ap.add_argument(
+        "--loaders",
+        type=int,
+        default=2,
+        help="concurrent connections of the bulk loads (default 2)",
+    )
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a temp dir kept by --keep: its plans count towards the fill",
+    )
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.plans is not None:
@@ -565,8 +744,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif phase in ("fill", "ops"):
                     {"fill": fill, "ops": ops}[phase](server, sizes, rep, args.loaders)
                 else:
-                    {"rss": rss, "fire": fire, "trivial": trivial,
-                     "http": http_sustained}[phase](server, sizes, rep)
+                    {"rss": rss, "fire": fire, "trivial": trivial, "http": http_sustained}[phase](
+                        server, sizes, rep
+                    )
             except (RuntimeError, OSError, ValueError, KeyError) as e:
                 ok = False
                 print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
@@ -585,11 +765,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<{width}}  {shown:<40}  {target}")
     out = args.json or BENCH_DIR / "out" / f"scale-{started:%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "started": started.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "sizes": sizes.__dict__, "cpus": os.cpu_count(), "values": rep.values,
-        "rows": rep.rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "sizes": sizes.__dict__,
+                "cpus": os.cpu_count(),
+                "values": rep.values,
+                "rows": rep.rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nresults: {out}")
     return 0 if ok else 1
 

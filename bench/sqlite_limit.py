@@ -45,9 +45,16 @@ def main() -> None:
         for migration in store.MIGRATIONS:
             for statement in store._split_sql(migration):
                 conn.execute(statement)
-        proto = build_plan(key="x", kind=DELAY, now_ms=1_700_000_000_000,
-                           default_tz=ZoneInfo("UTC"), action="http",
-                           params={"url": "http://127.0.0.1:9/never"}, second=30000, count=1)
+        proto = build_plan(
+            key="x",
+            kind=DELAY,
+            now_ms=1_700_000_000_000,
+            default_tz=ZoneInfo("UTC"),
+            action="http",
+            params={"url": "http://127.0.0.1:9/never"},
+            second=30000,
+            count=1,
+        )
         fifth = max(args.plans // 5, BATCH)
         done, spent = 0, 0.0
         while done < args.plans:
@@ -63,8 +70,11 @@ def main() -> None:
             spent += time.perf_counter() - t0
             done += len(plans)
             if done % fifth == 0 or done == args.plans:
-                print(f"{done:>11,} plans  {done / spent:>9,.0f}/s cumulative  "
-                      f"({spent * 1e6 / done:.2f} µs a row)", flush=True)
+                print(
+                    f"{done:>11,} plans  {done / spent:>9,.0f}/s cumulative  "
+                    f"({spent * 1e6 / done:.2f} µs a row)",
+                    flush=True,
+                )
         if args.single:
             single(conn, proto, args.single, os.path.join(tmp, "plans.db-acklog"))
         conn.close()
@@ -82,16 +92,21 @@ def single(conn: sqlite3.Connection, proto: Plan, n: int, log_path: str) -> None
                 conn.execute(store._META, (store.PLAN_COUNT, str(i)))
             conn.execute("COMMIT")
         took = (time.perf_counter() - t0) * 1e6 / n
-        print(f"one-plan commit{' with the count row' if with_count else ''}: {took:.1f} µs",
-              flush=True)
+        print(
+            f"one-plan commit{' with the count row' if with_count else ''}: {took:.1f} µs",
+            flush=True,
+        )
     ack = AckLog(log_path)
     ack.open()
     t0 = time.perf_counter()
     for i in range(n):
         p = proto.copy(key=f"logged-{i}")
         ack.append(store._Rows(Batch(ops={p.key: p})).encode())
-    print(f"ack-log append (rows, checks, encoding, write): "
-          f"{(time.perf_counter() - t0) * 1e6 / n:.1f} µs", flush=True)
+    print(
+        f"ack-log append (rows, checks, encoding, write): "
+        f"{(time.perf_counter() - t0) * 1e6 / n:.1f} µs",
+        flush=True,
+    )
     ack.close()
 
 

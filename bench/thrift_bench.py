@@ -103,8 +103,10 @@ def warm_up(port: int, seconds: float = 0.5, timeout: float = 60.0) -> None:
 def measure(port: int, procs: int, seconds: float, tag: str) -> float:
     out: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
-    ps = [mp.Process(target=client, args=(port, f"{tag}-{i}", seconds, start_at, out))
-          for i in range(procs)]
+    ps = [
+        mp.Process(target=client, args=(port, f"{tag}-{i}", seconds, start_at, out))
+        for i in range(procs)
+    ]
     for p in ps:
         p.start()
     total = sum(out.get(timeout=seconds + 60) for _ in ps)
@@ -117,18 +119,44 @@ def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
     port, http = free_port(), free_port()
     log = open(workdir / f"{name}.log", "wb")
     if name == "forsun-box":
-        argv = [sys.executable, "-m", "forsun_box", "serve", "--bind", "127.0.0.1",
-                "--port", str(port), "--http", f"127.0.0.1:{http}",
-                "--data-dir", str(workdir / "box"), "--log-level", "WARNING"]
+        argv = [
+            sys.executable,
+            "-m",
+            "forsun_box",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            f"127.0.0.1:{http}",
+            "--data-dir",
+            str(workdir / "box"),
+            "--log-level",
+            "WARNING",
+        ]
     else:
         # its dump-on-exit file in the run's directory: the default, in $HOME, is
         # loaded by every later forsun and grows with each run
-        argv = [str(peer / "bin" / "forsund"), "--nodemon", "--driver", "mem",
-                "--driver-mem-store-file", str(workdir / "forsun.dump"),
-                "--bind", "127.0.0.1", "--port", str(port), "--http", f"127.0.0.1:{http}",
-                "--log-level", "WARNING"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir),
-                            start_new_session=True)
+        argv = [
+            str(peer / "bin" / "forsund"),
+            "--nodemon",
+            "--driver",
+            "mem",
+            "--driver-mem-store-file",
+            str(workdir / "forsun.dump"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            f"127.0.0.1:{http}",
+            "--log-level",
+            "WARNING",
+        ]
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir), start_new_session=True
+    )
     wait_port(port, proc)
     return proc, port
 
@@ -136,8 +164,12 @@ def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="measure the servers alternately this many times; report the median")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the servers alternately this many times; report the median",
+    )
     ap.add_argument("--forsun-peer", type=Path, default=Path("/tmp/forsun-peer"))
     args = ap.parse_args()
     names = ["forsun-box"]
@@ -164,9 +196,14 @@ def main() -> int:
                     except subprocess.TimeoutExpired:
                         os.killpg(proc.pid, signal.SIGKILL)
             if args.rounds > 1:
-                print(f"round {r + 1}: " + "; ".join(
-                    f"{name} {runs[name][1][-1]:,.0f} / {runs[name][4][-1]:,.0f}"
-                    for name in names), flush=True)
+                print(
+                    f"round {r + 1}: "
+                    + "; ".join(
+                        f"{name} {runs[name][1][-1]:,.0f} / {runs[name][4][-1]:,.0f}"
+                        for name in names
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {name: {n: statistics.median(v) for n, v in r.items()} for name, r in runs.items()}
@@ -175,8 +212,10 @@ def main() -> int:
         print(f"{name:<12} {r[1]:>12,.0f} {r[4]:>12,.0f}")
     if "forsun" in results:
         box, ref = results["forsun-box"], results["forsun"]
-        print(f"{'ratio':<12} {box[1] / ref[1]:>11.2f}x {box[4] / ref[4]:>11.2f}x"
-              "   (targets: >= 1.2x, >= 1.5x)")
+        print(
+            f"{'ratio':<12} {box[1] / ref[1]:>11.2f}x {box[4] / ref[4]:>11.2f}x"
+            "   (targets: >= 1.2x, >= 1.5x)"
+        )
     return 0
 
 

@@ -227,16 +227,18 @@ class App:
         config = self.config
         console_routes, console_settings = console.install(self)
         app = tornado.web.Application(
-            http_v1.routes(self.service, config.max_body_bytes, config.api_token,
-                           config.v1_token_required)
+            http_v1.routes(
+                self.service, config.max_body_bytes, config.api_token, config.v1_token_required
+            )
             + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
             + console_routes,
             default_handler_class=http_v1.NotFoundHandler,
             default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
             **console_settings,
         )
-        router = http_v1.Router(app, self.service, config.max_body_bytes, config.api_token,
-                                config.v1_token_required)
+        router = http_v1.Router(
+            app, self.service, config.max_body_bytes, config.api_token, config.v1_token_required
+        )
         server = http_v1.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
         server.max_connections = config.max_http_connections

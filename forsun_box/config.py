@@ -309,9 +309,11 @@ class Config:
         "INFO", "Log level.", "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
     log_format: str = _s(
-        DEFAULT_LOG_FORMAT, "Log line format (logging %-style); empty means the default.",
-        "--log-format", metavar="FORMAT"
-    )  # fmt: skip
+        DEFAULT_LOG_FORMAT,
+        "Log line format (logging %-style); empty means the default.",
+        "--log-format",
+        metavar="FORMAT",
+    )
     log_rotate: str = _s(
         "",
         "Rotate the log file: midnight, hourly, daily, weekly, w0-w6 (a weekday) or at a "
@@ -323,55 +325,80 @@ class Config:
     )
     log_backup_count: int = _s(7, "Rotated log files kept (0 keeps all).", "--log-backup-count")
     demon: bool = _s(
-        False, "Run in the background (double fork, pid file); --nodemon forces the foreground.",
-        "--demon", neg_flag="--nodemon"
-    )  # fmt: skip
+        False,
+        "Run in the background (double fork, pid file); --nodemon forces the foreground.",
+        "--demon",
+        neg_flag="--nodemon",
+    )
     data_dir: str = _s(
-        "", "Directory of the database, snapshot and pid file; created when missing.",
-        "--data-dir", env="FORSUN_BOX_DATA_DIR", path=True,
-        doc_default="$XDG_DATA_HOME/forsun-box (~/.local/share/forsun-box)"
-    )  # fmt: skip
+        "",
+        "Directory of the database, snapshot and pid file; created when missing.",
+        "--data-dir",
+        env="FORSUN_BOX_DATA_DIR",
+        path=True,
+        doc_default="$XDG_DATA_HOME/forsun-box (~/.local/share/forsun-box)",
+    )
     timezone: str = _s(
-        "", "Time zone of calendar plans, e.g. Europe/Paris; empty uses the system zone.",
-        "--timezone", metavar="ZONE", check=_check_timezone
-    )  # fmt: skip
+        "",
+        "Time zone of calendar plans, e.g. Europe/Paris; empty uses the system zone.",
+        "--timezone",
+        metavar="ZONE",
+        check=_check_timezone,
+    )
     catchup: str = _s(
-        "fire_once", "After downtime fire a missed plan once, every missed time, or skip it.",
-        "--catchup", choices=("fire_once", "fire_all", "skip")
-    )  # fmt: skip
+        "fire_once",
+        "After downtime fire a missed plan once, every missed time, or skip it.",
+        "--catchup",
+        choices=("fire_once", "fire_all", "skip"),
+    )
     window_seconds: float = _s(
-        30.0, "How far ahead the engine keeps due plans in memory, seconds.",
-        "--window-seconds", check=_POSITIVE
-    )  # fmt: skip
+        30.0,
+        "How far ahead the engine keeps due plans in memory, seconds.",
+        "--window-seconds",
+        check=_POSITIVE,
+    )
     loop_stall_ms: int = _s(
-        250, "Log a warning, with what the event loop is running, when it goes unanswered "
+        250,
+        "Log a warning, with what the event loop is running, when it goes unanswered "
         "this many milliseconds (firings are then late); 0 turns the watch off.",
-        "--loop-stall-ms", check=_NON_NEG
-    )  # fmt: skip
+        "--loop-stall-ms",
+        check=_NON_NEG,
+    )
     pid_file: str = _s(
-        "", "Pid file written with --demon; empty means <data_dir>/forsun-box.pid.",
-        "--pid-file", path=True
-    )  # fmt: skip
+        "",
+        "Pid file written with --demon; empty means <data_dir>/forsun-box.pid.",
+        "--pid-file",
+        path=True,
+    )
 
     # ---- [store]
     driver: str = _store(
-        "sqlite", "Store driver: sqlite, mem, or one an extension registers.", "--driver",
-        metavar="NAME", check=_check_non_empty
-    )  # fmt: skip
+        "sqlite",
+        "Store driver: sqlite, mem, or one an extension registers.",
+        "--driver",
+        metavar="NAME",
+        check=_check_non_empty,
+    )
     status_expried: int = _store(0, "Accepted for forsun compatibility (its spelling); unused.")
     mem_store_file: str = _store(
-        "", "Snapshot file of the mem driver; empty means <data_dir>/forsun-box.mem.",
-        "--driver-mem-store-file", path=True
-    )  # fmt: skip
+        "",
+        "Snapshot file of the mem driver; empty means <data_dir>/forsun-box.mem.",
+        "--driver-mem-store-file",
+        path=True,
+    )
     mem_time_rate: float = _store(60.0, "Seconds between mem snapshots.", check=_POSITIVE)
     sqlite_file: str = _store(
-        "", "SQLite database file; empty means <data_dir>/forsun-box.db.", "--sqlite-file",
-        path=True
-    )  # fmt: skip
+        "",
+        "SQLite database file; empty means <data_dir>/forsun-box.db.",
+        "--sqlite-file",
+        path=True,
+    )
     sqlite_synchronous: str = _store(
-        "NORMAL", "SQLite synchronous mode; FULL also survives power loss.",
-        "--sqlite-synchronous", choices=("OFF", "NORMAL", "FULL")
-    )  # fmt: skip
+        "NORMAL",
+        "SQLite synchronous mode; FULL also survives power loss.",
+        "--sqlite-synchronous",
+        choices=("OFF", "NORMAL", "FULL"),
+    )
     run_retention_days: float = _store(7.0, "Days of run history kept.", check=_NON_NEG)
     max_runs_per_key: int = _store(100, "Run records kept per plan key.", check=_NON_NEG)
     store_redis_host: str = _store("127.0.0.1", "Redis store host.", "--driver-redis-host")
@@ -437,15 +464,21 @@ class Config:
         "", "Directory added to the import path for extensions.", "--extension-path", path=True
     )
     extensions: tuple[str, ...] = _extension(
-        (), "Extensions to load, module.Class, ;-separated; each --extension adds one.",
-        "--extension", env="EXTENSIONS", metavar="MODULE.CLASS"
-    )  # fmt: skip
+        (),
+        "Extensions to load, module.Class, ;-separated; each --extension adds one.",
+        "--extension",
+        env="EXTENSIONS",
+        metavar="MODULE.CLASS",
+    )
     extensions_dir: str = _extension(
-        "", "Drop-in folder: every .py file and package in it is loaded at start; its lib/ "
+        "",
+        "Drop-in folder: every .py file and package in it is loaded at start; its lib/ "
         "holds their third-party packages. Empty: extensions/ beside the executable when "
         "frozen, else <data_dir>/extensions.",
-        "--extensions-dir", key="dir", path=True
-    )  # fmt: skip
+        "--extensions-dir",
+        key="dir",
+        path=True,
+    )
 
     # ---- [http] (forsun-box's own limits of the HTTP API)
     max_body_bytes: int = _http(
@@ -459,46 +492,64 @@ class Config:
         100000, "Most plans per request.", "--max-plans-per-request", check=_POSITIVE
     )
     create_worker: bool = _http(
-        True, "Build big v1 create bodies and v2 batch lines (parse, validate, encode the "
+        True,
+        "Build big v1 create bodies and v2 batch lines (parse, validate, encode the "
         "answer) in a worker process while the event loop goes on; off builds them in the "
         "event loop.",
-        "--create-worker", neg_flag="--no-create-worker"
-    )  # fmt: skip
+        "--create-worker",
+        neg_flag="--no-create-worker",
+    )
     console_password: str = _http(
-        "", "Password of the web console; empty (and no api_token) leaves it open. "
+        "",
+        "Password of the web console; empty (and no api_token) leaves it open. "
         "Prefer the environment or the conf file to a flag (flags show in ps).",
-        "--console-password", metavar="PASSWORD"
-    )  # fmt: skip
+        "--console-password",
+        metavar="PASSWORD",
+    )
     api_token: str = _http(
-        "", "API token; also accepted as the web console's password.", "--api-token",
-        metavar="TOKEN"
-    )  # fmt: skip
+        "",
+        "API token; also accepted as the web console's password.",
+        "--api-token",
+        metavar="TOKEN",
+    )
     v1_token_required: str = _http(
-        "remote", "With api_token set, HTTP v1 requires it from non-loopback peers only "
+        "remote",
+        "With api_token set, HTTP v1 requires it from non-loopback peers only "
         "(remote: forsun's clients on this machine send none) or from every peer (always).",
-        "--v1-token-required", choices=("remote", "always")
-    )  # fmt: skip
+        "--v1-token-required",
+        choices=("remote", "always"),
+    )
     thrift_allow: tuple[str, ...] = _http(
-        (), "Networks (CIDR or address, ;-separated) whose peers the Thrift port admits "
-        "besides loopback; Thrift carries no token.", "--thrift-allow", metavar="NETS",
-        check=_check_networks
-    )  # fmt: skip
+        (),
+        "Networks (CIDR or address, ;-separated) whose peers the Thrift port admits "
+        "besides loopback; Thrift carries no token.",
+        "--thrift-allow",
+        metavar="NETS",
+        check=_check_networks,
+    )
     allow_insecure_bind: bool = _http(
-        False, "Start even when HTTP or Thrift listens beyond loopback without api_token.",
-        "--allow-insecure-bind"
-    )  # fmt: skip
+        False,
+        "Start even when HTTP or Thrift listens beyond loopback without api_token.",
+        "--allow-insecure-bind",
+    )
     max_http_connections: int = _http(
-        10000, "Most open HTTP connections; more are closed at once.",
-        "--max-http-connections", check=_POSITIVE
-    )  # fmt: skip
+        10000,
+        "Most open HTTP connections; more are closed at once.",
+        "--max-http-connections",
+        check=_POSITIVE,
+    )
     max_thrift_connections: int = _http(
-        10000, "Most open Thrift API connections; more are closed at once.",
-        "--max-thrift-connections", check=_POSITIVE
-    )  # fmt: skip
+        10000,
+        "Most open Thrift API connections; more are closed at once.",
+        "--max-thrift-connections",
+        check=_POSITIVE,
+    )
     cookie_secret: str = _http(
-        "", "Secret signing the console's login cookie; empty: generated once and kept in "
-        "<data_dir>/console-cookie-secret.", metavar="SECRET"
-    )  # fmt: skip
+        "",
+        "Secret signing the console's login cookie; empty: generated once and kept in "
+        "<data_dir>/console-cookie-secret.",
+        metavar="SECRET",
+    )
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

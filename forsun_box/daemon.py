@@ -137,10 +137,15 @@ def _respawn_frozen(read_end: int, write_end: int) -> None:
     env[_DAEMON_FD_ENV] = str(write_end)
     with open(os.devnull, "rb+") as null:
         child = subprocess.Popen(
-            [sys.argv[0], *sys.argv[1:]], executable=sys.executable, env=env,
-            stdin=null, stdout=null, stderr=null, pass_fds=(write_end,),
+            [sys.argv[0], *sys.argv[1:]],
+            executable=sys.executable,
+            env=env,
+            stdin=null,
+            stdout=null,
+            stderr=null,
+            pass_fds=(write_end,),
             start_new_session=True,
-        )  # fmt: skip
+        )
     os.close(write_end)
     # The daemon's bootloader holds the pipe open as long as the daemon runs,
     # so "ok" arrives without an end of file; a failure ends with one.

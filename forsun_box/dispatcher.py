@@ -342,7 +342,10 @@ class Dispatcher:
             return _Outcome(text)
         # Unexpected: keep the stack for whoever wrote the action.
         logger.error(
-            "plan %s: action %s raised (attempt %d)", plan.key, plan.action, attempt,
+            "plan %s: action %s raised (attempt %d)",
+            plan.key,
+            plan.action,
+            attempt,
             exc_info=error,
         )
         return _Outcome(f"{type(error).__name__}: {error}")
@@ -354,9 +357,15 @@ class Dispatcher:
             error = error[: MAX_ERROR_CHARS - 3] + "..."
         duration = self._clock.now_ms() - started
         run = Run(
-            plan.key, due_ms, started, duration if duration > 0 else 0, attempt, result, error,
+            plan.key,
+            due_ms,
+            started,
+            duration if duration > 0 else 0,
+            attempt,
+            result,
+            error,
             plan.action,
-        )  # fmt: skip
+        )
         try:
             self._on_run(run)
         except Exception:

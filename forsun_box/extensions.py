@@ -78,8 +78,9 @@ class Extension:
         """Register action class ``cls`` under ``name``; False (and a warning) when
         ``cls`` is not an :class:`~forsun_box.actions.base.Action` subclass."""
         if not (isinstance(cls, type) and issubclass(cls, actions_base.Action)):
-            log.warning("extension %s: %r is not an Action subclass, not registered",
-                        self.display_name, cls)
+            log.warning(
+                "extension %s: %r is not an Action subclass, not registered", self.display_name, cls
+            )
             return False
         self._registered.append(("action", name, actions_base.ACTIONS.get(name)))
         actions_base.register_action(name, cls)
@@ -93,8 +94,9 @@ class Extension:
             log.warning(
                 "extension %s: %r is not a forsun_box Store subclass, not registered "
                 "(a store must implement forsun-box's store contract)",
-                self.display_name, cls,
-            )  # fmt: skip
+                self.display_name,
+                cls,
+            )
             return False
         self._registered.append(("store", name, DRIVERS.get(name)))
         register_driver(name, cls)
@@ -272,10 +274,11 @@ class ExtensionManager:
         self.loaded.append(LoadedExtension(instance, source))
         log.info(
             "extension %s loaded from %s (actions: %s; stores: %s)",
-            instance.display_name, source,
+            instance.display_name,
+            source,
             ", ".join(instance.registered("action")) or "-",
             ", ".join(instance.registered("store")) or "-",
-        )  # fmt: skip
+        )
 
     def _error(self, source: str, message: str) -> None:
         self.errors.append(ExtensionError(source, message))
@@ -445,9 +448,12 @@ def _build(module: types.ModuleType) -> None:
         ns = {"__version__": __version__, "version": __version__}
     elif name == "forsun.extension":
         ns = {
-            "Extension": Extension, "Action": actions_base.Action, "Store": Store,
-            "register_action": _forsun_register_action, "register_store": _forsun_register_store,
-        }  # fmt: skip
+            "Extension": Extension,
+            "Action": actions_base.Action,
+            "Store": Store,
+            "register_action": _forsun_register_action,
+            "register_store": _forsun_register_store,
+        }
     elif name == "forsun.action":
         ns = {
             "Action": actions_base.Action,
@@ -507,9 +513,7 @@ class ForsunAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in FORSUN_MODULES:
             return None
-        return importlib.util.spec_from_loader(
-            fullname, self, is_package=FORSUN_MODULES[fullname]
-        )
+        return importlib.util.spec_from_loader(fullname, self, is_package=FORSUN_MODULES[fullname])
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         return None  # the default module object
@@ -536,5 +540,7 @@ def install_forsun_aliases(config: Any = None, stats: Any = None) -> None:
         sys.meta_path.insert(0, _FINDER)
     existing = sys.modules.get("forsun")
     if existing is not None and getattr(existing, "__loader__", None) is not _FINDER:
-        log.warning("a module named forsun is already imported; forsun's import paths in "
-                    "extensions may not resolve to forsun-box")
+        log.warning(
+            "a module named forsun is already imported; forsun's import paths in "
+            "extensions may not resolve to forsun-box"
+        )

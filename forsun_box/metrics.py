@@ -35,8 +35,23 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
-LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    60.0, 300.0)
+LATENESS_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -92,10 +107,9 @@ class _RunCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         for name, doc, counts in (
-            ("forsun_box_firings", "Firings (first attempts) by action and result",
-             self.firings),
+            ("forsun_box_firings", "Firings (first attempts) by action and result", self.firings),
             ("forsun_box_retries", "Retry attempts by action and result", self.retries),
-        ):  # fmt: skip
+        ):
             fam = CounterMetricFamily(name, doc, labels=["action", "result"])
             for (action, result), n in sorted(counts.items()):
                 fam.add_metric([action, result], n)
@@ -149,12 +163,16 @@ class Metrics:
         self.runs = _RunCollector()
         r.register(self.runs)
         self.api_requests = Counter(
-            "forsun_box_api_requests", "API requests by interface and outcome",
-            ["interface", "outcome"], registry=r,
+            "forsun_box_api_requests",
+            "API requests by interface and outcome",
+            ["interface", "outcome"],
+            registry=r,
         )
         self.commit_latency = Histogram(
-            "forsun_box_store_commit_seconds", "Duration of one store commit (group commit)",
-            buckets=COMMIT_BUCKETS, registry=r,
+            "forsun_box_store_commit_seconds",
+            "Duration of one store commit (group commit)",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
         )
         self.pending = Gauge("forsun_box_pending_plans", "Plans stored", registry=r)
         self.window = Gauge(

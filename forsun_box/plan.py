@@ -101,12 +101,33 @@ class Plan:
         """A shallow copy with ``changes`` applied (params are shared: never mutated)."""
         # Spelled out: dataclasses.replace costs several times more, per firing.
         new = Plan(
-            self.key, self.kind, self.action, self.params, self.second, self.minute,
-            self.hour, self.day, self.month, self.week, self.count, self.cron,
-            self.interval_ms, self.anchor_ms, self.timezone, self.end_ms, self.next_time,
-            self.current_count, self.last_timeout, self.status, self.created_time,
-            self.paused, self.version, self.jitter_ms, self.misfire, self.grace_ms,
-        )  # fmt: skip
+            self.key,
+            self.kind,
+            self.action,
+            self.params,
+            self.second,
+            self.minute,
+            self.hour,
+            self.day,
+            self.month,
+            self.week,
+            self.count,
+            self.cron,
+            self.interval_ms,
+            self.anchor_ms,
+            self.timezone,
+            self.end_ms,
+            self.next_time,
+            self.current_count,
+            self.last_timeout,
+            self.status,
+            self.created_time,
+            self.paused,
+            self.version,
+            self.jitter_ms,
+            self.misfire,
+            self.grace_ms,
+        )
         for name, value in changes.items():
             setattr(new, name, value)
         return new
@@ -144,8 +165,10 @@ class Plan:
             return None
         if self.end_ms and nxt >= self.end_ms:
             return None
-        if self.kind == DELAY and self.count and (nxt - self.anchor_ms) > (
-            self.count * self.interval_ms
+        if (
+            self.kind == DELAY
+            and self.count
+            and (nxt - self.anchor_ms) > (self.count * self.interval_ms)
         ):
             # A delay plan's occurrences are anchor + k * interval, k = 1..count:
             # occurrences skipped by a catch-up policy are used up, not postponed.
@@ -206,12 +229,21 @@ def build_forsun_plan(
     elif not isinstance(key, str):
         raise errors.InvalidValue("key must be a string")
     return build_plan(
-        key, DELAY if is_time_out else CALENDAR, now_ms, default_tz,
-        "shell" if action is None or action == "" else action, params,
-        -1 if second is None else second, -1 if minute is None else minute,
-        -1 if hour is None else hour, -1 if day is None else day,
-        -1 if month is None else month, -1 if week is None else week,
-        0 if count is None else count, known_actions, limits,
+        key,
+        DELAY if is_time_out else CALENDAR,
+        now_ms,
+        default_tz,
+        "shell" if action is None or action == "" else action,
+        params,
+        -1 if second is None else second,
+        -1 if minute is None else minute,
+        -1 if hour is None else hour,
+        -1 if day is None else day,
+        -1 if month is None else month,
+        -1 if week is None else week,
+        0 if count is None else count,
+        known_actions,
+        limits,
     )
 
 
@@ -347,10 +379,33 @@ def build_plan(
         except Exception:
             raise errors.InvalidValue(f"unknown time zone: {timezone}") from None
     plan = Plan(
-        key, kind, action, clean_params, f_second, f_minute, f_hour, f_day, f_month, f_week,
-        count_v, "", 0, 0, timezone, end_ms, None, 0, 0, STATUS_PENDING, now_ms, False, 0,
-        jitter_v, misfire, grace_v,
-    )  # fmt: skip  (positional: a bulk create builds one per plan)
+        key,
+        kind,
+        action,
+        clean_params,
+        f_second,
+        f_minute,
+        f_hour,
+        f_day,
+        f_month,
+        f_week,
+        count_v,
+        "",
+        0,
+        0,
+        timezone,
+        end_ms,
+        None,
+        0,
+        0,
+        STATUS_PENDING,
+        now_ms,
+        False,
+        0,
+        jitter_v,
+        misfire,
+        grace_v,
+    )
     if kind == DELAY:
         interval = plan.interval_ms = schedule.delay_interval_ms(*values)
         if interval <= 0:

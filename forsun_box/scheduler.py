@@ -323,9 +323,12 @@ class Scheduler:
         self.stats = stats
         self._io = asyncio.Lock()
         self._writer = _Writer(
-            store, self._io, self._committed, self.options.max_batch,
+            store,
+            self._io,
+            self._committed,
+            self.options.max_batch,
             self.options.firing_commit_linger_ms / 1000,
-        )  # fmt: skip
+        )
         self._window: dict[str, Plan] = {}
         self._heap: list[tuple[int, int, str, int]] = []
         self._seq = itertools.count()
@@ -577,8 +580,7 @@ class Scheduler:
                     forget_inflight(key, None)
                     forget_window(key, None)
                     nt = plan.next_time
-                    if (nt is not None and nt <= edge and not plan.paused
-                            and (nt, key) <= cursor):
+                    if nt is not None and nt <= edge and not plan.paused and (nt, key) <= cursor:
                         self._admit(plan.copy())
             elif kind == "delete":
                 self._release(payload)
@@ -821,7 +823,11 @@ class Scheduler:
     def _queue_advance(self, moved: Plan) -> None:
         """Queue the post-firing update; ``moved`` is the plan as it now stands."""
         adv = Advance(
-            moved.key, moved.version, moved.next_time, moved.current_count, moved.last_timeout,
+            moved.key,
+            moved.version,
+            moved.next_time,
+            moved.current_count,
+            moved.last_timeout,
             moved.status,
-        )  # fmt: skip
+        )
         self._writer.submit_advance(adv, moved)

@@ -156,8 +156,13 @@ class MinuteSeries:
         """The last ``minutes`` minutes up to now's: ``start_ms``, ``fired``,
         ``failed``, ``p50`` and ``p99`` (lateness ms), oldest first."""
         last = now_ms // MINUTE_MS
-        out: dict[str, list[int]] = {"start_ms": [], "fired": [], "failed": [], "p50": [],
-                                     "p99": []}
+        out: dict[str, list[int]] = {
+            "start_ms": [],
+            "fired": [],
+            "failed": [],
+            "p50": [],
+            "p99": [],
+        }
         for m in range(last - minutes + 1, last + 1):
             b = self._buckets.get(m)
             out["start_ms"].append(m * MINUTE_MS)
@@ -187,8 +192,12 @@ class MinuteSeries:
         n = len(samples)
         if not n:
             return {"count": count, "p50": 0, "p99": 0, "max": 0}
-        return {"count": count, "p50": samples[_rank(n, 0.50)],
-                "p99": samples[_rank(n, 0.99)], "max": samples[-1]}
+        return {
+            "count": count,
+            "p50": samples[_rank(n, 0.50)],
+            "p99": samples[_rank(n, 0.99)],
+            "max": samples[-1],
+        }
 
 
 def _rank(n: int, q: float) -> int:

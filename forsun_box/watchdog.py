@@ -91,11 +91,21 @@ class LoopWatch:
                 continue  # a note is due every period_s: that much is no stall
             stalled_since = noted
             self.stalls += 1
-            whole = (" (this watch was held %.0f ms too: the interpreter lock was never let "
-                     "go, or the process got no CPU; the stack is what runs now)"
-                     % (overslept * 1000)) if overslept >= self.threshold_s else ""
-            log.warning("event loop held for %.0f ms so far%s; it is running:\n%s",
-                        (held - self.period_s) * 1000, whole, self._loop_stack())
+            whole = (
+                (
+                    " (this watch was held %.0f ms too: the interpreter lock was never let "
+                    "go, or the process got no CPU; the stack is what runs now)"
+                    % (overslept * 1000)
+                )
+                if overslept >= self.threshold_s
+                else ""
+            )
+            log.warning(
+                "event loop held for %.0f ms so far%s; it is running:\n%s",
+                (held - self.period_s) * 1000,
+                whole,
+                self._loop_stack(),
+            )
 
     def _loop_stack(self) -> str:
         frame = sys._current_frames().get(self._loop_thread)

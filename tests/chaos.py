@@ -90,8 +90,15 @@ def _now_ms() -> int:
 class _Load:
     """Both load threads of one round, sharing the ledger of acknowledgements."""
 
-    def __init__(self, server: Server, sink: Sink, round_no: int, rng: random.Random,
-                 ledger: dict[str, list[Ack]], lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        server: Server,
+        sink: Sink,
+        round_no: int,
+        rng: random.Random,
+        ledger: dict[str, list[Ack]],
+        lock: threading.Lock,
+    ) -> None:
         self.server = server
         self.sink = sink
         self.round_no = round_no
@@ -120,8 +127,9 @@ class _Load:
             if live and rng.random() < 0.25:
                 key = live.pop(rng.randrange(len(live)))
                 try:
-                    status, body = call(self.server.http_port, "DELETE", f"/v1/plan?key={key}",
-                                        timeout=5)
+                    status, body = call(
+                        self.server.http_port, "DELETE", f"/v1/plan?key={key}", timeout=5
+                    )
                 except OSError:
                     # cut off by the kill: it may or may not have been committed
                     self._record(Ack(key, "unknown", _kind(key), _now_ms()))
@@ -133,8 +141,13 @@ class _Load:
             kind = "near" if rng.random() < 0.4 else "far"
             key = f"h{self.round_no}:{i}:{kind}"
             delay_ms = rng.randint(500, 2500) if kind == "near" else FAR_S * 1000
-            body = {"key": key, "seconds": delay_ms // 1000, "count": 1, "action": "http",
-                    "params": self._body(key, kind)[1]}
+            body = {
+                "key": key,
+                "seconds": delay_ms // 1000,
+                "count": 1,
+                "action": "http",
+                "params": self._body(key, kind)[1],
+            }
             if kind == "near":
                 # sub-second delays: v1 takes whole seconds, so round up
                 body["seconds"] = max(1, round(delay_ms / 1000))
@@ -161,13 +174,19 @@ class _Load:
                 kind = "near" if rng.random() < 0.2 else "far"
                 key = f"b{self.round_no}:{i}:{j}:{kind}"
                 seconds = rng.randint(1, 3) if kind == "near" else FAR_S
-                plans.append({"key": key, "seconds": seconds, "count": 1, "action": "http",
-                              "params": self._body(key, kind)[1]})
+                plans.append(
+                    {
+                        "key": key,
+                        "seconds": seconds,
+                        "count": 1,
+                        "action": "http",
+                        "params": self._body(key, kind)[1],
+                    }
+                )
                 delays[key] = (kind, seconds * 1000)
             sent = _now_ms()
             try:
-                status, reply = call(self.server.http_port, "PUT", "/v1/plan", plans,
-                                     timeout=10)
+                status, reply = call(self.server.http_port, "PUT", "/v1/plan", plans, timeout=10)
             except OSError:
                 self.unknown += 1  # cut off by the kill: these promise nothing
                 return
@@ -208,8 +227,9 @@ class _Load:
                 seconds = rng.randint(1, 2) if kind == "near" else FAR_S
                 sent = _now_ms()
                 try:
-                    client.createTimeout(key, seconds, 0, 0, 0, 0, 0, 1, "http",
-                                         self._body(key, kind)[1])
+                    client.createTimeout(
+                        key, seconds, 0, 0, 0, 0, 0, 1, "http", self._body(key, kind)[1]
+                    )
                 except Exception:
                     self.unknown += 1
                     return
@@ -228,9 +248,15 @@ def _final_state(ledger: dict[str, list[Ack]]) -> dict[str, Ack]:
     return {key: acks[-1] for key, acks in ledger.items()}
 
 
-def run_crash(data_dir: Path, driver: str, rounds: int, seed: int = 1,
-              extra: tuple[str, ...] = (), mem_bound_ms: int = 0,
-              log: bool = False) -> Report:
+def run_crash(
+    data_dir: Path,
+    driver: str,
+    rounds: int,
+    seed: int = 1,
+    extra: tuple[str, ...] = (),
+    mem_bound_ms: int = 0,
+    log: bool = False,
+) -> Report:
     """``rounds`` rounds of load + SIGKILL on ``driver``; then a final check.
 
     ``mem_bound_ms``: for the mem store, how long before a kill an
@@ -249,9 +275,11 @@ def run_crash(data_dir: Path, driver: str, rounds: int, seed: int = 1,
             # after a restart, check what the previous rounds promised
             _check_store(server, ledger, kills, mem_bound_ms, report, final=False)
             load = _Load(server, sink, round_no, rng, ledger, lock)
-            threads = [threading.Thread(target=load.run_http, daemon=True),
-                       threading.Thread(target=load.run_thrift, daemon=True),
-                       threading.Thread(target=load.run_bulk, daemon=True)]
+            threads = [
+                threading.Thread(target=load.run_http, daemon=True),
+                threading.Thread(target=load.run_thrift, daemon=True),
+                threading.Thread(target=load.run_bulk, daemon=True),
+            ]
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.3, 1.5))
@@ -267,8 +295,9 @@ def run_crash(data_dir: Path, driver: str, rounds: int, seed: int = 1,
         # the last restart: everything due fires by catch-up, then check it all
         server = Server(data_dir, *args).start()
         try:
-            last_due = max((a.due_ms for acks in ledger.values() for a in acks
-                            if a.kind == "near"), default=0)
+            last_due = max(
+                (a.due_ms for acks in ledger.values() for a in acks if a.kind == "near"), default=0
+            )
             wait_s = max(0.0, (last_due - _now_ms()) / 1000) + 3
             expected = _expected_fired(ledger, kills, mem_bound_ms)
             wait_until(lambda: expected <= _fired_keys(sink), timeout=wait_s + 10, interval=0.1)
@@ -276,18 +305,23 @@ def run_crash(data_dir: Path, driver: str, rounds: int, seed: int = 1,
             fired = _fired_counts(sink)
             missing = [k for k in expected if k not in fired]
             for key in missing[:5]:
-                report.failures.append(f"{key} in the store: {server.call('GET', f'/v1/plan?key={key}')[1]}")
+                report.failures.append(
+                    f"{key} in the store: {server.call('GET', f'/v1/plan?key={key}')[1]}"
+                )
         finally:
             server.stop()
         fired = _fired_counts(sink)
         report.fired_keys = len(fired)
         report.duplicates = sum(n - 1 for n in fired.values())
-        report.acked_creates = sum(1 for acks in ledger.values() for a in acks
-                                   if a.op == "create")
-        report.acked_removes = sum(1 for acks in ledger.values() for a in acks
-                                   if a.op == "remove")
-        near = [k for k, acks in ledger.items() if acks[0].op == "create" and acks[0].kind == "near"
-                and not any(a.op in ("remove", "unknown") for a in acks)]
+        report.acked_creates = sum(1 for acks in ledger.values() for a in acks if a.op == "create")
+        report.acked_removes = sum(1 for acks in ledger.values() for a in acks if a.op == "remove")
+        near = [
+            k
+            for k, acks in ledger.items()
+            if acks[0].op == "create"
+            and acks[0].kind == "near"
+            and not any(a.op in ("remove", "unknown") for a in acks)
+        ]
         report.near_acked = len(near)
         for key in near:
             if key not in fired:
@@ -309,16 +343,20 @@ def _excused(ack: Ack, kills: list[int], bound_ms: int) -> bool:
 
 
 def _expected_fired(ledger: dict[str, list[Ack]], kills: list[int], bound_ms: int) -> set[str]:
-    return {k for k, acks in ledger.items()
-            if acks[0].kind == "near" and not any(a.op in ("remove", "unknown") for a in acks)
-            and not _excused(acks[0], kills, bound_ms)}
+    return {
+        k
+        for k, acks in ledger.items()
+        if acks[0].kind == "near"
+        and not any(a.op in ("remove", "unknown") for a in acks)
+        and not _excused(acks[0], kills, bound_ms)
+    }
 
 
 def _fired_counts(sink: Sink) -> dict[str, int]:
     counts: dict[str, int] = {}
     for _, path, _ in list(sink.hits):
         if path.startswith("/fire/"):
-            key = path[len("/fire/"):]
+            key = path[len("/fire/") :]
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -327,8 +365,14 @@ def _fired_keys(sink: Sink) -> set[str]:
     return set(_fired_counts(sink))
 
 
-def _check_store(server: Server, ledger: dict[str, list[Ack]], kills: list[int],
-                 bound_ms: int, report: Report, final: bool) -> None:
+def _check_store(
+    server: Server,
+    ledger: dict[str, list[Ack]],
+    kills: list[int],
+    bound_ms: int,
+    report: Report,
+    final: bool,
+) -> None:
     """Far plans acknowledged as created are there; acknowledged removes are gone."""
     present = set(server.ok("GET", "/v1/keys?prefix="))
     for key, last in _final_state(ledger).items():
@@ -365,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix=f"forsun-box-crash-{driver}-"))
         try:
             extra, bound = mem_options(driver)
-            report = run_crash(tmp, driver, rounds, seed=opts.seed, extra=extra,
-                               mem_bound_ms=bound, log=True)
+            report = run_crash(
+                tmp, driver, rounds, seed=opts.seed, extra=extra, mem_bound_ms=bound, log=True
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         print(f"seed {opts.seed}: {report.summary()}")

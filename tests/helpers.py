@@ -68,18 +68,37 @@ class Server:
         self.log_path = data_dir / "server.log"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "forsun_box", "serve",
-                "--http", f"127.0.0.1:{self.http_port}", "--bind", "127.0.0.1",
-                "--port", str(self.thrift_port), "--data-dir", str(self.data_dir),
-                "--log-level", "INFO", *self.extra]
+        return [
+            sys.executable,
+            "-m",
+            "forsun_box",
+            "serve",
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.thrift_port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "INFO",
+            *self.extra,
+        ]
 
     def start(self, wait: bool = True) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT), env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         if wait:
             self.wait_ready()

@@ -51,18 +51,32 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.seconds:g} s, {self.plans} plans at 1/s: {self.firings} firings "
-                f"({self.firings / self.seconds:.0f}/s), lateness p50 {self.p50_ms} ms, "
-                f"p99 {self.p99_ms} ms, max {self.max_ms} ms; HTTP {self.http_requests} "
-                f"requests, {self.http_errors} errors; Thrift {self.thrift_requests} "
-                f"requests, {self.thrift_errors} errors")
+        return (
+            f"{self.seconds:g} s, {self.plans} plans at 1/s: {self.firings} firings "
+            f"({self.firings / self.seconds:.0f}/s), lateness p50 {self.p50_ms} ms, "
+            f"p99 {self.p99_ms} ms, max {self.max_ms} ms; HTTP {self.http_requests} "
+            f"requests, {self.http_errors} errors; Thrift {self.thrift_requests} "
+            f"requests, {self.thrift_errors} errors"
+        )
 
 
-def run_load(data_dir: Path, seconds: float, plans: int = 5000, http_clients: int = 32,
-             thrift_clients: int = 4, per_instant: int = 100) -> LoadReport:
+def run_load(
+    data_dir: Path,
+    seconds: float,
+    plans: int = 5000,
+    http_clients: int = 32,
+    thrift_clients: int = 4,
+    per_instant: int = 100,
+) -> LoadReport:
     out = data_dir / "probe.json"
-    srv = Server(data_dir, "--extension-path", str(EXT_DIR), "--extension",
-                 "loadprobe.ProbeExtension", env={"FORSUN_BOX_PROBE_OUT": str(out)})
+    srv = Server(
+        data_dir,
+        "--extension-path",
+        str(EXT_DIR),
+        "--extension",
+        "loadprobe.ProbeExtension",
+        env={"FORSUN_BOX_PROBE_OUT": str(out)},
+    )
     srv.start()
     report = LoadReport(seconds, plans)
     lock = threading.Lock()
@@ -73,8 +87,10 @@ def run_load(data_dir: Path, seconds: float, plans: int = 5000, http_clients: in
         for n, start in enumerate(starts):
             # one request per due instant (a delay counts from the request's arrival)
             time.sleep(max(0.0, began + n / len(starts) - time.monotonic()))
-            batch = [{"key": f"fire:{i}", "seconds": 1, "count": 0, "action": "probe",
-                      "params": {}} for i in range(start, min(plans, start + per_instant))]
+            batch = [
+                {"key": f"fire:{i}", "seconds": 1, "count": 0, "action": "probe", "params": {}}
+                for i in range(start, min(plans, start + per_instant))
+            ]
             srv.ok("PUT", "/v1/plan", batch)
 
         def http_client(n: int) -> None:
@@ -86,16 +102,33 @@ def run_load(data_dir: Path, seconds: float, plans: int = 5000, http_clients: in
                 op = rng.random()
                 try:
                     if op < 0.4:
-                        status, body = call(srv.http_port, "PUT", "/v1/plan", {
-                            "key": key, "seconds": 3600, "count": 1, "action": "probe",
-                            "params": {}}, timeout=10)
+                        status, body = call(
+                            srv.http_port,
+                            "PUT",
+                            "/v1/plan",
+                            {
+                                "key": key,
+                                "seconds": 3600,
+                                "count": 1,
+                                "action": "probe",
+                                "params": {},
+                            },
+                            timeout=10,
+                        )
                     elif op < 0.8:
-                        status, body = call(srv.http_port, "GET",
-                                            f"/v1/plan?key=fire:{rng.randrange(plans)}",
-                                            timeout=10)
+                        status, body = call(
+                            srv.http_port,
+                            "GET",
+                            f"/v1/plan?key=fire:{rng.randrange(plans)}",
+                            timeout=10,
+                        )
                     else:
-                        status, body = call(srv.http_port, "DELETE",
-                                            f"/v1/plan?key=h{n}:{max(1, i - 1)}", timeout=10)
+                        status, body = call(
+                            srv.http_port,
+                            "DELETE",
+                            f"/v1/plan?key=h{n}:{max(1, i - 1)}",
+                            timeout=10,
+                        )
                     # 1005: v1's answer to removing a key already gone (it fired or never was)
                     ok = status == 200 and body["errcode"] in (0, 1003, 1005)
                 except OSError as e:
@@ -134,10 +167,14 @@ def run_load(data_dir: Path, seconds: float, plans: int = 5000, http_clients: in
             finally:
                 transport.close()
 
-        threads = [threading.Thread(target=http_client, args=(n,), daemon=True)
-                   for n in range(http_clients)]
-        threads += [threading.Thread(target=thrift_client, args=(n,), daemon=True)
-                    for n in range(thrift_clients)]
+        threads = [
+            threading.Thread(target=http_client, args=(n,), daemon=True)
+            for n in range(http_clients)
+        ]
+        threads += [
+            threading.Thread(target=thrift_client, args=(n,), daemon=True)
+            for n in range(thrift_clients)
+        ]
         for t in threads:
             t.start()
         time.sleep(seconds)
@@ -157,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="60 s instead of 10 s")
     parser.add_argument("--seconds", type=float, default=0)
-    parser.add_argument("--per-instant", type=int, default=100,
-                        help="plans falling due at the same instant (default 100)")
+    parser.add_argument(
+        "--per-instant",
+        type=int,
+        default=100,
+        help="plans falling due at the same instant (default 100)",
+    )
     opts = parser.parse_args(argv)
     seconds = opts.seconds or (60.0 if opts.full else 10.0)
     tmp = Path(tempfile.mkdtemp(prefix="forsun-box-load-"))

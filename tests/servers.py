@@ -116,9 +116,20 @@ def start_redis(workdir: Path) -> ServerProcess:
     binary = need_binary("redis-server", "redis-server")
     port = free_port()
     argv = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-    ]  # fmt: skip
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
     return _start("redis", argv, workdir, port)
 
 
@@ -136,17 +147,34 @@ def start_mariadb(workdir: Path) -> ServerProcess:
     user = _current_user()
     with open(workdir / "install.log", "wb") as log:
         subprocess.run(
-            [installer, "--no-defaults", f"--datadir={data}", f"--user={user}",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
-        )  # fmt: skip
+            [
+                installer,
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--user={user}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            timeout=120,
+        )
     port = free_port()
     argv = [
-        daemon, "--no-defaults", f"--datadir={data}", f"--socket={workdir / 'mysqld.sock'}",
-        f"--port={port}", "--bind-address=127.0.0.1", f"--user={user}",
-        f"--pid-file={workdir / 'mysqld.pid'}", f"--log-error={workdir / 'error.log'}",
-        "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--skip-grant-tables",
-    ]  # fmt: skip
+        daemon,
+        "--no-defaults",
+        f"--datadir={data}",
+        f"--socket={workdir / 'mysqld.sock'}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        f"--user={user}",
+        f"--pid-file={workdir / 'mysqld.pid'}",
+        f"--log-error={workdir / 'error.log'}",
+        "--skip-log-bin",
+        "--innodb-buffer-pool-size=16M",
+        "--skip-grant-tables",
+    ]
     server = _start("mariadb", argv, workdir, port)
     server.info["user"] = "root"
     return server

@@ -36,8 +36,14 @@ def _sink_get(port: int, path: str) -> Any:
 def running_sink(max_seconds: float) -> Iterator[int]:
     """A sink process on a free port for the duration of the block; yields its port."""
     port = free_port()
-    args = [sys.executable, str(SINK_SCRIPT), "--port", str(port),
-            "--max-seconds", str(max_seconds)]
+    args = [
+        sys.executable,
+        str(SINK_SCRIPT),
+        "--port",
+        str(port),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     with running_process(args, port, "/count", "the firing sink", ready_timeout=15):
         yield port
 

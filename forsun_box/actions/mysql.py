@@ -95,9 +95,7 @@ class MysqlAction(Action):
         connect_timeout = seconds_param(params, "connect_timeout", settings.server_connect_timeout)
         timeout = seconds_param(params, "timeout", settings.server_run_timeout)
         size = pool_size(params, settings.mysql_max_connections)
-        target = (
-            host, port, db, user, passwd, size, connect_timeout, settings.mysql_idle_seconds
-        )  # fmt: skip
+        target = (host, port, db, user, passwd, size, connect_timeout, settings.mysql_idle_seconds)
         where = f"mysql {user}@{host}:{port}/{db}"
         pool = await _pools.get(target).pool()
         wait = settings.mysql_wait_connection_timeout

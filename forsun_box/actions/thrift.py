@@ -193,9 +193,7 @@ class ThriftAction(Action):
                 self.plan.key, int(self.ts), dict(params), connect_timeout, timeout
             )
         except TimeoutError:
-            raise ActionFailed(
-                f"thrift {host}:{port}: no answer within {timeout}s"
-            ) from None
+            raise ActionFailed(f"thrift {host}:{port}: no answer within {timeout}s") from None
         except (OSError, EOFError, TApplicationException) as e:
             raise ActionFailed(f"thrift {host}:{port}: {e!r}") from None
 

@@ -116,8 +116,9 @@ def token_ok(given: str, token: str) -> bool:
 class GuardedThriftServer(ThriftServer):
     """:class:`ThriftServer` admitting only :class:`PeerFilter` peers, at most ``max_connections``."""
 
-    def __init__(self, *args: Any, peers: PeerFilter | None = None,
-                 max_connections: int = 0, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, peers: PeerFilter | None = None, max_connections: int = 0, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.peers = peers or PeerFilter()
         self.max_connections = max_connections
@@ -129,14 +130,16 @@ class GuardedThriftServer(ThriftServer):
         host = str(peer[0]) if peer else ""
         if not self.peers.admits(host):
             self.refused += 1
-            log.warning("thrift connection from %s refused: not loopback nor in thrift_allow",
-                        host)
+            log.warning("thrift connection from %s refused: not loopback nor in thrift_allow", host)
             writer.close()
             return
         if self.max_connections and self.open_connections >= self.max_connections:
             self.refused += 1
-            log.warning("thrift connection from %s refused: %d connections open (the limit)",
-                        host, self.open_connections)
+            log.warning(
+                "thrift connection from %s refused: %d connections open (the limit)",
+                host,
+                self.open_connections,
+            )
             writer.close()
             return
         self.open_connections += 1

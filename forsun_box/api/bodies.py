@@ -138,8 +138,9 @@ def one_per_key(plans: list[Plan], max_plans: int) -> list[Plan]:
     return plans
 
 
-def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
-             numbered: bool = True) -> list[Plan]:
+def v1_plans(
+    objs: list[Any], req: Body, modes: Mapping[Any, bool] | None, numbered: bool = True
+) -> list[Plan]:
     """The plans of v1 JSON objects (input field ``seconds``, plural).
 
     An element naming a ``method`` found in ``modes`` takes that mode instead
@@ -162,11 +163,25 @@ def v1_plans(objs: list[Any], req: Body, modes: Mapping[Any, bool] | None,
             second = get("seconds")
             if second is None:
                 second = get("second")  # be lenient with the answer's spelling
-            append(build_forsun_plan(
-                get("key"), timeout, second, get("minute"), get("hour"), get("day"),
-                get("month"), get("week"), get("count"), get("action"), get("params"), now_ms,
-                tz, known, limits,
-            ))
+            append(
+                build_forsun_plan(
+                    get("key"),
+                    timeout,
+                    second,
+                    get("minute"),
+                    get("hour"),
+                    get("day"),
+                    get("month"),
+                    get("week"),
+                    get("count"),
+                    get("action"),
+                    get("params"),
+                    now_ms,
+                    tz,
+                    known,
+                    limits,
+                )
+            )
         except errors.ForsunBoxError as e:
             if not numbered:
                 raise
@@ -180,11 +195,25 @@ def line_plans(lines: list[crontab.PlanLine], req: Body) -> list[Plan]:
     out: list[Plan] = []
     for line in lines:
         get = line.fields.get
-        out.append(build_forsun_plan(
-            line.key, line.is_time_out, get("second"), get("minute"), get("hour"), get("day"),
-            get("month"), get("week"), line.count, line.action, line.params, now_ms, tz, known,
-            limits,
-        ))
+        out.append(
+            build_forsun_plan(
+                line.key,
+                line.is_time_out,
+                get("second"),
+                get("minute"),
+                get("hour"),
+                get("day"),
+                get("month"),
+                get("week"),
+                line.count,
+                line.action,
+                line.params,
+                now_ms,
+                tz,
+                known,
+                limits,
+            )
+        )
     return out
 
 
@@ -222,9 +251,19 @@ def build_lines(req: Lines) -> list[LineResult]:
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("key"), str):
                 key = obj["key"]
-            out.append((line_no, build_v2_plan(obj, key=None, now_ms=req.now_ms, default_tz=tz,
-                                               known_actions=req.known_actions,
-                                               limits=req.limits)))
+            out.append(
+                (
+                    line_no,
+                    build_v2_plan(
+                        obj,
+                        key=None,
+                        now_ms=req.now_ms,
+                        default_tz=tz,
+                        known_actions=req.known_actions,
+                        limits=req.limits,
+                    ),
+                )
+            )
         except errors.ForsunBoxError as e:
             out.append((line_no, key, e.code, e.message))
     return out
@@ -253,8 +292,10 @@ def _build_in_worker(req: Body) -> tuple[Any, ...]:
 
 def _build_lines_in_worker(req: Lines) -> list[tuple[Any, ...]]:
     """:func:`build_lines` in the worker process, plans as tuples of their fields."""
-    return [(r[0], _plan_fields(r[1])) if len(r) == 2 else r  # type: ignore[misc]
-            for r in build_lines(req)]
+    return [
+        (r[0], _plan_fields(r[1])) if len(r) == 2 else r  # type: ignore[misc]
+        for r in build_lines(req)
+    ]
 
 
 def _worker_started(parent: int, zone: ZoneInfo) -> None:
@@ -299,12 +340,18 @@ class Worker:
         goes on without it, and says so."""
         try:
             pool = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
-                initargs=(os.getpid(), zone))  # a fork passes them on as they are
+                1,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_worker_started,
+                initargs=(os.getpid(), zone),
+            )  # a fork passes them on as they are
             pool.submit(int).result()  # forks now: before the service starts any thread
         except (OSError, BrokenProcessPool) as e:
-            log.warning("cannot start the create worker process (%s): create bodies are "
-                        "built in the event loop", e)
+            log.warning(
+                "cannot start the create worker process (%s): create bodies are "
+                "built in the event loop",
+                e,
+            )
             return
         self._pool = pool
         log.info("create worker process %s started", self.pid())
@@ -348,8 +395,10 @@ class Worker:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, req)
         except BrokenProcessPool:
             if self._pool is pool:
-                log.error("the create worker process stopped: create bodies are built in "
-                          "the event loop from now on")
+                log.error(
+                    "the create worker process stopped: create bodies are built in "
+                    "the event loop from now on"
+                )
                 self._pool = None
                 pool.shutdown(wait=False)
             return None

@@ -289,8 +289,9 @@ class LoginHandler(ConsoleHandler):
             return
         given = self.get_body_argument("password", "")
         if console.check_password(given):
-            self.set_signed_cookie(COOKIE, "admin", expires_days=COOKIE_DAYS, httponly=True,
-                                   samesite="Lax")
+            self.set_signed_cookie(
+                COOKIE, "admin", expires_days=COOKIE_DAYS, httponly=True, samesite="Lax"
+            )
             log.info("console login from %s", self.request.remote_ip)
             self.redirect(self._next())
             return
@@ -318,8 +319,7 @@ class DashboardHandler(ConsoleHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         snap = await self.console.snapshot()
-        self.page("dashboard.html", snap=snap,
-                  snap_json=script_json(snap), active="dashboard")
+        self.page("dashboard.html", snap=snap, snap_json=script_json(snap), active="dashboard")
 
 
 class StatsApiHandler(ConsoleHandler):
@@ -361,10 +361,12 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
             "\n%s\nTHE WEB CONSOLE AND HTTP API ARE OPEN TO THE NETWORK (%s) WITHOUT A LOGIN.\n"
             "Anyone who can reach this address can create, fire and delete plans, and run\n"
             "shell commands. Set console_password or api_token (HTTP_CONSOLE_PASSWORD /\n"
-            "HTTP_API_TOKEN), or bind --http to 127.0.0.1.\n%s", bar, config.http_bind, bar,
+            "HTTP_API_TOKEN), or bind --http to 127.0.0.1.\n%s",
+            bar,
+            config.http_bind,
+            bar,
         )
-    console = Console(app=app, env=env, passwords=passwords, exposed=exposed,
-                      bind=config.http_bind)
+    console = Console(app=app, env=env, passwords=passwords, exposed=exposed, bind=config.http_bind)
     kw = {"console": console}
     routes: list[Any] = [
         (r"/", DashboardHandler, kw),

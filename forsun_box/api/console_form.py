@@ -43,14 +43,19 @@ class Form:
 
 def form_from_plan(plan: Plan, tz: ZoneInfo) -> Form:
     """The edit form of a stored plan; secret params show masked."""
-    values = {"key": plan.key, "mode": plan.kind, "count": str(plan.count), "cron": plan.cron,
-              "timezone": plan.timezone, "action": plan.action}
+    values = {
+        "key": plan.key,
+        "mode": plan.kind,
+        "count": str(plan.count),
+        "cron": plan.cron,
+        "timezone": plan.timezone,
+        "action": plan.action,
+    }
     for f in FIELDS:
         v = getattr(plan, f)
         values[f] = "" if v == -1 else str(v)
     if plan.kind == AT:
-        values["at"] = input_value(plan.anchor_ms, ZoneInfo(plan.timezone) if plan.timezone
-                                   else tz)
+        values["at"] = input_value(plan.anchor_ms, ZoneInfo(plan.timezone) if plan.timezone else tz)
     values["params"] = "\n".join(f"{k}={v}" for k, v in text.mask_params(plan.params).items())
     return Form(values)
 
@@ -131,9 +136,15 @@ def build_from_form(handler: ConsoleHandler, form: Form, original: Plan | None) 
         return None
     try:
         return console.service.build_kind(
-            kind=mode, key=v.get("key", "").strip(), fields=nums, count=nums.get("count", 0),
-            action=v.get("action", "shell"), params=params, cron=v.get("cron", "").strip(),
-            at_ms=at_ms, timezone=tz_name,
+            kind=mode,
+            key=v.get("key", "").strip(),
+            fields=nums,
+            count=nums.get("count", 0),
+            action=v.get("action", "shell"),
+            params=params,
+            cron=v.get("cron", "").strip(),
+            at_ms=at_ms,
+            timezone=tz_name,
         )
     except errors.ForsunBoxError as e:
         name = _field_of(e.message)
@@ -172,8 +183,14 @@ class FormHandler(ConsoleHandler):
         if original is not None:
             form = form_from_plan(original, self.console.tz)
         else:
-            form = Form({"mode": self.get_query_argument("mode", DELAY), "action": "shell",
-                         "count": "1", "second": "60"})
+            form = Form(
+                {
+                    "mode": self.get_query_argument("mode", DELAY),
+                    "action": "shell",
+                    "count": "1",
+                    "second": "60",
+                }
+            )
         self._show(form, original, None)
 
     @tornado.web.authenticated
@@ -215,9 +232,16 @@ class FormHandler(ConsoleHandler):
             firings = next_firings(preview, console.now_ms(), preview_tz)
         actions = sorted(console.service.known_actions())
         self.page(
-            "form.html", active="new" if original is None else "plans", form=form,
-            original=original, preview=preview, firings=firings, preview_tz=preview_tz,
-            actions=actions, kinds=KINDS, fields=FIELDS,
+            "form.html",
+            active="new" if original is None else "plans",
+            form=form,
+            original=original,
+            preview=preview,
+            firings=firings,
+            preview_tz=preview_tz,
+            actions=actions,
+            kinds=KINDS,
+            fields=FIELDS,
         )
 
 

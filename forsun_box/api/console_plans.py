@@ -108,18 +108,32 @@ class PlansHandler(ConsoleHandler):
         plans, next_after, scanned = await list_page(
             self.console, prefix, after, action, mode, status
         )
-        query = {k: v for k, v in (("prefix", prefix), ("action", action), ("mode", mode),
-                                   ("status", status)) if v}
+        query = {
+            k: v
+            for k, v in (("prefix", prefix), ("action", action), ("mode", mode), ("status", status))
+            if v
+        }
         next_url = ""
         if next_after:
             next_url = "/plans?" + urllib.parse.urlencode({**query, "after": next_after})
         first_url = "/plans?" + urllib.parse.urlencode(query) if after else ""
         self.page(
-            "plans.html", active="plans", plans=plans, prefix=prefix, after=after,
-            action=action, mode=mode, status=status, next_url=next_url, first_url=first_url,
-            scanned=scanned, filtered=bool(action or mode or status),
-            actions=sorted(self.console.service.known_actions()), kinds=KINDS,
-            statuses=[*STATUS_FILTERS, "paused"], scan_limit=SCAN_LIMIT,
+            "plans.html",
+            active="plans",
+            plans=plans,
+            prefix=prefix,
+            after=after,
+            action=action,
+            mode=mode,
+            status=status,
+            next_url=next_url,
+            first_url=first_url,
+            scanned=scanned,
+            filtered=bool(action or mode or status),
+            actions=sorted(self.console.service.known_actions()),
+            kinds=KINDS,
+            statuses=[*STATUS_FILTERS, "paused"],
+            scan_limit=SCAN_LIMIT,
         )
 
 
@@ -135,8 +149,15 @@ class PlanHandler(ConsoleHandler):
         runs = await console.scheduler.runs(key, RUNS_SHOWN)
         tz = ZoneInfo(plan.timezone) if plan.timezone else console.tz
         firings = [] if plan.paused else next_firings(plan, console.now_ms(), tz)
-        self.page("plan.html", active="plans", plan=plan, runs=runs, firings=firings,
-                  plan_tz=tz, params=text.mask_params(plan.params))
+        self.page(
+            "plan.html",
+            active="plans",
+            plan=plan,
+            runs=runs,
+            firings=firings,
+            plan_tz=tz,
+            params=text.mask_params(plan.params),
+        )
 
 
 class PlanActionHandler(ConsoleHandler):
@@ -190,7 +211,7 @@ def input_value(ms: int, tz: ZoneInfo) -> str:
 
 
 class WhenHandler(ConsoleHandler):
-    """"What fires when": plans firing at one second, or in a range (forsun's /v1/time)."""
+    """ "What fires when": plans firing at one second, or in a range (forsun's /v1/time)."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -220,12 +241,23 @@ class WhenHandler(ConsoleHandler):
         more = len(plans) > WHEN_LIMIT
         base = now - now % 1000
         self.page(
-            "when.html", active="when", plans=plans[:WHEN_LIMIT], more=more, error=error,
-            at=at, start=start, end=end, searched=bool(lo and not error), lo=lo, hi=hi,
+            "when.html",
+            active="when",
+            plans=plans[:WHEN_LIMIT],
+            more=more,
+            error=error,
+            at=at,
+            start=start,
+            end=end,
+            searched=bool(lo and not error),
+            lo=lo,
+            hi=hi,
             limit=WHEN_LIMIT,
-            quick={"next minute": (input_value(base, tz), input_value(base + 59_000, tz)),
-                   "next hour": (input_value(base, tz), input_value(base + 3_599_000, tz)),
-                   "next day": (input_value(base, tz), input_value(base + 86_399_000, tz))},
+            quick={
+                "next minute": (input_value(base, tz), input_value(base + 59_000, tz)),
+                "next hour": (input_value(base, tz), input_value(base + 3_599_000, tz)),
+                "next day": (input_value(base, tz), input_value(base + 86_399_000, tz)),
+            },
             now_value=input_value(base, tz),
         )
 

@@ -116,8 +116,9 @@ def describe(plan: Plan, tz: ZoneInfo | None = None) -> str:
         else:
             text = f"every {every}, no end"
     elif plan.kind == CALENDAR:
-        text = describe_calendar(plan.second, plan.minute, plan.hour, plan.day, plan.month,
-                                 plan.week)
+        text = describe_calendar(
+            plan.second, plan.minute, plan.hour, plan.day, plan.month, plan.week
+        )
         if plan.count and not text.startswith("once"):
             text += f", {_times(plan.count)}"
     elif plan.kind == CRON:

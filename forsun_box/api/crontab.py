@@ -334,8 +334,9 @@ def parse_line(line: str) -> PlanLine:
             _BLOCKS[block] = parsed
     delay, count, fields = parsed
     action = ACTION_ALIASES.get(action, action)
-    return PlanLine(key, delay, fields.copy(), count, action,
-                    parse_params(text, action) if text else {})
+    return PlanLine(
+        key, delay, fields.copy(), count, action, parse_params(text, action) if text else {}
+    )
 
 
 def _field_block(block: str) -> tuple[bool, int, dict[str, int]]:

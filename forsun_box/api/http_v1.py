@@ -55,7 +55,10 @@ class BaseHandler(tornado.web.RequestHandler):
     needs_token = True  # with api_token set (see token_accepted)
 
     def initialize(  # type: ignore[override]
-        self, service: ForsunService, max_body_bytes: int, api_token: str = "",
+        self,
+        service: ForsunService,
+        max_body_bytes: int,
+        api_token: str = "",
         token_scope: str = "remote",
     ) -> None:
         self.service = service  # (max_body_bytes: only creates take a body, CreateDelegate)
@@ -66,8 +69,11 @@ class BaseHandler(tornado.web.RequestHandler):
         stats = self.service.stats
         if stats is not None:
             stats.incr("http_requesting_count")
-        if (self.api_token and self.needs_token
-                and not token_accepted(self.request, self.api_token, self.token_scope)):
+        if (
+            self.api_token
+            and self.needs_token
+            and not token_accepted(self.request, self.api_token, self.token_scope)
+        ):
             self.reply(None, access.UNAUTHORIZED, "a valid API token is required", status=401)
 
     def on_finish(self) -> None:
@@ -111,6 +117,7 @@ async def answer(fn: Any, *args: Any) -> tuple[int, int, str, Any]:
 
 class PingHandler(BaseHandler):
     needs_token = False  # health probes need no secret, and it tells nothing
+
     async def get(self) -> None:
         async def ping() -> dict[str, Any]:
             return {}
@@ -163,15 +170,17 @@ class CreateDelegate(HTTPMessageDelegate):
         router = self._router
         if router.service.stats is not None:
             router.service.stats.incr("http_requesting_count")
-        if router.api_token and not token_accepted(self._request, router.api_token,
-                                                   router.token_scope):
+        if router.api_token and not token_accepted(
+            self._request, router.api_token, router.token_scope
+        ):
             self._answer(401, access.UNAUTHORIZED, "a valid API token is required")
             return
         declared = headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > router.max_body_bytes:
             self._too_large = True  # refused before reading a body we would throw away
-            self._answer(413, errors.TOO_LARGE,
-                         f"request body larger than {router.max_body_bytes} bytes")
+            self._answer(
+                413, errors.TOO_LARGE, f"request body larger than {router.max_body_bytes} bytes"
+            )
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large or self._answered:
@@ -187,14 +196,23 @@ class CreateDelegate(HTTPMessageDelegate):
         if self._answered:
             return
         if self._too_large:
-            self._answer(413, errors.TOO_LARGE,
-                         f"request body larger than {self._router.max_body_bytes} bytes")
+            self._answer(
+                413,
+                errors.TOO_LARGE,
+                f"request body larger than {self._router.max_body_bytes} bytes",
+            )
             return
         request = self._request
         router = self._router
-        task = asyncio.ensure_future(answer(
-            create, router.service, b"".join(self._chunks),
-            request.headers.get("Content-Type", "application/json"), request.method == "PUT"))
+        task = asyncio.ensure_future(
+            answer(
+                create,
+                router.service,
+                b"".join(self._chunks),
+                request.headers.get("Content-Type", "application/json"),
+                request.method == "PUT",
+            )
+        )
         router.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -223,16 +241,24 @@ class CreateDelegate(HTTPMessageDelegate):
         body = envelope(data, errcode, errmsg)
         conn.write_headers(
             ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown")),
-            HTTPHeaders({"Content-Type": JSON_TYPE, "Content-Length": str(len(body)),
-                         "Date": _http_date()}),
+            HTTPHeaders(
+                {"Content-Type": JSON_TYPE, "Content-Length": str(len(body)), "Date": _http_date()}
+            ),
             body,
         )
         conn.finish()
         if _access_log.isEnabledFor(logging.INFO):  # as tornado logs its handlers' requests
             request = self._request
             level = logging.INFO if status < 400 else logging.WARNING
-            _access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
-                            request.remote_ip, 1000.0 * request.request_time())
+            _access_log.log(
+                level,
+                "%d %s %s (%s) %.2fms",
+                status,
+                request.method,
+                request.uri,
+                request.remote_ip,
+                1000.0 * request.request_time(),
+            )
 
     def _count_finished(self) -> None:
         stats = self._router.service.stats
@@ -257,8 +283,14 @@ class Router(tornado.routing.Router):
     """The HTTP server's entry: v1 creates go to :class:`CreateDelegate`, the
     rest to ``app`` (its handlers, the v2 API, the console)."""
 
-    def __init__(self, app: tornado.web.Application, service: ForsunService, max_body_bytes: int,
-                 api_token: str = "", token_scope: str = "remote") -> None:
+    def __init__(
+        self,
+        app: tornado.web.Application,
+        service: ForsunService,
+        max_body_bytes: int,
+        api_token: str = "",
+        token_scope: str = "remote",
+    ) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
@@ -339,8 +371,12 @@ def routes(
     service: ForsunService, max_body_bytes: int, api_token: str = "", token_scope: str = "remote"
 ) -> list[Any]:
     """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.access` for who needs it."""
-    kw = {"service": service, "max_body_bytes": max_body_bytes, "api_token": api_token,
-          "token_scope": token_scope}
+    kw = {
+        "service": service,
+        "max_body_bytes": max_body_bytes,
+        "api_token": api_token,
+        "token_scope": token_scope,
+    }
     return [
         (r"/v1/ping", PingHandler, kw),
         (r"/v1/plan", PlanHandler, kw),
@@ -363,8 +399,11 @@ class CountingHTTPServer(tornado.httpserver.HTTPServer):
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         if self.max_connections and self.open_connections >= self.max_connections:
             self.refused_connections += 1
-            log.warning("HTTP connection from %s refused: %d connections open (the limit)",
-                        address[0] if address else "?", self.open_connections)
+            log.warning(
+                "HTTP connection from %s refused: %d connections open (the limit)",
+                address[0] if address else "?",
+                self.open_connections,
+            )
             stream.close()
             return
         self.open_connections += 1

@@ -54,9 +54,17 @@ _STATUS = {
     errors.INVALID_VALUE: (422, "invalid-value"),
     errors.TOO_LARGE: (413, "too-large"),
 }
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class Problem(Exception):
@@ -121,15 +129,24 @@ class V2Handler(tornado.web.RequestHandler):
         token = self.ctx.api_token
         if token:
             auth = self.request.headers.get("Authorization", "")
-            given = auth[7:] if auth.startswith("Bearer ") else self.request.headers.get(
-                "X-Api-Token", "")
+            given = (
+                auth[7:]
+                if auth.startswith("Bearer ")
+                else self.request.headers.get("X-Api-Token", "")
+            )
             if not hmac.compare_digest(given.encode(), token.encode()):
                 self.problem(Problem(401, "a valid API token is required"))
                 return
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.limit():
-            self.problem(Problem(413, f"request body larger than {self.limit()} bytes",
-                                 "too-large", errors.TOO_LARGE))
+            self.problem(
+                Problem(
+                    413,
+                    f"request body larger than {self.limit()} bytes",
+                    "too-large",
+                    errors.TOO_LARGE,
+                )
+            )
 
     def data_received(self, chunk: bytes) -> Any:
         if self._too_large or self._finished:
@@ -144,8 +161,9 @@ class V2Handler(tornado.web.RequestHandler):
 
     def json_body(self) -> Any:
         if self._too_large:
-            raise Problem(413, f"request body larger than {self.limit()} bytes", "too-large",
-                          errors.TOO_LARGE)
+            raise Problem(
+                413, f"request body larger than {self.limit()} bytes", "too-large", errors.TOO_LARGE
+            )
         raw = b"".join(self._chunks) or self.request.body
         ctype = self.request.headers.get("Content-Type", JSON).split(";", 1)[0].strip().lower()
         if ctype not in (JSON, "", "application/x-www-form-urlencoded", "text/json"):
@@ -179,8 +197,14 @@ class V2Handler(tornado.web.RequestHandler):
             self.problem(Problem.from_error(e))
         except Exception as e:
             log.exception("unexpected error in %s %s", self.request.method, self.request.path)
-            self.problem(Problem(500, f"unexpected error: {e.__class__.__name__}",
-                                 "internal-error", errors.UNKNOWN))
+            self.problem(
+                Problem(
+                    500,
+                    f"unexpected error: {e.__class__.__name__}",
+                    "internal-error",
+                    errors.UNKNOWN,
+                )
+            )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # tornado's own errors (405, malformed request) keep the problem shape.
@@ -212,8 +236,11 @@ class V2Handler(tornado.web.RequestHandler):
     def build(self, obj: Any, key: str | None) -> Plan:
         service = self.service
         return v2_schema.build_v2_plan(
-            obj, key=key, now_ms=service.scheduler.clock.now_ms(),
-            default_tz=service.scheduler.tz, known_actions=service.known_actions(),
+            obj,
+            key=key,
+            now_ms=service.scheduler.clock.now_ms(),
+            default_tz=service.scheduler.tz,
+            known_actions=service.known_actions(),
             limits=service.limits,
         )
 
@@ -237,8 +264,13 @@ class PlansHandler(V2Handler):
             plans = await self.service.scheduler.plans(prefix, after, limit + 1)
             more = len(plans) > limit
             plans = plans[:limit]
-            self.send(200, {"plans": [v2_schema.plan_to_v2(p) for p in plans],
-                            "next_after": plans[-1].key if more and plans else None})
+            self.send(
+                200,
+                {
+                    "plans": [v2_schema.plan_to_v2(p) for p in plans],
+                    "next_after": plans[-1].key if more and plans else None,
+                },
+            )
 
         await self.run(list_)
 
@@ -269,8 +301,9 @@ class PlansHandler(V2Handler):
                     break
                 after = keys[-1]
                 # Concurrent removals share group commits.
-                results = await asyncio.gather(*(scheduler.remove(k) for k in keys),
-                                               return_exceptions=True)
+                results = await asyncio.gather(
+                    *(scheduler.remove(k) for k in keys), return_exceptions=True
+                )
                 for r in results:
                     if isinstance(r, errors.PlanNotFound):
                         continue  # removed meanwhile
@@ -318,9 +351,15 @@ class PlanOpHandler(V2Handler):
                 clock = service.scheduler.clock
                 started = clock.now_ms()
                 status = await service.fire(key)
-                self.send(200, {"key": key, "result": "ok" if status == 1 else "failed",
-                                "started": v2_schema.format_instant(started),
-                                "started_ms": started})
+                self.send(
+                    200,
+                    {
+                        "key": key,
+                        "result": "ok" if status == 1 else "failed",
+                        "started": v2_schema.format_instant(started),
+                        "started_ms": started,
+                    },
+                )
                 return
             plan = await (service.pause(key) if op == "pause" else service.resume(key))
             self.send(200, v2_schema.plan_to_v2(plan))
@@ -348,9 +387,15 @@ class PreviewHandler(V2Handler):
             n = self.int_arg("n", 5, 1, MAX_PREVIEW)
             plan = await self.service.scheduler.get(key)
             fires = v2_schema.preview(plan, n, self.service.scheduler.tz)
-            self.send(200, {"key": key, "paused": plan.paused,
-                            "fires": [v2_schema.format_instant(t) for t in fires],
-                            "fires_ms": fires})
+            self.send(
+                200,
+                {
+                    "key": key,
+                    "paused": plan.paused,
+                    "fires": [v2_schema.format_instant(t) for t in fires],
+                    "fires_ms": fires,
+                },
+            )
 
         await self.run(preview)
 
@@ -377,11 +422,19 @@ class UpcomingHandler(V2Handler):
                 hi = min(lo + step, end)
                 n = await scheduler.count_firing_between(lo, hi, UPCOMING_COUNT_LIMIT)
                 capped = capped or n >= UPCOMING_COUNT_LIMIT
-                buckets.append({"start": v2_schema.format_instant(lo), "start_ms": lo,
-                                "count": n})
-            self.send(200, {"from": v2_schema.format_instant(start), "from_ms": start,
-                            "to": v2_schema.format_instant(end), "to_ms": end, "step_ms": step,
-                            "buckets": buckets, "capped": capped})
+                buckets.append({"start": v2_schema.format_instant(lo), "start_ms": lo, "count": n})
+            self.send(
+                200,
+                {
+                    "from": v2_schema.format_instant(start),
+                    "from_ms": start,
+                    "to": v2_schema.format_instant(end),
+                    "to_ms": end,
+                    "step_ms": step,
+                    "buckets": buckets,
+                    "capped": capped,
+                },
+            )
 
         await self.run(upcoming)
 

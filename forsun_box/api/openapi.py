@@ -18,8 +18,7 @@ def _nullable(t: str, **kw: Any) -> dict[str, Any]:
     return {"type": [t, "null"], **kw}
 
 
-_INSTANT_OUT = _nullable("string", format="date-time",
-                         description="ISO-8601 UTC with milliseconds")
+_INSTANT_OUT = _nullable("string", format="date-time", description="ISO-8601 UTC with milliseconds")
 _MS_OUT = _nullable("integer", description="unix milliseconds")
 _CALENDAR_FIELD = {"type": "integer", "minimum": -1, "description": "-1 or missing: any"}
 
@@ -81,14 +80,21 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Schedule": {
-        "oneOf": [_ref("DelaySchedule"), _ref("CalendarSchedule"), _ref("CronSchedule"),
-                  _ref("AtSchedule")],
-        "discriminator": {"propertyName": "kind", "mapping": {
-            "delay": "#/components/schemas/DelaySchedule",
-            "calendar": "#/components/schemas/CalendarSchedule",
-            "cron": "#/components/schemas/CronSchedule",
-            "at": "#/components/schemas/AtSchedule",
-        }},
+        "oneOf": [
+            _ref("DelaySchedule"),
+            _ref("CalendarSchedule"),
+            _ref("CronSchedule"),
+            _ref("AtSchedule"),
+        ],
+        "discriminator": {
+            "propertyName": "kind",
+            "mapping": {
+                "delay": "#/components/schemas/DelaySchedule",
+                "calendar": "#/components/schemas/CalendarSchedule",
+                "cron": "#/components/schemas/CronSchedule",
+                "at": "#/components/schemas/AtSchedule",
+            },
+        },
     },
     "PlanInput": {
         "type": "object",
@@ -102,18 +108,35 @@ SCHEMAS: dict[str, Any] = {
             "timezone": {"type": "string", "description": "IANA name; default the server's"},
             "start": _ref("Instant"),
             "end": _ref("Instant"),
-            "jitter_ms": {"type": "integer", "minimum": 0, "maximum": 3600000,
-                          "description": "delay each occurrence by up to this (stable)"},
-            "misfire": {"enum": ["skip", "fire_once", "fire_all"],
-                        "description": "for firings later than grace_ms; default: the "
-                                       "server's catch-up policy after downtime"},
+            "jitter_ms": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 3600000,
+                "description": "delay each occurrence by up to this (stable)",
+            },
+            "misfire": {
+                "enum": ["skip", "fire_once", "fire_all"],
+                "description": "for firings later than grace_ms; default: the "
+                "server's catch-up policy after downtime",
+            },
             "grace_ms": {"type": "integer", "minimum": 0, "default": 1000},
         },
     },
     "Plan": {
         "type": "object",
-        "required": ["key", "action", "params", "schedule", "next_time", "next_time_ms",
-                     "status", "paused", "current_count", "created", "version"],
+        "required": [
+            "key",
+            "action",
+            "params",
+            "schedule",
+            "next_time",
+            "next_time_ms",
+            "status",
+            "paused",
+            "current_count",
+            "created",
+            "version",
+        ],
         "properties": {
             "key": {"type": "string"},
             "action": {"type": "string"},
@@ -179,8 +202,7 @@ SCHEMAS: dict[str, Any] = {
     "Runs": {
         "type": "object",
         "required": ["key", "runs"],
-        "properties": {"key": {"type": "string"},
-                       "runs": {"type": "array", "items": _ref("Run")}},
+        "properties": {"key": {"type": "string"}, "runs": {"type": "array", "items": _ref("Run")}},
     },
     "Preview": {
         "type": "object",
@@ -202,13 +224,18 @@ SCHEMAS: dict[str, Any] = {
             "to_ms": {"type": "integer"},
             "step_ms": {"type": "integer"},
             "capped": {"type": "boolean"},
-            "buckets": {"type": "array", "items": {
-                "type": "object",
-                "required": ["start", "start_ms", "count"],
-                "properties": {"start": {"type": "string", "format": "date-time"},
-                               "start_ms": {"type": "integer"},
-                               "count": {"type": "integer", "minimum": 0}},
-            }},
+            "buckets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["start", "start_ms", "count"],
+                    "properties": {
+                        "start": {"type": "string", "format": "date-time"},
+                        "start_ms": {"type": "integer"},
+                        "count": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
         },
     },
     "BatchLineResult": {
@@ -234,8 +261,10 @@ def _ok(name: str, description: str = "OK") -> dict[str, Any]:
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
 
 
 _KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -245,85 +274,135 @@ _422 = _problem("invalid definition, or it would never fire")
 
 
 def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 PATHS: dict[str, Any] = {
     "/v2/plans": {
         "get": {
-            "operationId": "listPlans", "summary": "List plans by key (keyset paging)",
-            "parameters": [_q("prefix", {"type": "string"}),
-                           _q("after", {"type": "string"}, "keys greater than this"),
-                           _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
-                                        "default": 100})],
+            "operationId": "listPlans",
+            "summary": "List plans by key (keyset paging)",
+            "parameters": [
+                _q("prefix", {"type": "string"}),
+                _q("after", {"type": "string"}, "keys greater than this"),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ],
             "responses": {"200": _ok("PlanList"), "400": _problem("bad query")},
         },
         "post": {
-            "operationId": "createPlan", "summary": "Create a plan; 409 if the key exists",
+            "operationId": "createPlan",
+            "summary": "Create a plan; 409 if the key exists",
             "requestBody": _BODY,
-            "responses": {"201": _ok("Plan", "created"), "400": _problem("unreadable body"),
-                          "409": _problem("the key exists"), "422": _422},
+            "responses": {
+                "201": _ok("Plan", "created"),
+                "400": _problem("unreadable body"),
+                "409": _problem("the key exists"),
+                "422": _422,
+            },
         },
         "delete": {
-            "operationId": "deletePlansByPrefix", "summary": "Remove every plan under a prefix",
-            "parameters": [{"name": "prefix", "in": "query", "required": True,
-                            "schema": {"type": "string", "minLength": 1}}],
+            "operationId": "deletePlansByPrefix",
+            "summary": "Remove every plan under a prefix",
+            "parameters": [
+                {
+                    "name": "prefix",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
             "responses": {"200": _ok("Removed"), "400": _problem("prefix missing")},
         },
     },
     "/v2/plans/{key}": {
         "parameters": [_KEY],
-        "get": {"operationId": "getPlan", "summary": "Read a plan",
-                "responses": {"200": _ok("Plan"), "404": _404}},
-        "put": {"operationId": "putPlan", "summary": "Create or replace a plan",
-                "requestBody": _BODY,
-                "responses": {"200": _ok("Plan", "replaced"), "201": _ok("Plan", "created"),
-                              "400": _problem("unreadable body"), "422": _422}},
-        "delete": {"operationId": "deletePlan", "summary": "Remove a plan",
-                   "responses": {"200": _ok("Plan", "the removed plan"), "404": _404}},
+        "get": {
+            "operationId": "getPlan",
+            "summary": "Read a plan",
+            "responses": {"200": _ok("Plan"), "404": _404},
+        },
+        "put": {
+            "operationId": "putPlan",
+            "summary": "Create or replace a plan",
+            "requestBody": _BODY,
+            "responses": {
+                "200": _ok("Plan", "replaced"),
+                "201": _ok("Plan", "created"),
+                "400": _problem("unreadable body"),
+                "422": _422,
+            },
+        },
+        "delete": {
+            "operationId": "deletePlan",
+            "summary": "Remove a plan",
+            "responses": {"200": _ok("Plan", "the removed plan"), "404": _404},
+        },
     },
     "/v2/plans/{key}/pause": {
         "parameters": [_KEY],
-        "post": {"operationId": "pausePlan", "summary": "Stop a plan firing until resumed",
-                 "responses": {"200": _ok("Plan"), "404": _404}},
+        "post": {
+            "operationId": "pausePlan",
+            "summary": "Stop a plan firing until resumed",
+            "responses": {"200": _ok("Plan"), "404": _404},
+        },
     },
     "/v2/plans/{key}/resume": {
         "parameters": [_KEY],
-        "post": {"operationId": "resumePlan",
-                 "summary": "Fire again from the next occurrence after now",
-                 "responses": {"200": _ok("Plan"), "404": _404,
-                               "422": _problem("no occurrence left")}},
+        "post": {
+            "operationId": "resumePlan",
+            "summary": "Fire again from the next occurrence after now",
+            "responses": {"200": _ok("Plan"), "404": _404, "422": _problem("no occurrence left")},
+        },
     },
     "/v2/plans/{key}/fire": {
         "parameters": [_KEY],
-        "post": {"operationId": "firePlan",
-                 "summary": "Run the action once now, outside the schedule",
-                 "responses": {"200": _ok("FireResult"), "404": _404}},
+        "post": {
+            "operationId": "firePlan",
+            "summary": "Run the action once now, outside the schedule",
+            "responses": {"200": _ok("FireResult"), "404": _404},
+        },
     },
     "/v2/plans/{key}/runs": {
         "parameters": [_KEY],
-        "get": {"operationId": "listRuns", "summary": "Run history, newest first",
-                "parameters": [_q("limit", {"type": "integer", "minimum": 1,
-                                            "maximum": 1000, "default": 50})],
-                "responses": {"200": _ok("Runs")}},
+        "get": {
+            "operationId": "listRuns",
+            "summary": "Run history, newest first",
+            "parameters": [
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})
+            ],
+            "responses": {"200": _ok("Runs")},
+        },
     },
     "/v2/plans/{key}/preview": {
         "parameters": [_KEY],
-        "get": {"operationId": "previewPlan", "summary": "The next n firings",
-                "parameters": [_q("n", {"type": "integer", "minimum": 1, "maximum": 1000,
-                                        "default": 5})],
-                "responses": {"200": _ok("Preview"), "404": _404}},
+        "get": {
+            "operationId": "previewPlan",
+            "summary": "The next n firings",
+            "parameters": [
+                _q("n", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5})
+            ],
+            "responses": {"200": _ok("Preview"), "404": _404},
+        },
     },
     "/v2/plans:batch": {
         "post": {
             "operationId": "batchPlans",
             "summary": "Upsert plans from NDJSON, one PlanInput (with key) per line",
-            "requestBody": {"required": True,
-                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            },
             "responses": {
-                "200": {"description": "one BatchLineResult per non-blank line",
-                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "one BatchLineResult per non-blank line",
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                },
                 "413": _problem("body too large"),
             },
         },
@@ -332,18 +411,25 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "upcoming",
             "summary": "How many plans next fire in each step of a window",
-            "parameters": [_q("from", {"type": "string"}, "instant; default now"),
-                           _q("to", {"type": "string"}, "instant; default from + 1 h"),
-                           _q("step", {"type": "integer", "minimum": 1000,
-                                       "default": 60000}, "ms")],
+            "parameters": [
+                _q("from", {"type": "string"}, "instant; default now"),
+                _q("to", {"type": "string"}, "instant; default from + 1 h"),
+                _q("step", {"type": "integer", "minimum": 1000, "default": 60000}, "ms"),
+            ],
             "responses": {"200": _ok("Upcoming"), "400": _problem("bad window")},
         },
     },
     "/v2/openapi.json": {
-        "get": {"operationId": "openapi", "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1",
-                                      "content": {"application/json": {
-                                          "schema": {"type": "object"}}}}}},
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        },
     },
 }
 
@@ -352,15 +438,21 @@ def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document (a fresh dict)."""
     return {
         "openapi": "3.1.0",
-        "info": {"title": "forsun-box v2 API", "version": __version__,
-                 "description": "Durable timers: plans keyed by the client's key. "
-                                "Errors are RFC 7807 problem details."},
+        "info": {
+            "title": "forsun-box v2 API",
+            "version": __version__,
+            "description": "Durable timers: plans keyed by the client's key. "
+            "Errors are RFC 7807 problem details.",
+        },
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "only when the service has an api_token"},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "only when the service has an api_token",
+                },
             },
         },
         "security": [{}, {"bearer": []}],

@@ -84,24 +84,72 @@ class ForsunService:
         many plans look the action names up once.
         """
         get = fields.get
-        return self._build(key, is_time_out, get("second"), get("minute"), get("hour"),
-                           get("day"), get("month"), get("week"), count, action, params,
-                           known_actions)
+        return self._build(
+            key,
+            is_time_out,
+            get("second"),
+            get("minute"),
+            get("hour"),
+            get("day"),
+            get("month"),
+            get("week"),
+            count,
+            action,
+            params,
+            known_actions,
+        )
 
-    def build_args(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
-                   day: Any, month: Any, week: Any, count: Any, action: Any,
-                   params: Any) -> Plan:
+    def build_args(
+        self,
+        key: Any,
+        is_time_out: bool,
+        second: Any,
+        minute: Any,
+        hour: Any,
+        day: Any,
+        month: Any,
+        week: Any,
+        count: Any,
+        action: Any,
+        params: Any,
+    ) -> Plan:
         """As :meth:`build`, with the time fields as arguments (a missing one is None)."""
-        return self._build(key, is_time_out, second, minute, hour, day, month, week, count,
-                           action, params, None)
+        return self._build(
+            key, is_time_out, second, minute, hour, day, month, week, count, action, params, None
+        )
 
-    def _build(self, key: Any, is_time_out: bool, second: Any, minute: Any, hour: Any,
-               day: Any, month: Any, week: Any, count: Any, action: Any, params: Any,
-               known_actions: frozenset[str] | None) -> Plan:
-        return build_forsun_plan(key, is_time_out, second, minute, hour, day, month, week,
-                                 count, action, params, self.scheduler.clock.now_ms(),
-                                 self.scheduler.tz, known_actions or self.known_actions(),
-                                 self.limits)
+    def _build(
+        self,
+        key: Any,
+        is_time_out: bool,
+        second: Any,
+        minute: Any,
+        hour: Any,
+        day: Any,
+        month: Any,
+        week: Any,
+        count: Any,
+        action: Any,
+        params: Any,
+        known_actions: frozenset[str] | None,
+    ) -> Plan:
+        return build_forsun_plan(
+            key,
+            is_time_out,
+            second,
+            minute,
+            hour,
+            day,
+            month,
+            week,
+            count,
+            action,
+            params,
+            self.scheduler.clock.now_ms(),
+            self.scheduler.tz,
+            known_actions or self.known_actions(),
+            self.limits,
+        )
 
     def build_kind(
         self,
@@ -122,8 +170,14 @@ class ForsunService:
         they mean on forsun's APIs; cron and at add their own fields.
         """
         if kind in (DELAY, CALENDAR) and not timezone:
-            return self.build(key=key, is_time_out=kind == DELAY, fields=fields, count=count,
-                              action=action, params=params)
+            return self.build(
+                key=key,
+                is_time_out=kind == DELAY,
+                fields=fields,
+                count=count,
+                action=action,
+                params=params,
+            )
         if key is None or key == "":
             key = self.scheduler.new_key()
         elif not isinstance(key, str):
@@ -166,9 +220,16 @@ class ForsunService:
     async def create_from_body(self, body: bytes, content_type: str, is_time_out: bool) -> bytes:
         """Create the plans of an HTTP v1 body (JSON or crontab); the answer's data,
         encoded. Big bodies are built in the create worker, when there is one."""
-        req = Body(body, content_type, is_time_out, self.scheduler.clock.now_ms(),
-                   self.scheduler.tz, self.limits, self.known_actions(),
-                   self.max_plans_per_request)
+        req = Body(
+            body,
+            content_type,
+            is_time_out,
+            self.scheduler.clock.now_ms(),
+            self.scheduler.tz,
+            self.limits,
+            self.known_actions(),
+            self.max_plans_per_request,
+        )
         plans, data = await self.worker.build(req)
         await self.scheduler.create(plans)
         return data
@@ -224,25 +285,27 @@ class ForsunService:
             mem = proc.memory_info()
         facts = self.info_facts
         out: dict[str, Any] = dict(self.stats.as_dict()) if self.stats is not None else {}
-        out.update({
-            "python_version": platform.python_version(),
-            "forsun_version": __version__,
-            "forsun_box_version": __version__,
-            "start_time": self.start_time,
-            "cpu_user": f"{cpu.user:.2f}",
-            "cpu_system": f"{cpu.system:.2f}",
-            "mem_rss": mem.rss,
-            "mem_vms": mem.vms,
-            "current_time": int(time.time()),
-            "stores": ";".join(facts.stores),
-            "current_store": facts.store_name,
-            "actions": ";".join(action_names()),
-            "bind_port": facts.bind_port,
-            "http_bind_port": facts.http_bind_port,
-            "extensions": ";".join(facts.extensions()),
-            "plan_count": await self.scheduler.count(),
-            "window_plan_count": self.scheduler.window_size(),
-            "inflight_count": self.scheduler.inflight_count(),
-        })
+        out.update(
+            {
+                "python_version": platform.python_version(),
+                "forsun_version": __version__,
+                "forsun_box_version": __version__,
+                "start_time": self.start_time,
+                "cpu_user": f"{cpu.user:.2f}",
+                "cpu_system": f"{cpu.system:.2f}",
+                "mem_rss": mem.rss,
+                "mem_vms": mem.vms,
+                "current_time": int(time.time()),
+                "stores": ";".join(facts.stores),
+                "current_store": facts.store_name,
+                "actions": ";".join(action_names()),
+                "bind_port": facts.bind_port,
+                "http_bind_port": facts.http_bind_port,
+                "extensions": ";".join(facts.extensions()),
+                "plan_count": await self.scheduler.count(),
+                "window_plan_count": self.scheduler.window_size(),
+                "inflight_count": self.scheduler.inflight_count(),
+            }
+        )
         out.update(facts.extra())
         return {k: str(v) for k, v in out.items()}

@@ -48,9 +48,22 @@ MAX_PREVIEW = 1000
 READ_CHUNK = 256 * 1024
 
 _PLAN_FIELDS = (
-    "is_time_out", "key", "second", "minute", "hour", "day", "month", "week",
-    "next_time", "status", "count", "current_count", "last_timeout", "action", "params",
-)  # fmt: skip
+    "is_time_out",
+    "key",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "month",
+    "week",
+    "next_time",
+    "status",
+    "count",
+    "current_count",
+    "last_timeout",
+    "action",
+    "params",
+)
 
 
 def _clamp(value: int, top: int) -> int:
@@ -139,12 +152,18 @@ class ThriftServer:
             "remove": (Forsun.remove_args, Forsun.remove_result, self._remove, True),
             "get": (Forsun.get_args, Forsun.get_result, self._get, True),
             "getCurrent": (
-                Forsun.getCurrent_args, Forsun.getCurrent_result, self._get_current, False
+                Forsun.getCurrent_args,
+                Forsun.getCurrent_result,
+                self._get_current,
+                False,
             ),
             "getTime": (Forsun.getTime_args, Forsun.getTime_result, self._get_time, False),
             "getKeys": (Forsun.getKeys_args, Forsun.getKeys_result, self._get_keys, False),
             "forsun_call": (
-                Forsun.forsun_call_args, Forsun.forsun_call_result, self._forsun_call, False
+                Forsun.forsun_call_args,
+                Forsun.forsun_call_result,
+                self._forsun_call,
+                False,
             ),
             "info": (Forsun.info_args, Forsun.info_result, self._info, False),
             # forsun-box additions (new methods; forsun's are unchanged)
@@ -154,10 +173,13 @@ class ThriftServer:
             "getRuns": (Forsun.getRuns_args, Forsun.getRuns_result, self._get_runs, True),
             "preview": (Forsun.preview_args, Forsun.preview_result, self._preview, True),
             "createCron": (
-                Forsun.createCron_args, Forsun.createCron_result, self._create_cron, True
+                Forsun.createCron_args,
+                Forsun.createCron_result,
+                self._create_cron,
+                True,
             ),
             "createAt": (Forsun.createAt_args, Forsun.createAt_result, self._create_at, True),
-        }  # fmt: skip
+        }
         codec.known_names(self._methods)
 
     # ------------------------------------------------------------------ lifecycle
@@ -277,9 +299,7 @@ class ThriftServer:
             body.err = ForsunPlanError(code=code, message=message)
             mtype = codec.REPLY
         else:
-            body = TApplicationException(
-                TApplicationException.INTERNAL_ERROR, f"{code}: {message}"
-            )
+            body = TApplicationException(TApplicationException.INTERNAL_ERROR, f"{code}: {message}")
             mtype = codec.EXCEPTION
         try:
             return codec.encode_message(header.name, mtype, header.seqid, body)
@@ -300,16 +320,37 @@ class ThriftServer:
 
     async def _create(self, args: Any) -> ForsunPlan:
         service = self.service
-        plan = service.build_args(args.key, False, args.second, args.minute, args.hour,
-                                  args.day, args.month, args.week, 0, args.action, args.params)
+        plan = service.build_args(
+            args.key,
+            False,
+            args.second,
+            args.minute,
+            args.hour,
+            args.day,
+            args.month,
+            args.week,
+            0,
+            args.action,
+            args.params,
+        )
         return plan_struct((await service.create([plan]))[0])
 
     async def _create_timeout(self, args: Any) -> ForsunPlan:
         service = self.service
         count = args.count
-        plan = service.build_args(args.key, True, args.second, args.minute, args.hour,
-                                  args.day, args.month, args.week, 1 if count is None else count,
-                                  args.action, args.params)
+        plan = service.build_args(
+            args.key,
+            True,
+            args.second,
+            args.minute,
+            args.hour,
+            args.day,
+            args.month,
+            args.week,
+            1 if count is None else count,
+            args.action,
+            args.params,
+        )
         return plan_struct((await service.create([plan]))[0])
 
     async def _remove(self, args: Any) -> ForsunPlan:
@@ -546,8 +587,7 @@ class _Connection(asyncio.Protocol):
                         raise codec.ProtocolError("message too large")
             except codec.NeedMore:
                 if len(buf) - pos > limits.max_message_bytes:
-                    log.warning("thrift: message from %s over the size bound; closing",
-                                self.peer)  # fmt: skip
+                    log.warning("thrift: message from %s over the size bound; closing", self.peer)
                     self.close()
                     return None
                 if self._timer is None:
@@ -575,8 +615,11 @@ class _Connection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        log.warning("thrift: message from %s unfinished for %ss; closing",
-                    self.peer, self.server.message_timeout_s)  # fmt: skip
+        log.warning(
+            "thrift: message from %s unfinished for %ss; closing",
+            self.peer,
+            self.server.message_timeout_s,
+        )
         self.close()
 
     def _cancel_timer(self) -> None:

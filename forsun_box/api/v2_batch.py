@@ -78,16 +78,30 @@ class BatchHandler(V2Handler):
         self._line_no += 1
         if self._skipping:
             self._skipping = False
-            self._fail(None, Problem(413, f"line longer than {self.ctx.max_body_bytes} bytes",
-                                     "too-large", errors.TOO_LARGE))
+            self._fail(
+                None,
+                Problem(
+                    413,
+                    f"line longer than {self.ctx.max_body_bytes} bytes",
+                    "too-large",
+                    errors.TOO_LARGE,
+                ),
+            )
             return
         raw = raw.strip()
         if not raw:
             return
         self._seen += 1
         if self._seen > self.max_lines:
-            self._fail(None, Problem(413, f"more than {self.max_lines} plans in one request",
-                                     "too-large", errors.TOO_LARGE))
+            self._fail(
+                None,
+                Problem(
+                    413,
+                    f"more than {self.max_lines} plans in one request",
+                    "too-large",
+                    errors.TOO_LARGE,
+                ),
+            )
             return
         self._raw.append((self._line_no, raw))
         if len(self._raw) >= BUILD_CHUNK:
@@ -101,9 +115,19 @@ class BatchHandler(V2Handler):
         if self._raw:
             raw, self._raw = self._raw, []
             scheduler = self.service.scheduler
-            self._builds.append(asyncio.ensure_future(self.service.worker.build_lines(
-                bodies.Lines(raw, scheduler.clock.now_ms(), scheduler.tz, self.service.limits,
-                             self._known))))
+            self._builds.append(
+                asyncio.ensure_future(
+                    self.service.worker.build_lines(
+                        bodies.Lines(
+                            raw,
+                            scheduler.clock.now_ms(),
+                            scheduler.tz,
+                            self.service.limits,
+                            self._known,
+                        )
+                    )
+                )
+            )
         while self._builds and (drain or len(self._builds) > MAX_BUILDS_IN_FLIGHT):
             await self._take(await self._builds.pop(0))
 
@@ -112,8 +136,13 @@ class BatchHandler(V2Handler):
         for result in built:
             if len(result) != 2:
                 line_no, key, code, message = result  # type: ignore[misc]
-                self._fail(key, Problem(400, message) if code == 0 else
-                           Problem.from_error(errors.ForsunBoxError(message, code)), line_no)
+                self._fail(
+                    key,
+                    Problem(400, message)
+                    if code == 0
+                    else Problem.from_error(errors.ForsunBoxError(message, code)),
+                    line_no,
+                )
                 continue
             line_no, plan = result  # type: ignore[misc]
             if plan.key in self._pending_keys or len(self._pending) >= BATCH_CHUNK:
@@ -123,10 +152,19 @@ class BatchHandler(V2Handler):
 
     def _fail(self, key: str | None, p: Problem, line_no: int = 0) -> None:
         line_no = line_no or self._line_no
-        self._results.append((line_no, orjson.dumps({
-            "line": line_no, "key": key, "status": p.status,
-            "problem": p.body(self.request.path),
-        })))
+        self._results.append(
+            (
+                line_no,
+                orjson.dumps(
+                    {
+                        "line": line_no,
+                        "key": key,
+                        "status": p.status,
+                        "problem": p.body(self.request.path),
+                    }
+                ),
+            )
+        )
 
     async def _flush(self) -> None:
         """Hand the pending chunk to the engine without waiting for its commit.
@@ -153,13 +191,24 @@ class BatchHandler(V2Handler):
         except errors.ForsunBoxError as e:
             problem = Problem.from_error(e)
             for line_no, plan in pending:
-                self._results.append((line_no, orjson.dumps({
-                    "line": line_no, "key": plan.key, "status": problem.status,
-                    "problem": problem.body(self.request.path)})))
+                self._results.append(
+                    (
+                        line_no,
+                        orjson.dumps(
+                            {
+                                "line": line_no,
+                                "key": plan.key,
+                                "status": problem.status,
+                                "problem": problem.body(self.request.path),
+                            }
+                        ),
+                    )
+                )
             return
         for line_no, plan in pending:
             self._results.append(
-                (line_no, orjson.dumps({"line": line_no, "key": plan.key, "status": 200})))
+                (line_no, orjson.dumps({"line": line_no, "key": plan.key, "status": 200}))
+            )
 
     async def post(self) -> None:
         async def finish() -> None:

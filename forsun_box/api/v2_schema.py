@@ -59,8 +59,20 @@ from forsun_box.plan import (
     build_plan,
 )
 
-PLAN_FIELDS = frozenset({"key", "action", "params", "schedule", "timezone", "start", "end",
-                         "jitter_ms", "misfire", "grace_ms"})
+PLAN_FIELDS = frozenset(
+    {
+        "key",
+        "action",
+        "params",
+        "schedule",
+        "timezone",
+        "start",
+        "end",
+        "jitter_ms",
+        "misfire",
+        "grace_ms",
+    }
+)
 #: grace window when a misfire policy is given without one
 DEFAULT_GRACE_MS = 1000
 SCHEDULE_FIELDS = {
@@ -93,9 +105,7 @@ def parse_instant(value: Any, name: str, tz: ZoneInfo) -> int:
             try:
                 dt = datetime.fromisoformat(text)
             except ValueError:
-                raise errors.InvalidValue(
-                    f"{name} is not an ISO-8601 instant: {value!r}"
-                ) from None
+                raise errors.InvalidValue(f"{name} is not an ISO-8601 instant: {value!r}") from None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=tz)
             # timestamp() is a float: whole seconds from it, ms from the microseconds
@@ -212,13 +222,23 @@ def build_v2_plan(
         # Built as a one-second delay, then given its real interval: build_plan
         # validates everything else the same way as forsun's delay mode.
         seconds = interval // 1000
-        plan = build_plan(**common, second=min(seconds, I16_MAX) or 1, minute=0, hour=0, day=0,
-                          month=0, week=0, count=count)
+        plan = build_plan(
+            **common,
+            second=min(seconds, I16_MAX) or 1,
+            minute=0,
+            hour=0,
+            day=0,
+            month=0,
+            week=0,
+            count=count,
+        )
         if seconds > I16_MAX or seconds * 1000 != interval:
             plan.second = -1  # not expressible in forsun's fields; interval_ms says it
         plan.interval_ms = interval
-        if isinstance(jitter, bool) or not isinstance(jitter, int) or not (
-            0 <= jitter <= MAX_JITTER_MS
+        if (
+            isinstance(jitter, bool)
+            or not isinstance(jitter, int)
+            or not (0 <= jitter <= MAX_JITTER_MS)
         ):
             raise errors.InvalidValue(f"jitter_ms must be an integer from 0 to {MAX_JITTER_MS}")
         if jitter >= interval:

@@ -91,13 +91,44 @@ examples:
 """
 
 PLAN_FIELDS = (
-    "key", "is_time_out", "second", "minute", "hour", "day", "month", "week",
-    "count", "current_count", "status", "next_time", "last_timeout", "action", "params",
-)  # fmt: skip
-COMMAND_NAMES = frozenset({
-    "help", "exit", "quit", "version", "ls", "current", "time", "get", "rm", "set", "info",
-    "pause", "resume", "fire", "runs", "preview", "cron", "at",
-})  # fmt: skip
+    "key",
+    "is_time_out",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "month",
+    "week",
+    "count",
+    "current_count",
+    "status",
+    "next_time",
+    "last_timeout",
+    "action",
+    "params",
+)
+COMMAND_NAMES = frozenset(
+    {
+        "help",
+        "exit",
+        "quit",
+        "version",
+        "ls",
+        "current",
+        "time",
+        "get",
+        "rm",
+        "set",
+        "info",
+        "pause",
+        "resume",
+        "fire",
+        "runs",
+        "preview",
+        "cron",
+        "at",
+    }
+)
 RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
 DEFAULT_RUNS = 20
 DEFAULT_PREVIEW = 5
@@ -458,8 +489,10 @@ def parse_argv(argv: list[str]) -> tuple[str, int, str | None, bool]:
     if words:
         # One word is a command line as forsun takes it; several are the
         # words of one command line, already split by the caller's shell.
-        text = words[0] if len(words) == 1 else " ".join(
-            w if w == ";" else shlex.quote(w) for w in words
+        text = (
+            words[0]
+            if len(words) == 1
+            else " ".join(w if w == ";" else shlex.quote(w) for w in words)
         )
         exe = text if exe is None else f"{exe};{text}"
     return host, port, exe, False

@@ -110,8 +110,7 @@ class AckLog:
         """
         tmp = self.path + ".new"
         blob = MAGIC + b"".join(_record(seq, payload) for seq, payload in records)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             if os.write(fd, blob) != len(blob):
                 raise OSError(f"short write to {tmp}")

@@ -60,11 +60,33 @@ _CHUNK = 10_000  # records serialised per write
 def _copy_plan(p: Plan) -> Plan:
     # Positional construction: several times faster than dataclasses.replace.
     return Plan(
-        p.key, p.kind, p.action, dict(p.params), p.second, p.minute, p.hour, p.day, p.month,
-        p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone, p.end_ms, p.next_time,
-        p.current_count, p.last_timeout, p.status, p.created_time, p.paused, p.version,
-        p.jitter_ms, p.misfire, p.grace_ms,
-    )  # fmt: skip
+        p.key,
+        p.kind,
+        p.action,
+        dict(p.params),
+        p.second,
+        p.minute,
+        p.hour,
+        p.day,
+        p.month,
+        p.week,
+        p.count,
+        p.cron,
+        p.interval_ms,
+        p.anchor_ms,
+        p.timezone,
+        p.end_ms,
+        p.next_time,
+        p.current_count,
+        p.last_timeout,
+        p.status,
+        p.created_time,
+        p.paused,
+        p.version,
+        p.jitter_ms,
+        p.misfire,
+        p.grace_ms,
+    )
 
 
 def _copy_run(r: Run) -> Run:
@@ -385,11 +407,34 @@ def _check_writable(directory: str) -> None:
 
 def _plan_values(p: Plan) -> tuple[Any, ...]:
     return (
-        "p", p.key, p.kind, p.action, p.params, p.second, p.minute, p.hour, p.day, p.month,
-        p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone, p.end_ms, p.next_time,
-        p.current_count, p.last_timeout, p.status, p.created_time, p.paused, p.version,
-        p.jitter_ms, p.misfire, p.grace_ms,
-    )  # fmt: skip
+        "p",
+        p.key,
+        p.kind,
+        p.action,
+        p.params,
+        p.second,
+        p.minute,
+        p.hour,
+        p.day,
+        p.month,
+        p.week,
+        p.count,
+        p.cron,
+        p.interval_ms,
+        p.anchor_ms,
+        p.timezone,
+        p.end_ms,
+        p.next_time,
+        p.current_count,
+        p.last_timeout,
+        p.status,
+        p.created_time,
+        p.paused,
+        p.version,
+        p.jitter_ms,
+        p.misfire,
+        p.grace_ms,
+    )
 
 
 def _run_values(r: Run) -> tuple[Any, ...]:

@@ -268,9 +268,12 @@ def _load_plan(d: bytes, v: bytes, n: bytes, c: bytes, lt: bytes, s: bytes) -> P
     values = orjson.loads(d)
     known = {k: values[k] for k in PLAN_FIELDS if k in values}
     known.update(
-        version=int(v), next_time=_opt_int(n), current_count=int(c), last_timeout=int(lt),
+        version=int(v),
+        next_time=_opt_int(n),
+        current_count=int(c),
+        last_timeout=int(lt),
         status=int(s),
-    )  # fmt: skip
+    )
     return Plan(**known)
 
 
@@ -350,8 +353,14 @@ class RedisStore(Store):
             await client.aclose(close_connection_pool=True)
             raise StartupError(f"cannot use the {self.where}: {e}") from None
         self._client = client
-        for name, source in (("apply", _APPLY), ("read", _READ), ("prune", _PRUNE),
-                             ("claim", _CLAIM), ("release", _RELEASE), ("renew", _RENEW)):
+        for name, source in (
+            ("apply", _APPLY),
+            ("read", _READ),
+            ("prune", _PRUNE),
+            ("claim", _CLAIM),
+            ("release", _RELEASE),
+            ("renew", _RENEW),
+        ):
             self._scripts[name] = client.register_script(source)
         try:
             await self._claim()
@@ -467,20 +476,32 @@ class RedisStore(Store):
                 if p.next_time is not None and type(p.next_time) is not int:
                     raise TypeError(f"next_time of {p.key!r} is not an integer")
                 args += [
-                    b"P", p.key.encode(), int(p.version),
+                    b"P",
+                    p.key.encode(),
+                    int(p.version),
                     b"" if p.next_time is None else p.next_time,
-                    int(p.current_count), int(p.last_timeout), int(p.status),
-                    b"1" if p.paused else b"0", _due_member(p), _plan_json(p),
-                ]  # fmt: skip
+                    int(p.current_count),
+                    int(p.last_timeout),
+                    int(p.status),
+                    b"1" if p.paused else b"0",
+                    _due_member(p),
+                    _plan_json(p),
+                ]
             for a in batch.advances:
                 key_b = a.key.encode()
                 member = b""
                 if a.next_time is not None:
                     member = _time_code(int(a.next_time)) + b":" + key_b
                 args += [
-                    b"A", key_b, int(a.version), b"" if a.next_time is None else a.next_time,
-                    int(a.current_count), int(a.last_timeout), int(a.status), member,
-                ]  # fmt: skip
+                    b"A",
+                    key_b,
+                    int(a.version),
+                    b"" if a.next_time is None else a.next_time,
+                    int(a.current_count),
+                    int(a.last_timeout),
+                    int(a.status),
+                    member,
+                ]
             for key, version, status in batch.statuses:
                 args += [b"S", key.encode(), int(version), int(status)]
             for r in batch.runs:

@@ -65,8 +65,12 @@ _PROBES = tuple(
     f"SELECT {col} FROM {table} {where} ORDER BY {order} LIMIT 1"
     for table, col, where, orders in (
         ("plans", "key", "", ("rowid", "rowid DESC", "key", "key DESC")),
-        ("plans", "key", "WHERE paused = 0 AND next_time IS NOT NULL",
-         ("next_time, key", "next_time DESC, key DESC")),
+        (
+            "plans",
+            "key",
+            "WHERE paused = 0 AND next_time IS NOT NULL",
+            ("next_time, key", "next_time DESC, key DESC"),
+        ),
         ("runs", "id", "", ("id", "id DESC")),  # id is the rowid
         ("runs", "id", "", ("key, id", "key DESC, id DESC")),
         ("runs", "id", "", ("started_ms", "started_ms DESC")),
@@ -268,20 +272,40 @@ COUNT_BETWEEN_SQL = (
 )
 # how many of a JSON array of keys are stored (and of those, firing in a range)
 COUNT_KEYS_SQL = "SELECT count(*) FROM plans WHERE key IN (SELECT value FROM json_each(?))"
-COUNT_KEYS_BETWEEN_SQL = (
-    f"{COUNT_KEYS_SQL} AND {_DUE_WHERE} AND next_time >= ? AND next_time < ?"
-)
+COUNT_KEYS_BETWEEN_SQL = f"{COUNT_KEYS_SQL} AND {_DUE_WHERE} AND next_time >= ? AND next_time < ?"
 _KEY_OF = operator.attrgetter("key")
 _PLAN_BY_TIME = operator.attrgetter("next_time", "key")
 
 
 def _plan_row(p: Plan, _dumps: Any = orjson.dumps) -> tuple[Any, ...]:
     return (
-        p.key, p.kind, p.action, _dumps(p.params).decode(), p.second, p.minute, p.hour,
-        p.day, p.month, p.week, p.count, p.cron, p.interval_ms, p.anchor_ms, p.timezone,
-        p.end_ms, p.next_time, p.current_count, p.last_timeout, p.status, p.created_time,
-        1 if p.paused else 0, p.version, p.jitter_ms, p.misfire, p.grace_ms,
-    )  # fmt: skip
+        p.key,
+        p.kind,
+        p.action,
+        _dumps(p.params).decode(),
+        p.second,
+        p.minute,
+        p.hour,
+        p.day,
+        p.month,
+        p.week,
+        p.count,
+        p.cron,
+        p.interval_ms,
+        p.anchor_ms,
+        p.timezone,
+        p.end_ms,
+        p.next_time,
+        p.current_count,
+        p.last_timeout,
+        p.status,
+        p.created_time,
+        1 if p.paused else 0,
+        p.version,
+        p.jitter_ms,
+        p.misfire,
+        p.grace_ms,
+    )
 
 
 _row_texts = operator.itemgetter(0, 1, 2, 3, 11, 14, 24)
@@ -303,8 +327,12 @@ def _check_row(row: tuple[Any, ...]) -> None:
 
 def _loggable(batch: Batch) -> bool:
     """Small, and only puts, deletes and meta (what a caller waits for)."""
-    return (len(batch.ops) + len(batch.meta) <= INLINE_MAX_ROWS and not batch.advances
-            and not batch.statuses and not batch.runs)
+    return (
+        len(batch.ops) + len(batch.meta) <= INLINE_MAX_ROWS
+        and not batch.advances
+        and not batch.statuses
+        and not batch.runs
+    )
 
 
 class _Rows:
@@ -327,8 +355,13 @@ class _Rows:
             self.meta = batch.meta
 
     def __len__(self) -> int:
-        return (len(self.ops) + len(self.advances) + len(self.statuses) + len(self.runs)
-                + len(self.meta))
+        return (
+            len(self.ops)
+            + len(self.advances)
+            + len(self.statuses)
+            + len(self.runs)
+            + len(self.meta)
+        )
 
     def encode(self) -> bytes:
         """The ack-log payload; raises where the database would refuse a row."""
@@ -361,10 +394,33 @@ class _Rows:
 def _plan_factory(_cursor: Any, r: tuple[Any, ...], _loads: Any = orjson.loads) -> Plan:
     # Used as a cursor row factory, so rows become Plans in aiosqlite's thread.
     return Plan(
-        r[0], r[1], r[2], _loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
-        r[12], r[13], r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21] != 0, r[22],
-        r[23], r[24], r[25],
-    )  # fmt: skip
+        r[0],
+        r[1],
+        r[2],
+        _loads(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        r[15],
+        r[16],
+        r[17],
+        r[18],
+        r[19],
+        r[20],
+        r[21] != 0,
+        r[22],
+        r[23],
+        r[24],
+        r[25],
+    )
 
 
 def _key_factory(_cursor: Any, r: tuple[Any, ...]) -> str:
@@ -515,8 +571,9 @@ class SqliteStore(Store):
         if size <= FULL_CHECK_MAX_BYTES:
             problems = [r[0] for r in await db.execute_fetchall("PRAGMA quick_check")]
         else:
-            log.info("%s is %d MB: probing its b-trees instead of a full check", self.path,
-                     size >> 20)
+            log.info(
+                "%s is %d MB: probing its b-trees instead of a full check", self.path, size >> 20
+            )
             problems = []
             for sql in _PROBES:
                 try:
@@ -529,8 +586,9 @@ class SqliteStore(Store):
 
     async def _load_count(self, db: aiosqlite.Connection) -> None:
         """The plan count from meta; counted once (and stored) when it isn't there."""
-        rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE name = ?",
-                                              (PLAN_COUNT,)))
+        rows = list(
+            await db.execute_fetchall("SELECT value FROM meta WHERE name = ?", (PLAN_COUNT,))
+        )
         if rows:
             self._count = int(rows[0][0])
             return
@@ -554,8 +612,9 @@ class SqliteStore(Store):
         except OSError as e:
             raise StartupError(f"cannot open the ack log {ack.path}: {e}") from None
         self._log = ack
-        rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE name = ?",
-                                              (ACKLOG_SEQ,)))
+        rows = list(
+            await db.execute_fetchall("SELECT value FROM meta WHERE name = ?", (ACKLOG_SEQ,))
+        )
         applied = int(rows[0][0]) if rows else 0
         fresh = [(seq, payload) for seq, payload in records if seq > applied]
         if fresh:
@@ -657,7 +716,8 @@ class SqliteStore(Store):
             if len(overlay) < FOLD_MAX_KEYS and self._log.size < FOLD_MAX_LOG_BYTES:
                 if self._fold_timer is None and self._fold_task is None:
                     self._fold_timer = asyncio.get_running_loop().call_later(
-                        FOLD_DELAY_S, self._start_fold)
+                        FOLD_DELAY_S, self._start_fold
+                    )
                 return
             # too much waiting: fold it in now (and make the caller wait)
             batch = Batch()
@@ -758,8 +818,9 @@ class SqliteStore(Store):
                 took = time.monotonic() - now
                 if took >= SLOW_CHECKPOINT_S:
                     # every commit waited meanwhile: worth knowing when writes stall
-                    log.warning("checkpoint of %s took %.1f s (%d WAL frames)", self.path, took,
-                                frames)
+                    log.warning(
+                        "checkpoint of %s took %.1f s (%d WAL frames)", self.path, took, frames
+                    )
 
     def _apply_sync(self, conn: sqlite3.Connection, batch: _Rows) -> None:
         """Apply ``batch`` in one transaction; runs in the connection's thread."""
@@ -875,33 +936,57 @@ class SqliteStore(Store):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
         if overlay:
-            out = _overlaid(out, overlay, limit, _PLAN_BY_TIME, lambda r: (
-                r[21] == 0 and r[16] is not None and r[16] < before_ms
-                and (after is None or (r[16], r[0]) > after)))
+            out = _overlaid(
+                out,
+                overlay,
+                limit,
+                _PLAN_BY_TIME,
+                lambda r: (
+                    r[21] == 0
+                    and r[16] is not None
+                    and r[16] < before_ms
+                    and (after is None or (r[16], r[0]) > after)
+                ),
+            )
         return out
 
     async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
-        plans, overlay = await self._read(FIRING_BETWEEN_SQL, (start_ms, end_ms), limit,
-                                          _plan_factory)
+        plans, overlay = await self._read(
+            FIRING_BETWEEN_SQL, (start_ms, end_ms), limit, _plan_factory
+        )
         if overlay:
-            plans = _overlaid(plans, overlay, limit, _PLAN_BY_TIME, lambda r: (
-                r[21] == 0 and r[16] is not None and start_ms <= r[16] < end_ms))
+            plans = _overlaid(
+                plans,
+                overlay,
+                limit,
+                _PLAN_BY_TIME,
+                lambda r: r[21] == 0 and r[16] is not None and start_ms <= r[16] < end_ms,
+            )
         return plans
 
     async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
         async with self._using() as db:
             overlay = dict(self._overlay)
             try:
-                n = list(await db.execute_fetchall(
-                    COUNT_BETWEEN_SQL, (start_ms, end_ms, _widen(limit, overlay))))[0][0]
+                n = list(
+                    await db.execute_fetchall(
+                        COUNT_BETWEEN_SQL, (start_ms, end_ms, _widen(limit, overlay))
+                    )
+                )[0][0]
                 if overlay:
                     # rows of logged keys in the database are replaced (or gone)
-                    n -= list(await db.execute_fetchall(COUNT_KEYS_BETWEEN_SQL, (
-                        orjson.dumps(list(overlay)), start_ms, end_ms)))[0][0]
+                    n -= list(
+                        await db.execute_fetchall(
+                            COUNT_KEYS_BETWEEN_SQL, (orjson.dumps(list(overlay)), start_ms, end_ms)
+                        )
+                    )[0][0]
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
-        n += sum(1 for _, r in overlay.values() if r is not None and r[21] == 0
-                 and r[16] is not None and start_ms <= r[16] < end_ms)
+        n += sum(
+            1
+            for _, r in overlay.values()
+            if r is not None and r[21] == 0 and r[16] is not None and start_ms <= r[16] < end_ms
+        )
         return min(n, limit)
 
     async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
@@ -911,15 +996,28 @@ class SqliteStore(Store):
         """As :meth:`Store.plans`; ``limit`` 0 (or less) means all."""
         return await self._key_range(_COLUMNS, _plan_factory, _KEY_OF, prefix, after, limit)
 
-    async def _key_range(self, columns: str, factory: Callable[[Any, Any], Any],
-                         key: Callable[[Any], str], prefix: str, after: str,
-                         limit: int) -> list[Any]:
+    async def _key_range(
+        self,
+        columns: str,
+        factory: Callable[[Any, Any], Any],
+        key: Callable[[Any], str],
+        prefix: str,
+        after: str,
+        limit: int,
+    ) -> list[Any]:
         """Keys or plans (``factory``; ``key`` tells an item's key, their order)."""
         sql, args = key_range_sql(columns, prefix, after, limit)
         items, overlay = await self._read(sql, args[:-1], limit, factory)
         if overlay:
-            items = _overlaid(items, overlay, limit, key, lambda r: (
-                r[0].startswith(prefix) and (not after or r[0] > after)), factory, key)
+            items = _overlaid(
+                items,
+                overlay,
+                limit,
+                key,
+                lambda r: r[0].startswith(prefix) and (not after or r[0] > after),
+                factory,
+                key,
+            )
         return items
 
     async def count(self) -> int:
@@ -929,8 +1027,9 @@ class SqliteStore(Store):
         async with self._using() as db:
             overlay = dict(self._overlay)
             try:
-                stored = list(await db.execute_fetchall(
-                    COUNT_KEYS_SQL, (orjson.dumps(list(overlay)),)))[0][0]
+                stored = list(
+                    await db.execute_fetchall(COUNT_KEYS_SQL, (orjson.dumps(list(overlay)),))
+                )[0][0]
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
             count = self._count
@@ -989,8 +1088,9 @@ class SqliteStore(Store):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from None
 
-    async def _read(self, sql: str, args: tuple[Any, ...], limit: int,
-                    factory: Callable[[Any, Any], Any]) -> tuple[list[Any], dict[str, Any]]:
+    async def _read(
+        self, sql: str, args: tuple[Any, ...], limit: int, factory: Callable[[Any, Any], Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
         """The rows of ``sql`` (whose last parameter, after ``args``, is its row
         limit, widened) made by ``factory`` in aiosqlite's thread, and the logged
         writes as of the read."""
@@ -1013,10 +1113,15 @@ def _widen(limit: int, overlay: dict[str, Any]) -> int:
     return limit + len(overlay) if limit > 0 else -1
 
 
-def _overlaid(items: list[Any], overlay: dict[str, Any], limit: int,
-              order: Callable[[Any], Any], keep: Callable[[Any], bool],
-              factory: Callable[[Any, Any], Any] = _plan_factory,
-              key: Callable[[Any], str] = _KEY_OF) -> list[Any]:
+def _overlaid(
+    items: list[Any],
+    overlay: dict[str, Any],
+    limit: int,
+    order: Callable[[Any], Any],
+    keep: Callable[[Any], bool],
+    factory: Callable[[Any, Any], Any] = _plan_factory,
+    key: Callable[[Any], str] = _KEY_OF,
+) -> list[Any]:
     """The first ``limit`` (all if 0 or less) of ``items`` read from the database
     (in ``order``, made by ``factory``) with the logged writes over them.
 

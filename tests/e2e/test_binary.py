@@ -29,8 +29,13 @@ from forsun_box.config import SETTINGS
 from tests.helpers import ROOT, call, free_port, thrift_client, wait_until
 
 BINARY = ROOT / "dist" / "forsun-box"
-SOURCES = [ROOT / "forsun_box", ROOT / "web", ROOT / "build" / "forsun-box.spec",
-           ROOT / "build" / "entry.py", ROOT / "pyproject.toml"]
+SOURCES = [
+    ROOT / "forsun_box",
+    ROOT / "web",
+    ROOT / "build" / "forsun-box.spec",
+    ROOT / "build" / "entry.py",
+    ROOT / "pyproject.toml",
+]
 DEFAULT_HTTP, DEFAULT_THRIFT = 9002, 6458
 STOP_WITHIN_S = 5.0
 
@@ -83,8 +88,13 @@ def binary() -> Path:
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two suites at once build it only once
         if _is_stale():
-            proc = subprocess.run(["bash", str(ROOT / "build" / "build.sh")], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=900)
+            proc = subprocess.run(
+                ["bash", str(ROOT / "build" / "build.sh")],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             if proc.returncode != 0 or not BINARY.exists():
                 reason = f"cannot build {BINARY}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
                 if _in_ci():
@@ -135,15 +145,27 @@ class Installed:
 
     def run(self, *args: str, exe: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
         """Run the executable to completion (a client command, --version ...)."""
-        return subprocess.run([str(exe or self.exe), *args], cwd=self.cwd, env=self.env,
-                              capture_output=True, text=True, timeout=60, **kw)
+        return subprocess.run(
+            [str(exe or self.exe), *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **kw,
+        )
 
     def start(self) -> None:
         """``forsun-box serve`` with no flags; returns once the HTTP API answers."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(self.exe), "serve"], cwd=self.cwd, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(self.exe), "serve"],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -202,8 +224,13 @@ def installed(binary: Path, tmp_path: Path) -> Iterator[Installed]:
 
 
 def shell_plan(key: str, seconds: int, out: Path, word: str) -> dict[str, Any]:
-    return {"key": key, "seconds": seconds, "count": 1, "action": "shell",
-            "params": {"cmd": f"echo {word} >> {out}"}}
+    return {
+        "key": key,
+        "seconds": seconds,
+        "count": 1,
+        "action": "shell",
+        "params": {"cmd": f"echo {word} >> {out}"},
+    }
 
 
 # ---------------------------------------------------------------- the tests
@@ -213,11 +240,15 @@ def test_contents_of_the_executable(binary: Path) -> None:
     from PyInstaller.archive.readers import CArchiveReader
 
     names = set(CArchiveReader(str(binary)).toc)
-    for needed in ("web/templates/base.html", "web/templates/plans.html",
-                   "web/static/console.css", "tzdata/zoneinfo/Europe/Berlin",
-                   "thrift/protocol/fastbinary.cpython-311-x86_64-linux-gnu.so",
-                   "uvloop/loop.cpython-311-x86_64-linux-gnu.so",
-                   "pycurl/_pycurl.cpython-311-x86_64-linux-gnu.so"):
+    for needed in (
+        "web/templates/base.html",
+        "web/templates/plans.html",
+        "web/static/console.css",
+        "tzdata/zoneinfo/Europe/Berlin",
+        "thrift/protocol/fastbinary.cpython-311-x86_64-linux-gnu.so",
+        "uvloop/loop.cpython-311-x86_64-linux-gnu.so",
+        "pycurl/_pycurl.cpython-311-x86_64-linux-gnu.so",
+    ):
         assert needed in names, needed
     assert not any(n.startswith(("tkinter", "_tkinter", "playwright")) for n in names)
     assert binary.stat().st_size <= 40 * 1024 * 1024
@@ -254,9 +285,18 @@ def test_time_zones_without_the_system_zone_files(installed: Installed) -> None:
     installed.env["TIMEZONE"] = "Europe/Berlin"
     installed.start()
     assert wait_until(lambda: "time zone Europe/Berlin" in installed.log(), 10), installed.log()
-    plan = installed.ok("POST", "/v1/plan", {"key": "berlin", "seconds": 0, "minute": 0,
-                                             "hour": 12, "action": "shell",
-                                             "params": {"cmd": "true"}})
+    plan = installed.ok(
+        "POST",
+        "/v1/plan",
+        {
+            "key": "berlin",
+            "seconds": 0,
+            "minute": 0,
+            "hour": 12,
+            "action": "shell",
+            "params": {"cmd": "true"},
+        },
+    )
     # 12:00 in Berlin is 10:00 or 11:00 UTC
     assert time.gmtime(plan["next_time"]).tm_hour in (10, 11)
     installed.stop()
@@ -266,8 +306,7 @@ def test_download_and_run(installed: Installed) -> None:
     out = installed.cwd.parent / "out"
     out.mkdir()
     installed.extensions_dir.mkdir()
-    (installed.extensions_dir / "touch_ext.py").write_text(
-        textwrap.dedent(FORSUN_STYLE_EXTENSION))
+    (installed.extensions_dir / "touch_ext.py").write_text(textwrap.dedent(FORSUN_STYLE_EXTENSION))
     installed.start()
 
     log = installed.log()
@@ -278,35 +317,88 @@ def test_download_and_run(installed: Installed) -> None:
 
     # plans over HTTP and over Thrift; the shell ones fire a second later
     installed.ok("PUT", "/v1/plan", shell_plan("http-shell", 1, out / "http.txt", "from-http"))
-    installed.ok("POST", "/v1/plan", {"key": "http-daily", "seconds": 0, "minute": 30,
-                                      "hour": 4, "action": "shell", "params": {"cmd": "true"}})
+    installed.ok(
+        "POST",
+        "/v1/plan",
+        {
+            "key": "http-daily",
+            "seconds": 0,
+            "minute": 30,
+            "hour": 4,
+            "action": "shell",
+            "params": {"cmd": "true"},
+        },
+    )
     with thrift_client(installed.thrift_port) as client:
-        plan = client.createTimeout("thrift-shell", 1, 0, 0, 0, 0, 0, 1, "shell",
-                                    {"cmd": f"echo from-thrift >> {out / 'thrift.txt'}"})
+        plan = client.createTimeout(
+            "thrift-shell",
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            "shell",
+            {"cmd": f"echo from-thrift >> {out / 'thrift.txt'}"},
+        )
         assert plan.key == "thrift-shell"
         client.create("thrift-weekly", 0, 0, 9, -1, -1, 1, "shell", {"cmd": "true"})
     # the drop-in extension's action
-    installed.ok("PUT", "/v1/plan", {"key": "ext", "seconds": 1, "count": 1, "action": "touch",
-                                     "params": {"file": str(out / "ext.txt"), "word": "hi"}})
+    installed.ok(
+        "PUT",
+        "/v1/plan",
+        {
+            "key": "ext",
+            "seconds": 1,
+            "count": 1,
+            "action": "touch",
+            "params": {"file": str(out / "ext.txt"), "word": "hi"},
+        },
+    )
     # a bulk create big enough to be built in the create worker process
-    bulk = [{"key": f"bulk-{i}", "seconds": 3600, "count": 1, "action": "shell",
-             "params": {"cmd": f"echo {i}"}} for i in range(600)]
-    assert [p["key"] for p in installed.ok("PUT", "/v1/plan", bulk)] == [
-        p["key"] for p in bulk]
+    bulk = [
+        {
+            "key": f"bulk-{i}",
+            "seconds": 3600,
+            "count": 1,
+            "action": "shell",
+            "params": {"cmd": f"echo {i}"},
+        }
+        for i in range(600)
+    ]
+    assert [p["key"] for p in installed.ok("PUT", "/v1/plan", bulk)] == [p["key"] for p in bulk]
     assert "create worker process" in installed.log()  # it started ...
     assert "create worker process stopped" not in installed.log()  # ... and did not stop
     # the client commands of the same executable
-    cli = installed.run("--port", str(installed.thrift_port), "set", "cli-hourly",
-                        "0", "15", "*", "*", "*", "*", "shell", "cmd=true")
+    cli = installed.run(
+        "--port",
+        str(installed.thrift_port),
+        "set",
+        "cli-hourly",
+        "0",
+        "15",
+        "*",
+        "*",
+        "*",
+        "*",
+        "shell",
+        "cmd=true",
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     got = installed.run("--port", str(installed.thrift_port), "get", "cli-hourly")
     assert got.returncode == 0 and "cli-hourly" in got.stdout
 
-    for name, text in (("http.txt", "from-http\n"), ("thrift.txt", "from-thrift\n"),
-                       ("ext.txt", "ext hi\n")):
+    for name, text in (
+        ("http.txt", "from-http\n"),
+        ("thrift.txt", "from-thrift\n"),
+        ("ext.txt", "ext hi\n"),
+    ):
         path = out / name
         assert wait_until(lambda p=path, t=text: p.exists() and p.read_text() == t, 15), (
-            name, installed.log())
+            name,
+            installed.log(),
+        )
 
     # the console's pages
     for page in ("/", "/plans"):
@@ -331,8 +423,16 @@ def test_download_and_run(installed: Installed) -> None:
 def test_demon_mode_keeps_running_after_the_starter_exits(installed: Installed) -> None:
     http_port, thrift_port = free_port(), free_port()
     log_file = installed.cwd.parent / "daemon.log"
-    started = installed.run("serve", "--demon", "--http", f"127.0.0.1:{http_port}",
-                            "--port", str(thrift_port), "--log", str(log_file))
+    started = installed.run(
+        "serve",
+        "--demon",
+        "--http",
+        f"127.0.0.1:{http_port}",
+        "--port",
+        str(thrift_port),
+        "--log",
+        str(log_file),
+    )
     assert started.returncode == 0, started.stderr
     pid_file = installed.data_dir / "forsun-box.pid"
     pid = int(pid_file.read_text())

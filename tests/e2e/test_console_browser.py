@@ -30,8 +30,9 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("console-e2e"),
-                 env={"HTTP_CONSOLE_PASSWORD": PASSWORD}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("console-e2e"), env={"HTTP_CONSOLE_PASSWORD": PASSWORD}
+    ).start()
     yield srv
     assert srv.stop() == 0
 
@@ -59,8 +60,9 @@ def shot(page: Any, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
 
-def test_login_rejects_wrong_password_then_accepts(browser: Any, server: Server,
-                                                   artifacts: Path) -> None:
+def test_login_rejects_wrong_password_then_accepts(
+    browser: Any, server: Server, artifacts: Path
+) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     pg = context.new_page()
     pg.goto(url(server, "/plans"))
@@ -144,8 +146,14 @@ def test_fire_now_records_a_run(page: Any, server: Server) -> None:
     page.goto(url(server, "/plans/new"))
     page.fill("#key", "e2e-manual")
     page.check("#mode-calendar")
-    for f, v in (("second", "0"), ("minute", "0"), ("hour", "3"), ("day", ""), ("month", ""),
-                 ("week", "")):
+    for f, v in (
+        ("second", "0"),
+        ("minute", "0"),
+        ("hour", "3"),
+        ("day", ""),
+        ("month", ""),
+        ("week", ""),
+    ):
         page.fill(f"#{f}", v)
     page.fill("#count", "0")
     page.select_option("#action", "shell")
@@ -192,8 +200,10 @@ def test_what_fires_when_and_dashboard(page: Any, server: Server, artifacts: Pat
     # the page refreshes itself from the stats endpoint
     before = page.locator("[data-stat=now]").inner_text()
     page.wait_for_function(
-        "b => document.querySelector('[data-stat=now]').textContent !== b", arg=before,
-        timeout=12_000)
+        "b => document.querySelector('[data-stat=now]').textContent !== b",
+        arg=before,
+        timeout=12_000,
+    )
     assert page.locator("#live").inner_text() == "live"
     shot(page, artifacts, "08-dashboard")
 

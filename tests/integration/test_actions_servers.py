@@ -83,8 +83,10 @@ def closed_port() -> int:
 
 def test_split_commands_follows_shell_quoting() -> None:
     assert split_commands("SET a 1;LPUSH q 'x y' ; INCR n;;") == [
-        ["SET", "a", "1"], ["LPUSH", "q", "x y"], ["INCR", "n"],
-    ]  # fmt: skip
+        ["SET", "a", "1"],
+        ["LPUSH", "q", "x y"],
+        ["INCR", "n"],
+    ]
     assert split_commands("SET k 'a;b'") == [["SET", "k", "a;b"]]
     assert split_commands("SET j '{\"id\": 1}'") == [["SET", "j", '{"id": 1}']]
     assert split_commands("  ") == []
@@ -95,10 +97,15 @@ def test_split_commands_follows_shell_quoting() -> None:
 def test_redis_runs_every_command_on_the_selected_db(redis_server: ServerProcess) -> None:
     r = redis_sync.Redis(port=redis_server.port, db=3)
     r.flushdb()
-    fire(RedisAction, {
-        "host": "127.0.0.1", "port": str(redis_server.port), "selected_db": "3",
-        "command": "SET greeting 'hello world';RPUSH jobs a b;INCRBY n 5",
-    })  # fmt: skip
+    fire(
+        RedisAction,
+        {
+            "host": "127.0.0.1",
+            "port": str(redis_server.port),
+            "selected_db": "3",
+            "command": "SET greeting 'hello world';RPUSH jobs a b;INCRBY n 5",
+        },
+    )
     assert r.get("greeting") == b"hello world"
     assert r.lrange("jobs", 0, -1) == [b"a", b"b"]
     assert r.get("n") == b"5"
@@ -111,8 +118,14 @@ def test_redis_error_reply_fails_with_the_command_and_message(
     r = redis_sync.Redis(port=redis_server.port, db=4)
     r.set("text", "abc")
     with pytest.raises(ActionFailed) as e:
-        fire(RedisAction, {"port": str(redis_server.port), "selected_db": "4",
-                           "command": "SET before 1;INCR text"})
+        fire(
+            RedisAction,
+            {
+                "port": str(redis_server.port),
+                "selected_db": "4",
+                "command": "SET before 1;INCR text",
+            },
+        )
     text = str(e.value)
     assert f"redis 127.0.0.1:{redis_server.port}/4" in text
     assert "INCR failed" in text and "not an integer" in text
@@ -125,10 +138,13 @@ def test_redis_wrong_password_and_refused_connection_are_clear(
     admin.config_set("requirepass", "s3cret")
     try:
         with pytest.raises(ActionFailed, match="(?i)password|auth"):
-            fire(RedisAction, {"port": str(redis_server.port), "password": "nope",
-                               "command": "PING"})
-        fire(RedisAction, {"port": str(redis_server.port), "password": "s3cret",
-                           "command": "SET authed yes"})
+            fire(
+                RedisAction, {"port": str(redis_server.port), "password": "nope", "command": "PING"}
+            )
+        fire(
+            RedisAction,
+            {"port": str(redis_server.port), "password": "s3cret", "command": "SET authed yes"},
+        )
     finally:
         redis_sync.Redis(port=redis_server.port, password="s3cret").config_set("requirepass", "")
     assert admin.get("authed") == b"yes"
@@ -140,8 +156,10 @@ def test_redis_wrong_password_and_refused_connection_are_clear(
 def test_redis_run_timeout(redis_server: ServerProcess) -> None:
     started = time.monotonic()
     with pytest.raises(ActionFailed, match="timed out after 0.3 s"):
-        fire(RedisAction, {"port": str(redis_server.port), "command": "BLPOP empty-list 5",
-                           "timeout": "0.3"})
+        fire(
+            RedisAction,
+            {"port": str(redis_server.port), "command": "BLPOP empty-list 5", "timeout": "0.3"},
+        )
     assert time.monotonic() - started < 3
 
 
@@ -154,8 +172,12 @@ def test_redis_missing_command_and_bad_params() -> None:
 
 def test_redis_pool_is_bounded_by_max_connections(redis_server: ServerProcess) -> None:
     """6 firings each blocking 0.25 s on 2 connections: they queue, none fails."""
-    params = {"port": str(redis_server.port), "selected_db": "5", "max_connections": "2",
-              "command": "BLPOP never-filled 0.25"}
+    params = {
+        "port": str(redis_server.port),
+        "selected_db": "5",
+        "max_connections": "2",
+        "command": "BLPOP never-filled 0.25",
+    }
     started = time.monotonic()
     results = fire_many(RedisAction, [params] * 6)
     elapsed = time.monotonic() - started
@@ -168,8 +190,9 @@ def test_redis_pool_is_bounded_by_max_connections(redis_server: ServerProcess) -
 
 def mysql_query(server: ServerProcess, sql: str, db: str | None = None) -> list[Any]:
     async def main() -> list[Any]:
-        conn = await aiomysql.connect(host="127.0.0.1", port=server.port, user="root",
-                                      db=db, autocommit=True)
+        conn = await aiomysql.connect(
+            host="127.0.0.1", port=server.port, user="root", db=db, autocommit=True
+        )
         try:
             async with conn.cursor() as cur:
                 await cur.execute(sql)
@@ -183,14 +206,24 @@ def mysql_query(server: ServerProcess, sql: str, db: str | None = None) -> list[
 @pytest.fixture(scope="module")
 def mysql_db(mysql_server: ServerProcess) -> ServerProcess:
     mysql_query(mysql_server, "CREATE DATABASE IF NOT EXISTS timers")
-    mysql_query(mysql_server, "CREATE TABLE IF NOT EXISTS timers.fired "
-                              "(id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(100))")
+    mysql_query(
+        mysql_server,
+        "CREATE TABLE IF NOT EXISTS timers.fired "
+        "(id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(100))",
+    )
     return mysql_server
 
 
 def test_mysql_statement_is_committed(mysql_db: ServerProcess) -> None:
-    fire(MysqlAction, {"port": str(mysql_db.port), "db": "timers", "user": "root",
-                       "sql": "INSERT INTO fired (note) VALUES ('from a timer')"})
+    fire(
+        MysqlAction,
+        {
+            "port": str(mysql_db.port),
+            "db": "timers",
+            "user": "root",
+            "sql": "INSERT INTO fired (note) VALUES ('from a timer')",
+        },
+    )
     rows = mysql_query(mysql_db, "SELECT note FROM fired WHERE note = 'from a timer'", "timers")
     assert rows == [("from a timer",)]
 
@@ -205,14 +238,16 @@ def test_mysql_sql_error_is_clear_and_the_pool_keeps_working(mysql_db: ServerPro
             assert "1146" in str(e.value) and "missing" in str(e.value)
             assert f"mysql root@127.0.0.1:{mysql_db.port}/timers" in str(e.value)
             # The only pooled connection is usable again after the failure.
-            await _execute(MysqlAction, {**params, "sql": "INSERT INTO fired (note) "
-                                                          "VALUES ('after error')"})
+            await _execute(
+                MysqlAction, {**params, "sql": "INSERT INTO fired (note) VALUES ('after error')"}
+            )
         finally:
             await MysqlAction.close_shared()
 
     asyncio.run(main())
-    assert mysql_query(mysql_db, "SELECT count(*) FROM fired WHERE note = 'after error'",
-                       "timers") == [(1,)]
+    assert mysql_query(
+        mysql_db, "SELECT count(*) FROM fired WHERE note = 'after error'", "timers"
+    ) == [(1,)]
 
 
 def test_mysql_refused_timeout_and_missing_sql(mysql_db: ServerProcess) -> None:
@@ -221,8 +256,7 @@ def test_mysql_refused_timeout_and_missing_sql(mysql_db: ServerProcess) -> None:
         fire(MysqlAction, {"port": str(port), "sql": "SELECT 1"}, server_connect_timeout=2)
     started = time.monotonic()
     with pytest.raises(ActionFailed, match="timed out after 0.3 s"):
-        fire(MysqlAction, {"port": str(mysql_db.port), "sql": "SELECT SLEEP(5)",
-                           "timeout": "0.3"})
+        fire(MysqlAction, {"port": str(mysql_db.port), "sql": "SELECT SLEEP(5)", "timeout": "0.3"})
     assert time.monotonic() - started < 4
     with pytest.raises(ActionFailed, match="missing param sql"):
         fire(MysqlAction, {"port": str(mysql_db.port)})
@@ -241,8 +275,16 @@ def test_mysql_pool_is_bounded_by_max_connections(mysql_db: ServerProcess) -> No
 
 
 def test_beanstalk_puts_the_body_into_the_tube(beanstalk_server: ServerProcess) -> None:
-    fire(BeanstalkAction, {"port": str(beanstalk_server.port), "name": "timers",
-                           "body": '{"job": "ünïcode"}', "priority": "7", "ttr": "99"})
+    fire(
+        BeanstalkAction,
+        {
+            "port": str(beanstalk_server.port),
+            "name": "timers",
+            "body": '{"job": "ünïcode"}',
+            "priority": "7",
+            "ttr": "99",
+        },
+    )
     fire(BeanstalkAction, {"port": str(beanstalk_server.port), "body": "plain"})
     with greenstalk.Client(("127.0.0.1", beanstalk_server.port), watch="timers") as c:
         job = c.reserve(timeout=2)
@@ -261,8 +303,10 @@ def test_beanstalk_reuses_a_connection_across_tubes(beanstalk_server: ServerProc
         configure_actions(ActionSettings(beanstalk_max_connections=1))
         try:
             for tube in ("t1", "t2", "t1"):
-                await _execute(BeanstalkAction, {"port": str(beanstalk_server.port),
-                                                 "name": tube, "body": tube})
+                await _execute(
+                    BeanstalkAction,
+                    {"port": str(beanstalk_server.port), "name": tube, "body": tube},
+                )
         finally:
             await BeanstalkAction.close_shared()
 
@@ -299,8 +343,15 @@ def test_beanstalk_connections_are_bounded_by_max_connections(
     address = ("127.0.0.1", beanstalk_server.port)
     with greenstalk.Client(address) as c:
         before = c.stats()["total-connections"]
-    params = [{"port": str(beanstalk_server.port), "name": "bounded", "body": str(i),
-               "max_connections": "3"} for i in range(30)]
+    params = [
+        {
+            "port": str(beanstalk_server.port),
+            "name": "bounded",
+            "body": str(i),
+            "max_connections": "3",
+        }
+        for i in range(30)
+    ]
     assert fire_many(BeanstalkAction, params) == [None] * 30
     with greenstalk.Client(address, watch="bounded") as c:
         assert c.stats_tube("bounded")["current-jobs-ready"] == 30
@@ -322,8 +373,13 @@ def run_dispatcher(
     stats = Stats()
 
     async def main() -> int:
-        dispatcher = Dispatcher(ActionSettings(**settings), LoopClock(), runs.append,
-                                lambda k, v, s: statuses.append((k, v, s)), stats)
+        dispatcher = Dispatcher(
+            ActionSettings(**settings),
+            LoopClock(),
+            runs.append,
+            lambda k, v, s: statuses.append((k, v, s)),
+            stats,
+        )
         first = await dispatcher.run(plan, int(time.time() * 1000))
         if between is not None:
             await between()
@@ -341,14 +397,17 @@ def test_failed_firings_are_retried_and_every_attempt_recorded(
     redis_server: ServerProcess,
 ) -> None:
     port = closed_port()
-    plan = Plan(key="down", kind="at", action="redis",
-                params={"port": str(port), "command": "PING"})
+    plan = Plan(
+        key="down", kind="at", action="redis", params={"port": str(port), "command": "PING"}
+    )
     first, runs, statuses, stats = run_dispatcher(
         plan, retry_max_count=2, retry_delay_seconds=0.05, server_connect_timeout=2
     )
     assert first == -1
     assert [(r.attempt, r.result) for r in runs] == [
-        (1, RUN_WILL_RETRY), (2, RUN_WILL_RETRY), (3, RUN_FAILED)
+        (1, RUN_WILL_RETRY),
+        (2, RUN_WILL_RETRY),
+        (3, RUN_FAILED),
     ]
     assert all(f"redis 127.0.0.1:{port}/0" in r.error for r in runs)
     assert all(r.duration_ms >= 0 and r.action == "redis" for r in runs)
@@ -360,9 +419,13 @@ def test_failed_firings_are_retried_and_every_attempt_recorded(
 def test_a_retry_succeeds_once_the_target_is_ready(redis_server: ServerProcess) -> None:
     r = redis_sync.Redis(port=redis_server.port, db=6)
     r.delete("later")
-    plan = Plan(key="later", kind="at", action="redis", version=3,
-                params={"port": str(redis_server.port), "selected_db": "6",
-                        "command": "LSET later 0 done"})
+    plan = Plan(
+        key="later",
+        kind="at",
+        action="redis",
+        version=3,
+        params={"port": str(redis_server.port), "selected_db": "6", "command": "LSET later 0 done"},
+    )
 
     async def make_ready() -> None:
         r.rpush("later", "pending")

@@ -24,7 +24,11 @@ def test_scale_harness_quick_mode_runs_every_phase(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -32,10 +36,24 @@ def test_scale_harness_quick_mode_runs_every_phase(tmp_path: Path) -> None:
     sizes = doc["sizes"]
     assert "failed" not in values
     expected = {
-        "fill_rate", "rss_mb", "create_c32_rate", "bare_c32_rate", "create_vs_bare",
-        "remove_newest_rate", "remove_spread_rate", "keys_page_ms", "keys_v1_ms",
-        "crontab_rate", "ndjson_rate", "fire_p99_ms", "trivial_p99_ms", "trivial_rate",
-        "http_p99_ms", "start_sigterm_s", "start_sigkill_s", "rss_after_restart_mb",
+        "fill_rate",
+        "rss_mb",
+        "create_c32_rate",
+        "bare_c32_rate",
+        "create_vs_bare",
+        "remove_newest_rate",
+        "remove_spread_rate",
+        "keys_page_ms",
+        "keys_v1_ms",
+        "crontab_rate",
+        "ndjson_rate",
+        "fire_p99_ms",
+        "trivial_p99_ms",
+        "trivial_rate",
+        "http_p99_ms",
+        "start_sigterm_s",
+        "start_sigkill_s",
+        "rss_after_restart_mb",
     }
     assert expected <= set(values), expected - set(values)
     for phase in ("fire", "trivial", "http"):

@@ -56,8 +56,10 @@ class SlowTarget:
                     return
                 lines = head.decode("latin-1").split("\r\n")
                 path = lines[0].split(" ")[1]
-                headers = {k.lower(): v.strip() for k, _, v in
-                           (line.partition(":") for line in lines[1:] if line)}
+                headers = {
+                    k.lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
                 length = int(headers.get("content-length", "0") or 0)
                 if length:
                     await reader.readexactly(length)
@@ -88,13 +90,24 @@ class SlowTarget:
 
 def test_burst_of_20000_firings_against_a_slow_target_loses_none(tmp_path: Path) -> None:
     target = SlowTarget(TARGET_DELAY_S)
-    server = Server(tmp_path / "data", "--log-level", "WARNING",
-                    env={"ACTION_CONCURRENCY": str(CONCURRENCY),
-                         "ACTION_HTTP_MAX_CLIENTS": str(CONCURRENCY)}).start()
+    server = Server(
+        tmp_path / "data",
+        "--log-level",
+        "WARNING",
+        env={"ACTION_CONCURRENCY": str(CONCURRENCY), "ACTION_HTTP_MAX_CLIENTS": str(CONCURRENCY)},
+    ).start()
     try:
         url = f"http://127.0.0.1:{target.port}/fire?key="
-        plans = [{"key": f"burst-{i:05d}", "seconds": 3, "count": 1, "action": "http",
-                  "params": {"url": url + f"burst-{i:05d}"}} for i in range(N)]
+        plans = [
+            {
+                "key": f"burst-{i:05d}",
+                "seconds": 3,
+                "count": 1,
+                "action": "http",
+                "params": {"url": url + f"burst-{i:05d}"},
+            }
+            for i in range(N)
+        ]
         created_at = time.monotonic()
         created = server.ok("PUT", "/v1/plan", plans)
         assert len(created) == N
@@ -115,5 +128,7 @@ def test_burst_of_20000_firings_against_a_slow_target_loses_none(tmp_path: Path)
     assert info["action_executed_error_count"] == "0"
     # the slow target never saw more requests at once than the action's limit
     assert target.max_active <= CONCURRENCY
-    print(f"\nburst: {N} firings delivered {took:.1f} s after they came due, "
-          f"{len(keys) - N} duplicates, target peak concurrency {target.max_active}")
+    print(
+        f"\nburst: {N} firings delivered {took:.1f} s after they came due, "
+        f"{len(keys) - N} duplicates, target peak concurrency {target.max_active}"
+    )

@@ -32,14 +32,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert srv.stop() == 0
 
 
-def forsun(port: int, *args: str, stdin: str | None = None,
-           home: Path | None = None) -> subprocess.CompletedProcess[str]:
+def forsun(
+    port: int, *args: str, stdin: str | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if home is not None:
         env["HOME"] = str(home)
     return subprocess.run(
         [sys.executable, "-m", "forsun_box", "--port", str(port), *args],
-        capture_output=True, text=True, input=stdin, cwd=str(ROOT), env=env, timeout=30,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=str(ROOT),
+        env=env,
+        timeout=30,
     )
 
 
@@ -55,8 +61,9 @@ def fields(text: str) -> dict[str, str]:
 
 def test_set_as_separate_words_creates_delay_plan(server: Server) -> None:
     before = int(time.time())
-    r = forsun(server.thrift_port, "set", "c1", "*/50/2", "*", "*", "*", "*", "*",
-               "shell", "cmd=echo hi")
+    r = forsun(
+        server.thrift_port, "set", "c1", "*/50/2", "*", "*", "*", "*", "*", "shell", "cmd=echo hi"
+    )
     assert r.returncode == 0, r.stderr
     plan = fields(r.stdout)
     assert plan["key"] == "c1" and plan["is_time_out"] == "true"
@@ -68,8 +75,11 @@ def test_set_as_separate_words_creates_delay_plan(server: Server) -> None:
 
 def test_exe_runs_several_commands_and_keeps_quoted_url(server: Server) -> None:
     url = "http://127.0.0.1:9000/hook?a=1&b=x=y"
-    r = forsun(server.thrift_port, "--exe",
-               f"set c2 0 32 16 * * * http \"url='{url}'\"; get c2; rm c2; ls c2")
+    r = forsun(
+        server.thrift_port,
+        "--exe",
+        f"set c2 0 32 16 * * * http \"url='{url}'\"; get c2; rm c2; ls c2",
+    )
     assert r.returncode == 0, r.stderr
     blocks = r.stdout.strip().split("key:\t")[1:]
     assert len(blocks) == 3  # set, get, rm each print the plan; ls prints no key
@@ -86,21 +96,23 @@ def test_exe_runs_several_commands_and_keeps_quoted_url(server: Server) -> None:
 def test_one_string_command_as_forsun_takes_it(server: Server) -> None:
     r = forsun(server.thrift_port, "set c3 */600 * * * * * http url=http://x/;method=post")
     assert r.returncode == 0, r.stderr
-    assert server.ok("GET", "/v1/plan?key=c3")["params"] == {"url": "http://x/",
-                                                              "method": "post"}
+    assert server.ok("GET", "/v1/plan?key=c3")["params"] == {"url": "http://x/", "method": "post"}
 
 
 def test_ls_and_time(server: Server) -> None:
-    forsun(server.thrift_port, "--exe", "set ls-a */900 * * * * * shell true; "
-                                        "set ls-b */900 * * * * * shell true")
+    forsun(
+        server.thrift_port,
+        "--exe",
+        "set ls-a */900 * * * * * shell true; set ls-b */900 * * * * * shell true",
+    )
     r = forsun(server.thrift_port, "ls", "ls-")
     assert r.returncode == 0 and r.stdout.split() == ["ls-a", "ls-b"]
     at = server.ok("GET", "/v1/plan?key=ls-a")["next_time"]
     r = forsun(server.thrift_port, "time", str(at))
     assert r.returncode == 0, r.stderr
-    assert {"ls-a", "ls-b"} <= {v for k, v in
-                                (line.split(":\t", 1) for line in r.stdout.splitlines() if line)
-                                if k == "key"}
+    assert {"ls-a", "ls-b"} <= {
+        v for k, v in (line.split(":\t", 1) for line in r.stdout.splitlines() if line) if k == "key"
+    }
     local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     r2 = forsun(server.thrift_port, "time", local)
     assert r2.returncode == 0 and r2.stdout == r.stdout
@@ -131,19 +143,23 @@ def test_unreachable_server_is_one_line_and_status_1() -> None:
     assert "cannot connect" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("command, needle", [
-    ("get nope-nope", "1003"),
-    ("rm nope-nope", "1005"),
-    ("set k1 */5", "missing argument"),
-    ("set k1 x * * * * * shell true", "second"),
-    ("set k1 */5 * * * * * nosuch a=1", "1006"),
-    ("set k1 */5 * * * * * nosuch true", "1008"),
-    ("frobnicate", "unknown command"),
-    ("time yesterday", "time"),
-    ("get 'unterminated", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "command, needle",
+    [
+        ("get nope-nope", "1003"),
+        ("rm nope-nope", "1005"),
+        ("set k1 */5", "missing argument"),
+        ("set k1 x * * * * * shell true", "second"),
+        ("set k1 */5 * * * * * nosuch a=1", "1006"),
+        ("set k1 */5 * * * * * nosuch true", "1008"),
+        ("frobnicate", "unknown command"),
+        ("time yesterday", "time"),
+        ("get 'unterminated", "cannot parse"),
+    ],
+)
 def test_malformed_or_failing_command_is_one_line_and_status_1(
-        server: Server, command: str, needle: str) -> None:
+    server: Server, command: str, needle: str
+) -> None:
     r = forsun(server.thrift_port, command)
     assert r.returncode == 1
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -157,15 +173,19 @@ def test_stops_at_first_failing_command(server: Server) -> None:
 
 
 def test_commands_from_piped_stdin(server: Server) -> None:
-    r = forsun(server.thrift_port, stdin="set piped */900 * * * * * shell ls\nls piped\n"
-                                         "exit\nls\n")
+    r = forsun(server.thrift_port, stdin="set piped */900 * * * * * shell ls\nls piped\nexit\nls\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "piped"
 
 
 def test_forsun_box_help_client_shows_commands() -> None:
-    r = subprocess.run([sys.executable, "-m", "forsun_box", "help", "client"],
-                       capture_output=True, text=True, cwd=str(ROOT), timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "forsun_box", "help", "client"],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=30,
+    )
     assert r.returncode == 0 and "forsun> " not in r.stdout and "ls [PREFIX]" in r.stdout
 
 
@@ -196,8 +216,11 @@ def test_interactive_shell_through_a_pty(server: Server, tmp_path: Path) -> None
     pid, fd = pty.fork()
     if pid == 0:  # the child: the client on the pty
         os.chdir(str(ROOT))
-        os.execve(sys.executable, [sys.executable, "-m", "forsun_box", "--port",
-                                   str(server.thrift_port)], env)
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port)],
+            env,
+        )
     try:
         _read_until(fd, b"forsun> ")
         os.write(fd, b"set pty-key */900 * * * * * shell 'cmd=ls'\r")
@@ -227,10 +250,13 @@ def test_interactive_shell_through_a_pty(server: Server, tmp_path: Path) -> None
 
 def test_split_commands_respects_quotes() -> None:
     assert split_commands("set a 1 * * * * * shell 'x;y'; get a") == [
-        "set a 1 * * * * * shell 'x;y'", "get a"]
-    assert split_commands('ls; ; info;') == ["ls", "info"]
+        "set a 1 * * * * * shell 'x;y'",
+        "get a",
+    ]
+    assert split_commands("ls; ; info;") == ["ls", "info"]
     assert split_commands("set a 1 * * * * * http url=x;method=post") == [
-        "set a 1 * * * * * http url=x;method=post"]
+        "set a 1 * * * * * http url=x;method=post"
+    ]
 
 
 def test_parse_argv() -> None:
@@ -254,8 +280,15 @@ def test_format_params_round_trips_through_the_set_parser() -> None:
 def test_help_lists_the_added_commands() -> None:
     r = forsun(free_port(), "help")
     assert r.returncode == 0
-    for usage in ("pause KEY", "resume KEY", "fire KEY", "runs KEY [N]", "preview KEY [N]",
-                  'cron KEY "EXPR" ACTION PARAMS', 'at KEY "YYYY-mm-dd HH:MM:SS[.mmm]"'):
+    for usage in (
+        "pause KEY",
+        "resume KEY",
+        "fire KEY",
+        "runs KEY [N]",
+        "preview KEY [N]",
+        'cron KEY "EXPR" ACTION PARAMS',
+        'at KEY "YYYY-mm-dd HH:MM:SS[.mmm]"',
+    ):
         assert usage in r.stdout
 
 
@@ -329,22 +362,25 @@ def test_at_command_local_time_with_millis_and_unix_ms(server: Server) -> None:
     assert [int(x.split()[0]) for x in r.stdout.splitlines()] == [at_ms]
 
 
-@pytest.mark.parametrize("command, needle", [
-    ("pause nope-nope", "1003"),
-    ("resume nope-nope", "1003"),
-    ("fire nope-nope", "1003"),
-    ("preview nope-nope", "1003"),
-    ("pause", "usage: pause KEY"),
-    ("runs", "usage: runs KEY [N]"),
-    ("runs k x", "N must be a number"),
-    ("preview k 0", "N must be a number"),
-    ("cron k1 'not cron' shell cmd=true", "1008"),
-    ("cron k1 '* * * * *'", "usage: cron"),
-    ("cron k1 '* * * * *' nosuch a=1", "1006"),
-    ("at k1 tomorrow shell cmd=true", "at: expected"),
-    ("at k1 1000 shell cmd=true", "1002"),
-    ("at k1 '2030-01-01 00:00:00' nosuch a=1", "1006"),
-])
+@pytest.mark.parametrize(
+    "command, needle",
+    [
+        ("pause nope-nope", "1003"),
+        ("resume nope-nope", "1003"),
+        ("fire nope-nope", "1003"),
+        ("preview nope-nope", "1003"),
+        ("pause", "usage: pause KEY"),
+        ("runs", "usage: runs KEY [N]"),
+        ("runs k x", "N must be a number"),
+        ("preview k 0", "N must be a number"),
+        ("cron k1 'not cron' shell cmd=true", "1008"),
+        ("cron k1 '* * * * *'", "usage: cron"),
+        ("cron k1 '* * * * *' nosuch a=1", "1006"),
+        ("at k1 tomorrow shell cmd=true", "at: expected"),
+        ("at k1 1000 shell cmd=true", "1002"),
+        ("at k1 '2030-01-01 00:00:00' nosuch a=1", "1006"),
+    ],
+)
 def test_added_commands_fail_in_one_line(server: Server, command: str, needle: str) -> None:
     r = forsun(server.thrift_port, command)
     assert r.returncode == 1

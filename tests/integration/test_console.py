@@ -44,10 +44,12 @@ class Client:
         self.base = f"http://127.0.0.1:{port}"
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect)
+            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect
+        )
 
-    def request(self, method: str, path: str, form: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, str], str]:
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         try:
@@ -72,8 +74,13 @@ class Client:
 
 
 def delay(key: str, seconds: int = 3600, **kw: Any) -> dict[str, Any]:
-    body = {"key": key, "seconds": seconds, "count": 1, "action": "shell",
-            "params": {"cmd": "true"}}
+    body = {
+        "key": key,
+        "seconds": seconds,
+        "count": 1,
+        "action": "shell",
+        "params": {"cmd": "true"},
+    }
     body.update(kw)
     return body
 
@@ -83,9 +90,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("console")).start()
     plans = [delay(f"p:{i:03d}") for i in range(120)]
     plans.append(delay("x:every5", seconds=5, count=3, minute=0))
-    plans.append({"key": "x:daily", "seconds": 0, "minute": 32, "hour": 16,
-                  "action": "http", "params": {"url": "http://127.0.0.1:9/", "password": "pw1",
-                                               "api_token": "tk", "Authorization": "Basic x"}})
+    plans.append(
+        {
+            "key": "x:daily",
+            "seconds": 0,
+            "minute": 32,
+            "hour": 16,
+            "action": "http",
+            "params": {
+                "url": "http://127.0.0.1:9/",
+                "password": "pw1",
+                "api_token": "tk",
+                "Authorization": "Basic x",
+            },
+        }
+    )
     srv.ok("PUT", "/v1/plan", plans[:-1])
     srv.ok("POST", "/v1/plan", plans[-1])
     yield srv
@@ -150,8 +169,14 @@ def test_plans_list_columns(client: Client) -> None:
     every5 = rows["x:every5"]
     assert every5.select_one(".schedule").get_text() == "every 5 s, 3 times"
     assert every5.select_one(".count").get_text(strip=True) == "0 / 3"
-    assert every5.select_one(".rel").get_text() in ("in 5 s", "in 4 s", "in 3 s", "in 2 s",
-                                                     "in 1 s", "now")
+    assert every5.select_one(".rel").get_text() in (
+        "in 5 s",
+        "in 4 s",
+        "in 3 s",
+        "in 2 s",
+        "in 1 s",
+        "now",
+    )
     daily = rows["x:daily"]
     assert daily.select_one(".schedule").get_text() == "daily at 16:32:00"
     assert daily.select_one(".action").get_text() == "http"
@@ -192,8 +217,17 @@ def test_forms_need_the_xsrf_token(client: Client, server: Server) -> None:
 
 
 def test_create_with_preview_then_save(client: Client, server: Server) -> None:
-    form = {"key": "f:cal", "mode": "calendar", "second": "0", "minute": "0", "hour": "8",
-            "week": "1", "count": "0", "action": "shell", "params": "cmd=echo hi"}
+    form = {
+        "key": "f:cal",
+        "mode": "calendar",
+        "second": "0",
+        "minute": "0",
+        "hour": "8",
+        "week": "1",
+        "count": "0",
+        "action": "shell",
+        "params": "cmd=echo hi",
+    }
     status, _, body = client.post("/plans/new", {**form, "do": "preview"})
     soup = BeautifulSoup(body, "html.parser")
     assert status == 200
@@ -225,8 +259,9 @@ def test_create_with_preview_then_save(client: Client, server: Server) -> None:
         ({"mode": "delay", "second": "5", "params": "no equals sign"}, "params", "name=value"),
     ],
 )
-def test_validation_errors_inline(client: Client, fields: dict[str, str], field: str,
-                                  message: str) -> None:
+def test_validation_errors_inline(
+    client: Client, fields: dict[str, str], field: str, message: str
+) -> None:
     form = {"key": "f:bad", "action": "shell", **fields, "do": "save"}
     status, _, body = client.post("/plans/new", form)
     assert status == 400
@@ -238,14 +273,16 @@ def test_validation_errors_inline(client: Client, fields: dict[str, str], field:
 
 
 def test_cron_and_at_modes(client: Client, server: Server) -> None:
-    status, _, _ = client.post("/plans/new", {"key": "f:cron", "mode": "cron",
-                                              "cron": "*/10 * * * *", "action": "shell"})
+    status, _, _ = client.post(
+        "/plans/new", {"key": "f:cron", "mode": "cron", "cron": "*/10 * * * *", "action": "shell"}
+    )
     assert status == 302
     soup = client.page("/plan?key=f%3Acron")
     assert soup.select_one("#schedule").get_text() == "cron */10 * * * *"
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 7200))
-    status, _, _ = client.post("/plans/new", {"key": "f:at", "mode": "at", "at": at,
-                                              "timezone": "UTC", "action": "shell"})
+    status, _, _ = client.post(
+        "/plans/new", {"key": "f:at", "mode": "at", "at": at, "timezone": "UTC", "action": "shell"}
+    )
     assert status == 302
     soup = client.page("/plan?key=f%3Aat")
     assert soup.select_one("#schedule").get_text() == f"once at {at.replace('T', ' ')} (UTC)"
@@ -257,17 +294,39 @@ def test_edit_keeps_masked_secrets(client: Client, server: Server) -> None:
     assert soup.select_one("#key").has_attr("readonly")
     params = soup.select_one("#params").get_text()
     assert "password=••••••" in params and "pw1" not in params
-    form = {name: (soup.select_one(f"#{name}") or {}).get("value", "") or ""
-            for name in ("key", "second", "minute", "hour", "day", "month", "week", "count",
-                         "cron", "timezone")}
-    form.update({"mode": "calendar", "action": "http", "hour": "17",
-                 "params": params.replace("url=http://127.0.0.1:9/", "url=http://127.0.0.1:8/")})
+    form = {
+        name: (soup.select_one(f"#{name}") or {}).get("value", "") or ""
+        for name in (
+            "key",
+            "second",
+            "minute",
+            "hour",
+            "day",
+            "month",
+            "week",
+            "count",
+            "cron",
+            "timezone",
+        )
+    }
+    form.update(
+        {
+            "mode": "calendar",
+            "action": "http",
+            "hour": "17",
+            "params": params.replace("url=http://127.0.0.1:9/", "url=http://127.0.0.1:8/"),
+        }
+    )
     status, headers, _ = client.post("/plan/edit?key=x%3Adaily", form)
     assert status == 302, headers
     plan = server.ok("GET", "/v1/plan?key=x:daily")
     assert plan["hour"] == 17
-    assert plan["params"] == {"url": "http://127.0.0.1:8/", "password": "pw1", "api_token": "tk",
-                              "Authorization": "Basic x"}
+    assert plan["params"] == {
+        "url": "http://127.0.0.1:8/",
+        "password": "pw1",
+        "api_token": "tk",
+        "Authorization": "Basic x",
+    }
 
 
 def test_pause_resume_fire_delete(client: Client, server: Server) -> None:
@@ -276,8 +335,9 @@ def test_pause_resume_fire_delete(client: Client, server: Server) -> None:
     soup = client.page("/plan?key=p%3A001")
     assert soup.select_one("#paused-badge") is not None and soup.select_one("#resume")
     assert soup.select_one("#no-firings") is not None
-    assert "p:001" in [tr["data-key"] for tr in client.page("/plans?status=paused")
-                       .select("#plans tbody tr")]
+    assert "p:001" in [
+        tr["data-key"] for tr in client.page("/plans?status=paused").select("#plans tbody tr")
+    ]
     client.post("/plan/resume", {"key": "p:001"})
     soup = client.page("/plan?key=p%3A001")
     assert soup.select_one("#paused-badge") is None and soup.select_one("#pause")
@@ -320,8 +380,10 @@ def test_v1_pause_and_resume(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("console-locked"),
-                 env={"HTTP_CONSOLE_PASSWORD": PASSWORD, "HTTP_API_TOKEN": TOKEN}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("console-locked"),
+        env={"HTTP_CONSOLE_PASSWORD": PASSWORD, "HTTP_API_TOKEN": TOKEN},
+    ).start()
     yield srv
     assert srv.stop() == 0
 
@@ -334,12 +396,15 @@ def test_login_required(locked: Server) -> None:
     token = c.xsrf("/login")
     status, _, body = c.request("POST", "/login", {"_xsrf": token, "password": "wrong"})
     assert status == 403
-    assert BeautifulSoup(body, "html.parser").select_one("#login-error").get_text() == \
-        "Wrong password."
+    assert (
+        BeautifulSoup(body, "html.parser").select_one("#login-error").get_text()
+        == "Wrong password."
+    )
     status, _, _ = c.request("POST", "/login", {"password": PASSWORD})  # no XSRF token
     assert status == 403
-    status, headers, _ = c.request("POST", "/login", {"_xsrf": token, "password": PASSWORD,
-                                                      "next": "//evil.example/"})
+    status, headers, _ = c.request(
+        "POST", "/login", {"_xsrf": token, "password": PASSWORD, "next": "//evil.example/"}
+    )
     assert status == 302 and headers["Location"] == "/"  # never off-site
     soup = c.page("/")
     assert soup.select_one("#logout") is not None
@@ -371,17 +436,25 @@ def test_cookie_secret_persisted(locked: Server) -> None:
 # ------------------------------------------------------------------ open to the network
 
 
-def test_open_console_warns_and_shows_banner(tmp_path: Path,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_open_console_warns_and_shows_banner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """No login and a non-loopback bind: a loud log line and a banner on every page.
 
     Nothing listens beyond loopback here: the console's routes are built for
     an app configured for 0.0.0.0 and served on 127.0.0.1.
     """
-    config = SimpleNamespace(http_host="0.0.0.0", http_bind="0.0.0.0:9002", console_password="",
-                             api_token="", cookie_secret="", data_dir=str(tmp_path))
-    scheduler = SimpleNamespace(tz=ZoneInfo("UTC"),
-                                clock=SimpleNamespace(now_ms=lambda: int(time.time() * 1000)))
+    config = SimpleNamespace(
+        http_host="0.0.0.0",
+        http_bind="0.0.0.0:9002",
+        console_password="",
+        api_token="",
+        cookie_secret="",
+        data_dir=str(tmp_path),
+    )
+    scheduler = SimpleNamespace(
+        tz=ZoneInfo("UTC"), clock=SimpleNamespace(now_ms=lambda: int(time.time() * 1000))
+    )
     app = SimpleNamespace(config=config, scheduler=scheduler)
     with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
         routes, settings = console.install(app)
@@ -392,8 +465,7 @@ def test_open_console_warns_and_shows_banner(tmp_path: Path,
         port = free_port()
         server = web.listen(port, "127.0.0.1")
         try:
-            resp = await tornado.httpclient.AsyncHTTPClient().fetch(
-                f"http://127.0.0.1:{port}/when")
+            resp = await tornado.httpclient.AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/when")
             return resp.body.decode()
         finally:
             server.stop()

@@ -36,9 +36,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _plans(prefix: str, n: int = N) -> list[dict]:
-    return [{"key": f"{prefix}{i}", "seconds": 3600 + i, "count": 1 + i % 3, "action": "http",
-             "params": {"url": f"http://127.0.0.1:9/p?i={i}", "method": "post"}}
-            for i in range(n)]
+    return [
+        {
+            "key": f"{prefix}{i}",
+            "seconds": 3600 + i,
+            "count": 1 + i % 3,
+            "action": "http",
+            "params": {"url": f"http://127.0.0.1:9/p?i={i}", "method": "post"},
+        }
+        for i in range(n)
+    ]
 
 
 def _worker_of(server: Server) -> psutil.Process:
@@ -76,8 +83,9 @@ def test_a_big_array_is_answered_as_the_event_loop_answers_it(servers) -> None:
 
 def test_a_big_crontab_body(servers) -> None:
     with_worker, in_loop = servers
-    text = "".join(f"cron:{i} */{60 + i} * * * * * http url=http://127.0.0.1:9/c?i={i}\n"
-                   for i in range(N))
+    text = "".join(
+        f"cron:{i} */{60 + i} * * * * * http url=http://127.0.0.1:9/c?i={i}\n" for i in range(N)
+    )
     assert len(text) > WORKER_MIN_BYTES
     a = with_worker.ok("PUT", "/v1/plan", text, ctype="application/crontab")
     b = in_loop.ok("PUT", "/v1/plan", text, ctype="application/crontab")
@@ -85,15 +93,25 @@ def test_a_big_crontab_body(servers) -> None:
     assert a[3]["params"] == {"url": "http://127.0.0.1:9/c?i=3"}
 
 
-@pytest.mark.parametrize("spoil,status,errcode,says", [
-    (lambda b: b.__setitem__(N // 2, {**b[N // 2], "action": "nope"}), 200, 1006,
-     f"plan [{N // 2}]: unknown action"),
-    (lambda b: b.__setitem__(N - 1, {**b[N - 1], "seconds": "soon"}), 200, 1008,
-     f"plan [{N - 1}]: second must be an integer"),
-    (lambda b: b.__setitem__(3, 42), 200, 1008, "plan [3]: each plan must be a JSON object"),
-])
-def test_a_big_body_with_one_bad_plan_stores_nothing(servers, spoil, status, errcode,
-                                                      says) -> None:
+@pytest.mark.parametrize(
+    "spoil,status,errcode,says",
+    [
+        (
+            lambda b: b.__setitem__(N // 2, {**b[N // 2], "action": "nope"}),
+            200,
+            1006,
+            f"plan [{N // 2}]: unknown action",
+        ),
+        (
+            lambda b: b.__setitem__(N - 1, {**b[N - 1], "seconds": "soon"}),
+            200,
+            1008,
+            f"plan [{N - 1}]: second must be an integer",
+        ),
+        (lambda b: b.__setitem__(3, 42), 200, 1008, "plan [3]: each plan must be a JSON object"),
+    ],
+)
+def test_a_big_body_with_one_bad_plan_stores_nothing(servers, spoil, status, errcode, says) -> None:
     with_worker, in_loop = servers
     body = _plans("bad:")
     spoil(body)
@@ -148,8 +166,17 @@ def test_a_zone_read_from_a_file_reaches_the_worker(tmp_path: Path) -> None:
         pytest.skip("no zone files on this machine")
     server = Server(tmp_path, env={"TZ": str(zone_file)}).start()
     try:
-        body = [{"key": f"tokyo:{i}", "seconds": 0, "minute": i % 60, "hour": 9,
-                 "action": "shell", "params": {"cmd": "true"}} for i in range(N)]
+        body = [
+            {
+                "key": f"tokyo:{i}",
+                "seconds": 0,
+                "minute": i % 60,
+                "hour": 9,
+                "action": "shell",
+                "params": {"cmd": "true"},
+            }
+            for i in range(N)
+        ]
         created = server.ok("POST", "/v1/plan", body)
         tokyo = ZoneInfo("Asia/Tokyo")
         for p in created[:61]:
@@ -160,8 +187,7 @@ def test_a_zone_read_from_a_file_reaches_the_worker(tmp_path: Path) -> None:
 
 
 def _ndjson(server: Server, raw: bytes) -> list[dict]:
-    status, reply = server.call("POST", "/v2/plans:batch", raw=raw,
-                                ctype="application/x-ndjson")
+    status, reply = server.call("POST", "/v2/plans:batch", raw=raw, ctype="application/x-ndjson")
     assert status == 200, reply
     if isinstance(reply, dict):  # one line: urllib's caller parsed it whole
         return [reply]
@@ -171,13 +197,27 @@ def _ndjson(server: Server, raw: bytes) -> list[dict]:
 def test_a_big_v2_batch_is_answered_as_the_event_loop_answers_it(servers) -> None:
     """Lines of a v2 NDJSON batch are built in the worker too, a chunk at a time."""
     with_worker, in_loop = servers
-    lines = [json.dumps({"key": f"nd:{i}", "action": "shell", "params": {"cmd": "true"},
-                         "schedule": {"kind": "delay", "interval_ms": 60_000 + i}})
-             for i in range(N)]
+    lines = [
+        json.dumps(
+            {
+                "key": f"nd:{i}",
+                "action": "shell",
+                "params": {"cmd": "true"},
+                "schedule": {"kind": "delay", "interval_ms": 60_000 + i},
+            }
+        )
+        for i in range(N)
+    ]
     lines[10] = "{not json"
     lines[20] = json.dumps({"key": "nd:bad", "schedule": {"kind": "cron", "expr": "bad"}})
-    lines[30] = json.dumps({"key": "nd:1", "action": "shell", "params": {"cmd": "false"},
-                            "schedule": {"kind": "at", "at": 4083998400000}})  # nd:1 again
+    lines[30] = json.dumps(
+        {
+            "key": "nd:1",
+            "action": "shell",
+            "params": {"cmd": "false"},
+            "schedule": {"kind": "at", "at": 4083998400000},
+        }
+    )  # nd:1 again
     raw = ("\n".join(lines) + "\n").encode()
     assert len(raw) > WORKER_MIN_BYTES
     a, b = _ndjson(with_worker, raw), _ndjson(in_loop, raw)

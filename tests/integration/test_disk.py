@@ -40,8 +40,13 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def plan(key: str, pad: int = 0) -> dict[str, object]:
-    return {"key": key, "seconds": 3600, "count": 1, "action": "shell",
-            "params": {"cmd": "true", "pad": "x" * pad}}
+    return {
+        "key": key,
+        "seconds": 3600,
+        "count": 1,
+        "action": "shell",
+        "params": {"cmd": "true", "pad": "x" * pad},
+    }
 
 
 def _fill(path: Path) -> None:
@@ -98,8 +103,7 @@ def test_full_disk_answers_1004_keeps_serving_and_recovers(small_fs: Path) -> No
 
 
 @pytest.mark.parametrize("driver", ["sqlite", "mem"])
-def test_read_only_data_dir_stops_startup_with_a_clear_message(small_fs: Path,
-                                                               driver: str) -> None:
+def test_read_only_data_dir_stops_startup_with_a_clear_message(small_fs: Path, driver: str) -> None:
     data = small_fs / "data"
     srv = Server(data, "--driver", driver)
     srv.log_path = small_fs.parent / "server.log"

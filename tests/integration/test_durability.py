@@ -10,8 +10,13 @@ from tests.helpers import Server, Sink, wait_until
 
 
 def far(key: str, seconds: int = 3600, **kw):
-    body = {"key": key, "seconds": seconds, "count": 1, "action": "shell",
-            "params": {"cmd": "true", "n": key}}
+    body = {
+        "key": key,
+        "seconds": seconds,
+        "count": 1,
+        "action": "shell",
+        "params": {"cmd": "true", "n": key},
+    }
     body.update(kw)
     return body
 
@@ -20,8 +25,18 @@ def far(key: str, seconds: int = 3600, **kw):
 def test_restart_keeps_every_plan(tmp_path, driver: str) -> None:
     srv = Server(tmp_path, "--driver", driver).start()
     created = srv.ok("PUT", "/v1/plan", [far(f"keep:{i}", 3600 + i) for i in range(300)])
-    cal = srv.ok("POST", "/v1/plan", {"key": "keep:cal", "seconds": 1, "minute": 2, "hour": 3,
-                                      "action": "shell", "params": {"cmd": "x"}})
+    cal = srv.ok(
+        "POST",
+        "/v1/plan",
+        {
+            "key": "keep:cal",
+            "seconds": 1,
+            "minute": 2,
+            "hour": 3,
+            "action": "shell",
+            "params": {"cmd": "x"},
+        },
+    )
     assert srv.stop() == 0
     srv = Server(tmp_path, "--driver", driver)
     srv.start()
@@ -55,10 +70,28 @@ def test_plan_due_during_downtime(tmp_path, policy: str, expect_fire: bool) -> N
     sink = Sink()
     try:
         srv = Server(tmp_path, "--catchup", policy).start()
-        srv.ok("PUT", "/v1/plan", {"key": "down", "seconds": 2, "count": 1, "action": "http",
-                                   "params": {"url": sink.url("/down")}})
-        srv.ok("PUT", "/v1/plan", {"key": "later", "seconds": 3600, "count": 1,
-                                   "action": "http", "params": {"url": sink.url("/later")}})
+        srv.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "down",
+                "seconds": 2,
+                "count": 1,
+                "action": "http",
+                "params": {"url": sink.url("/down")},
+            },
+        )
+        srv.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "later",
+                "seconds": 3600,
+                "count": 1,
+                "action": "http",
+                "params": {"url": sink.url("/later")},
+            },
+        )
         assert srv.stop() == 0
         time.sleep(2.5)  # the plan comes due while the service is down
         assert sink.hits == []
@@ -66,8 +99,7 @@ def test_plan_due_during_downtime(tmp_path, policy: str, expect_fire: bool) -> N
         try:
             hits = sink.wait_for(1, timeout=3 if expect_fire else 1.5)
             assert [h[1] for h in hits] == (["/down"] if expect_fire else [])
-            assert wait_until(lambda: srv.call("GET", "/v1/plan?key=down")[1]["errcode"] == 1003,
-                              5)
+            assert wait_until(lambda: srv.call("GET", "/v1/plan?key=down")[1]["errcode"] == 1003, 5)
             assert srv.ok("GET", "/v1/plan?key=later")["key"] == "later"
         finally:
             srv.stop()
@@ -79,8 +111,17 @@ def test_repeating_plan_catch_up_fires_once_then_resumes(tmp_path) -> None:
     sink = Sink()
     try:
         srv = Server(tmp_path).start()
-        srv.ok("PUT", "/v1/plan", {"key": "every", "seconds": 1, "count": 0, "action": "http",
-                                   "params": {"url": sink.url("/e")}})
+        srv.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "every",
+                "seconds": 1,
+                "count": 0,
+                "action": "http",
+                "params": {"url": sink.url("/e")},
+            },
+        )
         sink.wait_for(1, timeout=5)
         srv.kill()
         n = len(sink.hits)

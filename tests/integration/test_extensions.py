@@ -62,9 +62,17 @@ def write(folder: Path, name: str, source: str) -> Path:
 
 def create_and_observe(server: Server, action: str, out: Path) -> str:
     """Create a one-shot plan of ``action`` firing in 1 s; return what it wrote."""
-    server.ok("PUT", "/v1/plan", {"key": "ext-job", "seconds": 1, "count": 1,
-                                  "action": action,
-                                  "params": {"file": str(out), "job": "invoice-42"}})
+    server.ok(
+        "PUT",
+        "/v1/plan",
+        {
+            "key": "ext-job",
+            "seconds": 1,
+            "count": 1,
+            "action": action,
+            "params": {"file": str(out), "job": "invoice-42"},
+        },
+    )
     assert wait_until(lambda: out.exists() and out.read_text().endswith("\n"), 15), server.log()
     return out.read_text()
 
@@ -73,9 +81,14 @@ def test_forsun_style_extension_via_forsun_flags(tmp_path: Path) -> None:
     ext_dir = tmp_path / "forsun-extensions"
     write(ext_dir, "work_ext.py", FORSUN_STYLE)
     marker = tmp_path / "uninit-ran"
-    server = Server(tmp_path / "data", "--extension-path", str(ext_dir),
-                    "--extension", "work_ext.WorkExtension",
-                    env={"WORK_UNINIT_MARKER": str(marker)}).start()
+    server = Server(
+        tmp_path / "data",
+        "--extension-path",
+        str(ext_dir),
+        "--extension",
+        "work_ext.WorkExtension",
+        env={"WORK_UNINIT_MARKER": str(marker)},
+    ).start()
     try:
         info = server.ok("GET", "/v1/info")
         assert "work" in info["actions"].split(";")
@@ -94,8 +107,9 @@ def test_forsun_style_extension_via_the_conf_file(tmp_path: Path) -> None:
     ext_dir = tmp_path / "forsun-extensions"
     write(ext_dir, "work_ext.py", FORSUN_STYLE)
     conf = tmp_path / "forsun.conf"
-    conf.write_text(f"log_level = INFO\n\n[extension]\npath = {ext_dir}\n"
-                    "extensions = work_ext.WorkExtension\n")
+    conf.write_text(
+        f"log_level = INFO\n\n[extension]\npath = {ext_dir}\nextensions = work_ext.WorkExtension\n"
+    )
     server = Server(tmp_path / "data", "--conf", str(conf)).start()
     try:
         info = server.ok("GET", "/v1/info")
@@ -109,7 +123,10 @@ def test_drop_in_folder_is_loaded_without_naming_anything(tmp_path: Path) -> Non
     data = tmp_path / "data"
     write(data / "extensions", "work_ext.py", FORSUN_STYLE)
     write(data / "extensions" / "lib", "shared_helper.py", "TAG = 'from-lib'\n")
-    write(data / "extensions", "tagger.py", """
+    write(
+        data / "extensions",
+        "tagger.py",
+        """
         import asyncio
         from shared_helper import TAG
         from forsun_box.actions.base import Action
@@ -128,7 +145,8 @@ def test_drop_in_folder_is_loaded_without_naming_anything(tmp_path: Path) -> Non
             name = "tagger"
             def register(self):
                 self.register_action("tag", Tag)
-    """)
+    """,
+    )
     server = Server(data).start()
     try:
         info = server.ok("GET", "/v1/info")
@@ -142,17 +160,26 @@ def test_drop_in_folder_is_loaded_without_naming_anything(tmp_path: Path) -> Non
 def test_broken_extensions_are_reported_and_the_service_serves(tmp_path: Path) -> None:
     folder = tmp_path / "drop-in"
     syntax = write(folder, "broken_syntax.py", "class Nope(:\n    pass\n")
-    failing = write(folder, "broken_register.py", """
+    failing = write(
+        folder,
+        "broken_register.py",
+        """
         from forsun.extension import Extension
 
         class Failing(Extension):
             name = "failing"
             def register(self):
                 raise RuntimeError("cannot reach the broker")
-    """)
+    """,
+    )
     write(folder, "work_ext.py", FORSUN_STYLE)
-    server = Server(tmp_path / "data", "--extensions-dir", str(folder),
-                    "--extension", "not_installed_anywhere.Thing").start()
+    server = Server(
+        tmp_path / "data",
+        "--extensions-dir",
+        str(folder),
+        "--extension",
+        "not_installed_anywhere.Thing",
+    ).start()
     try:
         info = server.ok("GET", "/v1/info")
         assert info["extensions"] == "work"
@@ -170,7 +197,10 @@ def test_broken_extensions_are_reported_and_the_service_serves(tmp_path: Path) -
 
 def test_an_extension_store_is_chosen_with_driver(tmp_path: Path) -> None:
     folder = tmp_path / "drop-in"
-    write(folder, "volatile_store.py", """
+    write(
+        folder,
+        "volatile_store.py",
+        """
         from forsun.extension import Extension
         from forsun_box.store.memory import MemoryStore
 
@@ -184,15 +214,20 @@ def test_an_extension_store_is_chosen_with_driver(tmp_path: Path) -> None:
             name = "volatile-store"
             def register(self):
                 self.register_store("volatile", VolatileStore)
-    """)
-    server = Server(tmp_path / "data", "--extensions-dir", str(folder),
-                    "--driver", "volatile").start()
+    """,
+    )
+    server = Server(
+        tmp_path / "data", "--extensions-dir", str(folder), "--driver", "volatile"
+    ).start()
     try:
         info = server.ok("GET", "/v1/info")
         assert info["current_store"] == "volatile"
         assert "volatile" in info["stores"].split(";")
-        server.ok("PUT", "/v1/plan", {"key": "v1", "seconds": 600, "action": "shell",
-                                      "params": {"cmd": "true"}})
+        server.ok(
+            "PUT",
+            "/v1/plan",
+            {"key": "v1", "seconds": 600, "action": "shell", "params": {"cmd": "true"}},
+        )
         assert server.ok("GET", "/v1/keys?prefix=v") == ["v1"]
     finally:
         assert server.stop() == 0

@@ -22,8 +22,12 @@ from tests.helpers import Server
 EXAMPLES = os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES_HTTP", "20")
 _S = {"type": "string"}
 _I = {"type": "integer"}
-_REPLY = {"200": {"description": "errcode/errmsg/data", "content": {"application/json": {
-    "schema": {"type": "object"}}}}}
+_REPLY = {
+    "200": {
+        "description": "errcode/errmsg/data",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 def _q(name: str, schema: dict[str, object], required: bool = False) -> dict[str, object]:
@@ -33,13 +37,25 @@ def _q(name: str, schema: dict[str, object], required: bool = False) -> dict[str
 _PLAN = {
     "type": "object",
     "properties": {
-        "key": _S, "second": _I, "minute": _I, "hour": _I, "day": _I, "month": _I,
-        "week": _I, "count": _I, "action": {"type": "string", "enum": ["shell", "http", "x"]},
+        "key": _S,
+        "second": _I,
+        "minute": _I,
+        "hour": _I,
+        "day": _I,
+        "month": _I,
+        "week": _I,
+        "count": _I,
+        "action": {"type": "string", "enum": ["shell", "http", "x"]},
         "params": {"type": "object", "additionalProperties": _S},
     },
 }
-_BODY = {"content": {"application/json": {"schema": {"oneOf": [
-    _PLAN, {"type": "array", "items": _PLAN, "maxItems": 5}]}}}}
+_BODY = {
+    "content": {
+        "application/json": {
+            "schema": {"oneOf": [_PLAN, {"type": "array", "items": _PLAN, "maxItems": 5}]}
+        }
+    }
+}
 
 V1 = {
     "openapi": "3.0.3",
@@ -73,12 +89,33 @@ def _schemathesis(schema: str, base: str, workdir: Path, *extra: str) -> tuple[i
     exe = Path(sys.executable).with_name("schemathesis")
     if not exe.exists():
         pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
-    argv = [str(exe), "run", schema, "--url", base, "-n", EXAMPLES,
-            "-c", "not_a_server_error", "--seed", "8", "--request-timeout", "10",
-            "--generation-database", "none", *extra]
+    argv = [
+        str(exe),
+        "run",
+        schema,
+        "--url",
+        base,
+        "-n",
+        EXAMPLES,
+        "-c",
+        "not_a_server_error",
+        "--seed",
+        "8",
+        "--request-timeout",
+        "10",
+        "--generation-database",
+        "none",
+        *extra,
+    ]
     # its own working files (.schemathesis/) go to workdir, not the repository
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=workdir,
-                          env={**os.environ, "NO_COLOR": "1"})
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=workdir,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -90,8 +127,9 @@ def _cases(output: str) -> int:
 def test_v2_openapi_fuzz_no_server_error(server: Server, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{server.http_port}"
     # ndjson batches have no serializer in schemathesis; the JSON batch form is fuzzed
-    rc, out = _schemathesis(f"{base}/v2/openapi.json", base, tmp_path,
-                            "--exclude-path", "/v2/plans:batch")
+    rc, out = _schemathesis(
+        f"{base}/v2/openapi.json", base, tmp_path, "--exclude-path", "/v2/plans:batch"
+    )
     print(f"v2 fuzz cases: {_cases(out)}")
     assert rc == 0, out[-6000:]
     assert _cases(out) >= 100, out[-3000:]

@@ -25,8 +25,12 @@ from forsun_box.thrift.forsun import Forsun
 from tests.helpers import Server, thrift_client
 
 EXAMPLES = int(os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 RAN: Counter[str] = Counter()
 
 
@@ -48,10 +52,18 @@ def _message(name: str, args: object) -> bytes:
 
 VALID = [
     _message("ping", Forsun.ping_args()),
-    _message("createTimeout", Forsun.createTimeout_args(
-        key="fz", second=3600, count=1, action="shell", params={"cmd": "true"})),
-    _message("create", Forsun.create_args(key="fzc", second=1, minute=2, hour=3,
-                                          action="shell", params={"cmd": "true"})),
+    _message(
+        "createTimeout",
+        Forsun.createTimeout_args(
+            key="fz", second=3600, count=1, action="shell", params={"cmd": "true"}
+        ),
+    ),
+    _message(
+        "create",
+        Forsun.create_args(
+            key="fzc", second=1, minute=2, hour=3, action="shell", params={"cmd": "true"}
+        ),
+    ),
     _message("getKeys", Forsun.getKeys_args(prefix="fz")),
     _message("info", Forsun.info_args()),
 ]
@@ -59,13 +71,22 @@ VALID = [
 
 def _frames() -> st.SearchStrategy[bytes]:
     valid = st.sampled_from(VALID)
-    mutated = st.tuples(valid, st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
-                                        min_size=1, max_size=6)).map(_mutate)
+    mutated = st.tuples(
+        valid, st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6)
+    ).map(_mutate)
     truncated = st.tuples(valid, st.integers(0, 200)).map(lambda t: t[0][: t[1]])
-    oversized = st.tuples(st.sampled_from([b"\x0b", b"\x0d", b"\x0f", b"\x0c"]),
-                          st.integers(2**20, 2**31 - 1)).map(
-        lambda t: struct.pack("!iI", -2147418111, 3) + b"get" + struct.pack("!i", 1)
-        + t[0] + b"\x00\x01" + struct.pack("!i", t[1]))
+    oversized = st.tuples(
+        st.sampled_from([b"\x0b", b"\x0d", b"\x0f", b"\x0c"]), st.integers(2**20, 2**31 - 1)
+    ).map(
+        lambda t: (
+            struct.pack("!iI", -2147418111, 3)
+            + b"get"
+            + struct.pack("!i", 1)
+            + t[0]
+            + b"\x00\x01"
+            + struct.pack("!i", t[1])
+        )
+    )
     framed = valid.map(lambda m: struct.pack("!i", len(m)) + m)  # a framed client
     appended = st.tuples(valid, st.binary(max_size=64)).map(lambda t: t[0] + t[1])
     return st.one_of(st.binary(max_size=512), mutated, truncated, oversized, framed, appended)
@@ -98,8 +119,9 @@ def bystander(server: Server) -> Iterator[Forsun.Client]:
         yield client
 
 
-def test_thrift_frames_never_crash_or_hang_the_server(server: Server,
-                                                      bystander: Forsun.Client) -> None:
+def test_thrift_frames_never_crash_or_hang_the_server(
+    server: Server, bystander: Forsun.Client
+) -> None:
     @FUZZ
     @given(_frames())
     def case(frame: bytes) -> None:

@@ -11,9 +11,24 @@ import pytest
 
 from tests.helpers import Server, Sink
 
-PLAN_FIELDS = {"key", "second", "minute", "hour", "day", "month", "week", "status", "count",
-               "is_time_out", "next_time", "current_count", "last_timeout", "created_time",
-               "action", "params"}
+PLAN_FIELDS = {
+    "key",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "month",
+    "week",
+    "status",
+    "count",
+    "is_time_out",
+    "next_time",
+    "current_count",
+    "last_timeout",
+    "created_time",
+    "action",
+    "params",
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +39,17 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def delay(key: str, seconds: int = 3600, **kw):
-    body = {"key": key, "seconds": seconds, "minute": 0, "hour": 0, "day": 0, "month": 0,
-            "count": 1, "action": "shell", "params": {"cmd": "true"}}
+    body = {
+        "key": key,
+        "seconds": seconds,
+        "minute": 0,
+        "hour": 0,
+        "day": 0,
+        "month": 0,
+        "count": 1,
+        "action": "shell",
+        "params": {"cmd": "true"},
+    }
     body.update(kw)
     return body
 
@@ -49,9 +73,18 @@ def test_put_creates_delay_plan_with_forsun_shape(server: Server) -> None:
 
 
 def test_post_creates_calendar_plan_and_get_reads_it(server: Server) -> None:
-    plan = server.ok("POST", "/v1/plan", {"key": "daily", "seconds": 0, "minute": 32,
-                                          "hour": 16, "action": "shell",
-                                          "params": {"cmd": "date"}})
+    plan = server.ok(
+        "POST",
+        "/v1/plan",
+        {
+            "key": "daily",
+            "seconds": 0,
+            "minute": 32,
+            "hour": 16,
+            "action": "shell",
+            "params": {"cmd": "date"},
+        },
+    )
     assert plan["is_time_out"] is False
     assert (plan["day"], plan["month"], plan["week"]) == (-1, -1, -1)
     lt = time.localtime(plan["next_time"])
@@ -71,8 +104,9 @@ def test_no_content_type_means_json(server: Server) -> None:
     plan = server.ok("PUT", "/v1/plan", delay("noctype"), ctype=None)
     assert plan["key"] == "noctype"
     # what `curl -d` sends without -H
-    plan = server.ok("PUT", "/v1/plan", delay("formtype"),
-                     ctype="application/x-www-form-urlencoded")
+    plan = server.ok(
+        "PUT", "/v1/plan", delay("formtype"), ctype="application/x-www-form-urlencoded"
+    )
     assert plan["key"] == "formtype"
 
 
@@ -106,16 +140,25 @@ def test_json_array_creates_many(server: Server) -> None:
 
 
 def test_json_array_elements_may_choose_their_mode(server: Server) -> None:
-    plans = server.ok("PUT", "/v1/plan", [
-        {"key": "mode:cal", "seconds": 5, "minute": 4, "method": "create"},
-        {"key": "mode:delay", "seconds": 5, "method": "createTimeout"},
-        {"key": "mode:default", "seconds": 5},
-        {"key": "mode:odd", "seconds": 5, "method": ["create"]},  # not a name: no choice
-        {"key": "mode:unknown", "seconds": 5, "method": "remove"},
-    ])
+    plans = server.ok(
+        "PUT",
+        "/v1/plan",
+        [
+            {"key": "mode:cal", "seconds": 5, "minute": 4, "method": "create"},
+            {"key": "mode:delay", "seconds": 5, "method": "createTimeout"},
+            {"key": "mode:default", "seconds": 5},
+            {"key": "mode:odd", "seconds": 5, "method": ["create"]},  # not a name: no choice
+            {"key": "mode:unknown", "seconds": 5, "method": "remove"},
+        ],
+    )
     modes = {p["key"]: p["is_time_out"] for p in plans}
-    assert modes == {"mode:cal": False, "mode:delay": True, "mode:default": True,
-                     "mode:odd": True, "mode:unknown": True}
+    assert modes == {
+        "mode:cal": False,
+        "mode:delay": True,
+        "mode:default": True,
+        "mode:odd": True,
+        "mode:unknown": True,
+    }
 
 
 def test_json_array_with_one_bad_plan_stores_nothing(server: Server) -> None:
@@ -223,8 +266,14 @@ def test_calendar_instant_in_the_past_is_1002(server: Server) -> None:
     t = time.localtime(time.time() - 86400 * 2)
     if t.tm_year != time.localtime().tm_year:
         pytest.skip("two days ago was last year")
-    body = {"key": "past", "seconds": t.tm_sec, "minute": t.tm_min, "hour": t.tm_hour,
-            "day": t.tm_mday, "month": t.tm_mon}
+    body = {
+        "key": "past",
+        "seconds": t.tm_sec,
+        "minute": t.tm_min,
+        "hour": t.tm_hour,
+        "day": t.tm_mday,
+        "month": t.tm_mon,
+    }
     _, reply = server.call("POST", "/v1/plan", body)
     assert reply["errcode"] == 1002
 
@@ -242,8 +291,9 @@ def test_unknown_content_type_is_400(server: Server) -> None:
 
 
 def test_bad_crontab_line_names_the_line(server: Server) -> None:
-    status, reply = server.call("PUT", "/v1/plan", "ok1 */5 * * * * * shell ls\nbad x",
-                                ctype="application/crontab")
+    status, reply = server.call(
+        "PUT", "/v1/plan", "ok1 */5 * * * * * shell ls\nbad x", ctype="application/crontab"
+    )
     assert status == 200 and reply["errcode"] in (1007, 1008)
     assert "line 2" in reply["errmsg"]
     assert server.ok("GET", "/v1/keys?prefix=ok1") == []
@@ -263,8 +313,13 @@ def test_body_over_limit_is_refused_with_message(tmp_path) -> None:
 def _chunked_put(port: int, parts: list[bytes]) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("PUT", "/v1/plan", body=iter(parts), encode_chunked=True,
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "PUT",
+            "/v1/plan",
+            body=iter(parts),
+            encode_chunked=True,
+            headers={"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -277,8 +332,9 @@ def test_streamed_body_is_cut_off_at_the_limit(tmp_path) -> None:
     try:
         body = json.dumps([delay(f"chunk{i}") for i in range(30)]).encode()[:1500] + b"]"
         # (beyond twice the limit, tornado itself drops the connection)
-        status, reply = _chunked_put(srv.http_port, [body[i:i + 300]
-                                                     for i in range(0, len(body), 300)])
+        status, reply = _chunked_put(
+            srv.http_port, [body[i : i + 300] for i in range(0, len(body), 300)]
+        )
         assert status == 413 and reply["errcode"] == 1009
         assert srv.ok("GET", "/v1/keys?prefix=chunk") == []
         small = json.dumps(delay("chunk-ok")).encode()
@@ -292,8 +348,12 @@ def test_create_answer_headers_and_keep_alive(server: Server) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
     try:
         for key in ("ka-1", "ka-2"):  # one connection, two creates
-            conn.request("PUT", "/v1/plan", body=json.dumps(delay(key)),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "PUT",
+                "/v1/plan",
+                body=json.dumps(delay(key)),
+                headers={"Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             reply = json.loads(resp.read())
             assert resp.status == 200 and reply["data"]["key"] == key
@@ -311,13 +371,15 @@ def test_client_leaving_mid_request_is_counted_and_harmless(server: Server) -> N
     before = int(server.ok("GET", "/v1/info")["http_requested_count"])
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
         # headers and half the body, then gone
-        s.sendall(b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-                  b'{"key": "left-early"')
+        s.sendall(
+            b'PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"key": "left-early"'
+        )
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as s:
         # a whole request, gone before its answer: the plan is still created
         body = json.dumps(delay("left-after")).encode()
-        s.sendall(b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                  % (len(body), body))
+        s.sendall(
+            b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
     deadline = time.monotonic() + 10
     while server.call("GET", "/v1/plan?key=left-after")[1]["errcode"] != 0:
         assert time.monotonic() < deadline, "the whole request's plan was not created"
@@ -341,8 +403,10 @@ def test_unknown_path_and_method(server: Server) -> None:
 
 def test_bad_input_never_corrupts_stored_plans(server: Server) -> None:
     keep = server.ok("PUT", "/v1/plan", delay("precious", seconds=9999))
-    for bad in ({"key": "precious", "seconds": "x"}, {"key": "precious", "action": "nope",
-                                                       "seconds": 4}):
+    for bad in (
+        {"key": "precious", "seconds": "x"},
+        {"key": "precious", "action": "nope", "seconds": 4},
+    ):
         _, reply = server.call("PUT", "/v1/plan", bad)
         assert reply["errcode"] != 0
     assert server.ok("GET", "/v1/plan?key=precious") == keep
@@ -353,8 +417,11 @@ def test_bad_input_never_corrupts_stored_plans(server: Server) -> None:
 
 def test_shell_plan_fires(server: Server, tmp_path) -> None:
     out = tmp_path / "fired"
-    server.ok("PUT", "/v1/plan", delay("fire-shell", seconds=1,
-                                       params={"cmd": f"echo $FORSUN_TIMESTAMP >> {out}"}))
+    server.ok(
+        "PUT",
+        "/v1/plan",
+        delay("fire-shell", seconds=1, params={"cmd": f"echo $FORSUN_TIMESTAMP >> {out}"}),
+    )
     deadline = time.time() + 10
     # the shell creates the file (>>) before echo writes the line: wait for the line
     while time.time() < deadline and not (out.exists() and out.read_text().endswith("\n")):
@@ -380,15 +447,26 @@ def test_http_plan_fires_within_50ms(server: Server) -> None:
             now = time.time()
             target = int(now) + 2
             lt = time.localtime(target)
-            server.ok("POST", "/v1/plan", {
-                "key": f"precise{i}", "seconds": lt.tm_sec, "minute": lt.tm_min,
-                "hour": lt.tm_hour, "count": 1, "action": "http",
-                "params": {"url": sink.url(f"/p{i}"), "method": "post", "body": "x"}})
+            server.ok(
+                "POST",
+                "/v1/plan",
+                {
+                    "key": f"precise{i}",
+                    "seconds": lt.tm_sec,
+                    "minute": lt.tm_min,
+                    "hour": lt.tm_hour,
+                    "count": 1,
+                    "action": "http",
+                    "params": {"url": sink.url(f"/p{i}"), "method": "post", "body": "x"},
+                },
+            )
             hits = sink.wait_for(i + 1, timeout=5)
             assert len(hits) == i + 1
             arrival, path, headers = hits[-1]
             assert path == f"/p{i}"
-            assert {k.lower(): v for k, v in headers.items()}.get("x-forsun-timestamp") == str(target)
+            assert {k.lower(): v for k, v in headers.items()}.get("x-forsun-timestamp") == str(
+                target
+            )
             lateness.append(arrival - target * 1000)
         assert all(0 <= ms <= 50 for ms in lateness), lateness
     finally:
@@ -398,8 +476,17 @@ def test_http_plan_fires_within_50ms(server: Server) -> None:
 def test_repeating_plan_keeps_count_and_status(server: Server) -> None:
     sink = Sink()
     try:
-        server.ok("PUT", "/v1/plan", {"key": "rep", "seconds": 1, "count": 3, "action": "http",
-                                      "params": {"url": sink.url("/rep")}})
+        server.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "rep",
+                "seconds": 1,
+                "count": 3,
+                "action": "http",
+                "params": {"url": sink.url("/rep")},
+            },
+        )
         hits = sink.wait_for(2, timeout=6)
         assert len(hits) >= 2
         mid = server.ok("GET", "/v1/plan?key=rep")
@@ -417,8 +504,17 @@ def test_repeating_plan_keeps_count_and_status(server: Server) -> None:
 def test_failed_http_sets_status_failed(server: Server) -> None:
     sink = Sink()
     try:
-        server.ok("PUT", "/v1/plan", {"key": "fails", "seconds": 1, "count": 0, "action": "http",
-                                      "params": {"url": "http://127.0.0.1:9/closed"}})
+        server.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "fails",
+                "seconds": 1,
+                "count": 0,
+                "action": "http",
+                "params": {"url": "http://127.0.0.1:9/closed"},
+            },
+        )
         deadline = time.time() + 8
         plan = None
         while time.time() < deadline:

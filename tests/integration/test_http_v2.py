@@ -36,9 +36,15 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     assert srv.stop() == 0
 
 
-def request(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None,
-            ctype: str = "application/json",
-            headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    ctype: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
     if data is not None:
@@ -52,8 +58,15 @@ def request(port: int, method: str, path: str, body: Any = None, raw: bytes | No
         return e.code, e.headers.get("Content-Type", ""), e.read()
 
 
-def api(srv: Server, method: str, template: str, path: str | None = None, body: Any = None,
-        expect: int = 200, **kw: Any) -> Any:
+def api(
+    srv: Server,
+    method: str,
+    template: str,
+    path: str | None = None,
+    body: Any = None,
+    expect: int = 200,
+    **kw: Any,
+) -> Any:
     """One request, checked against the OpenAPI document for ``template``."""
     status, ctype, raw = request(srv.http_port, method, path or template, body, **kw)
     assert status == expect, (status, raw[:500])
@@ -119,11 +132,23 @@ def test_problem_details_and_status_codes(server: Server) -> None:
     status, ctype, raw = request(server.http_port, "PUT", "/v2/plans/bad", raw=b"{nope")
     assert (status, ctype) == (400, "application/problem+json")
     COVERED.add(("/v2/plans/{key}", "put"))
-    invalid = api(server, "PUT", "/v2/plans/{key}", "/v2/plans/bad",
-                  {"schedule": {"kind": "cron", "expr": "99 * * * *"}}, expect=422)
+    invalid = api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/bad",
+        {"schedule": {"kind": "cron", "expr": "99 * * * *"}},
+        expect=422,
+    )
     assert invalid["code"] == 1008 and invalid["type"].endswith("invalid-value")
-    never = api(server, "PUT", "/v2/plans/{key}", "/v2/plans/bad",
-                {"schedule": {"kind": "at", "at": "2001-01-01T00:00:00Z"}}, expect=422)
+    never = api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/bad",
+        {"schedule": {"kind": "at", "at": "2001-01-01T00:00:00Z"}},
+        expect=422,
+    )
     assert never["code"] == 1002
     api(server, "POST", "/v2/plans", body={"schedule": {"kind": "at", "at": 1}}, expect=422)
     missing = api(server, "GET", "/v2/plans/{key}", "/v2/plans/nope", expect=404)
@@ -138,71 +163,157 @@ def test_problem_details_and_status_codes(server: Server) -> None:
 
 def test_every_kind_with_zones_and_bounds(server: Server) -> None:
     tpl = "/v2/plans/{key}"
-    at = api(server, "PUT", tpl, "/v2/plans/k-at",
-             {**SHELL, "schedule": {"kind": "at", "at": "2099-06-01T12:00:00.250Z"}}, expect=201)
+    at = api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/k-at",
+        {**SHELL, "schedule": {"kind": "at", "at": "2099-06-01T12:00:00.250Z"}},
+        expect=201,
+    )
     assert at["next_time"] == "2099-06-01T12:00:00.250Z"
     assert at["next_time_ms"] == 4083998400250
-    unix = api(server, "PUT", tpl, "/v2/plans/k-at-ms",
-               {**SHELL, "schedule": {"kind": "at", "at": 4083998400250}}, expect=201)
+    unix = api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/k-at-ms",
+        {**SHELL, "schedule": {"kind": "at", "at": 4083998400250}},
+        expect=201,
+    )
     assert unix["next_time"] == at["next_time"]
-    cal = api(server, "PUT", tpl, "/v2/plans/k-cal",
-              {**SHELL, "timezone": "Asia/Tokyo",
-               "schedule": {"kind": "calendar", "second": 0, "minute": 30, "hour": 9}},
-              expect=201)
+    cal = api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/k-cal",
+        {
+            **SHELL,
+            "timezone": "Asia/Tokyo",
+            "schedule": {"kind": "calendar", "second": 0, "minute": 30, "hour": 9},
+        },
+        expect=201,
+    )
     assert cal["next_time"].endswith("T00:30:00.000Z")  # 09:30 in Tokyo
-    six = api(server, "PUT", tpl, "/v2/plans/k-cron6",
-              {**SHELL, "schedule": {"kind": "cron", "expr": "*/20 * * * * *", "count": 2}},
-              expect=201)
+    six = api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/k-cron6",
+        {**SHELL, "schedule": {"kind": "cron", "expr": "*/20 * * * * *", "count": 2}},
+        expect=201,
+    )
     assert six["next_time_ms"] % 20_000 == 0
-    bounded = api(server, "PUT", tpl, "/v2/plans/k-bounded",
-                  {**SHELL, "start": "2099-01-01T10:00:00", "end": "2099-01-01T12:00:00Z",
-                   "schedule": {"kind": "cron", "expr": "0 * * * *"}, "timezone": "UTC"},
-                  expect=201)
+    bounded = api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/k-bounded",
+        {
+            **SHELL,
+            "start": "2099-01-01T10:00:00",
+            "end": "2099-01-01T12:00:00Z",
+            "schedule": {"kind": "cron", "expr": "0 * * * *"},
+            "timezone": "UTC",
+        },
+        expect=201,
+    )
     assert bounded["end"] == "2099-01-01T12:00:00.000Z"
     fires = api(server, "GET", "/v2/plans/{key}/preview", "/v2/plans/k-bounded/preview?n=5")
     assert fires["fires"] == ["2099-01-01T10:00:00.000Z", "2099-01-01T11:00:00.000Z"]
 
 
 def test_jitter_and_misfire_round_trip(server: Server) -> None:
-    plan = api(server, "PUT", "/v2/plans/{key}", "/v2/plans/jit",
-               {**SHELL, "jitter_ms": 30_000, "misfire": "fire_once", "grace_ms": 5000,
-                "start": "2099-01-01T00:00:00Z",
-                "schedule": {"kind": "cron", "expr": "0 * * * *"}}, expect=201)
+    plan = api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/jit",
+        {
+            **SHELL,
+            "jitter_ms": 30_000,
+            "misfire": "fire_once",
+            "grace_ms": 5000,
+            "start": "2099-01-01T00:00:00Z",
+            "schedule": {"kind": "cron", "expr": "0 * * * *"},
+        },
+        expect=201,
+    )
     assert (plan["jitter_ms"], plan["misfire"], plan["grace_ms"]) == (30_000, "fire_once", 5000)
     fires = api(server, "GET", "/v2/plans/{key}/preview", "/v2/plans/jit/preview?n=4")
     for k, t in enumerate(fires["fires_ms"]):
         nominal = 4_070_908_800_000 + k * 3_600_000  # 2099-01-01T00:00Z + k hours
         assert nominal <= t <= nominal + 30_000
-    bad = api(server, "PUT", "/v2/plans/{key}", "/v2/plans/jit",
-              {**SHELL, "misfire": "later", "schedule": {"kind": "cron", "expr": "0 * * * *"}},
-              expect=422)
+    bad = api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/jit",
+        {**SHELL, "misfire": "later", "schedule": {"kind": "cron", "expr": "0 * * * *"}},
+        expect=422,
+    )
     assert "misfire" in bad["detail"]
 
 
 def test_dst_transitions_in_two_zones(server: Server) -> None:
     tpl, pre = "/v2/plans/{key}", "/v2/plans/{key}/preview"
     # New York 2099-03-08: 02:00 -> 03:00; 02:30 does not exist and fires at 03:00 EDT.
-    api(server, "PUT", tpl, "/v2/plans/dst-ny",
-        {**SHELL, "timezone": "America/New_York", "start": "2099-03-07T00:00:00",
-         "schedule": {"kind": "cron", "expr": "30 2 * * *"}}, expect=201)
+    api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/dst-ny",
+        {
+            **SHELL,
+            "timezone": "America/New_York",
+            "start": "2099-03-07T00:00:00",
+            "schedule": {"kind": "cron", "expr": "30 2 * * *"},
+        },
+        expect=201,
+    )
     ny = api(server, "GET", pre, "/v2/plans/dst-ny/preview?n=3")["fires"]
-    assert ny == ["2099-03-07T07:30:00.000Z", "2099-03-08T07:00:00.000Z",
-                  "2099-03-09T06:30:00.000Z"]
+    assert ny == [
+        "2099-03-07T07:30:00.000Z",
+        "2099-03-08T07:00:00.000Z",
+        "2099-03-09T06:30:00.000Z",
+    ]
     # Berlin 2099-10-25: 03:00 -> 02:00; 02:30 happens twice and fires once.
-    api(server, "PUT", tpl, "/v2/plans/dst-berlin",
-        {**SHELL, "timezone": "Europe/Berlin", "start": "2099-10-24T00:00:00",
-         "schedule": {"kind": "calendar", "second": 0, "minute": 30, "hour": 2}}, expect=201)
+    api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/dst-berlin",
+        {
+            **SHELL,
+            "timezone": "Europe/Berlin",
+            "start": "2099-10-24T00:00:00",
+            "schedule": {"kind": "calendar", "second": 0, "minute": 30, "hour": 2},
+        },
+        expect=201,
+    )
     berlin = api(server, "GET", pre, "/v2/plans/dst-berlin/preview?n=3")["fires"]
-    assert berlin == ["2099-10-24T00:30:00.000Z", "2099-10-25T00:30:00.000Z",
-                      "2099-10-26T01:30:00.000Z"]
+    assert berlin == [
+        "2099-10-24T00:30:00.000Z",
+        "2099-10-25T00:30:00.000Z",
+        "2099-10-26T01:30:00.000Z",
+    ]
 
 
 def test_list_pages_by_key_and_deletes_by_prefix(server: Server) -> None:
-    lines = "".join(json.dumps({"key": f"page-{i:02d}", **SHELL,
-                                "schedule": {"kind": "delay", "interval_ms": 86_400_000}}) + "\n"
-                    for i in range(25))
-    results = api(server, "POST", "/v2/plans:batch", raw=lines.encode(),
-                  ctype="application/x-ndjson")
+    lines = "".join(
+        json.dumps(
+            {
+                "key": f"page-{i:02d}",
+                **SHELL,
+                "schedule": {"kind": "delay", "interval_ms": 86_400_000},
+            }
+        )
+        + "\n"
+        for i in range(25)
+    )
+    results = api(
+        server, "POST", "/v2/plans:batch", raw=lines.encode(), ctype="application/x-ndjson"
+    )
     assert all(r["status"] == 200 for r in results) and len(results) == 25
     seen: list[str] = []
     after = ""
@@ -214,7 +325,9 @@ def test_list_pages_by_key_and_deletes_by_prefix(server: Server) -> None:
         after = page["next_after"]
     assert seen == [f"page-{i:02d}" for i in range(25)]
     assert api(server, "DELETE", "/v2/plans", "/v2/plans?prefix=page-1") == {
-        "removed": 10, "prefix": "page-1"}
+        "removed": 10,
+        "prefix": "page-1",
+    }
     assert len(api(server, "GET", "/v2/plans", "/v2/plans?prefix=page-")["plans"]) == 15
     api(server, "DELETE", "/v2/plans", "/v2/plans", expect=400)
     removed = api(server, "DELETE", "/v2/plans/{key}", "/v2/plans/page-00")
@@ -223,8 +336,14 @@ def test_list_pages_by_key_and_deletes_by_prefix(server: Server) -> None:
 
 def test_pause_resume_fire_and_runs(server: Server) -> None:
     tpl = "/v2/plans/{key}"
-    api(server, "PUT", tpl, "/v2/plans/ops",
-        {**SHELL, "schedule": {"kind": "delay", "interval_ms": 3_600_000}}, expect=201)
+    api(
+        server,
+        "PUT",
+        tpl,
+        "/v2/plans/ops",
+        {**SHELL, "schedule": {"kind": "delay", "interval_ms": 3_600_000}},
+        expect=201,
+    )
     paused = api(server, "POST", "/v2/plans/{key}/pause", "/v2/plans/ops/pause")
     assert paused["paused"] is True
     assert api(server, "GET", tpl, "/v2/plans/ops")["paused"] is True
@@ -232,8 +351,9 @@ def test_pause_resume_fire_and_runs(server: Server) -> None:
     assert resumed["paused"] is False
     fired = api(server, "POST", "/v2/plans/{key}/fire", "/v2/plans/ops/fire")
     assert fired["result"] == "ok"
-    runs = wait_for(lambda: api(server, "GET", "/v2/plans/{key}/runs",
-                                "/v2/plans/ops/runs?limit=5")["runs"])
+    runs = wait_for(
+        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/ops/runs?limit=5")["runs"]
+    )
     assert runs[0]["result"] == "ok" and runs[0]["attempt"] == 1 and runs[0]["error"] is None
     api(server, "POST", "/v2/plans/{key}/pause", "/v2/plans/nope/pause", expect=404)
     api(server, "POST", "/v2/plans/{key}/fire", "/v2/plans/nope/fire", expect=404)
@@ -242,11 +362,27 @@ def test_pause_resume_fire_and_runs(server: Server) -> None:
 
 def test_plans_fire_on_schedule_and_history_records_them(server: Server) -> None:
     start = int(time.time() * 1000) + 300
-    api(server, "PUT", "/v2/plans/{key}", "/v2/plans/fast",
-        {"action": "shell", "params": {"cmd": "exit 3"}, "start": start,
-         "schedule": {"kind": "delay", "interval_ms": 200, "count": 2}}, expect=201)
-    api(server, "PUT", "/v2/plans/{key}", "/v2/plans/once",
-        {**SHELL, "schedule": {"kind": "at", "at": start}}, expect=201)
+    api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/fast",
+        {
+            "action": "shell",
+            "params": {"cmd": "exit 3"},
+            "start": start,
+            "schedule": {"kind": "delay", "interval_ms": 200, "count": 2},
+        },
+        expect=201,
+    )
+    api(
+        server,
+        "PUT",
+        "/v2/plans/{key}",
+        "/v2/plans/once",
+        {**SHELL, "schedule": {"kind": "at", "at": start}},
+        expect=201,
+    )
 
     def first_attempts() -> list[dict]:
         runs = api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/fast/runs")["runs"]
@@ -257,8 +393,9 @@ def test_plans_fire_on_schedule_and_history_records_them(server: Server) -> None
     assert [r["due_ms"] for r in sorted(runs, key=lambda r: r["due_ms"])] == [start, start + 200]
     assert all(r["result"] in ("failed", "retrying") and r["error"] for r in runs)
     assert all(r["lateness_ms"] == r["started_ms"] - r["due_ms"] for r in runs)
-    once = wait_for(lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/once/runs")
-                    ["runs"])
+    once = wait_for(
+        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/once/runs")["runs"]
+    )
     assert once[0]["due"] == api_instant(start) and once[0]["result"] == "ok"
     # finished plans are gone; their history stays
     wait_for(lambda: request(server.http_port, "GET", "/v2/plans/once")[0] == 404)
@@ -284,21 +421,32 @@ def test_batch_per_line_results(server: Server) -> None:
         json.dumps({**SHELL, "schedule": {"kind": "at", "at": 4083998400000}}),
         json.dumps({"key": "b-1", **SHELL, "schedule": {"kind": "at", "at": 4083998401000}}),
     ]
-    results = api(server, "POST", "/v2/plans:batch", raw="\n".join(lines).encode(),
-                  ctype="application/x-ndjson")
-    line_schema = {"$ref": "#/components/schemas/BatchLineResult",
-                   "components": DOC["components"]}
+    results = api(
+        server,
+        "POST",
+        "/v2/plans:batch",
+        raw="\n".join(lines).encode(),
+        ctype="application/x-ndjson",
+    )
+    line_schema = {"$ref": "#/components/schemas/BatchLineResult", "components": DOC["components"]}
     for r in results:
         Draft202012Validator(line_schema).validate(r)
     assert [(r["line"], r["key"], r["status"]) for r in results] == [
-        (1, "b-1", 200), (3, None, 400), (4, "b-2", 422), (5, None, 422), (6, "b-1", 200)]
+        (1, "b-1", 200),
+        (3, None, 400),
+        (4, "b-2", 422),
+        (5, None, 422),
+        (6, "b-1", 200),
+    ]
     # the later line with the same key wins
     assert api(server, "GET", "/v2/plans/{key}", "/v2/plans/b-1")["next_time_ms"] == 4083998401000
 
 
 def test_batch_of_100000_lines_streamed(server: Server) -> None:
-    line = ('{"key": "bulk-%06d", "action": "shell", "params": {"cmd": "true"}, '
-            '"schedule": {"kind": "delay", "interval_ms": 86400000}}\n')
+    line = (
+        '{"key": "bulk-%06d", "action": "shell", "params": {"cmd": "true"}, '
+        '"schedule": {"kind": "delay", "interval_ms": 86400000}}\n'
+    )
 
     def body():
         for start in range(0, 100_000, 1000):
@@ -316,10 +464,20 @@ def test_batch_of_100000_lines_streamed(server: Server) -> None:
 def test_upcoming_counts_next_firings_per_step(server: Server) -> None:
     base = 4_102_444_800_000  # 2100-01-01T00:00:00Z
     for i, offset in enumerate((0, 1000, 61_000, 125_000)):
-        api(server, "PUT", "/v2/plans/{key}", f"/v2/plans/up-{i}",
-            {**SHELL, "schedule": {"kind": "at", "at": base + offset}}, expect=201)
-    out = api(server, "GET", "/v2/upcoming",
-              f"/v2/upcoming?from=2100-01-01T00:00:00Z&to={base + 180_000}&step=60000")
+        api(
+            server,
+            "PUT",
+            "/v2/plans/{key}",
+            f"/v2/plans/up-{i}",
+            {**SHELL, "schedule": {"kind": "at", "at": base + offset}},
+            expect=201,
+        )
+    out = api(
+        server,
+        "GET",
+        "/v2/upcoming",
+        f"/v2/upcoming?from=2100-01-01T00:00:00Z&to={base + 180_000}&step=60000",
+    )
     assert [b["count"] for b in out["buckets"]] == [2, 1, 1]
     assert out["buckets"][1]["start"] == "2100-01-01T00:01:00.000Z"
     assert out["capped"] is False
@@ -333,15 +491,23 @@ def test_metrics_exposition(server: Server) -> None:
     status, ctype, raw = request(server.http_port, "GET", "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
     text = raw.decode()
-    for name in ("forsun_box_pending_plans", "forsun_box_window_plans",
-                 "forsun_box_firing_lateness_seconds_bucket", "forsun_box_store_commit_seconds_count",
-                 "forsun_box_api_requests_total", "forsun_box_legacy_api_requests_total",
-                 "forsun_box_inflight_firings"):
+    for name in (
+        "forsun_box_pending_plans",
+        "forsun_box_window_plans",
+        "forsun_box_firing_lateness_seconds_bucket",
+        "forsun_box_store_commit_seconds_count",
+        "forsun_box_api_requests_total",
+        "forsun_box_legacy_api_requests_total",
+        "forsun_box_inflight_firings",
+    ):
         assert name in text, name
     pending = float(re.search(r"^forsun_box_pending_plans (\S+)$", text, re.M).group(1))
     assert pending >= 1
-    assert re.search(r'forsun_box_api_requests_total\{interface="http_v2",outcome="client_error"\}'
-                     r" [1-9]", text)
+    assert re.search(
+        r'forsun_box_api_requests_total\{interface="http_v2",outcome="client_error"\}'
+        r" [1-9]",
+        text,
+    )
     commits = re.search(r"^forsun_box_store_commit_seconds_count (\S+)$", text, re.M)
     assert float(commits.group(1)) >= 1
 
@@ -352,13 +518,12 @@ def test_api_token_is_required_when_configured(tmp_path: Path) -> None:
         status, ctype, raw = request(srv.http_port, "GET", "/v2/plans")
         assert (status, ctype) == (401, "application/problem+json")
         assert request(srv.http_port, "GET", "/metrics")[0] == 401
-        ok = request(srv.http_port, "GET", "/v2/plans",
-                     headers={"Authorization": "Bearer s3cret"})
+        ok = request(srv.http_port, "GET", "/v2/plans", headers={"Authorization": "Bearer s3cret"})
         assert ok[0] == 200
-        assert request(srv.http_port, "GET", "/v2/plans", headers={"X-Api-Token": "s3cret"})[0] \
-            == 200
-        assert request(srv.http_port, "GET", "/v2/plans", headers={"X-Api-Token": "nope"})[0] \
-            == 401
+        assert (
+            request(srv.http_port, "GET", "/v2/plans", headers={"X-Api-Token": "s3cret"})[0] == 200
+        )
+        assert request(srv.http_port, "GET", "/v2/plans", headers={"X-Api-Token": "nope"})[0] == 401
     finally:
         assert srv.stop() == 0
 
@@ -380,8 +545,12 @@ def test_documented_curl_examples_run_verbatim(tmp_path: Path) -> None:
     try:
         for example in examples:
             script = example.replace("127.0.0.1:9002", f"127.0.0.1:{srv.http_port}")
-            done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script],
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert done.returncode == 0, (example, done.stdout, done.stderr)
             assert done.stdout.strip(), example
     finally:
@@ -391,24 +560,38 @@ def test_documented_curl_examples_run_verbatim(tmp_path: Path) -> None:
 def test_batch_body_sent_in_chunks(server: Server) -> None:
     """A chunked body (no Content-Length) is read as it arrives, lines split across chunks."""
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
-    lines = "".join(json.dumps({"key": f"chunk-{i}", **SHELL,
-                                "schedule": {"kind": "delay", "interval_ms": 60_000}}) + "\n"
-                    for i in range(50)).encode()
-    pieces = [lines[i:i + 37] for i in range(0, len(lines), 37)]
-    conn.request("POST", "/v2/plans:batch", body=iter(pieces),
-                 headers={"Content-Type": "application/x-ndjson"}, encode_chunked=True)
+    lines = "".join(
+        json.dumps(
+            {"key": f"chunk-{i}", **SHELL, "schedule": {"kind": "delay", "interval_ms": 60_000}}
+        )
+        + "\n"
+        for i in range(50)
+    ).encode()
+    pieces = [lines[i : i + 37] for i in range(0, len(lines), 37)]
+    conn.request(
+        "POST",
+        "/v2/plans:batch",
+        body=iter(pieces),
+        headers={"Content-Type": "application/x-ndjson"},
+        encode_chunked=True,
+    )
     resp = conn.getresponse()
     results = [json.loads(x) for x in resp.read().decode().splitlines()]
     conn.close()
     assert resp.status == 200
     assert [(r["line"], r["key"], r["status"]) for r in results] == [
-        (i + 1, f"chunk-{i}", 200) for i in range(50)]
+        (i + 1, f"chunk-{i}", 200) for i in range(50)
+    ]
     assert api(server, "DELETE", "/v2/plans", "/v2/plans?prefix=chunk-")["removed"] == 50
 
 
 def test_every_documented_operation_was_exercised() -> None:
     if not COVERED:
         pytest.skip("meaningful only after the rest of this module ran")
-    documented = {(path, method) for path, item in DOC["paths"].items()
-                  for method in item if method != "parameters"}
+    documented = {
+        (path, method)
+        for path, item in DOC["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
     assert documented - COVERED == set()

@@ -20,8 +20,12 @@ from tests.helpers import Server, Sink, call, wait_until
 
 def test_non_loopback_bind_without_token_is_refused() -> None:
     # checked before anything listens: nothing is opened beyond loopback here
-    for bind, http in [("0.0.0.0", "127.0.0.1:9002"), ("127.0.0.1", "0.0.0.0:9002"),
-                       ("10.1.2.3", ""), ("::", "127.0.0.1:1")]:
+    for bind, http in [
+        ("0.0.0.0", "127.0.0.1:9002"),
+        ("127.0.0.1", "0.0.0.0:9002"),
+        ("10.1.2.3", ""),
+        ("::", "127.0.0.1:1"),
+    ]:
         with pytest.raises(StartupError, match="allow_insecure_bind"):
             access.check_bind(Config(bind_address=bind, http_bind=http))
     access.check_bind(Config(bind_address="0.0.0.0", api_token="t"))
@@ -54,8 +58,11 @@ def test_v1_token_always_required_when_configured_so(tmp_path: Path) -> None:
         assert srv.call("GET", "/v1/ping")[0] == 200  # the health probe stays open
         status, body = srv.call("GET", "/v1/info")
         assert (status, body["errcode"]) == (401, access.UNAUTHORIZED)
-        status, body = srv.call("PUT", "/v1/plan", {"key": "x", "seconds": 60,
-                                                    "action": "shell", "params": {"cmd": "true"}})
+        status, body = srv.call(
+            "PUT",
+            "/v1/plan",
+            {"key": "x", "seconds": 60, "action": "shell", "params": {"cmd": "true"}},
+        )
         assert status == 401 and body["data"] is None
         assert srv.call("GET", "/v1/keys")[1]["errcode"] == access.UNAUTHORIZED
         assert srv.call("GET", "/v1/keys")[1]["data"] is None
@@ -63,19 +70,23 @@ def test_v1_token_always_required_when_configured_so(tmp_path: Path) -> None:
         import urllib.request
 
         for header, value in [("X-Api-Token", "s3cret"), ("Authorization", "Bearer s3cret")]:
-            req = urllib.request.Request(f"http://127.0.0.1:{srv.http_port}/v1/keys",
-                                         headers={header: value})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{srv.http_port}/v1/keys", headers={header: value}
+            )
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 200 and b'"data":[]' in resp.read()
         # and with the token, a create goes through
         req = urllib.request.Request(
-            f"http://127.0.0.1:{srv.http_port}/v1/plan", method="PUT",
+            f"http://127.0.0.1:{srv.http_port}/v1/plan",
+            method="PUT",
             data=b'{"key": "y", "seconds": 60, "action": "shell", "params": {"cmd": "true"}}',
-            headers={"X-Api-Token": "s3cret", "Content-Type": "application/json"})
+            headers={"X-Api-Token": "s3cret", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200 and b'"key":"y"' in resp.read()
-        req = urllib.request.Request(f"http://127.0.0.1:{srv.http_port}/v1/keys",
-                                     headers={"X-Api-Token": "wrong"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{srv.http_port}/v1/keys", headers={"X-Api-Token": "wrong"}
+        )
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=5)
         assert info.value.code == 401
@@ -156,10 +167,13 @@ class _NoOne(access.PeerFilter):
 
 def test_mask_secrets_in_text() -> None:
     m = access.MASK
-    assert access.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500") \
+    assert (
+        access.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500")
         == f"GET http://bob:{m}@h:1/x?token={m}&n=1&api_key={m}: HTTP 500"
-    assert access.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") \
-        == f"redis://:{m}@127.0.0.1:6379/0"
+    )
+    assert (
+        access.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") == f"redis://:{m}@127.0.0.1:6379/0"
+    )
     assert access.mask_secrets("plain text, no url") == "plain text, no url"
 
 
@@ -170,8 +184,11 @@ def test_run_history_masks_a_url_password(tmp_path: Path) -> None:
     srv = Server(tmp_path).start()
     try:
         url = f"http://bob:hunter2@127.0.0.1:{port}/x?token=abc"
-        srv.ok("PUT", "/v1/plan", {"key": "leak", "seconds": 1, "count": 1, "action": "http",
-                                   "params": {"url": url}})
+        srv.ok(
+            "PUT",
+            "/v1/plan",
+            {"key": "leak", "seconds": 1, "count": 1, "action": "http", "params": {"url": url}},
+        )
 
         def runs() -> list[dict[str, object]]:
             status, body = srv.call("GET", "/v2/plans/leak/runs")

@@ -39,10 +39,17 @@ def client(server: Server) -> Iterator[Forsun.Client]:
         yield c
 
 
-def delay(c: Forsun.Client, key: str, second: int = 3600, count: int | None = 1,
-          action: str | None = "shell", params: dict[str, str] | None = None) -> ForsunPlan:
-    return c.createTimeout(key, second, 0, 0, 0, 0, 0, count, action,
-                           {"cmd": "true"} if params is None else params)
+def delay(
+    c: Forsun.Client,
+    key: str,
+    second: int = 3600,
+    count: int | None = 1,
+    action: str | None = "shell",
+    params: dict[str, str] | None = None,
+) -> ForsunPlan:
+    return c.createTimeout(
+        key, second, 0, 0, 0, 0, 0, count, action, {"cmd": "true"} if params is None else params
+    )
 
 
 def raw_message(name: str, args: object, seqid: int = 1) -> bytes:
@@ -95,11 +102,18 @@ def test_create_timeout_sums_fields_and_keeps_params(client: Forsun.Client) -> N
 
 
 def test_create_calendar_and_get(client: Forsun.Client) -> None:
-    plan = client.create("t-daily", 0, 32, 16, NO, NO, NO, "http",
-                         {"url": "http://127.0.0.1:9/?a=1&b=2"})
+    plan = client.create(
+        "t-daily", 0, 32, 16, NO, NO, NO, "http", {"url": "http://127.0.0.1:9/?a=1&b=2"}
+    )
     assert plan.is_time_out is False
     assert (plan.second, plan.minute, plan.hour, plan.day, plan.month, plan.week) == (
-        0, 32, 16, -1, -1, -1)
+        0,
+        32,
+        16,
+        -1,
+        -1,
+        -1,
+    )
     assert plan.count == 0
     lt = time.localtime(plan.next_time)
     assert (lt.tm_hour, lt.tm_min, lt.tm_sec) == (16, 32, 0)
@@ -157,9 +171,20 @@ def test_forsun_call_is_accepted(client: Forsun.Client) -> None:
 
 def test_info_reports_status_and_thrift_counters(server: Server, client: Forsun.Client) -> None:
     info = client.info()
-    for name in ("python_version", "forsun_version", "start_time", "current_store", "actions",
-                 "bind_port", "http_bind_port", "connecting_count", "connected_count",
-                 "requesting_count", "requested_count", "requested_error_count"):
+    for name in (
+        "python_version",
+        "forsun_version",
+        "start_time",
+        "current_store",
+        "actions",
+        "bind_port",
+        "http_bind_port",
+        "connecting_count",
+        "connected_count",
+        "requesting_count",
+        "requested_count",
+        "requested_error_count",
+    ):
         assert name in info, name
     assert all(isinstance(v, str) for v in info.values())
     assert info["bind_port"] == f"127.0.0.1:{server.thrift_port}"
@@ -193,23 +218,40 @@ def test_error_codes(client: Forsun.Client) -> None:
     assert error_code(client.createTimeout, "e", 0, 0, 0, 0, 0, 0, 1, "shell", {}) == 1002
     past = time.localtime(time.time() - 86400 * 2)
     if past.tm_year == time.localtime().tm_year:
-        assert error_code(client.create, "e", past.tm_sec, past.tm_min, past.tm_hour,
-                          past.tm_mday, past.tm_mon, -1, "shell", {"cmd": "true"}) == 1002
+        assert (
+            error_code(
+                client.create,
+                "e",
+                past.tm_sec,
+                past.tm_min,
+                past.tm_hour,
+                past.tm_mday,
+                past.tm_mon,
+                -1,
+                "shell",
+                {"cmd": "true"},
+            )
+            == 1002
+        )
     assert error_code(client.get, "missing") == 1003
     assert error_code(client.remove, "missing") == 1005
     assert error_code(client.createTimeout, "e", 5, 0, 0, 0, 0, 0, 1, "nope", {}) == 1006
     assert error_code(client.get, "") == 1007
     assert error_code(client.remove, "") == 1007
     assert error_code(client.create, "e", 75, -1, -1, -1, -1, -1, "shell", {}) == 1008
-    assert error_code(client.createTimeout, "e", 5, 0, 0, 0, 0, 0, 1, "shell",
-                      {"cmd": "x" * 70_000}) == 1009
+    assert (
+        error_code(client.createTimeout, "e", 5, 0, 0, 0, 0, 0, 1, "shell", {"cmd": "x" * 70_000})
+        == 1009
+    )
     assert client.ping() == 0  # errors never cost the connection
 
 
 def test_unknown_method_answers_exception_and_keeps_connection(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.thrift_port), timeout=5) as s:
-        s.sendall(raw_message("noSuchMethod", Forsun.ping_args(), seqid=5)
-                  + raw_message("ping", Forsun.ping_args(), seqid=6))
+        s.sendall(
+            raw_message("noSuchMethod", Forsun.ping_args(), seqid=5)
+            + raw_message("ping", Forsun.ping_args(), seqid=6)
+        )
         buf = TTransport.TMemoryBuffer(_recv_at_least(s, 2))
         proto = TBinaryProtocol.TBinaryProtocol(buf)
         name, mtype, seqid = proto.readMessageBegin()
@@ -246,18 +288,27 @@ def _recv_at_least(s: socket.socket, replies: int) -> bytes:
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("garbage", [
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a huge non-strict name length
-    b"\x80\x02\x00\x01" + b"\x00" * 20,  # a wrong protocol version
-    struct.pack("!iI", -2147418111, 4) + b"ping" + b"\x00\x00\x00\x01" + b"\x63\x00\x01",
-    # a declared 2 GiB string: refused at once, nothing allocated
-    struct.pack("!iI", -2147418111, 3) + b"get" + struct.pack("!i", 1)
-    + b"\x0b\x00\x01" + struct.pack("!i", 2**31 - 1),
-    # a declared billion-entry map
-    struct.pack("!iI", -2147418111, 6) + b"create" + struct.pack("!i", 1)
-    + b"\x0d\x00\x09\x0b\x0b" + struct.pack("!i", 10**9),
-    os.urandom(4096),
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a huge non-strict name length
+        b"\x80\x02\x00\x01" + b"\x00" * 20,  # a wrong protocol version
+        struct.pack("!iI", -2147418111, 4) + b"ping" + b"\x00\x00\x00\x01" + b"\x63\x00\x01",
+        # a declared 2 GiB string: refused at once, nothing allocated
+        struct.pack("!iI", -2147418111, 3)
+        + b"get"
+        + struct.pack("!i", 1)
+        + b"\x0b\x00\x01"
+        + struct.pack("!i", 2**31 - 1),
+        # a declared billion-entry map
+        struct.pack("!iI", -2147418111, 6)
+        + b"create"
+        + struct.pack("!i", 1)
+        + b"\x0d\x00\x09\x0b\x0b"
+        + struct.pack("!i", 10**9),
+        os.urandom(4096),
+    ],
+)
 def test_garbage_closes_only_that_connection(server: Server, garbage: bytes) -> None:
     with connect(server.thrift_port) as bystander:
         with socket.create_connection(("127.0.0.1", server.thrift_port), timeout=5) as s:
@@ -269,8 +320,9 @@ def test_garbage_closes_only_that_connection(server: Server, garbage: bytes) -> 
 
 
 def test_truncated_message_then_close_leaves_server_serving(server: Server) -> None:
-    msg = raw_message("createTimeout", Forsun.createTimeout_args(
-        key="trunc", second=5, params={"cmd": "true"}))
+    msg = raw_message(
+        "createTimeout", Forsun.createTimeout_args(key="trunc", second=5, params={"cmd": "true"})
+    )
     for cut in (3, 10, len(msg) // 2, len(msg) - 1):
         with socket.create_connection(("127.0.0.1", server.thrift_port), timeout=5) as s:
             s.sendall(msg[:cut])
@@ -281,8 +333,9 @@ def test_truncated_message_then_close_leaves_server_serving(server: Server) -> N
 
 
 def test_half_open_client_does_not_stall_others(server: Server) -> None:
-    msg = raw_message("createTimeout", Forsun.createTimeout_args(
-        key="slow", second=3600, params={"cmd": "true"}))
+    msg = raw_message(
+        "createTimeout", Forsun.createTimeout_args(key="slow", second=3600, params={"cmd": "true"})
+    )
     with socket.create_connection(("127.0.0.1", server.thrift_port), timeout=5) as slow:
         slow.sendall(msg[:20])  # and never the rest
         with connect(server.thrift_port) as c:
@@ -325,8 +378,17 @@ def test_50_connections_creating_while_plans_fire_on_time(server: Server) -> Non
                 lt = time.localtime(second)
                 for i in range(5):
                     key = f"ontime-{second}-{i}"
-                    c.create(key, lt.tm_sec, lt.tm_min, lt.tm_hour, lt.tm_mday, lt.tm_mon, -1,
-                             "http", {"url": sink.url(f"/{key}")})
+                    c.create(
+                        key,
+                        lt.tm_sec,
+                        lt.tm_min,
+                        lt.tm_hour,
+                        lt.tm_mday,
+                        lt.tm_mon,
+                        -1,
+                        "http",
+                        {"url": sink.url(f"/{key}")},
+                    )
                     expected[key] = second * 1000
         stop = threading.Event()
         created = [0] * 50
@@ -364,9 +426,17 @@ def test_50_connections_creating_while_plans_fire_on_time(server: Server) -> Non
 def test_plan_with_thrift_action_calls_the_target(server: Server) -> None:
     target = ThriftTarget()
     try:
-        plan = server.ok("PUT", "/v1/plan", {
-            "key": "to-thrift", "seconds": 1, "count": 1, "action": "thrift",
-            "params": {"host": "127.0.0.1", "port": str(target.port), "note": "hello"}})
+        plan = server.ok(
+            "PUT",
+            "/v1/plan",
+            {
+                "key": "to-thrift",
+                "seconds": 1,
+                "count": 1,
+                "action": "thrift",
+                "params": {"host": "127.0.0.1", "port": str(target.port), "note": "hello"},
+            },
+        )
         assert wait_until(lambda: target.calls, 10)
         key, ts, params = target.calls[0]
         assert key == "to-thrift" and ts == plan["next_time"]
@@ -377,8 +447,17 @@ def test_plan_with_thrift_action_calls_the_target(server: Server) -> None:
 
 def test_thrift_action_at_forsun_box_itself(server: Server) -> None:
     with connect(server.thrift_port) as c:
-        c.create("to-self", -1, -1, -1, -1, -1, -1, "thrift",
-                 {"host": "127.0.0.1", "port": str(server.thrift_port)})
+        c.create(
+            "to-self",
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            "thrift",
+            {"host": "127.0.0.1", "port": str(server.thrift_port)},
+        )
         # status 1: forsun_call was answered, so the firing succeeded
         assert wait_until(lambda: c.get("to-self").status == 1, 5)
         assert c.remove("to-self").current_count >= 1

@@ -161,8 +161,7 @@ def test_create_cron_plan(client: Forsun.Client, server: Server) -> None:
 
 
 def test_create_cron_in_a_zone_with_count(client: Forsun.Client) -> None:
-    client.createCron("v2-cron-ny", "0 9 * * *", "shell", {"cmd": "true"},
-                      "America/New_York", 2)
+    client.createCron("v2-cron-ny", "0 9 * * *", "shell", {"cmd": "true"}, "America/New_York", 2)
     times = client.preview("v2-cron-ny", 5)
     assert len(times) == 2  # count 2
     for t in times:

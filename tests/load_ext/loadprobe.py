@@ -43,5 +43,12 @@ class ProbeExtension(Extension):
             return samples[min(len(samples) - 1, int(p * len(samples)))] if samples else 0
 
         with open(out, "w") as f:
-            json.dump({"count": len(samples), "p50": pct(0.5), "p99": pct(0.99),
-                       "max": samples[-1] if samples else 0}, f)
+            json.dump(
+                {
+                    "count": len(samples),
+                    "p50": pct(0.5),
+                    "p99": pct(0.99),
+                    "max": samples[-1] if samples else 0,
+                },
+                f,
+            )

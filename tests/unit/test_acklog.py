@@ -129,7 +129,7 @@ def test_a_torn_last_record_is_dropped_but_damage_before_the_end_stops(tmp_path:
     path.write_bytes(bytes(damaged))
     with pytest.raises(AckLogDamaged, match="checksum"):
         AckLog(str(path)).open()
-    path.write_bytes(b"SQLite format 3\x00" + bytes(whole[len(MAGIC):]))
+    path.write_bytes(b"SQLite format 3\x00" + bytes(whole[len(MAGIC) :]))
     with pytest.raises(AckLogDamaged, match="not an ack log"):
         AckLog(str(path)).open()
 
@@ -213,8 +213,9 @@ def test_full_synchronous_commits_every_write_without_the_log(tmp_path: Path) ->
     assert not Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).exists()
 
 
-def test_a_slow_checkpoint_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_slow_checkpoint_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # every checkpoint counts as slow here: the message names what it copied
     monkeypatch.setattr(sqlite_driver, "SLOW_CHECKPOINT_S", 0.0)
     monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL_S", 0.0)
@@ -311,7 +312,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, limit: bool) -> None
     path = tmp_path / "plans.db"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(path), t0=T0, limit=limit)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None
@@ -364,12 +366,22 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS, limit=st.integers(1, 6), prefix=st.sampled_from(["", "a", "ab", "b"]),
-       after=st.sampled_from(["", "a1", "ab2", "b0"]))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=OPS,
+    limit=st.integers(1, 6),
+    prefix=st.sampled_from(["", "a", "ab", "b"]),
+    after=st.sampled_from(["", "a1", "ab2", "b0"]),
+)
 def test_reads_over_logged_writes_match_a_model(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
-    ops: list[tuple[str, str, int, bool]], limit: int, prefix: str, after: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    ops: list[tuple[str, str, int, bool]],
+    limit: int,
+    prefix: str,
+    after: str,
 ) -> None:
     """Whatever mix of folded and logged writes, reads answer as if all were stored."""
     monkeypatch.setattr(sqlite_driver, "FOLD_DELAY_S", 3600.0)
@@ -404,7 +416,8 @@ def test_reads_over_logged_writes_match_a_model(
             got = await store.firing_between(T0 + 2, T0 + 7, limit)
             assert [(p.next_time, p.key) for p in got] == between[:limit]
             assert await store.count_firing_between(T0 + 2, T0 + 7, limit) == min(
-                len(between), limit)
+                len(between), limit
+            )
             assert await store.count() == len(model)
             for key in model:
                 assert await store.get(key) == model[key]

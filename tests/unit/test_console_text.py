@@ -68,8 +68,16 @@ def test_relative_and_duration() -> None:
 
 
 def test_mask_params() -> None:
-    masked = text.mask_params({"url": "http://x", "password": "p", "API_TOKEN": "t",
-                               "Authorization": "Bearer x", "client_secret": "s", "passwd": "q"})
+    masked = text.mask_params(
+        {
+            "url": "http://x",
+            "password": "p",
+            "API_TOKEN": "t",
+            "Authorization": "Bearer x",
+            "client_secret": "s",
+            "passwd": "q",
+        }
+    )
     assert masked["url"] == "http://x"
     assert {masked[k] for k in masked if k != "url"} == {text.MASK}
 

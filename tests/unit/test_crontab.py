@@ -39,8 +39,7 @@ def test_delay_default_count_is_one_and_units_follow_the_field() -> None:
 def test_calendar_line_with_quoted_url() -> None:
     p = parse_line("""t2 0 32 16 * * * http "url='http://127.0.0.1:9000/a?x=1&y=2;z'" """)
     assert not p.is_time_out
-    assert p.fields == {"second": 0, "minute": 32, "hour": 16, "day": -1, "month": -1,
-                        "week": -1}
+    assert p.fields == {"second": 0, "minute": 32, "hour": 16, "day": -1, "month": -1, "week": -1}
     assert p.params == {"url": "http://127.0.0.1:9000/a?x=1&y=2;z"}
 
 
@@ -62,17 +61,19 @@ def test_aliases() -> None:
 
 
 def test_unquoted_params_spanning_tokens() -> None:
-    assert parse_line("k 1 * * * * * shell echo hello world").params == {
-        "cmd": "echo hello world"}
+    assert parse_line("k 1 * * * * * shell echo hello world").params == {"cmd": "echo hello world"}
 
 
-@pytest.mark.parametrize("line,code", [
-    ("k 1 2", errors.MISSING_ARGUMENT),
-    ("k x * * * * * shell ls", errors.INVALID_VALUE),
-    ("k */x * * * * * shell ls", errors.INVALID_VALUE),
-    ("k */5/1/2 * * * * * shell ls", errors.INVALID_VALUE),
-    ("k 1 * * * * * shell 'unterminated", errors.INVALID_VALUE),
-])
+@pytest.mark.parametrize(
+    "line,code",
+    [
+        ("k 1 2", errors.MISSING_ARGUMENT),
+        ("k x * * * * * shell ls", errors.INVALID_VALUE),
+        ("k */x * * * * * shell ls", errors.INVALID_VALUE),
+        ("k */5/1/2 * * * * * shell ls", errors.INVALID_VALUE),
+        ("k 1 * * * * * shell 'unterminated", errors.INVALID_VALUE),
+    ],
+)
 def test_bad_lines(line: str, code: int) -> None:
     with pytest.raises(errors.ForsunBoxError) as e:
         parse_line(line)
@@ -86,13 +87,17 @@ def test_body_skips_comments_and_names_bad_line() -> None:
     assert "line 2" in e.value.message
 
 
-_value = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
-                                        blacklist_characters="'\x00"), max_size=30)
+_value = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="'\x00"), max_size=30
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), _value,
-                       min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), _value, min_size=1, max_size=5
+    )
+)
 def test_single_quoted_values_round_trip(params: dict[str, str]) -> None:
     text = ";".join(f"{k}='{v}'" for k, v in params.items())
     assert parse_params(text, "redis") == params
@@ -125,16 +130,58 @@ def test_unquoted_fast_path_parses_as_shell_splitting_does(key: str, params: str
 # are the general path as it stood: shlex for the words, the segment loop for the params.
 
 _SHELLISH = st.lists(
-    st.sampled_from(["a", "b9", "=", ";", "&", "'", '"', "\\", " ", "  ", "\t", "\n", "\r",
-                     "\x0b", "\xa0", "é", "#", "*", "/", "5", "url=", "cmd=", "x.y-z=",
-                     "http://h/?a=1&b=2"]),
+    st.sampled_from(
+        [
+            "a",
+            "b9",
+            "=",
+            ";",
+            "&",
+            "'",
+            '"',
+            "\\",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r",
+            "\x0b",
+            "\xa0",
+            "é",
+            "#",
+            "*",
+            "/",
+            "5",
+            "url=",
+            "cmd=",
+            "x.y-z=",
+            "http://h/?a=1&b=2",
+        ]
+    ),
     max_size=25,
 ).map("".join)
 _ANY_TEXT = st.one_of(_SHELLISH, st.text(max_size=40))
-_GOOD_FIELDS = st.sampled_from(["*", "0", "5", "59", "007", "99999", "*/5", "*/5/3", "*/0",
-                                "*/5/0", "*/10/2"])
-_ODD_FIELDS = st.sampled_from(["*/", "*/5/", "*/5/3/1", "+5", "-1", "\u0663", "1_0", "*/\u0663",
-                               "'5'", "\\*", "*/+5", "**", "5'", ""])
+_GOOD_FIELDS = st.sampled_from(
+    ["*", "0", "5", "59", "007", "99999", "*/5", "*/5/3", "*/0", "*/5/0", "*/10/2"]
+)
+_ODD_FIELDS = st.sampled_from(
+    [
+        "*/",
+        "*/5/",
+        "*/5/3/1",
+        "+5",
+        "-1",
+        "\u0663",
+        "1_0",
+        "*/\u0663",
+        "'5'",
+        "\\*",
+        "*/+5",
+        "**",
+        "5'",
+        "",
+    ]
+)
 _SEPS = st.sampled_from([" ", " ", " ", "  ", "\t", " \n", "\r"])  # what shlex splits on
 _ODD_SEPS = st.sampled_from(["", "\xa0", "\x0b", "\u3000"])  # what it doesn't
 _ONE_IN_20 = st.sampled_from([False] * 19 + [True])  # (integers() favour their bounds)
@@ -199,18 +246,21 @@ def test_parse_line_matches_the_general_path(line: str) -> None:
     assert _outcome(parse_line, line) == expected  # again: now from the field-block cache
 
 
-@pytest.mark.parametrize("line", [
-    "key */5/3 * * * * * shell 'echo hi'",
-    "order-123 0 30 16 * * * http url='http://127.0.0.1:8080/cb?a=1&b=2';method=POST",
-    'j */10/2 * * * * * http "url=http://127.0.0.1:8080/cb?x=1&y=2;method=POST"',
-    "c 15 */5 * * * * shell \"echo 'nested'\"",
-    "k 1 2 3 4 5 6 shell echo \\; date",
-    "k\t*/5\r* * * * *\nshell   a  b\t",
-    "k * * * * * * redis 'unterminated",
-    'k * * * * * * redis "ends in a backslash\\',
-    "k * * * * * * shell ''",
-    "  k 0 0 3 * * * shell cmd=ls;timeout=30  ",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "key */5/3 * * * * * shell 'echo hi'",
+        "order-123 0 30 16 * * * http url='http://127.0.0.1:8080/cb?a=1&b=2';method=POST",
+        'j */10/2 * * * * * http "url=http://127.0.0.1:8080/cb?x=1&y=2;method=POST"',
+        "c 15 */5 * * * * shell \"echo 'nested'\"",
+        "k 1 2 3 4 5 6 shell echo \\; date",
+        "k\t*/5\r* * * * *\nshell   a  b\t",
+        "k * * * * * * redis 'unterminated",
+        'k * * * * * * redis "ends in a backslash\\',
+        "k * * * * * * shell ''",
+        "  k 0 0 3 * * * shell cmd=ls;timeout=30  ",
+    ],
+)
 def test_parse_line_examples_match_the_general_path(line: str) -> None:
     assert _outcome(parse_line, line) == _outcome(_reference_line, line)
 
@@ -251,8 +301,7 @@ def _reference_params(text: str, action: str) -> dict[str, str]:
 
 _PAD = st.sampled_from(["", "", "", " ", "\t", "\xa0"])
 _PAIRS = st.lists(
-    st.tuples(_PAD, st.from_regex(r"[A-Za-z_][\w.\-]{0,4}", fullmatch=True), _PAD,
-              _SHELLISH),
+    st.tuples(_PAD, st.from_regex(r"[A-Za-z_][\w.\-]{0,4}", fullmatch=True), _PAD, _SHELLISH),
     max_size=4,
 ).map(lambda pairs: ";".join(f"{a}{n}{b}={v}" for a, n, b, v in pairs))
 
@@ -263,11 +312,28 @@ def test_parse_params_matches_the_general_path(text: str, action: str) -> None:
     assert _outcome(parse_params, text, action) == _outcome(_reference_params, text, action)
 
 
-@pytest.mark.parametrize("text", [
-    ";", " ; ;", "a=1;", ";a=1", "=", "a=;b", "a= 1 ;b=2", "a=1;;b=2", "a='x;y';b=\"p\\\"q\"",
-    "echo 'a;b' c", "'echo hi'", "url=http://h/?a=1&b=2", "http://h/?a=1", "a=1; b = 2 ",
-    "a=\xa0", "\u00e9=1", "a.b-c=1;_d=",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        ";",
+        " ; ;",
+        "a=1;",
+        ";a=1",
+        "=",
+        "a=;b",
+        "a= 1 ;b=2",
+        "a=1;;b=2",
+        'a=\'x;y\';b="p\\"q"',
+        "echo 'a;b' c",
+        "'echo hi'",
+        "url=http://h/?a=1&b=2",
+        "http://h/?a=1",
+        "a=1; b = 2 ",
+        "a=\xa0",
+        "\u00e9=1",
+        "a.b-c=1;_d=",
+    ],
+)
 @pytest.mark.parametrize("action", ["shell", "redis"])
 def test_parse_params_examples_match_the_general_path(text: str, action: str) -> None:
     assert _outcome(parse_params, text, action) == _outcome(_reference_params, text, action)

@@ -398,9 +398,7 @@ def test_start_firing_runs_plain_actions_inline():
         # A plain function finishes right here: a status, not an awaitable.
         assert h.dispatcher.start_firing(h.plan("plain", key="a"), T0) == 1
         assert calls == ["a"] and h.dispatcher.active == 0
-        assert [(r.key, r.result, r.attempt, r.started_ms) for r in h.runs] == [
-            ("a", 1, 1, T0 + 5)
-        ]
+        assert [(r.key, r.result, r.attempt, r.started_ms) for r in h.runs] == [("a", 1, 1, T0 + 5)]
         # A failure arms its retry as usual; the retry reports the final status.
         assert h.dispatcher.start_firing(h.plan("plain-fails", key="b"), T0) == -1
         assert h.runs[-1].result == 2 and h.dispatcher.pending_retries == 1

@@ -62,8 +62,9 @@ def fire(name: str, params: dict[str, str] | None = None) -> tuple[int, Stats]:
     stats = Stats()
 
     async def main() -> int:
-        d = Dispatcher(actions_base.ActionSettings(), LoopClock(), lambda r: None,
-                       lambda *a: None, stats)
+        d = Dispatcher(
+            actions_base.ActionSettings(), LoopClock(), lambda r: None, lambda *a: None, stats
+        )
         try:
             return await d.run(Plan(key="k", kind="at", action=name, params=params or {}), 0)
         finally:
@@ -122,7 +123,10 @@ def test_unknown_forsun_module_is_not_found() -> None:
 def test_drop_in_files_and_packages_are_loaded_without_naming_them(tmp_path: Path) -> None:
     folder = tmp_path / "extensions"
     write(folder, "lib/helper_lib.py", "GREETING = 'hi from lib'\n")
-    write(folder, "one.py", """
+    write(
+        folder,
+        "one.py",
+        """
         from forsun.extension import Extension
         from forsun.action.action import Action
         import helper_lib  # from extensions/lib
@@ -136,21 +140,30 @@ def test_drop_in_files_and_packages_are_loaded_without_naming_them(tmp_path: Pat
             name = "one"
             def register(self):
                 self.register_action("fx_hello", Hello)
-    """)
-    write(folder, "pkg/__init__.py", """
+    """,
+    )
+    write(
+        folder,
+        "pkg/__init__.py",
+        """
         from forsun_box.extensions import Extension
         from .impl import Nop
 
         class Two(Extension):
             def register(self):
                 self.register_action("fx_nop", Nop)
-    """)
-    write(folder, "pkg/impl.py", """
+    """,
+    )
+    write(
+        folder,
+        "pkg/impl.py",
+        """
         from forsun_box.actions.base import Action
         class Nop(Action):
             async def execute(self, *args, **kwargs):
                 pass
-    """)
+    """,
+    )
     write(folder, "README.md", "not python\n")
     write(folder, "_private.py", "raise RuntimeError('never imported')\n")
     manager = ExtensionManager()
@@ -168,7 +181,10 @@ def test_drop_in_files_and_packages_are_loaded_without_naming_them(tmp_path: Pat
 def test_tornado_coroutine_execute_works(tmp_path: Path) -> None:
     """forsun's own actions are ``@gen.coroutine``; extensions written like them work."""
     folder = tmp_path / "ext"
-    write(folder, "tornado_style.py", """
+    write(
+        folder,
+        "tornado_style.py",
+        """
         from tornado import gen
         from forsun.extension import Extension
         from forsun.action.action import Action
@@ -185,7 +201,8 @@ def test_tornado_coroutine_execute_works(tmp_path: Path) -> None:
             name = "tornado-style"
             def register(self):
                 self.register_action("fx_slow", Slow)
-    """)
+    """,
+    )
     manager = ExtensionManager()
     manager.load(folder=str(folder))
     assert manager.names() == ["tornado-style"]
@@ -198,7 +215,10 @@ def test_broken_extensions_are_reported_and_the_rest_loads(tmp_path: Path) -> No
     folder = tmp_path / "ext"
     syntax = write(folder, "a_syntax.py", "def broken(:\n    pass\n")
     missing = write(folder, "b_import.py", "\n\nimport no_such_package_xyz\n")
-    reg = write(folder, "c_register.py", """
+    reg = write(
+        folder,
+        "c_register.py",
+        """
         from forsun_box.extensions import Extension
         from forsun_box.actions.base import Action
 
@@ -206,8 +226,12 @@ def test_broken_extensions_are_reported_and_the_rest_loads(tmp_path: Path) -> No
             def register(self):
                 self.register_action("fx_half", Action)
                 raise ValueError("boom in register")
-    """)
-    write(folder, "d_good.py", """
+    """,
+    )
+    write(
+        folder,
+        "d_good.py",
+        """
         from forsun_box.extensions import Extension
         from forsun_box.actions.base import Action
 
@@ -215,7 +239,8 @@ def test_broken_extensions_are_reported_and_the_rest_loads(tmp_path: Path) -> No
             name = "good"
             def register(self):
                 self.register_action("fx_good", Action)
-    """)
+    """,
+    )
     write(folder, "e-bad-name.py", "x = 1\n")
     manager = ExtensionManager()
     manager.load(folder=str(folder))
@@ -233,7 +258,10 @@ def test_broken_extensions_are_reported_and_the_rest_loads(tmp_path: Path) -> No
 
 def test_hooks_run_sync_or_async_and_failures_are_reported(tmp_path: Path) -> None:
     folder = tmp_path / "ext"
-    write(folder, "hooks.py", """
+    write(
+        folder,
+        "hooks.py",
+        """
         from forsun_box.extensions import Extension
         calls = []
 
@@ -250,7 +278,8 @@ def test_hooks_run_sync_or_async_and_failures_are_reported(tmp_path: Path) -> No
                 calls.append("async init")
             async def uninit(self):
                 raise RuntimeError("uninit failed")
-    """)
+    """,
+    )
     manager = ExtensionManager()
     manager.load(folder=str(folder))
 
@@ -266,7 +295,10 @@ def test_hooks_run_sync_or_async_and_failures_are_reported(tmp_path: Path) -> No
 
 def test_named_extension_from_extension_path_and_dedupe(tmp_path: Path) -> None:
     path = tmp_path / "forsun_ext"
-    write(path, "fx_celery_like.py", """
+    write(
+        path,
+        "fx_celery_like.py",
+        """
         from forsun.extension import Extension
         from forsun.action.action import Action
 
@@ -278,12 +310,15 @@ def test_named_extension_from_extension_path_and_dedupe(tmp_path: Path) -> None:
             name = "push"
             def register(self):
                 self.register_action("fx_push", Push)
-    """)
+    """,
+    )
     manager = ExtensionManager()
     # the same file found in the folder and named by --extension loads once
-    manager.load(folder=str(path), extension_path=str(path),
-                 names=["fx_celery_like.PushExtension", "fx_celery_like.Missing",
-                        "nomodule_here.X", "bare"])
+    manager.load(
+        folder=str(path),
+        extension_path=str(path),
+        names=["fx_celery_like.PushExtension", "fx_celery_like.Missing", "nomodule_here.X", "bare"],
+    )
     assert manager.names() == ["push"]
     messages = [str(e) for e in manager.errors]
     assert any("fx_celery_like.Missing is not an Extension subclass" in m for m in messages)
@@ -294,7 +329,10 @@ def test_named_extension_from_extension_path_and_dedupe(tmp_path: Path) -> None:
 
 def test_extensions_register_stores(tmp_path: Path) -> None:
     folder = tmp_path / "ext"
-    write(folder, "stores.py", """
+    write(
+        folder,
+        "stores.py",
+        """
         from forsun_box.extensions import Extension
         from forsun_box.store.memory import MemoryStore
 
@@ -307,7 +345,8 @@ def test_extensions_register_stores(tmp_path: Path) -> None:
             def register(self):
                 assert self.register_store("volatile", Volatile)
                 assert not self.register_store("bogus", dict)
-    """)
+    """,
+    )
     manager = ExtensionManager()
     manager.load(folder=str(folder))
     assert manager.errors == []
@@ -345,16 +384,25 @@ def test_example_extension_counts_and_appends(tmp_path: Path) -> None:
 
     async def main() -> list[int]:
         await manager.init_all()
-        d = Dispatcher(actions_base.ActionSettings(), LoopClock(), lambda r: None,
-                       lambda *a: None, stats)
+        d = Dispatcher(
+            actions_base.ActionSettings(), LoopClock(), lambda r: None, lambda *a: None, stats
+        )
         try:
             results = []
             for key in ("a", "b"):
-                plan = Plan(key=key, kind="at", action="count",
-                            params={"file": str(out), "message": "hello"})
+                plan = Plan(
+                    key=key,
+                    kind="at",
+                    action="count",
+                    params={"file": str(out), "message": "hello"},
+                )
                 results.append(await d.run(plan, 1_700_000_000_000))
-            bad = Plan(key="c", kind="at", action="count",
-                       params={"file": str(tmp_path / "no" / "dir.txt")})
+            bad = Plan(
+                key="c",
+                kind="at",
+                action="count",
+                params={"file": str(tmp_path / "no" / "dir.txt")},
+            )
             results.append(await d.run(bad, 0))
             return results
         finally:

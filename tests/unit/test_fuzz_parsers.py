@@ -19,18 +19,54 @@ from forsun_box.api import crontab
 from forsun_box.plan import Limits, build_plan
 
 EXAMPLES = int(os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 RAN: Counter[str] = Counter()
 
 # text built from the parsers' own alphabet, so cases get past the first check
 _TOKENS = st.sampled_from(
-    ["*", "-1", "0", "1", "59", "*/5", "1-3", "1,2", "#", "key", "shell", "http", "'", '"',
-     "\\", "url=http://x", "cmd=true", "a=b", ";", "&", "=", " ", "\t", "\n", "{", "}",
-     "9999999999999999999999", "-", "\x00", "é"]
+    [
+        "*",
+        "-1",
+        "0",
+        "1",
+        "59",
+        "*/5",
+        "1-3",
+        "1,2",
+        "#",
+        "key",
+        "shell",
+        "http",
+        "'",
+        '"',
+        "\\",
+        "url=http://x",
+        "cmd=true",
+        "a=b",
+        ";",
+        "&",
+        "=",
+        " ",
+        "\t",
+        "\n",
+        "{",
+        "}",
+        "9999999999999999999999",
+        "-",
+        "\x00",
+        "é",
+    ]
 )
-_TEXT = st.one_of(st.text(max_size=200), st.lists(_TOKENS, max_size=30).map("".join),
-                  st.lists(_TOKENS, max_size=12).map(" ".join))
+_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.lists(_TOKENS, max_size=30).map("".join),
+    st.lists(_TOKENS, max_size=12).map(" ".join),
+)
 
 
 def _only_forsun_errors(fn, *args) -> None:  # type: ignore[no-untyped-def]
@@ -63,8 +99,9 @@ def test_params_parser_raises_only_forsun_errors(text: str, action: str) -> None
 
 _JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -79,17 +116,40 @@ _JSONISH = st.recursive(
     tz=st.sampled_from(["", "UTC", "Europe/Paris", "Nowhere/City", "../etc"]),
     jitter=_JSONISH,
 )
-def test_plan_fields_raise_only_forsun_errors(key, kind, fields, params, cron, tz,  # type: ignore[no-untyped-def]
-                                              jitter) -> None:
+def test_plan_fields_raise_only_forsun_errors(
+    key,
+    kind,
+    fields,
+    params,
+    cron,
+    tz,  # type: ignore[no-untyped-def]
+    jitter,
+) -> None:
     RAN["plan_fields"] += 1
     second, minute, hour, day, month, week, count = fields
 
     def build() -> None:
-        build_plan(key=key, kind=kind, now_ms=1_700_000_000_000, default_tz=ZoneInfo("UTC"),
-                   action="shell", params=params, second=second, minute=minute, hour=hour,
-                   day=day, month=month, week=week, count=count, cron=cron,
-                   at_ms=1_700_000_100_000, timezone=tz, jitter_ms=jitter,
-                   known_actions={"shell"}, limits=Limits())
+        build_plan(
+            key=key,
+            kind=kind,
+            now_ms=1_700_000_000_000,
+            default_tz=ZoneInfo("UTC"),
+            action="shell",
+            params=params,
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            week=week,
+            count=count,
+            cron=cron,
+            at_ms=1_700_000_100_000,
+            timezone=tz,
+            jitter_ms=jitter,
+            known_actions={"shell"},
+            limits=Limits(),
+        )
 
     _only_forsun_errors(build)
 

@@ -125,7 +125,9 @@ class _Digest(RequestHandler):
         self.write("welcome")
 
 
-async def _serve(state: _State, ssl_options: ssl.SSLContext | None = None) -> tuple[HTTPServer, int]:
+async def _serve(
+    state: _State, ssl_options: ssl.SSLContext | None = None
+) -> tuple[HTTPServer, int]:
     app = Application(
         [
             (r"/ok", _Record, {"state": state}),
@@ -293,9 +295,7 @@ def test_bad_params_are_refused_before_sending(params, message):
 
 
 def test_header_lines():
-    request = Request(
-        "http://h/", method="PUT", headers=[("A", "1"), ("B", "")], body=b"x"
-    )
+    request = Request("http://h/", method="PUT", headers=[("A", "1"), ("B", "")], body=b"x")
     assert header_lines(request) == [b"A: 1", b"B;", b"Content-Type:", b"Expect:"]
     post = Request("http://h/", method="POST", headers=[("Expect", "100-continue")], body=b"")
     assert header_lines(post) == [b"Expect: 100-continue"]
@@ -308,11 +308,25 @@ def test_header_lines():
 def test_https_is_spoken_and_certificates_are_checked(tmp_path: Path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
 

@@ -651,9 +651,18 @@ def test_delay_plan_first_firing_is_next_after_its_creation(
     # build_plan takes a shortcut for the common delay plan (no jitter, no end):
     # it must give what the general path gives
     try:
-        p = plan_mod.build_plan(key="k", kind=DELAY, now_ms=now, default_tz=UTC_Z,
-                                second=second, minute=minute, hour=hour, count=count,
-                                jitter_ms=jitter, end_ms=now + end_after if end_after else 0)
+        p = plan_mod.build_plan(
+            key="k",
+            kind=DELAY,
+            now_ms=now,
+            default_tz=UTC_Z,
+            second=second,
+            minute=minute,
+            hour=hour,
+            count=count,
+            jitter_ms=jitter,
+            end_ms=now + end_after if end_after else 0,
+        )
     except plan_mod.errors.ForsunBoxError:
         assert second <= 0 and minute <= 0 and hour <= 0 or jitter or end_after
         return

@@ -34,12 +34,12 @@ class Recorder:
 
 
 def delay_plan(key: str, now: int, seconds: int, count: int = 1) -> Plan:
-    return build_plan(key=key, kind=DELAY, now_ms=now, default_tz=UTC, second=seconds,
-                      count=count)
+    return build_plan(key=key, kind=DELAY, now_ms=now, default_tz=UTC, second=seconds, count=count)
 
 
-async def make(clock: FakeClock, store: MemoryStore | None = None, **opts) -> tuple[
-        Scheduler, Recorder, MemoryStore]:
+async def make(
+    clock: FakeClock, store: MemoryStore | None = None, **opts
+) -> tuple[Scheduler, Recorder, MemoryStore]:
     store = store or MemoryStore(path=None)
     await store.open()
     rec = Recorder(clock)
@@ -93,8 +93,12 @@ def test_status_count_and_last_timeout_are_kept() -> None:
         await sched.flush()
         p = await store.get("s")
         assert p is not None
-        assert (p.current_count, p.last_timeout, p.status, p.next_time) == (1, T0 + 1000, -1,
-                                                                          T0 + 2000)
+        assert (p.current_count, p.last_timeout, p.status, p.next_time) == (
+            1,
+            T0 + 1000,
+            -1,
+            T0 + 2000,
+        )
         await sched.stop()
 
     run(main())
@@ -121,8 +125,7 @@ def test_far_plans_load_through_window_refills() -> None:
         await sched.create([delay_plan("far", T0, 3600), delay_plan("near", T0, 3)])
         assert sched.window_size() == 1  # only "near" is inside the window
         await clock.advance(3_600_000)
-        assert [(k, d) for k, d, _ in rec.calls] == [("near", T0 + 3000),
-                                                     ("far", T0 + 3_600_000)]
+        assert [(k, d) for k, d, _ in rec.calls] == [("near", T0 + 3000), ("far", T0 + 3_600_000)]
         assert all(due == at for _, due, at in rec.calls)
         await sched.stop()
 
@@ -133,8 +136,7 @@ def test_many_plans_with_small_refill_limit_fire_once_each_in_order() -> None:
     async def main() -> None:
         clock = FakeClock(T0)
         store = MemoryStore(path=None)
-        sched, rec, _ = await make(clock, store, window_ms=5_000, refill_limit=100,
-                                   slice_size=50)
+        sched, rec, _ = await make(clock, store, window_ms=5_000, refill_limit=100, slice_size=50)
         plans = [delay_plan(f"m{i:05d}", T0, 1 + i % 20) for i in range(3000)]
         await sched.create(plans)
         assert sched.window_size() <= 3000
@@ -174,6 +176,7 @@ def test_firing_in_slices_lets_other_work_in() -> None:
 def test_a_lone_create_or_remove_commits_in_the_callers_turn() -> None:
     """Nothing else queued: the caller commits itself, no hand-over to the writer's
     task (a callback scheduled before the call has not run when it returns)."""
+
     async def main() -> None:
         clock = FakeClock(T0)
         sched, rec, store = await make(clock)
@@ -218,6 +221,7 @@ def test_a_lone_create_or_remove_commits_in_the_callers_turn() -> None:
 def test_a_cancelled_lone_commit_releases_its_key() -> None:
     """A stop cancels a caller whose commit runs in its own turn: its key is not
     left marked as in flight, and nothing of it enters the window."""
+
     async def main() -> None:
         clock = FakeClock(T0)
         sched, rec, store = await make(clock)
@@ -300,9 +304,12 @@ async def _downtime(policy: str) -> tuple[Recorder, MemoryStore, FakeClock]:
     clock = FakeClock(T0)
     store = MemoryStore(path=None)
     sched, rec, _ = await make(clock, store)
-    await sched.create([delay_plan("every", T0, 1, count=0),
-                        build_plan(key="cal", kind=CALENDAR, now_ms=T0, default_tz=UTC,
-                                   second=45)])
+    await sched.create(
+        [
+            delay_plan("every", T0, 1, count=0),
+            build_plan(key="cal", kind=CALENDAR, now_ms=T0, default_tz=UTC, second=45),
+        ]
+    )
     await sched.stop()
     clock._now = T0 + 10_500  # down for 10.5 s: 'every' missed 10 firings
     sched2 = Scheduler(store, clock, UTC, options=EngineOptions(catchup=policy), executor=rec)
@@ -348,8 +355,9 @@ def test_catch_up_skip() -> None:
 def test_unknown_catchup_policy_is_refused() -> None:
     async def main() -> None:
         with pytest.raises(ValueError):
-            Scheduler(MemoryStore(path=None), FakeClock(), UTC,
-                      options=EngineOptions(catchup="sometimes"))
+            Scheduler(
+                MemoryStore(path=None), FakeClock(), UTC, options=EngineOptions(catchup="sometimes")
+            )
 
     run(main())
 
@@ -407,23 +415,48 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
     saved = dict(ACTIONS)
     register_action("count", Count)
     try:
+
         async def main() -> None:
             clock = FakeClock(T0)
             store = MemoryStore(path=None)
             await store.open()
             # A long linger: only a flush (or a caller's mutation) commits firing records.
             stats = Stats()
-            sched = Scheduler(store, clock, UTC, stats=stats,
-                              options=EngineOptions(firing_commit_linger_ms=60_000))
-            dispatcher = Dispatcher(ActionSettings(), clock, sched.record_run,
-                                    sched.record_status, stats)
+            sched = Scheduler(
+                store,
+                clock,
+                UTC,
+                stats=stats,
+                options=EngineOptions(firing_commit_linger_ms=60_000),
+            )
+            dispatcher = Dispatcher(
+                ActionSettings(), clock, sched.record_run, sched.record_status, stats
+            )
             sched.executor = dispatcher.run
             assert sched._start is not None  # the dispatcher's inline path is used
             await sched.start()
-            plans = [build_plan(key=f"at{i}", kind="at", at_ms=T0 + 1000 + i, now_ms=T0,
-                                default_tz=UTC, action="count") for i in range(3)]
-            plans.append(build_plan(key="rep", kind=DELAY, now_ms=T0, default_tz=UTC,
-                                    second=1, count=3, action="count"))
+            plans = [
+                build_plan(
+                    key=f"at{i}",
+                    kind="at",
+                    at_ms=T0 + 1000 + i,
+                    now_ms=T0,
+                    default_tz=UTC,
+                    action="count",
+                )
+                for i in range(3)
+            ]
+            plans.append(
+                build_plan(
+                    key="rep",
+                    kind=DELAY,
+                    now_ms=T0,
+                    default_tz=UTC,
+                    second=1,
+                    count=3,
+                    action="count",
+                )
+            )
             created = await asyncio.wait_for(sched.create(plans), 5)  # not held by the linger
             assert len(created) == 4
             await clock.advance(1002)

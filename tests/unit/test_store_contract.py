@@ -803,9 +803,7 @@ def test_redis_namespaces_are_per_server_id_and_locked(redis_port: int, tmp_path
     asyncio.run(main())
 
 
-def test_redis_lock_of_a_dead_local_process_is_taken_over(
-    redis_port: int, tmp_path: Path
-) -> None:
+def test_redis_lock_of_a_dead_local_process_is_taken_over(redis_port: int, tmp_path: Path) -> None:
     import socket
     import subprocess
 
@@ -838,14 +836,19 @@ def test_redis_driver_is_built_from_the_config(redis_port: int, tmp_path: Path) 
     from forsun_box.app import make_store
     from forsun_box.config import Config
 
-    config = Config(driver="redis", store_redis_port=redis_port, store_redis_db=2,
-                    store_redis_prefix="cfg", store_redis_server_id=7, max_runs_per_key=4,
-                    run_retention_days=1, data_dir=str(tmp_path))
+    config = Config(
+        driver="redis",
+        store_redis_port=redis_port,
+        store_redis_db=2,
+        store_redis_prefix="cfg",
+        store_redis_server_id=7,
+        max_runs_per_key=4,
+        run_retention_days=1,
+        data_dir=str(tmp_path),
+    )
     store = make_store(config)
     assert isinstance(store, RedisStore)
-    assert (store.port, store.db, store.base, store.max_runs_per_key) == (
-        redis_port, 2, "cfg:7", 4
-    )
+    assert (store.port, store.db, store.base, store.max_runs_per_key) == (redis_port, 2, "cfg:7", 4)
     assert store.run_retention_ms == 86_400_000
 
 
@@ -858,13 +861,15 @@ def test_redis_large_batches_are_chunked_in_one_transaction(
 
     async def body(store: Store) -> None:
         await put(store, *(plan(f"c{i:02d}", T0 + i) for i in range(20)))
-        await store.apply(Batch(
-            ops={"c00": None, "c01": plan("c01", T0 + 100, version=2)},
-            advances=[Advance("c02", 1, T0 + 50, 1, T0, 1), Advance("c03", 1, None, 1, T0, 1)],
-            statuses=[("c04", 1, -1)],
-            runs=[Run("c05", T0, T0, 1, 1, 1)],
-            meta={"processed_until": "9"},
-        ))  # fmt: skip
+        await store.apply(
+            Batch(
+                ops={"c00": None, "c01": plan("c01", T0 + 100, version=2)},
+                advances=[Advance("c02", 1, T0 + 50, 1, T0, 1), Advance("c03", 1, None, 1, T0, 1)],
+                statuses=[("c04", 1, -1)],
+                runs=[Run("c05", T0, T0, 1, 1, 1)],
+                meta={"processed_until": "9"},
+            )
+        )
         assert await store.count() == 18
         due = [p.key for p in await store.due(None, T0 + 1000, 100)]
         assert due == [f"c{i:02d}" for i in range(4, 20)] + ["c02", "c01"]
@@ -1019,8 +1024,9 @@ def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
         try:
             empty = path.stat().st_size
             for n in range(40):  # ~2 MB of WAL: past SQLite's own 1000-page threshold
-                await put(store, *(plan(f"k{n}-{i}", T0 + i, params={"p": "x" * 400})
-                                   for i in range(100)))
+                await put(
+                    store, *(plan(f"k{n}-{i}", T0 + i, params={"p": "x" * 400}) for i in range(100))
+                )
             return path.stat().st_size - empty
         finally:
             await store.close()

@@ -28,8 +28,9 @@ def target() -> Iterator[ThriftTarget]:
 def fire(params: dict[str, str], key: str = "k1", ts: int = TS) -> None:
     async def run() -> None:
         try:
-            await ThriftAction(ts, Plan(key=key, kind="at", action="thrift", params=params),
-                               "thrift", params).execute()
+            await ThriftAction(
+                ts, Plan(key=key, kind="at", action="thrift", params=params), "thrift", params
+            ).execute()
         finally:
             close_pools()
 
@@ -53,8 +54,9 @@ def test_connections_bounded_and_reused(target: ThriftTarget) -> None:
     async def run() -> None:
         plan = Plan(key="many", kind="at", action="thrift", params=params)
         try:
-            await asyncio.gather(*(ThriftAction(TS + i, plan, "thrift", params).execute()
-                                   for i in range(10)))
+            await asyncio.gather(
+                *(ThriftAction(TS + i, plan, "thrift", params).execute() for i in range(10))
+            )
         finally:
             close_pools()
 

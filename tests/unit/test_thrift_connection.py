@@ -221,14 +221,37 @@ def test_codec_reads_at_an_offset() -> None:
 
 
 def test_plan_struct_is_the_idl_struct_with_clamped_values() -> None:
-    plan = Plan(key="k", kind=DELAY, action="shell", params={"cmd": "true"}, second=70_000,
-                count=1, current_count=40_000, interval_ms=1000, anchor_ms=0,
-                next_time=(2**31 + 5) * 1000, last_timeout=1_700_000_000_000)
+    plan = Plan(
+        key="k",
+        kind=DELAY,
+        action="shell",
+        params={"cmd": "true"},
+        second=70_000,
+        count=1,
+        current_count=40_000,
+        interval_ms=1000,
+        anchor_ms=0,
+        next_time=(2**31 + 5) * 1000,
+        last_timeout=1_700_000_000_000,
+    )
     s = plan_struct(plan)
-    assert s == ForsunPlan(is_time_out=True, key="k", second=32767, minute=-1, hour=-1, day=-1,
-                           month=-1, week=-1, next_time=2**31 - 1, status=plan.status, count=1,
-                           current_count=32767, last_timeout=1_700_000_000, action="shell",
-                           params={"cmd": "true"})
+    assert s == ForsunPlan(
+        is_time_out=True,
+        key="k",
+        second=32767,
+        minute=-1,
+        hour=-1,
+        day=-1,
+        month=-1,
+        week=-1,
+        next_time=2**31 - 1,
+        status=plan.status,
+        count=1,
+        current_count=32767,
+        last_timeout=1_700_000_000,
+        action="shell",
+        params={"cmd": "true"},
+    )
     result = Forsun.createTimeout_result(success=s)
     reply = codec.encode_message("createTimeout", codec.REPLY, 9, result)
     header = codec.read_header(reply, LIMITS)

@@ -15,8 +15,9 @@ NOW = 1_767_225_600_000
 
 def schema_validator(name: str) -> Draft202012Validator:
     doc = openapi.document()
-    return Draft202012Validator({"$ref": f"#/components/schemas/{name}",
-                                 "components": doc["components"]})
+    return Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    )
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -35,14 +36,21 @@ def test_every_kind_round_trips_through_the_plan_schemas() -> None:
     plan_input, plan_out = schema_validator("PlanInput"), schema_validator("Plan")
     for obj in inputs:
         plan_input.validate(obj)
-        plan = v2_schema.build_v2_plan(obj, key=None, now_ms=NOW, default_tz=ZoneInfo("UTC"),
-                                       known_actions=frozenset({"shell"}), limits=Limits())
+        plan = v2_schema.build_v2_plan(
+            obj,
+            key=None,
+            now_ms=NOW,
+            default_tz=ZoneInfo("UTC"),
+            known_actions=frozenset({"shell"}),
+            limits=Limits(),
+        )
         plan_out.validate(v2_schema.plan_to_v2(plan))
 
 
 def test_schema_refuses_unknown_schedule_kind() -> None:
-    errs = list(schema_validator("PlanInput").iter_errors(
-        {"key": "x", "schedule": {"kind": "weekly"}}))
+    errs = list(
+        schema_validator("PlanInput").iter_errors({"key": "x", "schedule": {"kind": "weekly"}})
+    )
     assert errs
 
 

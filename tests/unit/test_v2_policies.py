@@ -33,8 +33,9 @@ def every_second(key: str, **kw) -> Plan:
 
 
 def test_jitter_stays_within_bounds_is_stable_and_keeps_order() -> None:
-    plan = build_plan(key="j", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC,
-                      jitter_ms=20_000)
+    plan = build_plan(
+        key="j", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC, jitter_ms=20_000
+    )
     fires = []
     t = T0
     probe = plan.copy()
@@ -47,19 +48,21 @@ def test_jitter_stays_within_bounds_is_stable_and_keeps_order() -> None:
         nominal = T0 + 60_000 * (i + 1)
         assert nominal <= f <= nominal + 20_000
     assert len(set(f % 60_000 for f in fires)) > 50  # really spread
-    again = build_plan(key="j", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC,
-                       jitter_ms=20_000)
+    again = build_plan(
+        key="j", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC, jitter_ms=20_000
+    )
     assert again.next_time == plan.next_time == fires[0]
     # another key spreads differently
-    other = build_plan(key="k", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC,
-                       jitter_ms=20_000)
-    assert [other.jitter_of(f - f % 60_000) for f in fires[:20]] != [
-        f % 60_000 for f in fires[:20]]
+    other = build_plan(
+        key="k", kind=CRON, cron="* * * * *", now_ms=T0, default_tz=UTC, jitter_ms=20_000
+    )
+    assert [other.jitter_of(f - f % 60_000) for f in fires[:20]] != [f % 60_000 for f in fires[:20]]
 
 
 def test_jitter_with_count_and_delay_bounds() -> None:
-    plan = build_plan(key="d", kind=DELAY, now_ms=T0, default_tz=UTC, second=10, count=3,
-                      jitter_ms=4000)
+    plan = build_plan(
+        key="d", kind=DELAY, now_ms=T0, default_tz=UTC, second=10, count=3, jitter_ms=4000
+    )
     fires = []
     probe = plan.copy()
     nxt = probe.next_time
@@ -79,8 +82,9 @@ def test_jitter_with_count_and_delay_bounds() -> None:
         every_second("m", misfire="skip", grace_ms=-5)
 
 
-async def _late_by(plan: Plan, late_to: int, catchup: str = "fire_once") -> tuple[
-        Recorder, Plan | None]:
+async def _late_by(
+    plan: Plan, late_to: int, catchup: str = "fire_once"
+) -> tuple[Recorder, Plan | None]:
     """Start an engine, jump the clock to ``late_to`` without firing on the way, settle."""
     clock = FakeClock(T0)
     store = MemoryStore(path=None)
@@ -105,15 +109,13 @@ def test_misfire_skip_beyond_grace() -> None:
 
 
 def test_misfire_fire_once_beyond_grace() -> None:
-    rec, p = asyncio.run(_late_by(every_second("o", misfire="fire_once", grace_ms=500),
-                                  T0 + 3500))
+    rec, p = asyncio.run(_late_by(every_second("o", misfire="fire_once", grace_ms=500), T0 + 3500))
     assert rec.calls == [("o", T0 + 1000)]
     assert p is not None and p.next_time == T0 + 4000 and p.current_count == 1
 
 
 def test_misfire_fire_all_beyond_grace() -> None:
-    rec, p = asyncio.run(_late_by(every_second("a", misfire="fire_all", grace_ms=500),
-                                  T0 + 3500))
+    rec, p = asyncio.run(_late_by(every_second("a", misfire="fire_all", grace_ms=500), T0 + 3500))
     assert rec.calls == [("a", T0 + 1000), ("a", T0 + 2000), ("a", T0 + 3000)]
     assert p is not None and p.next_time == T0 + 4000 and p.current_count == 3
 
@@ -166,8 +168,10 @@ def test_new_fields_survive_every_store_and_the_sqlite_migration(tmp_path) -> No
         await store.close()
         return got
 
-    for store in (SqliteStore(str(tmp_path / "a.db")),
-                  MemoryStore(path=str(tmp_path / "snap.mem"))):
+    for store in (
+        SqliteStore(str(tmp_path / "a.db")),
+        MemoryStore(path=str(tmp_path / "snap.mem")),
+    ):
         got = asyncio.run(round_trip(store))
         assert got is not None
         assert (got.jitter_ms, got.misfire, got.grace_ms) == (300, "fire_once", 250)
@@ -176,8 +180,10 @@ def test_new_fields_survive_every_store_and_the_sqlite_migration(tmp_path) -> No
     old = tmp_path / "old.db"
     con = sqlite3.connect(old)
     con.executescript(MIGRATIONS[0])
-    con.execute("INSERT INTO plans VALUES ('o', 'at', 'shell', '{}', -1, -1, -1, -1, -1, -1, "
-                "0, '', 0, 4000000000000, '', 0, 4000000000000, 0, 0, 0, 0, 0, 7)")
+    con.execute(
+        "INSERT INTO plans VALUES ('o', 'at', 'shell', '{}', -1, -1, -1, -1, -1, -1, "
+        "0, '', 0, 4000000000000, '', 0, 4000000000000, 0, 0, 0, 0, 0, 7)"
+    )
     con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
