@@ -22,9 +22,9 @@ import time
 from zoneinfo import ZoneInfo
 
 from forsun_box.plan import DELAY, Plan, build_plan
-from forsun_box.store import sqlite as store
-from forsun_box.store.acklog import AckLog
 from forsun_box.store.base import Batch
+from forsun_box.store.sqlite import opening, rows, schema, transaction
+from forsun_box.store.sqlite.acklog import AckLog
 
 BATCH = 10_000
 
@@ -40,10 +40,10 @@ def main() -> None:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA cache_size = -{store.CACHE_KIB}")
+        conn.execute(f"PRAGMA cache_size = -{opening.CACHE_KIB}")
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        for migration in store.MIGRATIONS:
-            for statement in store._split_sql(migration):
+        for migration in schema.MIGRATIONS:
+            for statement in schema.split_sql(migration):
                 conn.execute(statement)
         proto = build_plan(
             key="x",
@@ -65,7 +65,7 @@ def main() -> None:
                 plans.append(p)
             t0 = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
-            store._write_plans(conn, "INSERT OR IGNORE", list(map(store._plan_row, plans)))
+            transaction.write_plans(conn, "INSERT OR IGNORE", list(map(rows.plan_row, plans)))
             conn.execute("COMMIT")
             spent += time.perf_counter() - t0
             done += len(plans)
@@ -87,9 +87,9 @@ def single(conn: sqlite3.Connection, proto: Plan, n: int, log_path: str) -> None
         for i in range(n):
             p = proto.copy(key=f"single-{with_count}-{i}")
             conn.execute("BEGIN IMMEDIATE")
-            store._write_plans(conn, "INSERT OR IGNORE", [store._plan_row(p)])
+            transaction.write_plans(conn, "INSERT OR IGNORE", [rows.plan_row(p)])
             if with_count:
-                conn.execute(store._META, (store.PLAN_COUNT, str(i)))
+                conn.execute(transaction.META, (schema.PLAN_COUNT, str(i)))
             conn.execute("COMMIT")
         took = (time.perf_counter() - t0) * 1e6 / n
         print(
@@ -101,7 +101,7 @@ def single(conn: sqlite3.Connection, proto: Plan, n: int, log_path: str) -> None
     t0 = time.perf_counter()
     for i in range(n):
         p = proto.copy(key=f"logged-{i}")
-        ack.append(store._Rows(Batch(ops={p.key: p})).encode())
+        ack.append(rows.Rows(Batch(ops={p.key: p})).encode())
     print(
         f"ack-log append (rows, checks, encoding, write): "
         f"{(time.perf_counter() - t0) * 1e6 / n:.1f} µs",

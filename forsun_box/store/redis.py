@@ -63,7 +63,7 @@ from redis.exceptions import RedisError
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
 from forsun_box.store.base import Batch, Run, Store
-from forsun_box.store.sqlite import prefix_upper_bound
+from forsun_box.store.keys import prefix_upper_bound
 
 log = logging.getLogger("forsun_box.store")
 

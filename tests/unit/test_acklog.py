@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
-from forsun_box.store import sqlite as sqlite_driver
-from forsun_box.store.acklog import MAGIC, AckLog, AckLogDamaged
 from forsun_box.store.base import Batch
 from forsun_box.store.sqlite import SqliteStore
+from forsun_box.store.sqlite import store as sqlite_driver
+from forsun_box.store.sqlite.acklog import MAGIC, AckLog, AckLogDamaged
+from forsun_box.store.sqlite.rows import Rows
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def db_keys(where: Path | SqliteStore) -> list[str]:
     sql = "SELECT key FROM plans ORDER BY key"
     if isinstance(where, SqliteStore):
         assert where._db is not None
-        return [r[0] for r in where._db._conn.execute(sql)]
+        return [r[0] for r in where._db.conn.execute(sql)]
     conn = sqlite3.connect(where)
     try:
         return [r[0] for r in conn.execute(sql)]
@@ -181,7 +182,7 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(
                     break
                 await asyncio.sleep(0.01)
             assert db_keys(store) == ["a", "c", "d"]
-            assert store._overlay == {}
+            assert store._overlay.rows == {}
             assert await store.count() == 3
         assert Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).stat().st_size == len(MAGIC)
 
@@ -237,8 +238,8 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
         async with opened(str(path)) as store:
             db = store._db
             assert db is not None
-            pages = list(await db.execute_fetchall("PRAGMA page_count"))[0][0]
-            await db.execute(f"PRAGMA max_page_count = {pages}")
+            pages = list(await db.fetchall("PRAGMA page_count"))[0][0]
+            await db.fetchall(f"PRAGMA max_page_count = {pages}")
             big = {f"k{i}": plan(f"k{i}", params={"x": "y" * 300}) for i in range(40)}
             await store.apply(Batch(ops=big))  # logged: acknowledged
             too_many = {f"m{i}": plan(f"m{i}") for i in range(sqlite_driver.INLINE_MAX_ROWS + 1)}
@@ -250,7 +251,7 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
             got = await store.get("k7")
             assert got is not None and got.params == {"x": "y" * 300}
             assert db_keys(store) == []
-            await db.execute("PRAGMA max_page_count = 1073741823")
+            await db.fetchall("PRAGMA max_page_count = 1073741823")
             for _ in range(300):  # the fold is retried by itself
                 if db_keys(store):
                     break
@@ -267,7 +268,7 @@ CHILD = textwrap.dedent(
     import asyncio, os, resource, signal, sys, time
     sys.path.insert(0, {root!r})
     from forsun_box.plan import Plan
-    from forsun_box.store import sqlite as driver
+    from forsun_box.store.sqlite import store as driver
     from forsun_box.store.base import Batch
     from forsun_box.errors import StoreError
 
@@ -448,7 +449,7 @@ def test_the_log_is_cut_back_under_a_steady_stream_of_writes(
                 await store.apply(Batch(ops={f"k{n}": plan(f"k{n}", T0 + n)}))
                 n += 1
                 await asyncio.sleep(0)
-                cut = store._log.size < size and store._pending != []
+                cut = store._log.size < size and store._overlay.pending != []
                 size = store._log.size
             assert cut, f"not cut back while writes came in ({n} writes, {size} bytes)"
             assert await store.count() == n
@@ -473,11 +474,11 @@ def test_a_fold_cancelled_in_flight_keeps_the_logged_writes(
             big = {f"big{i}": plan(f"big{i}") for i in range(sqlite_driver.INLINE_MAX_ROWS + 1)}
             task = asyncio.create_task(store.apply(Batch(ops=big)))
             await asyncio.sleep(0)  # the fold (logged writes + big) is in the thread now
-            assert store._pending == [] and store._lock.locked()
+            assert store._overlay.pending == [] and store._lock.locked()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert [seq for seq, _, _ in store._pending] == list(range(1, 11))
+            assert [seq for seq, _, _ in store._overlay.pending] == list(range(1, 11))
             assert await store.keys("k") == [f"k{i}" for i in range(10)]
 
     asyncio.run(body())
@@ -491,7 +492,7 @@ def test_full_folds_in_what_a_normal_run_left_in_the_log(
     path = tmp_path / "plans.db"
     create(path)
     log_path = Path(str(path) + sqlite_driver.ACKLOG_SUFFIX)
-    rows = sqlite_driver._Rows(Batch(ops={"a": plan("a"), "b": plan("b")}))
+    rows = Rows(Batch(ops={"a": plan("a"), "b": plan("b")}))
     write_log(log_path, rows.encode())
 
     async def body() -> None:

@@ -19,10 +19,13 @@ import pytest
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
 from forsun_box.store import DRIVERS, Advance, Batch, Run, Store
-from forsun_box.store import sqlite as sqlite_driver
 from forsun_box.store.memory import MemoryStore, read_snapshot
 from forsun_box.store.redis import RedisStore
 from forsun_box.store.sqlite import SqliteStore
+from forsun_box.store.sqlite import opening as sqlite_opening
+from forsun_box.store.sqlite import queries as sqlite_queries
+from forsun_box.store.sqlite import schema as sqlite_schema
+from forsun_box.store.sqlite import store as sqlite_driver
 
 # the redis_server fixture (a real redis-server) for the redis driver
 pytest_plugins = ["tests.servers"]
@@ -521,7 +524,7 @@ def test_sqlite_newer_schema_version_stops_startup(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StartupError) as e:
         sqlite_open(path)
-    supported = len(sqlite_driver.MIGRATIONS)
+    supported = len(sqlite_schema.MIGRATIONS)
     assert (
         f"database schema version 99 is newer than this forsun-box supports ({supported})"
         in str(e.value)
@@ -582,14 +585,14 @@ def test_sqlite_full_disk_fails_the_batch_and_the_store_recovers(tmp_path: Path)
             await put(store, plan("kept", T0))
             db = store._db
             assert db is not None
-            pages = await db.execute_fetchall("PRAGMA page_count")
+            pages = await db.fetchall("PRAGMA page_count")
             # Cap the file just above its size: a big batch then hits "database or disk is full".
-            await db.execute(f"PRAGMA max_page_count = {list(pages)[0][0] + 2}")
+            await db.fetchall(f"PRAGMA max_page_count = {list(pages)[0][0] + 2}")
             big = [plan(f"big{i}", T0, params={"x": "y" * 500}) for i in range(200)]
             with pytest.raises(StoreError, match="full"):
                 await put(store, *big)
             assert await store.keys() == ["kept"]
-            await db.execute("PRAGMA max_page_count = 1073741823")
+            await db.fetchall("PRAGMA max_page_count = 1073741823")
             await put(store, *big)
             assert await store.count() == 201
         finally:
@@ -610,7 +613,7 @@ def test_sqlite_creates_the_schema_and_checkpoints_at_close(tmp_path: Path) -> N
 
     asyncio.run(body())
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_driver.MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_schema.MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"plans", "runs", "meta"} <= tables
@@ -627,14 +630,14 @@ def test_sqlite_queries_use_the_indexes(tmp_path: Path) -> None:
             return " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
 
         for sql, args in [
-            (sqlite_driver.DUE_FIRST_SQL, (T0, 10)),
-            (sqlite_driver.DUE_AFTER_SQL, (T0, "a", T0 + 1, 10)),
-            (sqlite_driver.FIRING_BETWEEN_SQL, (T0, T0 + 1, 10)),
+            (sqlite_queries.DUE_FIRST_SQL, (T0, 10)),
+            (sqlite_queries.DUE_AFTER_SQL, (T0, "a", T0 + 1, 10)),
+            (sqlite_queries.FIRING_BETWEEN_SQL, (T0, T0 + 1, 10)),
         ]:
             used = plan_of(sql, args)
             assert "USING INDEX plans_due" in used and "TEMP B-TREE" not in used, used
         for columns in ("key", "*"):
-            sql, args = sqlite_driver.key_range_sql(columns, "ab%", "", 10)
+            sql, args = sqlite_queries.key_range_sql(columns, "ab%", "", 10)
             used = plan_of(sql, args)
             assert "sqlite_autoindex_plans_1 (key>? AND key<?)" in used, used
             assert "TEMP B-TREE" not in used, used
@@ -886,13 +889,11 @@ def test_sqlite_startup_probes_use_an_index_each(tmp_path: Path) -> None:
     no probe may scan or sort a table (that would cost seconds at 10M plans)."""
     import sqlite3
 
-    from forsun_box.store import sqlite as sqlite_store
-
     path = tmp_path / "plans.db"
-    sqlite_open(path)  # creates the schema
+    asyncio.run(sqlite_open(path).close())  # creates the schema
     conn = sqlite3.connect(path)
     try:
-        for probe in sqlite_store._PROBES:
+        for probe in sqlite_opening.PROBES:
             plan_rows = conn.execute("EXPLAIN QUERY PLAN " + probe).fetchall()
             detail = " ".join(str(r[-1]) for r in plan_rows)
             # in b-tree order, LIMIT 1 stops at the first row; a sort would read them all
@@ -906,14 +907,12 @@ def test_sqlite_startup_probes_use_an_index_each(tmp_path: Path) -> None:
 def test_sqlite_large_damaged_database_is_caught_by_the_probes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from forsun_box.store import sqlite as sqlite_store
-
     path = tmp_path / "plans.db"
 
     sqlite_fill(path, *(plan(f"k{i:05d}", T0 + i, params={"p": "x" * 200}) for i in range(2000)))
     # every database counts as large: the probes run instead of quick_check
-    monkeypatch.setattr(sqlite_store, "FULL_CHECK_MAX_BYTES", 0)
-    sqlite_open(path)  # an intact database passes the probes
+    monkeypatch.setattr(sqlite_opening, "FULL_CHECK_MAX_BYTES", 0)
+    asyncio.run(sqlite_open(path).close())  # an intact database passes the probes
     data = bytearray(path.read_bytes())
     page = 4096
     last = len(data) // page - 1
@@ -1014,7 +1013,7 @@ def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
 ) -> None:
     """SQLite's automatic checkpoint would run inside whichever commit crosses the
     threshold, possibly on the event loop; the store checkpoints after commits, at
-    most every CHECKPOINT_INTERVAL_S, in aiosqlite's thread."""
+    most every CHECKPOINT_INTERVAL_S, in the store's thread."""
     monkeypatch.setattr(sqlite_driver, "CHECKPOINT_INTERVAL_S", interval)
     path = tmp_path / "plans.db"
 
@@ -1038,8 +1037,8 @@ def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
 def test_sqlite_too_old_stops_startup_with_a_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_driver.sqlite3, "sqlite_version_info", (3, 31, 1))
-    monkeypatch.setattr(sqlite_driver.sqlite3, "sqlite_version", "3.31.1")
+    monkeypatch.setattr(sqlite_opening.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite_opening.sqlite3, "sqlite_version", "3.31.1")
     with pytest.raises(StartupError, match=r"SQLite 3\.31\.1 is too old.*3\.38\.0"):
         sqlite_open(tmp_path / "plans.db")
     assert not (tmp_path / "plans.db").exists()  # nothing created
