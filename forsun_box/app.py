@@ -148,7 +148,7 @@ class App:
             on_status=self.scheduler.record_status,
             stats=self.stats,
         )
-        self.scheduler.executor = self.dispatcher.run
+        self.scheduler.executor = self.dispatcher
         await self.scheduler.start()
         limits = Limits(
             max_key_length=config.max_key_length, max_params_bytes=config.max_params_bytes

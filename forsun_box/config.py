@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from forsun_box.enums import CATCHUP_POLICIES, Misfire
 from forsun_box.errors import StartupError
 
 DEFAULT_LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"
@@ -346,10 +347,10 @@ class Config:
         check=_check_timezone,
     )
     catchup: str = _s(
-        "fire_once",
+        Misfire.FIRE_ONCE.value,
         "After downtime fire a missed plan once, every missed time, or skip it.",
         "--catchup",
-        choices=("fire_once", "fire_all", "skip"),
+        choices=tuple(p.value for p in CATCHUP_POLICIES),
     )
     window_seconds: float = _s(
         30.0,

@@ -44,6 +44,7 @@ from forsun_box.actions.base import (
     get_action,
 )
 from forsun_box.clock import Clock, TimerHandle
+from forsun_box.enums import PlanStatus, RunResult
 from forsun_box.errors import RetryLater
 from forsun_box.stats import Stats
 from forsun_box.store.base import Run
@@ -53,11 +54,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("forsun_box.actions")
 
-STATUS_OK = 1
-STATUS_FAILED = -1
-RUN_OK = 1
-RUN_FAILED = -1
-RUN_WILL_RETRY = 2
+# Short names of the values this module writes (defined in forsun_box.enums).
+STATUS_OK, STATUS_FAILED = PlanStatus.OK, PlanStatus.FAILED
+RUN_OK, RUN_FAILED, RUN_WILL_RETRY = RunResult.OK, RunResult.FAILED, RunResult.RETRYING
 
 #: longest error text kept in a run record
 MAX_ERROR_CHARS = 2000

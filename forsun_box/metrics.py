@@ -33,8 +33,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from forsun_box.enums import RunResult
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
 LATENESS_BUCKETS = (
     0.001,
     0.005,
@@ -192,7 +193,7 @@ class Metrics:
         """Count one attempt (a ``store.base.Run``)."""
         self.runs.record(
             run.action or "unknown",
-            RUN_RESULTS.get(run.result, "failed"),
+            RunResult.label_of(run.result),
             run.attempt,
             max(0, run.started_ms - run.due_ms) / 1000,
         )

@@ -19,20 +19,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors, schedule
+from forsun_box.enums import Kind, Misfire, PlanStatus
 
-DELAY = "delay"  # forsun's timeout mode: every interval, count times
-CALENDAR = "calendar"  # forsun's six fields, -1 = any
-CRON = "cron"  # a cron expression
-AT = "at"  # one absolute instant
-KINDS = (DELAY, CALENDAR, CRON, AT)
+# The kinds by their short names (one definition: forsun_box.enums.Kind), typed
+# as the plain strings a Plan's ``kind`` holds.
+DELAY: str = Kind.DELAY
+CALENDAR: str = Kind.CALENDAR
+CRON: str = Kind.CRON
+AT: str = Kind.AT
+KINDS: tuple[str, ...] = tuple(Kind)
 
-# Per-plan misfire policies ("" follows the server's catch-up policy).
-MISFIRE_POLICIES = ("", "skip", "fire_once", "fire_all")
 MAX_JITTER_MS = 3_600_000
-
-STATUS_PENDING = 0
-STATUS_OK = 1
-STATUS_FAILED = -1
+_MISFIRES = tuple(Misfire)
 
 # forsun's field order and the legal range of each in calendar mode.
 FIELDS = ("second", "minute", "hour", "day", "month", "week")
@@ -85,7 +83,7 @@ class Plan:
     next_time: int | None = None  # ms of the next firing, None when finished
     current_count: int = 0
     last_timeout: int = 0  # ms of the last firing, 0 if never
-    status: int = STATUS_PENDING
+    status: int = PlanStatus.PENDING
     created_time: int = 0
     paused: bool = False
     version: int = 0
@@ -156,11 +154,41 @@ class Plan:
         digest = hashlib.blake2b(f"{self.key}\0{occurrence_ms}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") % (self.jitter_ms + 1)
 
+    def trigger(self) -> schedule.Trigger:
+        """The plan's schedule as a trigger (count, end and jitter are the plan's).
+
+        Raises ValueError for an unknown kind, an invalid cron expression or
+        calendar field."""
+        kind = self.kind
+        if kind == CALENDAR:
+            return schedule.compile_calendar(
+                self.second, self.minute, self.hour, self.day, self.month, self.week
+            )
+        if kind == CRON:
+            return schedule.compile_cron(self.cron)
+        if kind == DELAY:
+            return schedule.DelayTrigger(self.interval_ms, self.anchor_ms)
+        if kind == AT:
+            return schedule.AtTrigger(self.anchor_ms)
+        raise ValueError(f"unknown schedule kind: {kind}")
+
+    def upcoming(self, n: int, default_tz: ZoneInfo) -> list[int]:
+        """The next ``n`` firings from the stored next one, honouring count, end and
+        jitter (fewer when the schedule ends; none when finished)."""
+        out: list[int] = []
+        nxt = self.next_time
+        probe = self.copy()
+        while nxt is not None and len(out) < n:
+            out.append(nxt)
+            probe.current_count += 1
+            nxt = probe.next_after(nxt, default_tz)
+        return out
+
     def _nominal_after(self, after_ms: int, default_tz: ZoneInfo) -> int | None:
         if self.count and self.current_count >= self.count:
             return None
         tz = ZoneInfo(self.timezone) if self.timezone else default_tz
-        nxt = schedule.next_fire(self, after_ms, tz)
+        nxt = self.trigger().next_after(after_ms, tz)
         if nxt is None:
             return None
         if self.end_ms and nxt >= self.end_ms:
@@ -365,10 +393,8 @@ def build_plan(
     jitter_v = jitter_ms if type(jitter_ms) is int else _int_field("jitter_ms", jitter_ms)
     if not 0 <= jitter_v <= MAX_JITTER_MS:
         raise errors.InvalidValue(f"jitter_ms must be between 0 and {MAX_JITTER_MS}")
-    if misfire not in MISFIRE_POLICIES:
-        raise errors.InvalidValue(
-            f"misfire must be one of {', '.join(p for p in MISFIRE_POLICIES if p)}"
-        )
+    if misfire not in _MISFIRES:
+        raise errors.InvalidValue(f"misfire must be one of {', '.join(m for m in Misfire if m)}")
     grace_v = grace_ms if type(grace_ms) is int else _int_field("grace_ms", grace_ms)
     if grace_v < 0:
         raise errors.InvalidValue("grace_ms must not be negative")
@@ -398,7 +424,7 @@ def build_plan(
         None,
         0,
         0,
-        STATUS_PENDING,
+        PlanStatus.PENDING,
         now_ms,
         False,
         0,

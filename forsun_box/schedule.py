@@ -1,8 +1,11 @@
-"""Schedule time math: the next firing of a plan strictly after an instant.
+"""Schedule time math: triggers, each answering "the next firing strictly after an instant".
 
-Pure functions: no I/O, and the clock is never read; callers pass "after".
-Instants are int milliseconds since the epoch (UTC). Calendar and cron plans
-fire on whole seconds, so their firings are multiples of 1000 ms.
+A :class:`Trigger` is a pure object: no I/O, and the clock is never read
+(callers pass the instant). Instants are int milliseconds since the epoch
+(UTC). Calendar and cron triggers fire on whole seconds, so their firings
+are multiples of 1000 ms. A plan makes its trigger
+(:meth:`forsun_box.plan.Plan.trigger`) and applies count, end and jitter on
+top; this module knows nothing of plans.
 
 Kinds
 -----
@@ -45,20 +48,10 @@ import functools
 import re
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-
-if TYPE_CHECKING:
-    from forsun_box.plan import Plan
-
-# The values of forsun_box.plan's kind constants; plan.py imports this
-# module, so they are compared as strings instead of imported.
-_DELAY = "delay"
-_CALENDAR = "calendar"
-_CRON = "cron"
-_AT = "at"
 
 HORIZON_YEARS = 40
 _MAX_YEAR = 9999
@@ -67,6 +60,46 @@ _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MAX_DAYS_IN_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 Wall = tuple[int, int, int, int, int, int]  # year, month, day, hour, minute, second
+
+
+class Trigger(Protocol):
+    """One kind of schedule: delay (:class:`DelayTrigger`), calendar and cron (both
+    compile to a :class:`CalendarSpec`), at (:class:`AtTrigger`)."""
+
+    def next_after(self, instant_ms: int, tz: ZoneInfo) -> int | None:
+        """The first firing strictly after ``instant_ms``, or None; wall times in ``tz``.
+
+        Raises ValueError when the schedule itself is invalid."""
+        ...
+
+
+class DelayTrigger:
+    """forsun's delay mode: firings at ``anchor_ms + k * interval_ms``, k >= 1."""
+
+    __slots__ = ("anchor_ms", "interval_ms")
+
+    def __init__(self, interval_ms: int, anchor_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self.anchor_ms = anchor_ms
+
+    def next_after(self, instant_ms: int, tz: ZoneInfo) -> int | None:
+        interval = self.interval_ms
+        if interval <= 0:
+            return None
+        k = max(1, (instant_ms - self.anchor_ms) // interval + 1)
+        return self.anchor_ms + k * interval
+
+
+class AtTrigger:
+    """One absolute instant."""
+
+    __slots__ = ("at_ms",)
+
+    def __init__(self, at_ms: int) -> None:
+        self.at_ms = at_ms
+
+    def next_after(self, instant_ms: int, tz: ZoneInfo) -> int | None:
+        return self.at_ms if self.at_ms > instant_ms else None
 
 
 def delay_interval_ms(second: int, minute: int, hour: int, day: int, month: int, week: int) -> int:
@@ -106,6 +139,7 @@ class CalendarSpec:
 
     ``dows`` uses 0 = Sunday. ``day_or``: a day matches when its day of month
     *or* its day of week is allowed (cron's rule); otherwise both must be.
+    The trigger of the calendar and cron kinds.
     """
 
     __slots__ = (
@@ -173,6 +207,9 @@ class CalendarSpec:
         self.possible = day_or or any(
             d <= _MAX_DAYS_IN_MONTH[m] for m in self.months for d in self.doms
         )
+
+    def next_after(self, instant_ms: int, tz: ZoneInfo) -> int | None:
+        return _calendar_ms(self, instant_ms, tz)
 
     def __repr__(self) -> str:
         return (
@@ -516,44 +553,6 @@ def _calendar_ms(spec: CalendarSpec, after_ms: int, tz: ZoneInfo) -> int | None:
         # Past the years datetime can represent (9999): nothing to fire.
         return None
     return None if x is None else x * 1000
-
-
-def next_fire(plan: Plan, after_ms: int, tz: ZoneInfo) -> int | None:
-    """The plan's next firing strictly after ``after_ms``, or None.
-
-    Ignores ``count`` and ``end_ms`` (:meth:`Plan.next_after` applies them).
-    Raises ValueError for an invalid cron expression or calendar field.
-    """
-    kind = plan.kind
-    if kind == _CALENDAR:
-        spec = compile_calendar(
-            plan.second, plan.minute, plan.hour, plan.day, plan.month, plan.week
-        )
-        return _calendar_ms(spec, after_ms, tz)
-    if kind == _CRON:
-        return _calendar_ms(compile_cron(plan.cron), after_ms, tz)
-    if kind == _DELAY:
-        interval = plan.interval_ms
-        if interval <= 0:
-            return None
-        k = max(1, (after_ms - plan.anchor_ms) // interval + 1)
-        return plan.anchor_ms + k * interval
-    if kind == _AT:
-        return plan.anchor_ms if plan.anchor_ms > after_ms else None
-    raise ValueError(f"unknown schedule kind: {kind}")
-
-
-def preview(plan: Plan, after_ms: int, tz: ZoneInfo, n: int) -> list[int]:
-    """The next ``n`` firings after ``after_ms`` (fewer if the schedule ends)."""
-    out: list[int] = []
-    t = after_ms
-    for _ in range(n):
-        nxt = next_fire(plan, t, tz)
-        if nxt is None:
-            break
-        out.append(nxt)
-        t = nxt
-    return out
 
 
 def start_of_next_year_ms(now_ms: int, tz: ZoneInfo) -> int:

@@ -11,16 +11,19 @@ before the cursor is in ``_window`` -- unless a mutation of that key is
 queued (it decides membership when it commits) or the plan is firing (its
 advance decides).
 
-Durability: every mutation goes through :class:`_Writer`, which commits
-everything queued in one transaction (group commit). Callers are answered
+Durability: every mutation goes through the writer
+(:class:`forsun_box.writer.Writer`), which commits everything queued in one
+transaction (group commit). Callers are answered
 after their mutation committed. A firing's advance is queued only after
 the action's first attempt finished, so a crash in between refires the
 plan at restart (at least once). Firing records (advances, runs) wait up to
 ``firing_commit_linger_ms`` to share a commit unless a caller's mutation is
 queued; a plan is back in the window only once its advance committed.
 
-Firing cost: when the executor is a dispatcher, a plain-function action runs
-inline in the firing loop (no task per firing); coroutine actions get a task.
+Firing cost: the executor (:class:`forsun_box.executor.Executor`) may finish
+a firing's first attempt synchronously (the dispatcher does for a
+plain-function action): then it runs inline in the firing loop, with no task
+per firing; other firings get a task.
 The window holds at most about twice ``refill_limit`` plans, refilled in a
 background task so firing goes on while the store is read.
 """
@@ -35,26 +38,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors
 from forsun_box.clock import Clock, TimerHandle
+from forsun_box.enums import CATCHUP_POLICIES, Misfire
+from forsun_box.executor import Executor
 from forsun_box.plan import DELAY, Plan, new_key
-from forsun_box.store.base import Advance, Batch, Run, Store
+from forsun_box.store.base import Advance, Run, Store
+from forsun_box.writer import Delete, Moved, Mutation, Puts, SetMeta, SetStatus, Writer
 
 log = logging.getLogger("forsun_box.scheduler")
 
-FIRE_ONCE = "fire_once"
-FIRE_ALL = "fire_all"
-SKIP = "skip"
-CATCHUP_POLICIES = (FIRE_ONCE, FIRE_ALL, SKIP)
+# Short names of the policies (defined in forsun_box.enums).
+FIRE_ONCE, FIRE_ALL, SKIP = Misfire.FIRE_ONCE, Misfire.FIRE_ALL, Misfire.SKIP
 
 # Greater than any key a plan may have (keys are at most a few hundred chars).
 _MAX_KEY = "\U0010ffff" * 1024
-
-Executor = Callable[[Plan, int], Awaitable[int]]
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -72,9 +73,6 @@ class EngineOptions:
     #: apply :func:`tune_gc` at start
     tune_gc: bool = True
 
-
-#: most advances (and most run records) in one commit
-FIRING_BATCH = 20_000
 
 #: least number of young collections between two full ones (CPython's default: 10)
 GC_FULL_EVERY = 1000
@@ -97,206 +95,6 @@ def tune_gc() -> None:
 
 # Plans a window refill admits between two yields to the event loop.
 ADMIT_CHUNK = 1000
-
-
-def _take(items: list[T], cap: int) -> tuple[list[T], list[T]]:
-    """The first ``cap`` of ``items`` and the rest (no copy when all of them fit)."""
-    if len(items) <= cap:
-        return items, []
-    return items[:cap], items[cap:]
-
-
-class _Writer:
-    """Group commit: one task applies everything queued as one transaction."""
-
-    def __init__(
-        self,
-        store: Store,
-        lock: asyncio.Lock,
-        on_commit: Callable[[list[Any], list[tuple[Advance, Plan | None]], bool], None],
-        max_batch: int,
-        linger_s: float = 0.0,
-    ) -> None:
-        self._store = store
-        self._linger_s = linger_s
-        self._lock = lock
-        self._on_commit = on_commit
-        self._max_batch = max_batch
-        self._queue: list[tuple[str, Any, asyncio.Future[None] | None]] = []
-        # The two mutations of every firing skip the tagged queue: no tuple
-        # per item, no dispatch on its kind (they commit in any order anyway).
-        self.advances: list[tuple[Advance, Plan | None]] = []
-        self.runs: list[Run] = []
-        self._wake = asyncio.Event()
-        # set by mutations someone may wait for: ends a linger at once
-        self._urgent = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        # True from taking items off the queue until their callers are answered
-        self._busy = False
-        # a commit_alone ran in this turn of the event loop
-        self._alone = False
-        self.commits = 0
-        self.last_commit_ms = 0.0
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    def submit(self, kind: str, payload: Any, wait: bool) -> asyncio.Future[None] | None:
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.append((kind, payload, fut))
-        self._wake.set()
-        if fut is not None:
-            self._urgent.set()
-        return fut
-
-    async def commit_alone(self, kind: str, payload: Any) -> bool:
-        """Commit one mutation right away when nothing else is queued or being
-        committed, once per turn of the event loop; False (nothing done)
-        otherwise: submit it.
-
-        The caller waits for the commit anyway: done here, it is answered in
-        the same turn of the loop instead of handing over to the writer's task
-        and back (a lone client's every call). Mutations arriving in the same
-        turn after it still share one commit. Raises ForsunBoxError when the
-        commit fails.
-        """
-        if self._alone or self._busy or self._queue or self._closing or self._lock.locked():
-            return False
-        self._alone = self._busy = True
-        asyncio.get_running_loop().call_soon(self._next_turn)
-        try:
-            error = await self._commit([(kind, payload, None)], [], [])
-        finally:
-            self._busy = False
-        if self._queue or self.advances or self.runs:
-            self._wake.set()  # (queued while this one committed)
-        if error is not None:
-            raise error
-        return True
-
-    def _next_turn(self) -> None:
-        self._alone = False
-
-    async def commit(self, kind: str, payload: Any) -> None:
-        """Commit one mutation for a caller who waits for it: alone if it can
-        (:meth:`commit_alone`), else with whatever the writer's task takes next."""
-        if not await self.commit_alone(kind, payload):
-            fut = self.submit(kind, payload, True)
-            assert fut is not None
-            await fut
-
-    def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
-        self.advances.append((adv, moved))
-        self._wake.set()
-
-    def submit_run(self, run: Run) -> None:
-        self.runs.append(run)
-        self._wake.set()
-
-    def __len__(self) -> int:
-        return len(self._queue) + len(self.advances) + len(self.runs)
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        self._urgent.set()
-        if self._task:
-            await self._task
-
-    async def _loop(self) -> None:
-        max_batch = self._max_batch
-        while True:
-            if not (self._queue or self.advances or self.runs):
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if (
-                self._linger_s > 0
-                and not any(fut is not None for _, _, fut in self._queue)
-                and not self._closing
-                and len(self.advances) + len(self.runs) < FIRING_BATCH
-            ):
-                # Only firing records: let more of them gather for one commit
-                # (a crash meanwhile fires them again, as for any uncommitted
-                # advance), unless a caller's mutation arrives.
-                self._urgent.clear()
-                try:
-                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
-                except TimeoutError:
-                    pass
-            if self._busy:  # a commit_alone is under way: this one follows it
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            items, self._queue = _take(self._queue, max_batch)
-            # Firing records go in smaller slices: a backlog then drains as
-            # several short commits, and a window refill waiting for the
-            # store lock gets its turn between two of them.
-            advances, self.advances = _take(self.advances, FIRING_BATCH)
-            runs, self.runs = _take(self.runs, FIRING_BATCH)
-            self._busy = True
-            try:
-                error = await self._commit(items, advances, runs)
-            finally:
-                self._busy = False
-            if error is not None:
-                log.error("commit of %d mutations failed: %s", len(items), error)
-            for _, _, fut in items:
-                if fut is not None and not fut.done():
-                    if error is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(error)
-
-    async def _commit(
-        self,
-        items: list[tuple[str, Any, asyncio.Future[None] | None]],
-        advances: list[tuple[Advance, Plan | None]],
-        runs: list[Run],
-    ) -> errors.ForsunBoxError | None:
-        """Apply ``items``, ``advances`` and ``runs`` as one transaction; the error, if any."""
-        batch = Batch()
-        if advances:
-            batch.advances = [a for a, _ in advances]
-        batch.runs = runs
-        for kind, payload, _ in items:
-            if kind == "puts":
-                ops = batch.ops
-                for p in payload:
-                    ops[p.key] = p
-            elif kind == "delete":
-                batch.ops[payload] = None
-            elif kind == "advance":
-                batch.advances.append(payload[0])
-            elif kind == "status":
-                batch.statuses.append(payload)
-            elif kind == "run":
-                batch.runs.append(payload)
-            elif kind == "meta":
-                batch.meta[payload[0]] = payload[1]
-        error: errors.ForsunBoxError | None = None
-        started = time.perf_counter()
-        async with self._lock:
-            try:
-                await self._store.apply(batch)
-            except errors.ForsunBoxError as e:
-                error = e
-            except Exception as e:  # a driver bug must not kill the writer
-                log.exception("store apply failed")
-                error = errors.StoreError(f"store error: {e}")
-            except BaseException:
-                # cancelled (a commit_alone's caller, at a stop): whether it was
-                # committed is unknown; release its keys, admit nothing
-                self._on_commit(items, advances, False)
-                raise
-            self.last_commit_ms = (time.perf_counter() - started) * 1000
-            self.commits += 1
-            # Membership decisions happen before any read can interleave.
-            self._on_commit(items, advances, error is None)
-        return error
 
 
 class Scheduler:
@@ -322,7 +120,7 @@ class Scheduler:
         self.executor = executor
         self.stats = stats
         self._io = asyncio.Lock()
-        self._writer = _Writer(
+        self._writer = Writer(
             store,
             self._io,
             self._committed,
@@ -349,18 +147,13 @@ class Scheduler:
 
     @property
     def executor(self) -> Executor | None:
-        """Runs a firing's first attempt: ``await executor(plan, due_ms)`` -> status."""
+        """Runs a firing's first attempt (see :class:`forsun_box.executor.Executor`)."""
         return self._executor
 
     @executor.setter
     def executor(self, executor: Executor | None) -> None:
         self._executor = executor
-        # A dispatcher's ``run`` comes with ``start_firing``, which finishes cheap
-        # actions synchronously: the engine then needs no task per firing.
-        owner = getattr(executor, "__self__", None)
-        start = getattr(owner, "start_firing", None)
-        same = getattr(executor, "__func__", None) is getattr(type(owner), "run", False)
-        self._start = start if start is not None and same else None
+        self._start = None if executor is None else executor.start_firing
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -399,7 +192,7 @@ class Scheduler:
                 )
                 for t in pending:
                     t.cancel()
-        self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), False)
+        self._writer.submit(SetMeta("processed_until", str(self.clock.now_ms())), False)
         await self._writer.close()
 
     # ------------------------------------------------------------------ public API
@@ -417,7 +210,7 @@ class Scheduler:
             p.version = next(versions)
             hold(p.key)
         batch = list(plans)
-        await self._writer.commit("puts", batch)
+        await self._writer.commit(Puts(batch))
         if self.stats is not None:
             timeouts = sum(1 for p in plans if p.kind == DELAY)
             if timeouts:
@@ -430,7 +223,7 @@ class Scheduler:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
         self._hold(key)
-        await self._writer.commit("delete", key)
+        await self._writer.commit(Delete(key))
         if self.stats is not None:
             self.stats.incr("removed_count")
         return plan
@@ -507,11 +300,11 @@ class Scheduler:
         plan = await self.get(key)
         if self.executor is None:
             raise errors.UnknownError("no executor")
-        return await self.executor(plan, self.clock.now_ms())
+        return await self.executor.run(plan, self.clock.now_ms())
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        fut = self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), True)
+        fut = self._writer.submit(SetMeta("processed_until", str(self.clock.now_ms())), True)
         assert fut is not None
         await fut
 
@@ -524,7 +317,7 @@ class Scheduler:
         p = self._window.get(key)
         if p is not None and p.version == version:
             p.status = status
-        self._writer.submit("status", (key, version, status), False)
+        self._writer.submit(SetStatus(key, version, status), False)
 
     def window_size(self) -> int:
         return len(self._window)
@@ -548,9 +341,7 @@ class Scheduler:
         if self._timer_at is None or plan.next_time < self._timer_at:
             self._arm()
 
-    def _committed(
-        self, items: list[Any], advances: list[tuple[Advance, Plan | None]], ok: bool
-    ) -> None:
+    def _committed(self, mutations: list[Mutation], advances: list[Moved], ok: bool) -> None:
         """Runs in the writer right after a commit, before any read can interleave.
 
         When the commit failed (not ``ok``) the callers get the error and the
@@ -560,34 +351,42 @@ class Scheduler:
         if advances:
             self._advanced(advances)
         if not ok:
-            for kind, payload, _ in items:
-                if kind == "puts":
-                    for plan in payload:
-                        self._release(plan.key)
-                elif kind == "delete":
-                    self._release(payload)
+            for m in mutations:
+                match m:
+                    case Puts(plans):
+                        for plan in plans:
+                            self._release(plan.key)
+                    case Delete(key):
+                        self._release(key)
             return
         release = self._release
-        for kind, payload, _ in items:
-            if kind == "puts":
-                cursor = self._cursor
-                edge = cursor[0]
-                forget_inflight = self._inflight.pop
-                forget_window = self._window.pop
-                for plan in payload:  # (bulk creates: per plan)
-                    key = plan.key
+        for m in mutations:
+            match m:
+                case Puts(plans):
+                    self._admit_committed(plans)
+                case Delete(key):
                     release(key)
-                    forget_inflight(key, None)
-                    forget_window(key, None)
-                    nt = plan.next_time
-                    if nt is not None and nt <= edge and not plan.paused and (nt, key) <= cursor:
-                        self._admit(plan.copy())
-            elif kind == "delete":
-                self._release(payload)
-                self._inflight.pop(payload, None)
-                self._window.pop(payload, None)
+                    self._inflight.pop(key, None)
+                    self._window.pop(key, None)
 
-    def _advanced(self, advances: list[tuple[Advance, Plan | None]]) -> None:
+    def _admit_committed(self, plans: list[Plan]) -> None:
+        """Committed puts: the plans replace what the engine held of their keys, and
+        those due before the cursor join the window."""
+        release = self._release
+        cursor = self._cursor
+        edge = cursor[0]
+        forget_inflight = self._inflight.pop
+        forget_window = self._window.pop
+        for plan in plans:  # (bulk creates: per plan)
+            key = plan.key
+            release(key)
+            forget_inflight(key, None)
+            forget_window(key, None)
+            nt = plan.next_time
+            if nt is not None and nt <= edge and not plan.paused and (nt, key) <= cursor:
+                self._admit(plan.copy())
+
+    def _advanced(self, advances: list[Moved]) -> None:
         """Committed post-firing updates: the plans leave the in-flight set."""
         inflight = self._inflight
         release = self._release
@@ -710,7 +509,7 @@ class Scheduler:
                     now = self.clock.now_ms()
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
-                self._writer.submit("meta", ("processed_until", str(now)), False)
+                self._writer.submit(SetMeta("processed_until", str(now)), False)
             if (
                 self._cursor[0] - now <= self.options.window_ms // 2
                 and len(self._window) < self.options.refill_limit
@@ -789,7 +588,7 @@ class Scheduler:
         status = -1
         try:
             if self.executor is not None:
-                status = await self.executor(plan, due)
+                status = await self.executor.run(plan, due)
         except asyncio.CancelledError:
             raise
         except Exception:

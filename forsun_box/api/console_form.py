@@ -21,7 +21,7 @@ import tornado.web
 from forsun_box import errors
 from forsun_box.api import console_text as text
 from forsun_box.api.console import ConsoleHandler
-from forsun_box.api.console_plans import input_value, next_firings, parse_local
+from forsun_box.api.console_plans import PREVIEW_COUNT, input_value, parse_local
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, FIELDS, KINDS, Plan
 
 log = logging.getLogger("forsun_box.console")
@@ -229,7 +229,7 @@ class FormHandler(ConsoleHandler):
         preview_tz = console.tz
         if preview is not None:
             preview_tz = ZoneInfo(preview.timezone) if preview.timezone else console.tz
-            firings = next_firings(preview, console.now_ms(), preview_tz)
+            firings = preview.upcoming(PREVIEW_COUNT, preview_tz)
         actions = sorted(console.service.known_actions())
         self.page(
             "form.html",

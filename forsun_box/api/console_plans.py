@@ -20,7 +20,8 @@ import tornado.web
 from forsun_box import errors
 from forsun_box.api import console_text as text
 from forsun_box.api.console import Console, ConsoleHandler
-from forsun_box.plan import KINDS, STATUS_FAILED, STATUS_OK, STATUS_PENDING, Plan
+from forsun_box.enums import PlanStatus
+from forsun_box.plan import KINDS, Plan
 
 log = logging.getLogger("forsun_box.console")
 
@@ -37,21 +38,7 @@ WHEN_MAX_RANGE_MS = 7 * 86_400_000
 #: how long "fire now" waits for the action before answering
 FIRE_WAIT_S = 5.0
 
-STATUS_FILTERS = {"ok": STATUS_OK, "failed": STATUS_FAILED, "pending": STATUS_PENDING}
-
-
-def next_firings(plan: Plan, now_ms: int, tz: ZoneInfo, n: int = PREVIEW_COUNT) -> list[int]:
-    """The plan's next ``n`` firings (honouring count and end), from its stored next time."""
-    out: list[int] = []
-    nxt = plan.next_time
-    if nxt is None:
-        return out
-    p = plan.copy()
-    while nxt is not None and len(out) < n:
-        out.append(nxt)
-        p.current_count += 1
-        nxt = p.next_after(nxt, tz)
-    return out
+STATUS_FILTERS = {s.label: s for s in (PlanStatus.OK, PlanStatus.FAILED, PlanStatus.PENDING)}
 
 
 def matches(plan: Plan, action: str, mode: str, status: str) -> bool:
@@ -148,7 +135,7 @@ class PlanHandler(ConsoleHandler):
             raise tornado.web.HTTPError(404, f"No plan with key {key!r}.") from None
         runs = await console.scheduler.runs(key, RUNS_SHOWN)
         tz = ZoneInfo(plan.timezone) if plan.timezone else console.tz
-        firings = [] if plan.paused else next_firings(plan, console.now_ms(), tz)
+        firings = [] if plan.paused else plan.upcoming(PREVIEW_COUNT, tz)
         self.page(
             "plan.html",
             active="plans",

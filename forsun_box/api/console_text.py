@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from forsun_box.enums import PlanStatus, RunResult
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, Plan
 
 #: a param whose name contains one of these has its value masked
@@ -146,11 +147,19 @@ def human_bytes(n: int) -> str:
     return f"{size:.1f} TiB"  # pragma: no cover - the loop returns first
 
 
+_RESULT_WORDS: dict[int, str] = {
+    RunResult.OK: "ok",
+    RunResult.FAILED: "failed",
+    RunResult.RETRYING: "failed, will retry",
+}
+_STATUS_WORDS: dict[int, str] = {s: s.label for s in PlanStatus}
+
+
 def result_name(result: int) -> str:
     """A run record's result code in words."""
-    return {1: "ok", -1: "failed", 2: "failed, will retry"}.get(result, str(result))
+    return _RESULT_WORDS.get(result, str(result))
 
 
 def status_name(status: int) -> str:
     """A plan's last status in words."""
-    return {0: "pending", 1: "ok", -1: "failed"}.get(status, str(status))
+    return _STATUS_WORDS.get(status, str(status))

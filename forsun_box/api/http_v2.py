@@ -386,7 +386,7 @@ class PreviewHandler(V2Handler):
         async def preview() -> None:
             n = self.int_arg("n", 5, 1, MAX_PREVIEW)
             plan = await self.service.scheduler.get(key)
-            fires = v2_schema.preview(plan, n, self.service.scheduler.tz)
+            fires = plan.upcoming(n, self.service.scheduler.tz)
             self.send(
                 200,
                 {

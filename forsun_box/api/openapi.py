@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from forsun_box import __version__
+from forsun_box.enums import Misfire, PlanStatus, RunResult
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -115,7 +116,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "delay each occurrence by up to this (stable)",
             },
             "misfire": {
-                "enum": ["skip", "fire_once", "fire_all"],
+                "enum": [m.value for m in Misfire if m],
                 "description": "for firings later than grace_ms; default: the "
                 "server's catch-up policy after downtime",
             },
@@ -150,10 +151,10 @@ SCHEMAS: dict[str, Any] = {
             "current_count": {"type": "integer"},
             "last_fired": _INSTANT_OUT,
             "last_fired_ms": _MS_OUT,
-            "status": {"enum": ["pending", "ok", "failed"]},
+            "status": {"enum": [s.label for s in PlanStatus]},
             "paused": {"type": "boolean"},
             "jitter_ms": {"type": "integer"},
-            "misfire": {"enum": ["skip", "fire_once", "fire_all", None]},
+            "misfire": {"enum": [*(m.value for m in Misfire if m), None]},
             "grace_ms": _nullable("integer"),
             "created": {"type": "string", "format": "date-time"},
             "created_ms": {"type": "integer"},
@@ -194,7 +195,7 @@ SCHEMAS: dict[str, Any] = {
             "lateness_ms": {"type": "integer", "minimum": 0},
             "duration_ms": {"type": "integer", "minimum": 0},
             "attempt": {"type": "integer", "minimum": 1},
-            "result": {"enum": ["ok", "failed", "retrying"]},
+            "result": {"enum": [r.label for r in RunResult]},
             "error": _nullable("string"),
             "action": _nullable("string"),
         },

@@ -31,7 +31,6 @@ from thrift.Thrift import TApplicationException
 
 from forsun_box import errors
 from forsun_box.api.service import ForsunService
-from forsun_box.api.v2_schema import preview
 from forsun_box.plan import AT, CRON, Plan, to_forsun
 from forsun_box.thrift import codec
 from forsun_box.thrift.forsun import Forsun
@@ -403,7 +402,7 @@ class ThriftServer:
         n = args.n or 0
         n = DEFAULT_PREVIEW if n <= 0 else min(n, MAX_PREVIEW)
         plan = await self.service.get(args.key)
-        return preview(plan, n, self.service.scheduler.tz)
+        return plan.upcoming(n, self.service.scheduler.tz)
 
     async def _create_cron(self, args: Any) -> ForsunPlan:
         if not args.cron:

@@ -44,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors
+from forsun_box.enums import PlanStatus, RunResult
 from forsun_box.plan import (
     AT,
     CALENDAR,
@@ -53,8 +54,6 @@ from forsun_box.plan import (
     I16_MAX,
     KINDS,
     MAX_JITTER_MS,
-    STATUS_FAILED,
-    STATUS_OK,
     Plan,
     build_plan,
 )
@@ -81,8 +80,6 @@ SCHEDULE_FIELDS = {
     CRON: frozenset({"kind", "expr", "count"}),
     AT: frozenset({"kind", "at"}),
 }
-STATUS_NAMES = {0: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
-RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
 # Largest instant accepted (year 9999): keeps datetime conversions in range.
 MAX_MS = 253_402_300_799_999
 
@@ -297,7 +294,7 @@ def plan_to_v2(plan: Plan) -> dict[str, Any]:
         "current_count": plan.current_count,
         "last_fired": format_instant(plan.last_timeout) if plan.last_timeout else None,
         "last_fired_ms": plan.last_timeout or None,
-        "status": STATUS_NAMES.get(plan.status, "failed"),
+        "status": PlanStatus.label_of(plan.status),
         "paused": plan.paused,
         "jitter_ms": plan.jitter_ms,
         "misfire": plan.misfire or None,
@@ -318,19 +315,7 @@ def run_to_v2(run: Any) -> dict[str, Any]:
         "lateness_ms": max(0, run.started_ms - run.due_ms),
         "duration_ms": run.duration_ms,
         "attempt": run.attempt,
-        "result": RUN_RESULTS.get(run.result, "failed"),
+        "result": RunResult.label_of(run.result),
         "error": run.error or None,
         "action": run.action or None,
     }
-
-
-def preview(plan: Plan, n: int, default_tz: ZoneInfo) -> list[int]:
-    """The plan's next ``n`` firings from its next one, honouring count and end."""
-    out: list[int] = []
-    nxt = plan.next_time
-    probe = plan.copy()
-    while nxt is not None and len(out) < n:
-        out.append(nxt)
-        probe.current_count += 1
-        nxt = probe.next_after(nxt, default_tz)
-    return out

@@ -43,6 +43,7 @@ from thrift.transport import TSocket, TTransport
 
 from forsun_box import __version__, errors
 from forsun_box.api import crontab
+from forsun_box.enums import RunResult
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlanError
 
@@ -129,7 +130,6 @@ COMMAND_NAMES = frozenset(
         "at",
     }
 )
-RUN_RESULTS = {1: "ok", -1: "failed", 2: "retrying"}
 DEFAULT_RUNS = 20
 DEFAULT_PREVIEW = 5
 
@@ -250,7 +250,7 @@ def format_run(run: Any) -> str:
         f"late={max(0, run.started_ms - run.due_ms)}",
         f"took={run.duration_ms}",
         f"attempt={run.attempt}",
-        RUN_RESULTS.get(run.result, "failed"),
+        RunResult.label_of(run.result),
     ]
     if run.error:
         parts.append(" ".join(run.error.split()))  # one line per run

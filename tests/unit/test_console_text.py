@@ -11,7 +11,7 @@ import pytest
 
 from forsun_box.api import console_text as text
 from forsun_box.api.console import is_loopback
-from forsun_box.api.console_plans import matches, next_firings
+from forsun_box.api.console_plans import PREVIEW_COUNT, matches
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, build_plan
 from forsun_box.stats import MinuteSeries
 from forsun_box.store.base import Batch
@@ -82,11 +82,13 @@ def test_mask_params() -> None:
     assert {masked[k] for k in masked if k != "url"} == {text.MASK}
 
 
-def test_next_firings_honour_count() -> None:
+def test_upcoming_honours_count_end_and_a_finished_plan() -> None:
     plan = make(DELAY, second=5, count=3)
-    assert next_firings(plan, NOW, UTC) == [NOW + 5000, NOW + 10000, NOW + 15000]
+    assert plan.upcoming(PREVIEW_COUNT, UTC) == [NOW + 5000, NOW + 10000, NOW + 15000]
+    assert plan.copy(end_ms=NOW + 10000).upcoming(PREVIEW_COUNT, UTC) == [NOW + 5000]
+    assert plan.copy(next_time=None).upcoming(PREVIEW_COUNT, UTC) == []
     daily = make(CALENDAR, second=0, minute=32, hour=16)
-    got = next_firings(daily, NOW, UTC)
+    got = daily.upcoming(PREVIEW_COUNT, UTC)
     assert len(got) == 5 and all(b - a == 86_400_000 for a, b in zip(got, got[1:], strict=False))
 
 

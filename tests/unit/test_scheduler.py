@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from forsun_box.errors import StoreError
+from forsun_box.executor import CoroutineExecutor
 from forsun_box.plan import CALENDAR, DELAY, Plan, build_plan
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.store.memory import MemoryStore
@@ -43,7 +44,9 @@ async def make(
     store = store or MemoryStore(path=None)
     await store.open()
     rec = Recorder(clock)
-    sched = Scheduler(store, clock, UTC, options=EngineOptions(**opts), executor=rec)
+    sched = Scheduler(
+        store, clock, UTC, options=EngineOptions(**opts), executor=CoroutineExecutor(rec)
+    )
     await sched.start()
     return sched, rec, store
 
@@ -312,7 +315,9 @@ async def _downtime(policy: str) -> tuple[Recorder, MemoryStore, FakeClock]:
     )
     await sched.stop()
     clock._now = T0 + 10_500  # down for 10.5 s: 'every' missed 10 firings
-    sched2 = Scheduler(store, clock, UTC, options=EngineOptions(catchup=policy), executor=rec)
+    sched2 = Scheduler(
+        store, clock, UTC, options=EngineOptions(catchup=policy), executor=CoroutineExecutor(rec)
+    )
     rec.calls.clear()
     await sched2.start()
     for _ in range(15):
@@ -432,8 +437,8 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
             dispatcher = Dispatcher(
                 ActionSettings(), clock, sched.record_run, sched.record_status, stats
             )
-            sched.executor = dispatcher.run
-            assert sched._start is not None  # the dispatcher's inline path is used
+            sched.executor = dispatcher
+            assert sched._start == dispatcher.start_firing  # the inline path is used
             await sched.start()
             plans = [
                 build_plan(

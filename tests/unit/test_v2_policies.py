@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from forsun_box import errors
+from forsun_box.executor import CoroutineExecutor
 from forsun_box.plan import CRON, DELAY, Plan, build_plan
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.store.memory import MemoryStore
@@ -90,7 +91,9 @@ async def _late_by(
     store = MemoryStore(path=None)
     await store.open()
     rec = Recorder()
-    sched = Scheduler(store, clock, UTC, options=EngineOptions(catchup=catchup), executor=rec)
+    sched = Scheduler(
+        store, clock, UTC, options=EngineOptions(catchup=catchup), executor=CoroutineExecutor(rec)
+    )
     await sched.start()
     await sched.create([plan])
     clock._now = late_to  # the loop was busy: the timer for T0 + 1000 runs late
@@ -138,12 +141,12 @@ def test_plan_policy_overrides_the_server_catch_up_after_downtime() -> None:
         await store.open()
         rec = Recorder()
         opts = EngineOptions(catchup="fire_all")
-        sched = Scheduler(store, clock, UTC, options=opts, executor=rec)
+        sched = Scheduler(store, clock, UTC, options=opts, executor=CoroutineExecutor(rec))
         await sched.start()
         await sched.create([every_second("down", misfire="skip", grace_ms=0)])
         await sched.stop()
         clock._now = T0 + 5500
-        sched2 = Scheduler(store, clock, UTC, options=opts, executor=rec)
+        sched2 = Scheduler(store, clock, UTC, options=opts, executor=CoroutineExecutor(rec))
         await sched2.start()
         for _ in range(10):
             await clock.advance(0)

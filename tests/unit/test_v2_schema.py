@@ -9,7 +9,7 @@ import pytest
 
 from forsun_box import errors
 from forsun_box.api import v2_schema
-from forsun_box.api.v2_schema import build_v2_plan, format_instant, parse_instant, preview
+from forsun_box.api.v2_schema import build_v2_plan, format_instant, parse_instant
 from forsun_box.plan import Limits
 from forsun_box.store.base import Run
 
@@ -45,7 +45,7 @@ def test_instants_iso_with_ms_offsets_and_unix_ms() -> None:
 def test_delay_kind_interval_in_ms_and_count() -> None:
     p = build({"key": "d", "schedule": {"kind": "delay", "interval_ms": 1500, "count": 3}})
     assert p.kind == "delay" and p.interval_ms == 1500
-    assert preview(p, 10, UTCZ) == [NOW + 1500, NOW + 3000, NOW + 4500]
+    assert p.upcoming(10, UTCZ) == [NOW + 1500, NOW + 3000, NOW + 4500]
     out = v2_schema.plan_to_v2(p)
     assert out["schedule"] == {"kind": "delay", "interval_ms": 1500, "count": 3}
     assert out["next_time"] == "2026-01-01T00:00:01.500Z" and out["next_time_ms"] == NOW + 1500
@@ -59,7 +59,7 @@ def test_delay_with_start_fires_at_start_then_every_interval() -> None:
             "schedule": {"kind": "delay", "interval_ms": 1000, "count": 2},
         }
     )
-    assert preview(p, 5, UTCZ) == [NOW + 60_000, NOW + 61_000]
+    assert p.upcoming(5, UTCZ) == [NOW + 60_000, NOW + 61_000]
 
 
 def test_calendar_kind_uses_forsun_fields_in_the_plan_zone() -> None:
@@ -77,14 +77,14 @@ def test_calendar_kind_uses_forsun_fields_in_the_plan_zone() -> None:
 
 def test_cron_kind_five_and_six_fields() -> None:
     five = build({"key": "c5", "schedule": {"kind": "cron", "expr": "*/15 * * * *"}})
-    assert preview(five, 3, UTCZ) == [NOW + 900_000, NOW + 1_800_000, NOW + 2_700_000]
+    assert five.upcoming(3, UTCZ) == [NOW + 900_000, NOW + 1_800_000, NOW + 2_700_000]
     six = build({"key": "c6", "schedule": {"kind": "cron", "expr": "*/10 * * * * *", "count": 2}})
-    assert preview(six, 5, UTCZ) == [NOW + 10_000, NOW + 20_000]
+    assert six.upcoming(5, UTCZ) == [NOW + 10_000, NOW + 20_000]
 
 
 def test_at_kind_single_instant_with_ms() -> None:
     p = build({"key": "a", "schedule": {"kind": "at", "at": "2026-01-01T00:00:05.250Z"}})
-    assert preview(p, 3, UTCZ) == [NOW + 5250]
+    assert p.upcoming(3, UTCZ) == [NOW + 5250]
     assert v2_schema.plan_to_v2(p)["schedule"] == {
         "kind": "at",
         "at": "2026-01-01T00:00:05.250Z",
@@ -103,7 +103,7 @@ def test_start_and_end_bound_cron_firings() -> None:
             "schedule": {"kind": "cron", "expr": "0 * * * *"},
         }
     )
-    assert [format_instant(t) for t in preview(p, 10, UTCZ)] == [
+    assert [format_instant(t) for t in p.upcoming(10, UTCZ)] == [
         "2026-01-01T10:00:00.000Z",
         "2026-01-01T11:00:00.000Z",
     ]
@@ -122,7 +122,7 @@ def test_dst_spring_forward_new_york_skipped_hour_fires_after_the_jump() -> None
         },
         now=now,
     )
-    fires = preview(p, 2, UTCZ)
+    fires = p.upcoming(2, UTCZ)
     assert format_instant(fires[0]) == "2026-03-08T07:00:00.000Z"
     assert format_instant(fires[1]) == "2026-03-09T06:30:00.000Z"
 
@@ -138,7 +138,7 @@ def test_dst_fall_back_berlin_repeated_hour_fires_once() -> None:
         },
         now=now,
     )
-    fires = [format_instant(t) for t in preview(p, 2, UTCZ)]
+    fires = [format_instant(t) for t in p.upcoming(2, UTCZ)]
     assert fires == ["2026-10-25T00:30:00.000Z", "2026-10-26T01:30:00.000Z"]
 
 
@@ -209,7 +209,7 @@ def test_jitter_and_misfire_fields() -> None:
         }
     )
     assert (p.jitter_ms, p.misfire, p.grace_ms) == (400, "skip", v2_schema.DEFAULT_GRACE_MS)
-    for k, t in enumerate(preview(p, 5, UTCZ), 1):
+    for k, t in enumerate(p.upcoming(5, UTCZ), 1):
         assert NOW + 1500 * k <= t <= NOW + 1500 * k + 400
     out = v2_schema.plan_to_v2(p)
     assert (out["jitter_ms"], out["misfire"], out["grace_ms"]) == (400, "skip", 1000)

@@ -1,0 +1,40 @@
+"""What the engine fires through: the executor protocol.
+
+The dispatcher (:class:`forsun_box.dispatcher.Dispatcher`) is the executor
+of a running service; :class:`CoroutineExecutor` makes one of a coroutine
+function (tests, benches, an embedding program).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from forsun_box.plan import Plan
+
+
+class Executor(Protocol):
+    """Runs the first attempt of a firing and says how it went (1 ok, -1 failed)."""
+
+    async def run(self, plan: Plan, due_ms: int) -> int:
+        """Run the attempt; its status."""
+        ...
+
+    def start_firing(self, plan: Plan, due_ms: int) -> int | Awaitable[int]:
+        """Start the attempt: its status when it finished right here (no task needed
+        for this firing), else an awaitable of it, awaited exactly once."""
+        ...
+
+
+class CoroutineExecutor:
+    """An :class:`Executor` made of ``fn(plan, due_ms) -> awaitable status``."""
+
+    def __init__(self, fn: Callable[[Plan, int], Awaitable[int]]) -> None:
+        self._fn = fn
+
+    async def run(self, plan: Plan, due_ms: int) -> int:
+        return await self._fn(plan, due_ms)
+
+    def start_firing(self, plan: Plan, due_ms: int) -> Awaitable[int]:
+        return self._fn(plan, due_ms)

@@ -1,0 +1,271 @@
+"""Group commit: the engine's one writer to the store.
+
+Every change the engine makes is a :data:`Mutation` (a small dataclass)
+handed to :class:`Writer`, which applies everything queued as one
+transaction (:meth:`forsun_box.store.base.Store.apply`). A caller who waits
+for a mutation is answered once it committed; many callers share a commit
+under load. The two records of every firing, an :class:`Advance` and a
+:class:`Run`, skip the queue (no allocation per item beyond the record
+itself) and may wait ``linger_s`` to share a commit when nobody waits.
+After each commit, in the same turn of the event loop, the writer tells its
+owner what committed (``on_commit``), before any read can interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from forsun_box import errors
+from forsun_box.plan import Plan
+from forsun_box.store.base import Advance, Batch, Run, Store
+
+log = logging.getLogger("forsun_box.scheduler")
+
+T = TypeVar("T")
+
+#: most advances (and most run records) in one commit
+FIRING_BATCH = 20_000
+
+
+@dataclass(slots=True)
+class Puts:
+    """Store these plans, replacing any with the same keys."""
+
+    plans: list[Plan]
+
+
+@dataclass(slots=True)
+class Delete:
+    """Remove the plan under ``key``."""
+
+    key: str
+
+
+@dataclass(slots=True)
+class SetStatus:
+    """Set the status of ``key`` if it still has ``version`` (the result after retries)."""
+
+    key: str
+    version: int
+    status: int
+
+
+@dataclass(slots=True)
+class SetMeta:
+    """Set a meta value (e.g. ``processed_until``)."""
+
+    name: str
+    value: str
+
+
+Mutation = Puts | Delete | SetStatus | SetMeta
+# An Advance with the plan as it now stands (None when the plan is finished).
+Moved = tuple[Advance, Plan | None]
+# What committed (or failed): the mutations, the advances, whether it committed.
+OnCommit = Callable[[list[Mutation], list[Moved], bool], None]
+_Queued = tuple[Mutation, "asyncio.Future[None] | None"]
+
+
+def _take(items: list[T], cap: int) -> tuple[list[T], list[T]]:
+    """The first ``cap`` of ``items`` and the rest (no copy when all of them fit)."""
+    if len(items) <= cap:
+        return items, []
+    return items[:cap], items[cap:]
+
+
+def batch_of(mutations: list[Mutation], advances: list[Moved], runs: list[Run]) -> Batch:
+    """The store batch that applies ``mutations``, ``advances`` and ``runs``."""
+    batch = Batch()
+    if advances:
+        batch.advances = [a for a, _ in advances]
+    batch.runs = runs
+    ops = batch.ops
+    for m in mutations:
+        match m:
+            case Puts(plans):
+                for p in plans:
+                    ops[p.key] = p
+            case Delete(key):
+                ops[key] = None
+            case SetStatus(key, version, status):
+                batch.statuses.append((key, version, status))
+            case SetMeta(name, value):
+                batch.meta[name] = value
+    return batch
+
+
+class Writer:
+    """Group commit: one task applies everything queued as one transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        lock: asyncio.Lock,
+        on_commit: OnCommit,
+        max_batch: int,
+        linger_s: float = 0.0,
+    ) -> None:
+        self._store = store
+        self._linger_s = linger_s
+        self._lock = lock
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._queue: list[_Queued] = []
+        # The two records of every firing skip the queue (they commit in any order).
+        self.advances: list[Moved] = []
+        self.runs: list[Run] = []
+        self._wake = asyncio.Event()
+        # set by mutations someone may wait for: ends a linger at once
+        self._urgent = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        # True from taking items off the queue until their callers are answered
+        self._busy = False
+        # a commit_alone ran in this turn of the event loop
+        self._alone = False
+        self.commits = 0
+        self.last_commit_ms = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def submit(self, mutation: Mutation, wait: bool) -> asyncio.Future[None] | None:
+        """Queue ``mutation``; with ``wait``, a future done once it committed."""
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.append((mutation, fut))
+        self._wake.set()
+        if fut is not None:
+            self._urgent.set()
+        return fut
+
+    async def commit_alone(self, mutation: Mutation) -> bool:
+        """Commit one mutation right away when nothing else is queued or being
+        committed, once per turn of the event loop; False (nothing done)
+        otherwise: submit it.
+
+        The caller waits for the commit anyway: done here, it is answered in
+        the same turn of the loop instead of handing over to the writer's task
+        and back (a lone client's every call). Mutations arriving in the same
+        turn after it still share one commit. Raises ForsunBoxError when the
+        commit fails.
+        """
+        if self._alone or self._busy or self._queue or self._closing or self._lock.locked():
+            return False
+        self._alone = self._busy = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        try:
+            error = await self._commit([mutation], [], [])
+        finally:
+            self._busy = False
+        if self._queue or self.advances or self.runs:
+            self._wake.set()  # (queued while this one committed)
+        if error is not None:
+            raise error
+        return True
+
+    def _next_turn(self) -> None:
+        self._alone = False
+
+    async def commit(self, mutation: Mutation) -> None:
+        """Commit one mutation for a caller who waits for it: alone if it can
+        (:meth:`commit_alone`), else with whatever the writer's task takes next."""
+        if not await self.commit_alone(mutation):
+            fut = self.submit(mutation, True)
+            assert fut is not None
+            await fut
+
+    def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
+        self.advances.append((adv, moved))
+        self._wake.set()
+
+    def submit_run(self, run: Run) -> None:
+        self.runs.append(run)
+        self._wake.set()
+
+    def __len__(self) -> int:
+        return len(self._queue) + len(self.advances) + len(self.runs)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._urgent.set()
+        if self._task:
+            await self._task
+
+    async def _loop(self) -> None:
+        max_batch = self._max_batch
+        while True:
+            if not (self._queue or self.advances or self.runs):
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if (
+                self._linger_s > 0
+                and not any(fut is not None for _, fut in self._queue)
+                and not self._closing
+                and len(self.advances) + len(self.runs) < FIRING_BATCH
+            ):
+                # Only firing records: let more of them gather for one commit
+                # (a crash meanwhile fires them again, as for any uncommitted
+                # advance), unless a caller's mutation arrives.
+                self._urgent.clear()
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
+                except TimeoutError:
+                    pass
+            if self._busy:  # a commit_alone is under way: this one follows it
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            items, self._queue = _take(self._queue, max_batch)
+            # Firing records go in smaller slices: a backlog then drains as
+            # several short commits, and a window refill waiting for the
+            # store lock gets its turn between two of them.
+            advances, self.advances = _take(self.advances, FIRING_BATCH)
+            runs, self.runs = _take(self.runs, FIRING_BATCH)
+            self._busy = True
+            try:
+                error = await self._commit([m for m, _ in items], advances, runs)
+            finally:
+                self._busy = False
+            if error is not None:
+                log.error("commit of %d mutations failed: %s", len(items), error)
+            for _, fut in items:
+                if fut is not None and not fut.done():
+                    if error is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(error)
+
+    async def _commit(
+        self, mutations: list[Mutation], advances: list[Moved], runs: list[Run]
+    ) -> errors.ForsunBoxError | None:
+        """Apply ``mutations``, ``advances`` and ``runs`` as one transaction; the error, if any."""
+        batch = batch_of(mutations, advances, runs)
+        error: errors.ForsunBoxError | None = None
+        started = time.perf_counter()
+        async with self._lock:
+            try:
+                await self._store.apply(batch)
+            except errors.ForsunBoxError as e:
+                error = e
+            except Exception as e:  # a driver bug must not kill the writer
+                log.exception("store apply failed")
+                error = errors.StoreError(f"store error: {e}")
+            except BaseException:
+                # cancelled (a commit_alone's caller, at a stop): whether it was
+                # committed is unknown; release its keys, admit nothing
+                self._on_commit(mutations, advances, False)
+                raise
+            self.last_commit_ms = (time.perf_counter() - started) * 1000
+            self.commits += 1
+            # Membership decisions happen before any read can interleave.
+            self._on_commit(mutations, advances, error is None)
+        return error

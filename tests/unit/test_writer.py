@@ -1,0 +1,74 @@
+"""The group-commit writer: typed mutations, one transaction, the commit callback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from forsun_box.errors import StoreError
+from forsun_box.plan import Plan
+from forsun_box.store.base import Advance, Batch, Run
+from forsun_box.store.memory import MemoryStore
+from forsun_box.writer import Delete, Mutation, Puts, SetMeta, SetStatus, Writer, batch_of
+
+T0 = 1_700_000_000_000
+
+
+def plan(key: str) -> Plan:
+    return Plan(key, "at", anchor_ms=T0 + 1000, next_time=T0 + 1000, version=1)
+
+
+def test_batch_of_places_each_mutation_by_its_type() -> None:
+    a, b = plan("a"), plan("b")
+    adv = Advance("c", 3, None, 1, T0, 1)
+    run = Run("c", T0, T0, 1, 1, 1)
+    batch = batch_of(
+        [Puts([a, b]), Delete("a"), SetStatus("b", 1, -1), SetMeta("processed_until", "5")],
+        [(adv, None)],
+        [run],
+    )
+    assert batch == Batch(
+        ops={"a": None, "b": b},  # the last operation per key wins
+        advances=[adv],
+        statuses=[("b", 1, -1)],
+        runs=[run],
+        meta={"processed_until": "5"},
+    )
+
+
+class FailingStore(MemoryStore):
+    async def apply(self, batch: Batch) -> None:
+        raise StoreError("disk full")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_commits_share_a_transaction_and_report_what_committed(fails: bool) -> None:
+    seen: list[tuple[list[Mutation], bool]] = []
+
+    async def main() -> None:
+        store = FailingStore(path=None) if fails else MemoryStore(path=None)
+        await store.open()
+        writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: seen.append((m, ok)), 100)
+        writer.start()
+        # the first commits alone, in its caller's turn; the two after it share one
+        tasks = [
+            asyncio.create_task(writer.commit(m))
+            for m in (Puts([plan("a")]), Delete("a"), Puts([plan("b")]))
+        ]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.close()
+        if fails:
+            assert all(isinstance(r, StoreError) for r in results)
+            assert await store.keys() == []
+        else:
+            assert results == [None, None, None]
+            assert await store.keys() == ["b"]
+            assert writer.commits == 2
+
+    asyncio.run(main())
+    assert [ok for _, ok in seen] == [not fails, not fails]
+    assert [m for m, _ in seen] == [
+        [Puts([plan("a")])],
+        [Delete("a"), Puts([plan("b")])],
+    ]
