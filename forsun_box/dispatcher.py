@@ -54,9 +54,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("forsun_box.actions")
 
-# Short names of the values this module writes (defined in forsun_box.enums).
-STATUS_OK, STATUS_FAILED = PlanStatus.OK, PlanStatus.FAILED
-RUN_OK, RUN_FAILED, RUN_WILL_RETRY = RunResult.OK, RunResult.FAILED, RunResult.RETRYING
+# Short names of the values this module writes (defined in forsun_box.enums), as
+# plain ints: the engine tells a first attempt that finished inline by
+# ``type(status) is int``, and records keep the plain values they always had.
+STATUS_OK, STATUS_FAILED = PlanStatus.OK.value, PlanStatus.FAILED.value
+RUN_OK = RunResult.OK.value
+RUN_FAILED = RunResult.FAILED.value
+RUN_WILL_RETRY = RunResult.RETRYING.value
 
 #: longest error text kept in a run record
 MAX_ERROR_CHARS = 2000

@@ -21,13 +21,16 @@ from zoneinfo import ZoneInfo
 from forsun_box import errors, schedule
 from forsun_box.enums import Kind, Misfire, PlanStatus
 
-# The kinds by their short names (one definition: forsun_box.enums.Kind), typed
-# as the plain strings a Plan's ``kind`` holds.
-DELAY: str = Kind.DELAY
-CALENDAR: str = Kind.CALENDAR
-CRON: str = Kind.CRON
-AT: str = Kind.AT
-KINDS: tuple[str, ...] = tuple(Kind)
+# The kinds by their short names (defined in forsun_box.enums.Kind). A Plan's
+# fields hold plain values (``.value``), as they did before the enums: the
+# create worker pickles plans by the thousand, and an enum member costs a
+# class lookup to unpickle and a slower path in orjson and sqlite3.
+DELAY: str = Kind.DELAY.value
+CALENDAR: str = Kind.CALENDAR.value
+CRON: str = Kind.CRON.value
+AT: str = Kind.AT.value
+KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+_PENDING: int = PlanStatus.PENDING.value
 
 MAX_JITTER_MS = 3_600_000
 _MISFIRES = tuple(Misfire)
@@ -83,7 +86,7 @@ class Plan:
     next_time: int | None = None  # ms of the next firing, None when finished
     current_count: int = 0
     last_timeout: int = 0  # ms of the last firing, 0 if never
-    status: int = PlanStatus.PENDING
+    status: int = _PENDING
     created_time: int = 0
     paused: bool = False
     version: int = 0
@@ -424,7 +427,7 @@ def build_plan(
         None,
         0,
         0,
-        PlanStatus.PENDING,
+        _PENDING,
         now_ms,
         False,
         0,

@@ -30,3 +30,25 @@ def test_labels_and_unknown_values() -> None:
     assert [r.label for r in RunResult] == ["ok", "failed", "retrying"]
     assert RunResult.label_of(2) == "retrying" and RunResult.label_of(7) == "failed"
     assert PlanStatus.label_of(0) == "pending" and PlanStatus.label_of(5) == "failed"
+
+
+def test_records_hold_plain_values() -> None:
+    """Plans and run records carry plain ints and strs, not members: the engine tells
+    an inline first attempt by ``type(status) is int``, and plans are pickled and
+    encoded by the thousand."""
+    from zoneinfo import ZoneInfo
+
+    from forsun_box import dispatcher
+    from forsun_box.plan import DELAY, KINDS, build_plan
+
+    p = build_plan(key="k", kind=DELAY, now_ms=0, default_tz=ZoneInfo("UTC"), second=5)
+    assert type(p.kind) is str and type(p.status) is int
+    assert all(type(k) is str for k in KINDS)
+    for value in (
+        dispatcher.STATUS_OK,
+        dispatcher.STATUS_FAILED,
+        dispatcher.RUN_OK,
+        dispatcher.RUN_FAILED,
+        dispatcher.RUN_WILL_RETRY,
+    ):
+        assert type(value) is int

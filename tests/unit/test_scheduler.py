@@ -473,6 +473,7 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
             assert [await store.get(f"at{i}") for i in range(3)] == [None, None, None]
             rep = await store.get("rep")
             assert rep is not None and rep.current_count == 1 and rep.next_time == T0 + 2000
+            assert rep.status == 1  # the status of the inline first attempt
             assert [r.result for r in await store.runs("at1")] == [1]
             # The recurring plan went back into the window and fires on, each
             # firing once the previous one's advance committed.
