@@ -78,7 +78,8 @@ async def burst(plans: int, window: int) -> None:
     ]
     await app.scheduler.create(batch)
     deadline = time.monotonic() + window + 30
-    while len(started) < plans and time.monotonic() < deadline:
+    # a bench polls its counter: an event per firing would cost what it measures
+    while len(started) < plans and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     await app.stop()
     late = sorted(started)

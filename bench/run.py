@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.firing import measure_fire  # noqa: E402
-from harness.load import measure_bulk, measure_create, measure_rss  # noqa: E402
-from harness.metrics import Metric, Outcome  # noqa: E402
-from harness.report import table  # noqa: E402
-from harness.servers import (  # noqa: E402
+from harness.firing import measure_fire
+from harness.load import measure_bulk, measure_create, measure_rss
+from harness.metrics import Metric, Outcome
+from harness.report import table
+from harness.servers import (
     FORSUN,
     SERVER_NAMES,
     Server,

@@ -45,10 +45,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.client import FAR_SECONDS, IDLE_URL, V1Client  # noqa: E402
-from harness.load import run_wrk  # noqa: E402
-from harness.metrics import percentile  # noqa: E402
-from harness.servers import (  # noqa: E402
+from harness.client import FAR_SECONDS, IDLE_URL, V1Client
+from harness.load import run_wrk
+from harness.metrics import percentile
+from harness.servers import (
     BOX,
     HOST,
     Server,
@@ -241,7 +241,7 @@ def _remove_all(port: int, keys: list[str], clients: int = 8) -> float:
             for key in part:
                 try:
                     client.request("DELETE", f"/v1/plan?key={key}")
-                except Exception as e:  # noqa: BLE001 - counted and reported
+                except Exception as e:
                     failures.append(f"{key}: {e}")
         finally:
             client.close()

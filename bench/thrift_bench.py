@@ -117,7 +117,6 @@ def measure(port: int, procs: int, seconds: float, tag: str) -> float:
 
 def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port, http = free_port(), free_port()
-    log = open(workdir / f"{name}.log", "wb")
     if name == "forsun-box":
         argv = [
             sys.executable,
@@ -154,9 +153,10 @@ def start(name: str, peer: Path, workdir: Path) -> tuple[subprocess.Popen[bytes]
             "--log-level",
             "WARNING",
         ]
-    proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir), start_new_session=True
-    )
+    with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir), start_new_session=True
+        )
     wait_port(port, proc)
     return proc, port
 

@@ -21,6 +21,7 @@ from forsun_box.api.bodies import Worker
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
+from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
 from forsun_box.extensions import ExtensionManager, default_extensions_dir
 from forsun_box.metrics import Metrics
@@ -36,7 +37,7 @@ log = logging.getLogger("forsun_box")
 DAY_MS = 86_400_000
 
 
-def make_store(config: Any) -> Store:
+def make_store(config: Config) -> Store:
     """Build the store driver named by ``config.driver``."""
     driver = config.driver
     cls = DRIVERS.get(driver)
@@ -62,7 +63,7 @@ def make_store(config: Any) -> Store:
     return cls(config)  # type: ignore[call-arg]
 
 
-def action_settings(config: Any) -> ActionSettings:
+def action_settings(config: Config) -> ActionSettings:
     return ActionSettings(
         retry_delay_seconds=config.retry_delay_seconds,
         retry_delay_rate=config.retry_delay_rate,
@@ -91,7 +92,7 @@ def action_settings(config: Any) -> ActionSettings:
 class App:
     """One running forsun-box: store, engine, dispatcher and servers."""
 
-    def __init__(self, config: Any, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or LoopClock()
         self.stats = Stats()
@@ -287,7 +288,7 @@ class App:
         log.info("forsun-box stopped")
 
 
-async def serve(config: Any) -> None:
+async def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT."""
     app = App(config)
     stop = asyncio.Event()
@@ -310,7 +311,7 @@ async def serve(config: Any) -> None:
 SWITCH_INTERVAL_S = 0.0005
 
 
-def run(config: Any) -> int:
+def run(config: Config) -> int:
     """Block running the service; returns the process exit status."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:

@@ -7,6 +7,7 @@ is kept for forsun's users who start the server from a shell.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -42,10 +43,8 @@ def _write_pid_file(pid_file: str, pid: int) -> None:
 def _remove_pid_file(pid_file: str, pid: int) -> None:
     # only our own: a later instance may have taken the file over
     if os.getpid() == pid and _read_pid(pid_file) == pid:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(pid_file)
-        except OSError:
-            pass
 
 
 def _read_pid(pid_file: str) -> int | None:

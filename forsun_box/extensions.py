@@ -46,12 +46,16 @@ import traceback
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from forsun_box import __version__, errors
 from forsun_box.actions import base as actions_base
 from forsun_box.store import DRIVERS, register_driver
 from forsun_box.store.base import Store
+
+if TYPE_CHECKING:
+    from forsun_box.config import Config
+    from forsun_box.stats import Stats
 
 log = logging.getLogger("forsun_box.extensions")
 
@@ -167,8 +171,8 @@ class ExtensionManager:
         folder: str | None = None,
         extension_path: str = "",
         names: Iterable[str] = (),
-        config: Any = None,
-        stats: Any = None,
+        config: Config | None = None,
+        stats: Stats | None = None,
     ) -> None:
         """Import and register the drop-in ``folder``'s extensions, then the
         ``module.Class`` ``names`` (found on ``extension_path`` or the import path).
@@ -313,7 +317,7 @@ class ExtensionManager:
         return [ext.name for ext in self.loaded]
 
 
-def default_extensions_dir(config: Any) -> str:
+def default_extensions_dir(config: Config) -> str:
     """The drop-in folder: the ``extensions_dir`` setting, else ``extensions/``
     beside the executable when frozen, else ``<data_dir>/extensions``."""
     configured = getattr(config, "extensions_dir", "")
@@ -380,9 +384,9 @@ def _drop_in_package(folder: str) -> None:
 
 
 class _ForsunState:
-    config: Any = None
-    stats: Any = None
-    overrides: dict[str, Any] = {}
+    config: Config | None = None
+    stats: Stats | None = None
+    overrides: ClassVar[dict[str, Any]] = {}
 
 
 def _config_get(name: str, default: Any = None) -> Any:
@@ -527,7 +531,7 @@ class ForsunAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 _FINDER = ForsunAliasFinder()
 
 
-def install_forsun_aliases(config: Any = None, stats: Any = None) -> None:
+def install_forsun_aliases(config: Config | None = None, stats: Stats | None = None) -> None:
     """Make ``import forsun...`` resolve to forsun-box (idempotent).
 
     ``config`` backs ``forsun.config.get``; ``stats`` backs ``forsun.status``.

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from forsun_box.enums import RunResult
+from forsun_box.stats import Stats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENESS_BUCKETS = (
@@ -59,7 +60,7 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class _StatsCollector(Collector):
     """forsun's request counters (HTTP v1, Thrift) as API request series."""
 
-    def __init__(self, stats: Any) -> None:
+    def __init__(self, stats: Stats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -158,7 +159,7 @@ class _LoopWatchCollector(Collector):
 class Metrics:
     """The service's Prometheus series; see the module docstring."""
 
-    def __init__(self, stats: Any = None) -> None:
+    def __init__(self, stats: Stats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.runs = _RunCollector()

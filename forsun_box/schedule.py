@@ -143,23 +143,23 @@ class CalendarSpec:
     """
 
     __slots__ = (
-        "seconds",
-        "minutes",
-        "hours",
-        "doms",
-        "months",
-        "dows",
-        "day_or",
-        "hour_any",
-        "possible",
-        "_nsec",
-        "_nmin",
-        "_nhour",
-        "_ndom",
-        "_nmonth",
-        "_dow_delta",
         "_dom_ok",
+        "_dow_delta",
         "_first_time",
+        "_ndom",
+        "_nhour",
+        "_nmin",
+        "_nmonth",
+        "_nsec",
+        "day_or",
+        "doms",
+        "dows",
+        "hour_any",
+        "hours",
+        "minutes",
+        "months",
+        "possible",
+        "seconds",
     )
 
     def __init__(

@@ -46,6 +46,7 @@ from forsun_box.clock import Clock, TimerHandle
 from forsun_box.enums import CATCHUP_POLICIES, Misfire
 from forsun_box.executor import Executor
 from forsun_box.plan import DELAY, Plan, new_key
+from forsun_box.stats import Stats
 from forsun_box.store.base import Advance, Run, Store
 from forsun_box.writer import Delete, Moved, Mutation, Puts, SetMeta, SetStatus, Writer
 
@@ -108,7 +109,7 @@ class Scheduler:
         *,
         options: EngineOptions | None = None,
         executor: Executor | None = None,
-        stats: Any = None,
+        stats: Stats | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -183,7 +184,7 @@ class Scheduler:
             self._timer.cancel()
             self._timer = None
         if self._tasks:
-            done, pending = await asyncio.wait(
+            _done, pending = await asyncio.wait(
                 set(self._tasks), timeout=self.options.shutdown_grace_s
             )
             if pending:

@@ -108,7 +108,7 @@ class Stats:
 
 
 class _Minute:
-    __slots__ = ("fired", "failed", "samples", "seen")
+    __slots__ = ("failed", "fired", "samples", "seen")
 
     def __init__(self) -> None:
         self.fired = 0

@@ -14,6 +14,7 @@ owner what committed (``on_commit``), before any read can interleave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -216,10 +217,8 @@ class Writer:
                 # (a crash meanwhile fires them again, as for any uncommitted
                 # advance), unless a caller's mutation arrives.
                 self._urgent.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), self._linger_s)
-                except TimeoutError:
-                    pass
             if self._busy:  # a commit_alone is under way: this one follows it
                 self._wake.clear()
                 await self._wake.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -90,16 +91,15 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+                env=env,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready()
         return self
@@ -313,8 +313,6 @@ class ThriftTarget:
 
     def close(self) -> None:
         self.closed = True
-        try:  # wake the blocked accept()
+        with contextlib.suppress(OSError):  # wake the blocked accept()
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            pass
         self.server.serverTransport.close()

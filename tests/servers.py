@@ -100,13 +100,10 @@ def wait_port(server: ServerProcess, timeout: float = 30.0) -> None:
 
 
 def _start(name: str, argv: list[str], workdir: Path, port: int) -> ServerProcess:
-    log = open(workdir / f"{name}.log", "ab")
-    try:
+    with open(workdir / f"{name}.log", "ab") as log:  # the child keeps its own copy
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir), start_new_session=True
         )
-    finally:
-        log.close()
     server = ServerProcess(name=name, port=port, workdir=workdir, proc=proc)
     wait_port(server)
     return server

@@ -15,6 +15,7 @@ import gc
 import os
 import time
 from array import array
+from typing import ClassVar
 
 from forsun_box.actions.base import Action
 from forsun_box.extensions import Extension
@@ -57,7 +58,7 @@ class _GcPauses:
     """Collections of 10 ms or more (generation, ms, wall time), for ``BENCH_GC_FILE``."""
 
     started = 0.0
-    pauses: list[tuple[int, float, float]] = []
+    pauses: ClassVar[list[tuple[int, float, float]]] = []
 
     @classmethod
     def callback(cls, phase: str, info: dict[str, int]) -> None:

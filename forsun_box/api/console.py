@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -39,6 +38,7 @@ import tornado.web
 from forsun_box import __version__
 from forsun_box.actions import action_names
 from forsun_box.api import console_text as text
+from forsun_box.api.access import is_loopback
 
 log = logging.getLogger("forsun_box.console")
 
@@ -59,16 +59,6 @@ def web_root() -> Path:
     if frozen:
         return Path(frozen) / "web"
     return Path(__file__).resolve().parent.parent.parent / "web"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def cookie_secret(config: Any) -> str:

@@ -60,6 +60,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from forsun_box.config import Config
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
 from forsun_box.store.base import Batch, Run, Store
@@ -277,7 +278,7 @@ def _load_plan(d: bytes, v: bytes, n: bytes, c: bytes, lt: bytes, s: bytes) -> P
     return Plan(**known)
 
 
-def _setting(config: Any, name: str, default: Any) -> Any:
+def _setting(config: Config | None, name: str, default: Any) -> Any:
     return getattr(config, name, default) if config is not None else default
 
 
@@ -288,7 +289,7 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        config: Any = None,
+        config: Config | None = None,
         *,
         host: str | None = None,
         port: int | None = None,

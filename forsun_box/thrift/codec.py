@@ -14,6 +14,7 @@ action's asyncio client.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import struct
@@ -225,7 +226,7 @@ class _DecodeProtocol:
     cost more than the decoding itself.
     """
 
-    __slots__ = ("trans", "string_length_limit", "container_length_limit")
+    __slots__ = ("container_length_limit", "string_length_limit", "trans")
 
     def __init__(self, limits: Limits) -> None:
         self.trans = _Refill()
@@ -353,7 +354,7 @@ _APP_EXC_SPEC = (
 class _AppExc:
     thrift_spec = _APP_EXC_SPEC
 
-    def __init__(self, message: str | None = None, type: int | None = None) -> None:  # noqa: A002
+    def __init__(self, message: str | None = None, type: int | None = None) -> None:
         self.message = message
         self.type = type
 
@@ -380,7 +381,5 @@ def set_no_delay(transport: Any) -> None:
     """
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass

@@ -94,7 +94,7 @@ def test_a_big_crontab_body(servers) -> None:
 
 
 @pytest.mark.parametrize(
-    "spoil,status,errcode,says",
+    ("spoil", "status", "errcode", "says"),
     [
         (
             lambda b: b.__setitem__(N // 2, {**b[N // 2], "action": "nope"}),

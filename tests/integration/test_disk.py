@@ -22,7 +22,7 @@ def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
 
 
-@pytest.fixture()
+@pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs at tmp_path/fs, unmounted afterwards."""
     mnt = tmp_path / "fs"
@@ -119,5 +119,5 @@ def test_read_only_data_dir_stops_startup_with_a_clear_message(small_fs: Path, d
     message = str(info.value)
     assert "forsun-box:" in message
     # one line on stderr naming the directory and what is wrong, never a silent empty start
-    line = [x for x in message.splitlines() if x.startswith("forsun-box:")][0]
+    line = next(x for x in message.splitlines() if x.startswith("forsun-box:"))
     assert str(data) in line and ("not writable" in line or "read-only" in line), line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -43,7 +44,7 @@ def test_restart_keeps_every_plan(tmp_path, driver: str) -> None:
     try:
         keys = srv.ok("GET", "/v1/keys?prefix=keep:")
         assert len(keys) == 301
-        for p in created[::37] + [cal]:
+        for p in [*created[::37], cal]:
             assert srv.ok("GET", f"/v1/plan?key={p['key']}") == p
     finally:
         srv.stop()
@@ -65,7 +66,7 @@ def test_kill_9_right_after_create_loses_nothing(tmp_path) -> None:
         srv.stop()
 
 
-@pytest.mark.parametrize("policy,expect_fire", [("fire_once", True), ("skip", False)])
+@pytest.mark.parametrize(("policy", "expect_fire"), [("fire_once", True), ("skip", False)])
 def test_plan_due_during_downtime(tmp_path, policy: str, expect_fire: bool) -> None:
     sink = Sink()
     try:
@@ -135,7 +136,7 @@ def test_repeating_plan_catch_up_fires_once_then_resumes(tmp_path) -> None:
             assert len(times) >= 3
             burst = [t for t in times if t - times[0] < 500]
             assert len(burst) <= 2, times
-            gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(times[1:])]
             assert all(g >= 700 for g in gaps), times
         finally:
             srv.stop()

@@ -129,7 +129,7 @@ def test_post_creates_and_answers_409_for_an_existing_key(server: Server) -> Non
 
 
 def test_problem_details_and_status_codes(server: Server) -> None:
-    status, ctype, raw = request(server.http_port, "PUT", "/v2/plans/bad", raw=b"{nope")
+    status, ctype, _raw = request(server.http_port, "PUT", "/v2/plans/bad", raw=b"{nope")
     assert (status, ctype) == (400, "application/problem+json")
     COVERED.add(("/v2/plans/{key}", "put"))
     invalid = api(
@@ -515,7 +515,7 @@ def test_metrics_exposition(server: Server) -> None:
 def test_api_token_is_required_when_configured(tmp_path: Path) -> None:
     srv = Server(tmp_path, "--api-token", "s3cret").start()
     try:
-        status, ctype, raw = request(srv.http_port, "GET", "/v2/plans")
+        status, ctype, _raw = request(srv.http_port, "GET", "/v2/plans")
         assert (status, ctype) == (401, "application/problem+json")
         assert request(srv.http_port, "GET", "/metrics")[0] == 401
         ok = request(srv.http_port, "GET", "/v2/plans", headers={"Authorization": "Bearer s3cret"})

@@ -36,7 +36,7 @@ def test_non_loopback_bind_without_token_is_refused() -> None:
 
 def test_cli_refuses_an_exposed_bind_with_a_clear_message(tmp_path: Path) -> None:
     srv = Server(tmp_path, "--http", "0.0.0.0:0")
-    with pytest.raises(RuntimeError, match="refusing to listen on HTTP 0.0.0.0:0"):
+    with pytest.raises(RuntimeError, match=r"refusing to listen on HTTP 0\.0\.0\.0:0"):
         srv.start()
     assert srv.proc is not None and srv.proc.returncode == 1
 
@@ -191,7 +191,7 @@ def test_run_history_masks_a_url_password(tmp_path: Path) -> None:
         )
 
         def runs() -> list[dict[str, object]]:
-            status, body = srv.call("GET", "/v2/plans/leak/runs")
+            _status, body = srv.call("GET", "/v2/plans/leak/runs")
             return body.get("runs", body.get("items", [])) if isinstance(body, dict) else body
 
         assert wait_until(lambda: bool(runs()), 10)

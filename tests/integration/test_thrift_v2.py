@@ -4,6 +4,7 @@ client generated from the IDL."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 connect = thrift_client
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(server: Server) -> Iterator[Forsun.Client]:
     with connect(server.thrift_port) as c:
         yield c
@@ -133,7 +134,7 @@ def test_preview_delay_plan_honours_count(client: Forsun.Client) -> None:
     times = client.preview("v2-prev", 10)
     assert len(times) == 3  # count 3: no more than three firings
     assert times[0] // 1000 == plan.next_time
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [10_000, 10_000]
+    assert [b - a for a, b in itertools.pairwise(times)] == [10_000, 10_000]
     assert client.preview("v2-prev", 2) == times[:2]
     assert len(client.preview("v2-prev", 0)) == 3  # 0: the default (5), capped by count
 
@@ -153,7 +154,7 @@ def test_create_cron_plan(client: Forsun.Client, server: Server) -> None:
     times = client.preview("v2-cron", 4)
     assert len(times) == 4
     assert all(t % (15 * 60_000) == 0 for t in times)
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [15 * 60_000] * 3
+    assert [b - a for a, b in itertools.pairwise(times)] == [15 * 60_000] * 3
     assert plan.next_time == times[0] // 1000
     status, body = server.call("GET", "/v2/plans/v2-cron")
     assert status == 200

@@ -238,7 +238,7 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
         async with opened(str(path)) as store:
             db = store._db
             assert db is not None
-            pages = list(await db.fetchall("PRAGMA page_count"))[0][0]
+            pages = next(iter(await db.fetchall("PRAGMA page_count")))[0]
             await db.fetchall(f"PRAGMA max_page_count = {pages}")
             big = {f"k{i}": plan(f"k{i}", params={"x": "y" * 300}) for i in range(40)}
             await store.apply(Batch(ops=big))  # logged: acknowledged

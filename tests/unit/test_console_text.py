@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from forsun_box.api import console_text as text
-from forsun_box.api.console import is_loopback
+from forsun_box.api.access import is_loopback
 from forsun_box.api.console_plans import PREVIEW_COUNT, matches
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, build_plan
 from forsun_box.stats import MinuteSeries
@@ -105,6 +105,9 @@ def test_filters() -> None:
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("") and not is_loopback("10.1.2.3")
+    # an IPv4 address in IPv6 form is what it maps to
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("[::ffff:127.0.0.2]")
+    assert not is_loopback("::ffff:10.1.2.3")
 
 
 def run(started: int, due: int, attempt: int = 1, result: int = 1) -> SimpleNamespace:

@@ -359,7 +359,7 @@ def test_catch_up_skip() -> None:
 
 def test_unknown_catchup_policy_is_refused() -> None:
     async def main() -> None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="catchup must be one of fire_once, fire_all, skip"):
             Scheduler(
                 MemoryStore(path=None), FakeClock(), UTC, options=EngineOptions(catchup="sometimes")
             )

@@ -587,7 +587,7 @@ def test_sqlite_full_disk_fails_the_batch_and_the_store_recovers(tmp_path: Path)
             assert db is not None
             pages = await db.fetchall("PRAGMA page_count")
             # Cap the file just above its size: a big batch then hits "database or disk is full".
-            await db.fetchall(f"PRAGMA max_page_count = {list(pages)[0][0] + 2}")
+            await db.fetchall(f"PRAGMA max_page_count = {next(iter(pages))[0] + 2}")
             big = [plan(f"big{i}", T0, params={"x": "y" * 500}) for i in range(200)]
             with pytest.raises(StoreError, match="full"):
                 await put(store, *big)
@@ -665,7 +665,7 @@ def write_good_snapshot(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "damage, reason",
+    ("damage", "reason"),
     [
         (lambda data: b"\x00\xff garbage" + data, "not a forsun-box mem snapshot"),
         (lambda data: b"", "empty"),
@@ -831,7 +831,7 @@ def test_redis_unreachable_server_stops_startup() -> None:
     from tests.helpers import free_port
 
     store = RedisStore(port=free_port(), connect_timeout=2)
-    with pytest.raises(StartupError, match="cannot use the redis 127.0.0.1"):
+    with pytest.raises(StartupError, match=r"cannot use the redis 127\.0\.0\.1"):
         asyncio.run(store.open())
 
 
@@ -1007,7 +1007,7 @@ def test_runs_bounded_per_key_within_one_big_batch(factory: Factory) -> None:
     run(factory, body, max_runs_per_key=3)
 
 
-@pytest.mark.parametrize("interval, copied", [(0.0, True), (3600.0, False)])
+@pytest.mark.parametrize(("interval", "copied"), [(0.0, True), (3600.0, False)])
 def test_sqlite_wal_is_checkpointed_by_the_store_not_by_a_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float, copied: bool
 ) -> None:

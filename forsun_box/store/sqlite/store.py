@@ -203,10 +203,8 @@ class SqliteStore(_Store):
         db, self._db = self._db, None
         self._close_log()
         if db is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 await db.close()
-            except sqlite3.Error:
-                pass
 
     def _close_log(self) -> None:
         if self._fold_timer is not None:
@@ -557,10 +555,8 @@ class SqliteStore(_Store):
     async def size_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(OSError):
                 total += os.path.getsize(self.path + suffix)
-            except OSError:
-                pass
         return total
 
     # -- helpers -----------------------------------------------------------
