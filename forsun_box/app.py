@@ -16,7 +16,7 @@ from forsun_box import actions as actions_pkg
 from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import access, console, http_v1, http_v2
+from forsun_box.api import access, console, http_v1, v2_routes
 from forsun_box.api.bodies import Worker
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
@@ -231,7 +231,7 @@ class App:
             http_v1.routes(
                 self.service, config.max_body_bytes, config.api_token, config.v1_token_required
             )
-            + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
+            + v2_routes.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
             + console_routes,
             default_handler_class=http_v1.NotFoundHandler,
             default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},

@@ -461,25 +461,3 @@ class MetricsHandler(V2Handler):
 class V2NotFound(V2Handler):
     def prepare(self) -> None:
         self.problem(Problem(404, f"no such endpoint: {self.request.path}"))
-
-
-def routes(
-    service: ForsunService, metrics: Metrics, max_body_bytes: int, api_token: str = ""
-) -> list[Any]:
-    """The v2 routes and ``/metrics``, for tornado's Application."""
-    from forsun_box.api.v2_batch import BatchHandler
-
-    kw = {"ctx": V2Context(service, metrics, max_body_bytes, api_token)}
-    key = r"/v2/plans/([^/]+)"
-    return [
-        (r"/v2/plans", PlansHandler, kw),
-        (r"/v2/plans:batch", BatchHandler, kw),
-        (key, PlanHandler, kw),
-        (key + r"/(pause|resume|fire)", PlanOpHandler, kw),
-        (key + r"/runs", RunsHandler, kw),
-        (key + r"/preview", PreviewHandler, kw),
-        (r"/v2/upcoming", UpcomingHandler, kw),
-        (r"/v2/openapi\.json", OpenAPIHandler, kw),
-        (r"/metrics", MetricsHandler, kw),
-        (r"/v2/.*", V2NotFound, kw),
-    ]
