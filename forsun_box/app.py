@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import tornado.netutil
@@ -137,7 +138,9 @@ class App:
             self.clock,
             tz,
             options=EngineOptions(
-                catchup=config.catchup, window_ms=int(config.window_seconds * 1000)
+                catchup=config.catchup,
+                window_ms=int(config.window_seconds * 1000),
+                fire=config.server_mode != "AGENT",
             ),
             stats=self.stats,
         )
@@ -162,6 +165,7 @@ class App:
                 stores=sorted(DRIVERS),
                 bind_port=f"{config.bind_address}:{config.port}",
                 http_bind_port=config.http_bind,
+                server_mode=config.server_mode,
                 extensions=self.extensions.names,
                 extra=self._extension_facts,
             ),
@@ -178,6 +182,8 @@ class App:
             self.loop_watch = LoopWatch(config.loop_stall_ms / 1000)
             self.loop_watch.start()
             self.metrics.watch_loop(self.loop_watch)
+        if config.server_mode == "AGENT":
+            log.info("server mode AGENT: plans are stored and served, never fired here")
         log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
 
     def _on_run(self, run: Any) -> None:
@@ -287,8 +293,8 @@ class App:
         log.info("forsun-box stopped")
 
 
-async def serve(config: Any) -> None:
-    """Run until SIGTERM/SIGINT."""
+async def serve(config: Any, on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; ``on_ready`` is called once both APIs listen."""
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -299,6 +305,8 @@ async def serve(config: Any) -> None:
     except BaseException:
         await app.stop()
         raise
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     await app.stop()
 
@@ -310,8 +318,12 @@ async def serve(config: Any) -> None:
 SWITCH_INTERVAL_S = 0.0005
 
 
-def run(config: Any) -> int:
-    """Block running the service; returns the process exit status."""
+def run(config: Any, on_ready: Callable[[], None] | None = None) -> int:
+    """Block running the service; returns the process exit status.
+
+    Raises :class:`~forsun_box.errors.StartupError` when the service can't
+    start (the caller reports it once).
+    """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         import uvloop
@@ -319,10 +331,5 @@ def run(config: Any) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is optional
         runner = asyncio.run
-    try:
-        runner(serve(config))
-    except errors.StartupError as e:
-        log.error("%s", e)
-        print(f"forsun-box: {e}", file=sys.stderr)
-        return 1
+    runner(serve(config, on_ready))
     return 0

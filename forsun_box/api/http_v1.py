@@ -38,7 +38,9 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 
 def envelope(data: Any = None, errcode: int = 0, errmsg: str = "") -> bytes:
-    """forsun's answer: ``{"errcode", "errmsg", "data"}``."""
+    """forsun's answer: ``{"errcode", "errmsg", "data"}``; an error's data is ``{}``, as forsun's."""
+    if data is None:
+        data = {}
     return orjson.dumps({"errcode": errcode, "errmsg": errmsg, "data": data})
 
 
@@ -356,15 +358,7 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         self.set_status(404)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(
-            orjson.dumps(
-                {
-                    "errcode": errors.UNKNOWN,
-                    "errmsg": f"no such endpoint: {self.request.path}",
-                    "data": None,
-                }
-            )
-        )
+        self.finish(envelope({}, errors.UNKNOWN, f"no such endpoint: {self.request.path}"))
 
 
 def routes(
