@@ -294,11 +294,12 @@ class App:
 
 
 async def serve(config: Any, on_ready: Callable[[], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT; ``on_ready`` is called once both APIs listen."""
+    """Run until SIGTERM, SIGINT or SIGHUP; ``on_ready`` is called once both APIs listen."""
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: forsun's own test stops its daemon with kill -HUP
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()

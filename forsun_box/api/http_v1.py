@@ -331,12 +331,18 @@ class TimeHandler(BaseHandler):
             try:
                 ts = int(raw)
             except ValueError:
-                raise errors.InvalidValue(f"timestamp must be an integer, got {raw!r}") from None
+                # forsun's code for a timestamp it can't read (its "argument required")
+                raise errors.ForsunBoxError(
+                    f"timestamp must be an integer, got {raw!r}", code=errors.MISSING_ARGUMENT
+                ) from None
             now = self.service.scheduler.clock.now_ms() // 1000
-            if ts <= 0:
+            if ts == 0:
                 ts = now
             plans = await self.service.at_second(ts)
-            return {"current_timestamp": now, "plans": [to_forsun(p) for p in plans]}
+            return {
+                "plans": [to_forsun(p) for p in plans],
+                "current_timestamp": now,
+            }  # forsun's order
 
         await self.run(at)
 

@@ -151,7 +151,9 @@ class CommandError(Exception):
         if view == views.JSON:
             return views.to_json({"errcode": self.code or errors.UNKNOWN, "errmsg": self.message})
         if view == views.LONG:
-            prefix = f"error {self.code}: " if self.kind == PLAN_ERROR else ""
+            if self.kind == UNKNOWN_COMMAND:
+                return f"forsun: unknown command {self.message!r} (try: help)"
+            prefix = f"error {self.code}: " if self.code else ""
             return f"forsun: {prefix}{self.message}"
         if self.kind == PLAN_ERROR:
             return f"cmd ForsunPlanError:  {self.code} {self.message}"
@@ -398,6 +400,8 @@ class Session:
         client = self.client()
         times = (f["second"], f["minute"], f["hour"], f["day"], f["month"], f["week"])
         if line.is_time_out:
+            # forsun's client sends an idle week of a delay plan as -1 (its "no weeks")
+            times = (*times[:5], times[5] or -1)
             plan = client.createTimeout(line.key, *times, line.count, line.action, line.params)
         else:
             plan = client.create(line.key, *times, line.action, line.params)

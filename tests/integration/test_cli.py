@@ -33,13 +33,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def forsun(
-    port: int, *args: str, stdin: str | None = None, home: Path | None = None
+    port: int,
+    *args: str,
+    stdin: str | None = None,
+    home: Path | None = None,
+    view: tuple[str, ...] = ("--long",),
 ) -> subprocess.CompletedProcess[str]:
+    """The client with its rich view by default (forsun's layout: tests/integration/
+    test_forsun_tools.py compares it with forsun's own client)."""
     env = dict(os.environ)
     if home is not None:
         env["HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "forsun_box", "--port", str(port), *args],
+        [sys.executable, "-m", "forsun_box", "--port", str(port), *view, *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -147,7 +153,7 @@ def test_unreachable_server_is_one_line_and_status_1() -> None:
     "command, needle",
     [
         ("get nope-nope", "1003"),
-        ("rm nope-nope", "1005"),
+        ("rm nope-nope", "1003"),
         ("set k1 */5", "missing argument"),
         ("set k1 x * * * * * shell true", "second"),
         ("set k1 */5 * * * * * nosuch a=1", "1006"),
@@ -218,7 +224,7 @@ def test_interactive_shell_through_a_pty(server: Server, tmp_path: Path) -> None
         os.chdir(str(ROOT))
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port)],
+            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port), "--long"],
             env,
         )
     try:
