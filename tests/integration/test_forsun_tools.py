@@ -208,7 +208,7 @@ def _mask(value: object) -> object:
 
 THRIFT_CALLS: list[tuple[object, ...]] = [
     ("execute", "ping"),
-    ("create", "tc", 5, 32, 16, -1, -1, -1, "shell", {"cmd": "true"}),
+    ("create", "tc", 7, 33, 16, -1, -1, -1, "shell", {"cmd": "true"}),
     ("create_timeout", "tt", 600, 0, 0, 0, 0, -1, 2, "shell", {"cmd": "true"}),
     ("get", "tc"),
     ("get", "nope"),
