@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.forsun_confs import TRAVIS_LIKE_CONF
 from tests.forsun_peer import TOOL_ENV, Forsund, Peer
 from tests.helpers import ROOT, Server, free_port, thrift_client, wait_until
 from tests.servers import ServerProcess
@@ -255,63 +256,6 @@ def test_thrift_client_every_method_same_answers(
 
 
 # ---------------------------------------------------------------- forsun's run-tests flow
-
-
-# The keys of forsun's travis.conf, values for this machine (its layout: globals first).
-TRAVIS_LIKE_CONF = """\
-# timer service settings, laid out as forsun's travis.conf
-port={port}
-bind_address=127.0.0.1
-http_bind=
-server_mode=TIMER
-log_file={log}
-log_level=DEBUG
-log_format=
-log_rotate=
-log_backup_count=64
-
-[store]
-driver=redis
-status_expried = 0
-mem_store_file=
-mem_time_rate=1
-redis_host=127.0.0.1
-redis_port={redis_port}
-redis_db=0
-STORE_REDIS_PASSWORD=
-redis_prefix={prefix}
-redis_server_id=0
-redis_max_connections=8
-redis_client_timeout=7200
-redis_bulk_size=5
-redis_currenttime_expried=2592000
-redis_plan_expried=604800
-redis_plantime_expried=604800
-
-[action]
-retry_delay_seconds=3
-retry_delay_rate=1
-retry_max_count=3
-poll_idle_seconds=120
-shell_cwd={cwd}
-http_max_clients=64
-http_connect_timeout=5
-http_request_timeout=120
-http_user_agent=
-redis_max_connections=8
-redis_client_timeout=7200
-redis_bulk_size=5
-thrift_max_connections=64
-mysql_user=root
-mysql_passwd=
-mysql_max_connections=8
-mysql_wait_connection_timeout=7200
-mysql_idle_seconds=120
-
-[extension]
-path=
-extensions=
-"""
 
 
 def _alive(pid: int) -> bool:

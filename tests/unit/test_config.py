@@ -485,7 +485,9 @@ def test_serve_main_runs_app_with_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(forsun_box.logs, "setup_logging", lambda cfg: seen.setdefault("log", cfg))
-    monkeypatch.setattr(forsun_box.app, "run", lambda cfg: seen.setdefault("run", cfg) and 7)
+    monkeypatch.setattr(
+        forsun_box.app, "run", lambda cfg, on_ready=None: seen.setdefault("run", cfg) and 7
+    )
     assert cli_serve.serve_main(["--port", "1234", "--nodemon"]) == 7
     assert seen["run"].port == 1234 and seen["log"] is seen["run"]
 
@@ -494,7 +496,7 @@ def test_serve_main_startup_error_from_app(monkeypatch, capsys, tmp_path):
     import forsun_box.app
     import forsun_box.logs
 
-    def failing_run(cfg):
+    def failing_run(cfg, on_ready=None):
         raise StartupError("cannot listen on 127.0.0.1:1: in use")
 
     monkeypatch.setattr(forsun_box.logs, "setup_logging", lambda cfg: None)
