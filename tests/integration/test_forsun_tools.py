@@ -398,3 +398,39 @@ def test_agent_stores_and_serves_but_never_fires_then_a_timer_fires_once(tmp_pat
         assert mark.read_text() == "x\n"
     finally:
         assert timer.stop() == 0
+
+
+def test_agent_on_redis_hands_over_and_never_shares_a_live_namespace(
+    redis_server: ServerProcess, tmp_path: Path
+) -> None:
+    mark = tmp_path / "fired"
+    store = [
+        "--driver",
+        "redis",
+        "--driver-redis-port",
+        str(redis_server.port),
+        "--driver-redis-prefix",
+        f"agent-{redis_server.port}-{os.getpid()}",
+    ]
+    agent = Server(tmp_path / "agent", "--server-mode", "AGENT", *store).start()
+    try:
+        plan = agent.ok(
+            "PUT",
+            "/v1/plan",
+            {"key": "rg", "seconds": 1, "count": 1, "params": {"cmd": f"echo x >> {mark}"}},
+        )
+        assert wait_until(lambda: time.time() > plan["next_time"] + 2, 10)
+        assert agent.ok("GET", "/v1/info")["timer_loop_count"] == "0" and not mark.exists()
+        # a TIMER beside the live agent on the same namespace is refused, not run twice
+        beside = Server(tmp_path / "beside", *store).start(wait=False)
+        assert beside.proc is not None and beside.proc.wait(30) == 1
+        assert "in use by another forsun-box node" in beside.log()
+    finally:
+        assert agent.stop() == 0
+    timer = Server(tmp_path / "timer", *store).start()
+    try:
+        assert wait_until(lambda: mark.exists() and mark.read_text() == "x\n", 20)
+        assert wait_until(lambda: timer.call("GET", "/v1/plan?key=rg")[1]["errcode"] == 1003, 10)
+        assert mark.read_text() == "x\n"
+    finally:
+        assert timer.stop() == 0
