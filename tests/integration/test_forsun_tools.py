@@ -434,3 +434,13 @@ def test_agent_on_redis_hands_over_and_never_shares_a_live_namespace(
         assert mark.read_text() == "x\n"
     finally:
         assert timer.stop() == 0
+
+
+def test_unreachable_server_is_forsuns_line_and_status_1(forsun_peer: Peer) -> None:
+    with thrift_busy() as port:
+        pass  # now closed: nothing listens there
+    theirs, mine = forsun_peer.forsun(port, "get x"), ours(port, "get x")
+    prefix = "connect forsun server fail:  "
+    assert theirs.stdout.startswith(prefix) and mine.stdout.startswith(prefix), (theirs, mine)
+    assert theirs.returncode == mine.returncode == 1
+    assert len(mine.stdout.splitlines()) == 1 and "Connection refused" in mine.stdout
