@@ -404,8 +404,7 @@ class Scheduler:
                 )
                 for t in pending:
                     t.cancel()
-        if self.options.fire:  # an agent processed nothing
-            self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), False)
+        self._writer.submit("meta", ("processed_until", str(self.clock.now_ms())), False)
         await self._writer.close()
 
     # ------------------------------------------------------------------ public API
