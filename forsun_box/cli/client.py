@@ -29,9 +29,7 @@ import logging
 import os
 import shlex
 import sys
-import time
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from thrift.protocol import TBinaryProtocol
@@ -41,14 +39,43 @@ from thrift.transport import TSocket, TTransport
 from forsun_box import __version__, errors
 from forsun_box.api import crontab
 from forsun_box.cli import views
+from forsun_box.cli.parsing import (
+    COMMAND_ERROR,
+    COMMAND_NAMES,
+    CONNECT_ERROR,
+    PLAN_ERROR,
+    UNKNOWN_COMMAND,
+    CommandError,
+    Exit,
+    count_args,
+    parse_argv,
+    parse_instant,
+    parse_options,
+    parse_time,
+    report,
+    split_commands,
+)
 from forsun_box.cli.views import format_params, format_plan, format_run
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlanError
 
-__all__ = ["format_params", "format_plan", "format_run", "main"]
+__all__ = [
+    "COMMAND_ERROR",
+    "CONNECT_ERROR",
+    "PLAN_ERROR",
+    "UNKNOWN_COMMAND",
+    "CommandError",
+    "format_params",
+    "format_plan",
+    "format_run",
+    "main",
+    "parse_argv",
+    "parse_instant",
+    "split_commands",
+]
+DEFAULT_RUNS = 20
+DEFAULT_PREVIEW = 5
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 6458
 PROMPT = "forsun> "
 HISTORY_FILE = "~/.forsun_history"
 TIMEOUT_MS = 30_000
@@ -104,142 +131,6 @@ examples:
   cron t3 "*/5 * * * *" shell 'cmd=date'
   at t4 "2030-01-01 08:00:00.250" shell 'cmd=date'
 """
-
-COMMAND_NAMES = frozenset(
-    {
-        "help",
-        "exit",
-        "quit",
-        "version",
-        "ls",
-        "current",
-        "time",
-        "get",
-        "rm",
-        "set",
-        "info",
-        "pause",
-        "resume",
-        "fire",
-        "runs",
-        "preview",
-        "cron",
-        "at",
-    }
-)
-DEFAULT_RUNS = 20
-DEFAULT_PREVIEW = 5
-
-# what failed, for the error line forsun's client prints for it
-PLAN_ERROR = "plan"  # the server answered ForsunPlanError
-UNKNOWN_COMMAND = "unknown"
-COMMAND_ERROR = "cmd"  # a malformed command, or the server failed otherwise
-CONNECT_ERROR = "connect"
-
-
-class CommandError(Exception):
-    """A command can't run: ``message`` is one line; ``kind`` and ``code`` say how to show it."""
-
-    def __init__(self, message: str, kind: str = COMMAND_ERROR, code: int = 0) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.code = code
-
-    def line(self, view: str) -> str:
-        """The error line of the given view (forsun's text by default)."""
-        if view == views.JSON:
-            return views.to_json({"errcode": self.code or errors.UNKNOWN, "errmsg": self.message})
-        if view == views.LONG:
-            if self.kind == UNKNOWN_COMMAND:
-                return f"forsun: unknown command {self.message!r} (try: help)"
-            prefix = f"error {self.code}: " if self.code else ""
-            return f"forsun: {prefix}{self.message}"
-        if self.kind == PLAN_ERROR:
-            return f"cmd ForsunPlanError:  {self.code} {self.message}"
-        if self.kind == UNKNOWN_COMMAND:
-            return f"Unknown cmd  {self.message}"
-        if self.kind == CONNECT_ERROR:
-            return f"connect forsun server fail:  {self.message}"
-        return f"cmd error:  {self.message}"
-
-
-class Exit(Exception):
-    """The ``exit`` command."""
-
-
-def report(error: CommandError, view: str) -> None:
-    """Print ``error``'s line where its view puts it (stderr for --long, else stdout)."""
-    out = sys.stderr if view == views.LONG else sys.stdout
-    print(error.line(view), file=out, flush=True)
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def split_commands(text: str) -> list[str]:
-    """Split on top-level ``;`` (quotes protect it).
-
-    A piece whose first word is not a command name belongs to the previous
-    command, so an unquoted ``set ... http url=x;method=post`` survives.
-    """
-    pieces = crontab.split_top_level(text, escapes=True)
-    commands: list[str] = []
-    for piece in pieces:
-        if not piece.strip():
-            continue
-        word = piece.split(None, 1)[0].lower()
-        if commands and word not in COMMAND_NAMES:
-            commands[-1] += ";" + piece
-        else:
-            commands.append(piece)
-    return [c.strip() for c in commands if c.strip()]
-
-
-def parse_time(words: list[str], now: Callable[[], float] = time.time) -> int:
-    """``time``'s argument: nothing (now), unix seconds, or local ``YYYY-mm-dd HH:MM:SS``."""
-    text = " ".join(words).strip()
-    if not text:
-        return int(now())
-    if text.lstrip("-").isdigit():
-        return int(text)
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            return int(datetime.strptime(text, fmt).timestamp())
-        except ValueError:
-            continue
-    raise CommandError(f'time: expected a timestamp or "YYYY-mm-dd HH:MM:SS", got {text!r}')
-
-
-def parse_instant(text: str) -> int:
-    """``at``'s instant: unix milliseconds, or local ``YYYY-mm-dd HH:MM:SS[.mmm]``."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"):
-        try:
-            moment = datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-        try:
-            return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
-        except (OverflowError, OSError, ValueError):
-            break
-    raise CommandError(
-        f'at: expected "YYYY-mm-dd HH:MM:SS[.mmm]" or unix milliseconds, got {text!r}'
-    )
-
-
-def _count(name: str, args: list[str], default: int, top: int) -> tuple[str, int]:
-    """``KEY [N]`` arguments: the key and N (``default`` when absent; 1..top)."""
-    if not 1 <= len(args) <= 2:
-        raise CommandError(f"usage: {name} KEY [N]")
-    if len(args) == 1:
-        return args[0], default
-    if not args[1].isdigit() or not 1 <= int(args[1]) <= top:
-        raise CommandError(f"{name}: N must be a number from 1 to {top}, got {args[1]!r}")
-    return args[0], int(args[1])
-
 
 # ---------------------------------------------------------------- the session
 
@@ -434,7 +325,7 @@ class Session:
             self.print(f"status:\t{status}")
 
     def cmd_runs(self, args: list[str]) -> None:
-        key, n = _count("runs", args, DEFAULT_RUNS, 1000)
+        key, n = count_args("runs", args, DEFAULT_RUNS, 1000)
         runs = self.client().getRuns(key, n)
         if self.view == views.JSON:
             self.print(views.to_json([views.run_dict(r) for r in runs]))
@@ -445,7 +336,7 @@ class Session:
             self.print(f"no runs of {key}")
 
     def cmd_preview(self, args: list[str]) -> None:
-        key, n = _count("preview", args, DEFAULT_PREVIEW, 1000)
+        key, n = count_args("preview", args, DEFAULT_PREVIEW, 1000)
         firings = self.client().preview(key, n)
         if self.view == views.JSON:
             self.print(views.to_json(list(firings)))
@@ -486,76 +377,6 @@ def _reason(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- entry points
-
-
-class Options:
-    """The client's command line: where to connect, what to run, how to print."""
-
-    def __init__(self) -> None:
-        self.host = DEFAULT_HOST
-        self.port = DEFAULT_PORT
-        self.commands: str | None = None
-        self.help = False
-        self.view = views.FORSUN
-
-
-def parse_options(argv: list[str]) -> Options:
-    """forsun's options (``--host``, ``--port``, ``--exe``) and forsun-box's view flags."""
-    opts = Options()
-    exe = None
-    words: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("-") or arg in ("-", ";"):
-            words = argv[i:]
-            break
-        if arg in ("-h", "--help"):
-            opts.help = True
-            return opts
-        name, eq, value = arg.partition("=")
-        if name == "--version":
-            words = ["version"]
-            break
-        if name in ("--long", "--json"):
-            if eq:
-                raise CommandError(f"option {name} takes no value")
-            opts.view = views.LONG if name == "--long" else views.JSON
-            i += 1
-            continue
-        if name not in ("--host", "--port", "--exe"):
-            raise CommandError(f"unknown option {name} (try: forsun --help)")
-        if not eq:
-            i += 1
-            if i >= len(argv):
-                raise CommandError(f"option {name} needs a value")
-            value = argv[i]
-        if name == "--host":
-            opts.host = value
-        elif name == "--port":
-            if not value.isdigit() or not 0 < int(value) < 65536:
-                raise CommandError(f"invalid port {value!r}")
-            opts.port = int(value)
-        else:
-            exe = value
-        i += 1
-    if words:
-        # One word is a command line as forsun takes it; several are the
-        # words of one command line, already split by the caller's shell.
-        text = (
-            words[0]
-            if len(words) == 1
-            else " ".join(w if w == ";" else shlex.quote(w) for w in words)
-        )
-        exe = text if exe is None else f"{exe};{text}"
-    opts.commands = exe
-    return opts
-
-
-def parse_argv(argv: list[str]) -> tuple[str, int, str | None, bool]:
-    """``(host, port, commands or None, help)`` from forsun's options."""
-    opts = parse_options(argv)
-    return opts.host, opts.port, opts.commands, opts.help
 
 
 def run_commands(session: Session, text: str) -> int:
