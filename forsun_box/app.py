@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import tornado.netutil
@@ -138,7 +139,9 @@ class App:
             self.clock,
             tz,
             options=EngineOptions(
-                catchup=config.catchup, window_ms=int(config.window_seconds * 1000)
+                catchup=config.catchup,
+                window_ms=int(config.window_seconds * 1000),
+                fire=config.server_mode != "AGENT",
             ),
             stats=self.stats,
         )
@@ -163,6 +166,7 @@ class App:
                 stores=sorted(DRIVERS),
                 bind_port=f"{config.bind_address}:{config.port}",
                 http_bind_port=config.http_bind,
+                server_mode=config.server_mode,
                 extensions=self.extensions.names,
                 extra=self._extension_facts,
             ),
@@ -179,6 +183,8 @@ class App:
             self.loop_watch = LoopWatch(config.loop_stall_ms / 1000)
             self.loop_watch.start()
             self.metrics.watch_loop(self.loop_watch)
+        if config.server_mode == "AGENT":
+            log.info("server mode AGENT: plans are stored and served, never fired here")
         log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
 
     def _on_run(self, run: Any) -> None:
@@ -288,18 +294,21 @@ class App:
         log.info("forsun-box stopped")
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT."""
+async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM, SIGINT or SIGHUP; ``on_ready`` is called once both APIs listen."""
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: forsun's own test stops its daemon with kill -HUP
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()
     except BaseException:
         await app.stop()
         raise
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     await app.stop()
 
@@ -311,8 +320,12 @@ async def serve(config: Config) -> None:
 SWITCH_INTERVAL_S = 0.0005
 
 
-def run(config: Config) -> int:
-    """Block running the service; returns the process exit status."""
+def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
+    """Block running the service; returns the process exit status.
+
+    Raises :class:`~forsun_box.errors.StartupError` when the service can't
+    start (the caller reports it once).
+    """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         import uvloop
@@ -320,10 +333,5 @@ def run(config: Config) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is optional
         runner = asyncio.run
-    try:
-        runner(serve(config))
-    except errors.StartupError as e:
-        log.error("%s", e)
-        print(f"forsun-box: {e}", file=sys.stderr)
-        return 1
+    runner(serve(config, on_ready))
     return 0

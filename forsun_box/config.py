@@ -304,7 +304,13 @@ class Config:
         metavar="HOST:PORT",
         check=_check_http_bind,
     )
-    server_mode: str = _s("", "Accepted for forsun compatibility; ignored.")
+    server_mode: str = _s(
+        "TIMER",
+        "TIMER serves the APIs, stores and fires plans; AGENT serves the APIs and stores "
+        "plans but never fires them on their schedule (forsun's API-only node).",
+        "--server-mode",
+        choices=("TIMER", "AGENT"),
+    )
     log_file: str = _s("", "Log file; empty logs to stderr.", "--log", path=True)
     log_level: str = _s(
         "INFO", "Log level.", "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -653,6 +659,9 @@ SETTINGS: tuple[Setting, ...] = _build_table()
 """The settings table, in declaration order."""
 
 _BY_CONF = {(s.section or _GLOBAL, s.key): s for s in SETTINGS}
+# forsun's own conf files also spell a key as its environment name
+# (``STORE_REDIS_PASSWORD=`` inside ``[store]``); configparser lower-cases keys.
+_BY_ENV_KEY = {s.env.lower(): s for s in SETTINGS}
 _SECTIONS = ("", "store", "action", "extension", "http")
 
 
@@ -795,6 +804,28 @@ def _read_conf(path: str) -> configparser.RawConfigParser:
     return parser
 
 
+def conf_setting(section: str, key: str) -> Setting | None:
+    """The setting a conf file's ``key`` in ``section`` (``global`` before any) sets.
+
+    Keys are matched without regard to case, by their conf name in that
+    section or, in any section, by their environment name, as forsun's own
+    conf files write some of them.
+    """
+    key = key.lower()
+    return _BY_CONF.get((section, key)) or _BY_ENV_KEY.get(key)
+
+
+def unknown_key_message(path: str, section: str, key: str) -> str:
+    """The start-up error for a conf key no setting has: file, section, key, a near name."""
+    import difflib
+
+    where = "before any section" if section == _GLOBAL else f"in section [{section}]"
+    known = [k for (sec, k) in _BY_CONF if sec == section]
+    near = difflib.get_close_matches(key.lower(), known, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"{path}: unknown setting {key!r} {where}{hint}; docs/CONFIG.md lists them all"
+
+
 def load_config(
     argv: list[str],
     environ: Mapping[str, str] | None = None,
@@ -819,10 +850,10 @@ def load_config(
             if (section if section != _GLOBAL else "") not in _SECTIONS:
                 raise StartupError(f"{conf_path}: unknown section [{section}]")
             for key, raw in conf.items(section):
-                setting = _BY_CONF.get((section, key))
+                setting = conf_setting(section, key)
                 where = key if section == _GLOBAL else f"{section}.{key}"
                 if setting is None:
-                    raise StartupError(f"{conf_path}:{where}: unknown setting")
+                    raise StartupError(unknown_key_message(conf_path, section, key))
                 values[setting.name] = _convert(setting, raw or "", f"{conf_path}:{where}")
 
     for s in SETTINGS:

@@ -61,7 +61,42 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def daemonize(pid_file: str, log_file: str = "") -> None:
+_READY = b"ok"
+
+
+class Readiness:
+    """The daemon's word to the process that started it, said once.
+
+    :meth:`ready` once the service answers on its ports (the starter then
+    exits 0), :meth:`failed` with the reason when start-up failed (the starter
+    prints it and exits 1). A daemon that dies before either leaves the
+    starter with an end of file: it exits 1 saying so.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def ready(self) -> None:
+        self._say(_READY)
+
+    def failed(self, reason: str) -> None:
+        self._say(reason.replace("\n", " ").encode(errors="replace") or b"start-up failed")
+
+    def _say(self, message: bytes) -> None:
+        if self._fd is None:
+            return
+        # one write of a short line: the starter reads up to its newline, so
+        # processes forked meanwhile (the create worker) that hold a copy of
+        # the pipe don't keep it waiting for an end of file
+        try:
+            os.write(self._fd, message + b"\n")
+            os.close(self._fd)
+        except OSError:
+            pass  # the starter was killed: nobody is waiting
+        self._fd = None
+
+
+def daemonize(pid_file: str, log_file: str = "") -> Readiness:
     """Detach into the background; returns only in the daemon process.
 
     Double fork with ``setsid`` in between (the daemon is no session leader,
@@ -69,9 +104,9 @@ def daemonize(pid_file: str, log_file: str = "") -> None:
     stdout to ``/dev/null``. stderr goes to ``log_file`` when one is given
     (so a crash's traceback lands in the log), else to ``/dev/null``. The
     daemon's pid is written to ``pid_file`` and the file removed when it
-    exits (normally or on SIGTERM). The calling process waits until the pid
-    file is written, then exits with status 0 (1 if the daemon could not
-    start, with the reason on stderr).
+    exits (normally or on SIGTERM). The calling process waits until the
+    daemon reports through the returned :class:`Readiness`, then exits with
+    status 0 (ready) or 1 (failed, with the reason on stderr).
 
     Raises :class:`StartupError` (before forking) if another live process
     holds ``pid_file`` or its directory can't be created.
@@ -92,36 +127,38 @@ def daemonize(pid_file: str, log_file: str = "") -> None:
     sys.stderr.flush()
     inherited = os.environ.pop(_DAEMON_FD_ENV, "")
     if inherited:  # the frozen executable's re-started daemon: already detached
-        _become_daemon(pid_file, log_file, int(inherited))
-        return
+        return _become_daemon(pid_file, log_file, int(inherited))
     read_end, write_end = os.pipe()
     if getattr(sys, "frozen", False):
-        _respawn_frozen(read_end, write_end)
+        _respawn_frozen(read_end, write_end, log_file)
     first = os.fork()
     if first > 0:
         os.close(write_end)
-        report = _read_all(read_end)
+        report = _read_report(read_end)
         os.waitpid(first, 0)
-        _report_and_exit(report)
+        _report_and_exit(report, log_file)
 
     os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-    _become_daemon(pid_file, log_file, write_end)
+    return _become_daemon(pid_file, log_file, write_end)
 
 
-def _report_and_exit(report: bytes) -> None:
-    """The starting process: exit 0 once the daemon said ok, else 1 with its reason."""
-    if report == b"ok":
+def _report_and_exit(report: bytes, log_file: str) -> None:
+    """The starting process: exit 0 once the daemon said ready, else 1 with its reason."""
+    if report == _READY:
         os._exit(0)
-    reason = report.decode(errors="replace") or "the daemon exited during start-up"
+    reason = report.decode(errors="replace")
+    if not reason:
+        where = f" (see {log_file})" if log_file else ""
+        reason = f"the daemon exited during start-up{where}"
     sys.stderr.write(f"forsun-box: {reason}\n")
     sys.stderr.flush()
     os._exit(1)
 
 
-def _respawn_frozen(read_end: int, write_end: int) -> None:
+def _respawn_frozen(read_end: int, write_end: int, log_file: str) -> None:
     """Start the daemon as a new run of the frozen executable; never returns.
 
     The one-file executable runs Python in a child of its bootloader, which
@@ -146,17 +183,14 @@ def _respawn_frozen(read_end: int, write_end: int) -> None:
             start_new_session=True,
         )
     os.close(write_end)
-    # The daemon's bootloader holds the pipe open as long as the daemon runs,
-    # so "ok" arrives without an end of file; a failure ends with one.
-    report = os.read(read_end, 4096)
-    if report != b"ok":
-        report += _read_all(read_end)
+    report = _read_report(read_end)
+    if report != _READY:
         child.wait()
-    _report_and_exit(report)
+    _report_and_exit(report, log_file)
 
 
-def _become_daemon(pid_file: str, log_file: str, write_end: int) -> None:
-    """In the detached process: directory, umask, stdio, pid file; then report ok."""
+def _become_daemon(pid_file: str, log_file: str, write_end: int) -> Readiness:
+    """In the detached process: directory, umask, stdio, pid file."""
     try:
         os.chdir("/")
         os.umask(0o022)
@@ -164,20 +198,23 @@ def _become_daemon(pid_file: str, log_file: str, write_end: int) -> None:
         pid = os.getpid()
         _write_pid_file(pid_file, pid)
     except OSError as exc:
-        os.write(write_end, f"cannot start the daemon: {exc}".encode())
+        Readiness(write_end).failed(f"cannot start the daemon: {exc}")
         os._exit(1)
     atexit.register(_remove_pid_file, pid_file, pid)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    os.write(write_end, b"ok")
-    os.close(write_end)
+    return Readiness(write_end)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
+def _read_report(fd: int) -> bytes:
+    """The daemon's one line (without its newline), or what came before an end of file."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
     os.close(fd)
-    return b"".join(chunks)
+    return data.partition(b"\n")[0]
 
 
 def _redirect_stdio(log_file: str) -> None:

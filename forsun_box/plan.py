@@ -228,7 +228,7 @@ def to_forsun(plan: Plan) -> dict[str, Any]:
         "next_time": (plan.next_time or 0) // 1000,
         "current_count": plan.current_count,
         "last_timeout": plan.last_timeout // 1000,
-        "created_time": plan.created_time // 1000,
+        "created_time": float(plan.created_time // 1000),  # forsun's is a float
         "action": plan.action,
         "params": plan.params,
     }

@@ -73,6 +73,9 @@ class EngineOptions:
     firing_commit_linger_ms: int = 20
     #: apply :func:`tune_gc` at start
     tune_gc: bool = True
+    #: False on an AGENT node (``server_mode``): plans are stored and served,
+    #: never loaded into the window nor fired on their schedule
+    fire: bool = True
 
 
 #: least number of young collections between two full ones (CPython's default: 10)
@@ -174,6 +177,8 @@ class Scheduler:
                 )
         self._running = True
         self._cursor = (0, "")
+        if not self.options.fire:
+            return  # the cursor stays at the start: no plan is ever admitted
         await self._refill()
         self._arm()
 
@@ -493,6 +498,8 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self) -> None:
+        if self.stats is not None:
+            self.stats.incr("timer_loop_count")
         try:
             now = self.clock.now_ms()
             fired = 0
@@ -524,6 +531,8 @@ class Scheduler:
                 task.add_done_callback(self._tasks.discard)
         except Exception:
             log.exception("engine loop failed")
+            if self.stats is not None:
+                self.stats.incr("timer_loop_ready_error_count")
         finally:
             self._processing = False
             self._arm()

@@ -34,6 +34,8 @@ COUNTER_NAMES: tuple[str, ...] = (
     "action_executed_count",
     "action_executed_error_count",
     "action_retried_count",
+    "timer_loop_count",
+    "timer_loop_ready_error_count",
 )
 
 LATENESS_SAMPLES = 10_000

@@ -129,7 +129,7 @@ def run_load(
                             f"/v1/plan?key=h{n}:{max(1, i - 1)}",
                             timeout=10,
                         )
-                    # 1005: v1's answer to removing a key already gone (it fired or never was)
+                    # 1003: v1's answer to removing a key already gone (it fired or never was)
                     ok = status == 200 and body["errcode"] in (0, 1003, 1005)
                 except OSError as e:
                     ok, body = False, str(e)

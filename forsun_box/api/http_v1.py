@@ -38,7 +38,9 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 
 def envelope(data: Any = None, errcode: int = 0, errmsg: str = "") -> bytes:
-    """forsun's answer: ``{"errcode", "errmsg", "data"}``."""
+    """forsun's answer: ``{"errcode", "errmsg", "data"}``; an error's data is ``{}``, as forsun's."""
+    if data is None:
+        data = {}
     return orjson.dumps({"errcode": errcode, "errmsg": errmsg, "data": data})
 
 
@@ -329,12 +331,18 @@ class TimeHandler(BaseHandler):
             try:
                 ts = int(raw)
             except ValueError:
-                raise errors.InvalidValue(f"timestamp must be an integer, got {raw!r}") from None
+                # forsun's code for a timestamp it can't read (its "argument required")
+                raise errors.ForsunBoxError(
+                    f"timestamp must be an integer, got {raw!r}", code=errors.MISSING_ARGUMENT
+                ) from None
             now = self.service.scheduler.clock.now_ms() // 1000
-            if ts <= 0:
+            if ts == 0:
                 ts = now
             plans = await self.service.at_second(ts)
-            return {"current_timestamp": now, "plans": [to_forsun(p) for p in plans]}
+            return {
+                "plans": [to_forsun(p) for p in plans],
+                "current_timestamp": now,
+            }  # forsun's order
 
         await self.run(at)
 
@@ -356,15 +364,7 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         self.set_status(404)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(
-            orjson.dumps(
-                {
-                    "errcode": errors.UNKNOWN,
-                    "errmsg": f"no such endpoint: {self.request.path}",
-                    "data": None,
-                }
-            )
-        )
+        self.finish(envelope({}, errors.UNKNOWN, f"no such endpoint: {self.request.path}"))
 
 
 def routes(

@@ -8,10 +8,11 @@ on every interface.
 from __future__ import annotations
 
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psutil
@@ -33,6 +34,7 @@ class ServiceInfo:
     stores: Iterable[str] = ("sqlite", "mem")
     bind_port: str = ""
     http_bind_port: str = ""
+    server_mode: str = "TIMER"
     extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
     extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
 
@@ -59,7 +61,7 @@ class ForsunService:
         # builds create bodies (v1) and batch lines (v2); in another process once started
         # (see forsun_box.api.bodies)
         self.worker = worker or Worker()
-        self.start_time = int(time.time())
+        self.start_time = time.time()
         self._process = psutil.Process(os.getpid())
         self._known: frozenset[str] = frozenset()
         self._known_stamp: tuple[int, int] = (-1, -1)
@@ -235,11 +237,9 @@ class ForsunService:
         return data
 
     async def remove(self, key: Any) -> Plan:
-        key = self._key(key)
-        try:
-            return await self.scheduler.remove(key)
-        except errors.PlanNotFound:
-            raise errors.RemoveError(f"remove error: no plan with key {key}") from None
+        # a key that isn't there is forsun's 1003 (plan not found), raised before any
+        # remove; 1005 stays for a remove the store failed
+        return await self.scheduler.remove(self._key(key))
 
     async def get(self, key: Any) -> Plan:
         return await self.scheduler.get(self._key(key))
@@ -257,8 +257,14 @@ class ForsunService:
         return await self.scheduler.resume(self._key(key))
 
     async def fire(self, key: Any) -> int:
-        """Run ``key``'s action once now, outside its schedule; returns its status."""
-        return await self.scheduler.fire_now(self._key(key))
+        """Run ``key``'s action once now, outside its schedule; returns its status.
+
+        Answered once the run's record is committed, so a ``runs`` asked right
+        after shows it.
+        """
+        status = await self.scheduler.fire_now(self._key(key))
+        await self.scheduler.flush()
+        return status
 
     async def runs(self, key: Any, limit: int = 50) -> list[Run]:
         """``key``'s most recent runs, newest first (at most ``limit``).
@@ -269,7 +275,9 @@ class ForsunService:
         return await self.scheduler.runs(self._key(key), limit)
 
     async def keys(self, prefix: str = "") -> list[str]:
-        return await self.scheduler.keys(prefix)
+        # forsun's client documents "ls [prefix or *]": a trailing * (or white
+        # space) is no part of the prefix, as forsun's store takes it
+        return await self.scheduler.keys(prefix.rstrip("\n\t *"))
 
     def _key(self, key: Any) -> str:
         if key is None or key == "":
@@ -287,12 +295,14 @@ class ForsunService:
         out: dict[str, Any] = dict(self.stats.as_dict()) if self.stats is not None else {}
         out.update(
             {
-                "python_version": platform.python_version(),
+                # forsun's formats: the whole sys.version on one line, the start
+                # as str(datetime) in the local zone, CPU seconds as str(float)
+                "python_version": sys.version.replace("\n", " "),
                 "forsun_version": __version__,
                 "forsun_box_version": __version__,
-                "start_time": self.start_time,
-                "cpu_user": f"{cpu.user:.2f}",
-                "cpu_system": f"{cpu.system:.2f}",
+                "start_time": datetime.fromtimestamp(self.start_time, self.scheduler.tz),
+                "cpu_user": cpu.user,
+                "cpu_system": cpu.system,
                 "mem_rss": mem.rss,
                 "mem_vms": mem.vms,
                 "current_time": int(time.time()),
@@ -301,6 +311,7 @@ class ForsunService:
                 "actions": ";".join(action_names()),
                 "bind_port": facts.bind_port,
                 "http_bind_port": facts.http_bind_port,
+                "server_mode": facts.server_mode,
                 "extensions": ";".join(facts.extensions()),
                 "plan_count": await self.scheduler.count(),
                 "window_plan_count": self.scheduler.window_size(),

@@ -1,28 +1,25 @@
 """The ``forsun`` command line client (FORSUN_COMPAT §4), speaking Thrift.
 
-``forsun [--host H] [--port P] [--exe CMDS] [CMDS]``: run the commands
-(several joined by ``;``), or, with none, read them from an interactive
-shell (prompt ``forsun> ``, line editing and history in ``~/.forsun_history``)
-when stdin is a terminal, else one command per line of stdin.
+``forsun [--host H] [--port P] [--long | --json] [--exe CMDS] [CMDS]``: run
+the commands (several joined by ``;``), or, with none, read them from an
+interactive shell (prompt ``forsun> ``, line editing and history in
+``~/.forsun_history``) when stdin is a terminal, else one command per line of
+stdin.
 
-Output:
+What it prints is :mod:`forsun_box.cli.views`': by default forsun's own
+layout, line for line (a plan is one line that is also valid ``set`` input,
+``ls`` prints plans, ``rm`` prints ``success``, ``info`` forsun's keys);
+``--long`` every field as ``name:<TAB>value`` lines; ``--json`` one JSON
+document per command. forsun-box's own commands print, by default:
+``pause``, ``resume``, ``cron``, ``at`` the plan line; ``fire``
+``status:<TAB>N``; ``runs`` one run per line (``no runs`` when there are
+none); ``preview`` one firing per line (``no firings``).
 
-- ``get``, ``rm``, ``set``: the plan, one ``name:<TAB>value`` line per field
-  in the IDL's order; ``next_time`` and ``last_timeout`` are unix seconds
-  followed by the local time in parentheses (when not 0); ``params`` is
-  written in the ``set`` syntax (``name=value;name='quoted value'``).
-- ``time``, ``current``: every plan firing at that second, as above,
-  separated by blank lines.
-- ``ls``: one key per line. ``info``: one ``name:<TAB>value`` line per field.
-- ``pause``, ``resume``, ``cron``, ``at``: the plan, as ``get`` shows it.
-- ``fire``: ``status:<TAB>N``, the status the action returned.
-- ``runs``: one run per line, newest first: the due instant (unix ms and
-  local time), then ``late=MS``, ``took=MS``, ``attempt=N``, the result
-  (``ok``, ``failed``, ``retrying``) and the error if any, tab-separated.
-- ``preview``: one firing per line, unix ms followed by the local time.
-
-An unreachable server, a server error or a malformed command prints one line
-on stderr and ends with exit status 1 (the shell reports it and goes on).
+Errors print forsun's lines on stdout (``cmd ForsunPlanError:  CODE
+MESSAGE``, ``Unknown cmd  NAME``, ``cmd error:  MESSAGE``, ``connect forsun
+server fail:  REASON``; with ``--long`` one ``forsun: ...`` line on stderr,
+with ``--json`` ``{"errcode", "errmsg"}``) and end the run with exit status 1
+(the interactive shell reports them and goes on).
 """
 
 from __future__ import annotations
@@ -32,9 +29,7 @@ import logging
 import os
 import shlex
 import sys
-import time
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from thrift.protocol import TBinaryProtocol
@@ -43,37 +38,83 @@ from thrift.transport import TSocket, TTransport
 
 from forsun_box import __version__, errors
 from forsun_box.api import crontab
-from forsun_box.enums import RunResult
+from forsun_box.cli import views
+from forsun_box.cli.parsing import (
+    COMMAND_ERROR,
+    COMMAND_NAMES,
+    CONNECT_ERROR,
+    PLAN_ERROR,
+    UNKNOWN_COMMAND,
+    CommandError,
+    Exit,
+    count_args,
+    parse_argv,
+    parse_instant,
+    parse_options,
+    parse_time,
+    report,
+    split_commands,
+)
+from forsun_box.cli.views import format_params, format_plan, format_run
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlanError
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 6458
+__all__ = [
+    "COMMAND_ERROR",
+    "CONNECT_ERROR",
+    "PLAN_ERROR",
+    "UNKNOWN_COMMAND",
+    "CommandError",
+    "format_params",
+    "format_plan",
+    "format_run",
+    "main",
+    "parse_argv",
+    "parse_instant",
+    "split_commands",
+]
+DEFAULT_RUNS = 20
+DEFAULT_PREVIEW = 5
+
 PROMPT = "forsun> "
 HISTORY_FILE = "~/.forsun_history"
 TIMEOUT_MS = 30_000
 
 USAGE = """\
-usage: forsun [--host HOST] [--port PORT] [--exe "CMD; CMD..."] [CMD...]
+usage: forsun [--host HOST] [--port PORT] [--long | --json] [--exe "CMD; CMD..."] [CMD...]
 
+  --long    every field of a plan on its own name:<TAB>value line, every info key
+  --json    one JSON document per command
 With no command: an interactive shell. Commands (join several with ';'):
 """
 
+#: ``help``'s lines in forsun's layout (``NAME - WHAT (SYNTAX)``), forsun's commands
+FORSUN_HELP = """\
+help - this list of commands
+exit - leave the shell
+ls - plans whose key starts with a prefix (ls [PREFIX or *])
+current - plans firing at the current second (current)
+time - plans firing at a second (time [TIMESTAMP or "YYYY-mm-dd HH:MM:SS"])
+get - one plan (get KEY)
+rm - remove a plan (rm KEY)
+set - create or replace a plan (set KEY SECOND MINUTE HOUR DAY MONTH WEEK ACTION PARAMS)
+"""
+
 COMMANDS_HELP = """\
-  help                              this text
+  help                              forsun's command list (with --long: this text)
   exit                              leave the shell
   version                           the client's version
-  ls [PREFIX]                       keys (starting with PREFIX)
+  ls [PREFIX]                       plans whose key starts with PREFIX (--long: keys)
   current                           plans firing at the current second
   time [TIMESTAMP | "YYYY-mm-dd HH:MM:SS"]
                                     plans firing at that second (local time)
   get KEY                           show a plan
-  rm KEY                            remove a plan (and show it)
+  rm KEY                            remove a plan (prints success; --long: the plan)
   set KEY S M H D MON W ACTION PARAMS
                                     create or replace a plan; a field is a number,
                                     * (any) or */N[/C] (every N, C times: delay mode);
                                     PARAMS: name=value;name='quoted value'
-  info                              the server's status, one name:<TAB>value per line
+  info                              the server's status
   pause KEY                         stop a plan firing until resumed (and show it)
   resume KEY                        let a paused plan fire again (and show it)
   fire KEY                          run the plan's action once now; prints its status
@@ -91,199 +132,19 @@ examples:
   at t4 "2030-01-01 08:00:00.250" shell 'cmd=date'
 """
 
-PLAN_FIELDS = (
-    "key",
-    "is_time_out",
-    "second",
-    "minute",
-    "hour",
-    "day",
-    "month",
-    "week",
-    "count",
-    "current_count",
-    "status",
-    "next_time",
-    "last_timeout",
-    "action",
-    "params",
-)
-COMMAND_NAMES = frozenset(
-    {
-        "help",
-        "exit",
-        "quit",
-        "version",
-        "ls",
-        "current",
-        "time",
-        "get",
-        "rm",
-        "set",
-        "info",
-        "pause",
-        "resume",
-        "fire",
-        "runs",
-        "preview",
-        "cron",
-        "at",
-    }
-)
-DEFAULT_RUNS = 20
-DEFAULT_PREVIEW = 5
-
-
-class CommandError(Exception):
-    """A command can't run: the message is printed as is (one line)."""
-
-
-class Exit(Exception):
-    """The ``exit`` command."""
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def split_commands(text: str) -> list[str]:
-    """Split on top-level ``;`` (quotes protect it).
-
-    A piece whose first word is not a command name belongs to the previous
-    command, so an unquoted ``set ... http url=x;method=post`` survives.
-    """
-    pieces = crontab.split_top_level(text, escapes=True)
-    commands: list[str] = []
-    for piece in pieces:
-        if not piece.strip():
-            continue
-        word = piece.split(None, 1)[0].lower()
-        if commands and word not in COMMAND_NAMES:
-            commands[-1] += ";" + piece
-        else:
-            commands.append(piece)
-    return [c.strip() for c in commands if c.strip()]
-
-
-def parse_time(words: list[str], now: Callable[[], float] = time.time) -> int:
-    """``time``'s argument: nothing (now), unix seconds, or local ``YYYY-mm-dd HH:MM:SS``."""
-    text = " ".join(words).strip()
-    if not text:
-        return int(now())
-    if text.lstrip("-").isdigit():
-        return int(text)
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            return int(datetime.strptime(text, fmt).timestamp())
-        except ValueError:
-            continue
-    raise CommandError(f'time: expected a timestamp or "YYYY-mm-dd HH:MM:SS", got {text!r}')
-
-
-def parse_instant(text: str) -> int:
-    """``at``'s instant: unix milliseconds, or local ``YYYY-mm-dd HH:MM:SS[.mmm]``."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"):
-        try:
-            moment = datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-        try:
-            return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
-        except (OverflowError, OSError, ValueError):
-            break
-    raise CommandError(
-        f'at: expected "YYYY-mm-dd HH:MM:SS[.mmm]" or unix milliseconds, got {text!r}'
-    )
-
-
-def _count(name: str, args: list[str], default: int, top: int) -> tuple[str, int]:
-    """``KEY [N]`` arguments: the key and N (``default`` when absent; 1..top)."""
-    if not 1 <= len(args) <= 2:
-        raise CommandError(f"usage: {name} KEY [N]")
-    if len(args) == 1:
-        return args[0], default
-    if not args[1].isdigit() or not 1 <= int(args[1]) <= top:
-        raise CommandError(f"{name}: N must be a number from 1 to {top}, got {args[1]!r}")
-    return args[0], int(args[1])
-
-
-# ---------------------------------------------------------------- output
-
-
-def _when(ts: int) -> str:
-    if not ts:
-        return "0"
-    try:
-        local = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return str(ts)
-    return f"{ts} ({local})"
-
-
-def _quote(value: str) -> str:
-    if value and not any(c in value for c in " \t;'\"\\"):
-        return value
-    if "'" not in value:
-        return f"'{value}'"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def format_params(params: dict[str, str] | None) -> str:
-    """Params in the ``set`` syntax: ``name=value;name='quoted value'``."""
-    return ";".join(f"{k}={_quote(v)}" for k, v in (params or {}).items())
-
-
-def _when_ms(ms: int) -> str:
-    try:
-        local = datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    except (OverflowError, OSError, ValueError):
-        return str(ms)
-    return f"{ms} ({local})"
-
-
-def format_run(run: Any) -> str:
-    """One run (``ForsunRun``) as one tab-separated line (see the module docstring)."""
-    parts = [
-        _when_ms(run.due_ms),
-        f"late={max(0, run.started_ms - run.due_ms)}",
-        f"took={run.duration_ms}",
-        f"attempt={run.attempt}",
-        RunResult.label_of(run.result),
-    ]
-    if run.error:
-        parts.append(" ".join(run.error.split()))  # one line per run
-    return "\t".join(parts)
-
-
-def format_plan(plan: Any) -> str:
-    """A plan as ``name:<TAB>value`` lines (see the module docstring)."""
-    lines = []
-    for name in PLAN_FIELDS:
-        value = getattr(plan, name)
-        if name in ("next_time", "last_timeout"):
-            text = _when(value or 0)
-        elif name == "params":
-            text = format_params(value)
-        elif name == "is_time_out":
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        lines.append(f"{name}:\t{text}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- the session
 
 
 class Session:
     """One connection to a server, opened on first use, running commands."""
 
-    def __init__(self, host: str, port: int, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, host: str, port: int, out: TextIO | None = None, view: str = views.FORSUN
+    ) -> None:
         self.host = host
         self.port = port
-        self.out = out
+        self.out = out if out is not None else sys.stdout
+        self.view = view
         self._transport: Any = None
         self._client: Any = None
         self.exited = False
@@ -297,7 +158,7 @@ class Session:
                 transport.open()
             except TTransport.TTransportException as e:
                 raise CommandError(
-                    f"cannot connect to {self.host}:{self.port}: {_reason(e)}"
+                    f"cannot connect to {self.host}:{self.port}: {_reason(e)}", CONNECT_ERROR
                 ) from None
             self._transport = transport
             self._client = Forsun.Client(TBinaryProtocol.TBinaryProtocolAccelerated(transport))
@@ -324,25 +185,48 @@ class Session:
         name, args = words[0].lower(), words[1:]
         handler = getattr(self, f"cmd_{name}", None)
         if name not in COMMAND_NAMES or handler is None:
-            raise CommandError(f"unknown command {words[0]!r} (try: help)")
+            raise CommandError(words[0], UNKNOWN_COMMAND)
         try:
             handler(args)
         except ForsunPlanError as e:
-            raise CommandError(f"error {e.code}: {e.message}") from None
-        except errors.ForsunBoxError as e:  # refused before reaching the server
-            raise CommandError(f"{name}: error {e.code}: {e.message}") from None
+            raise CommandError(e.message or "", PLAN_ERROR, e.code) from None
+        except errors.ForsunBoxError as e:  # malformed: refused before reaching the server
+            raise CommandError(f"{name}: {e.message}", COMMAND_ERROR, e.code) from None
         except TApplicationException as e:
             raise CommandError(f"server error: {e.message}") from None
         except (TException, OSError, EOFError) as e:
             self.close()
             raise CommandError(
-                f"connection to {self.host}:{self.port} failed: {_reason(e)}"
+                f"connection to {self.host}:{self.port} failed: {_reason(e)}", CONNECT_ERROR
             ) from None
+
+    # ---- output in the session's view
+
+    def _plan(self, plan: Any) -> None:
+        if self.view == views.JSON:
+            self.print(views.to_json(views.plan_dict(plan)))
+        elif self.view == views.LONG:
+            self.print(format_plan(plan))
+        else:
+            self.print(views.plan_line(plan))
+
+    def _plans(self, plans: list[Any]) -> None:
+        if self.view == views.JSON:
+            self.print(views.to_json([views.plan_dict(p) for p in plans]))
+        elif self.view == views.LONG:
+            if plans:
+                self.print("\n\n".join(format_plan(p) for p in plans))
+        else:
+            for plan in plans:  # nothing at all when there are none, as forsun
+                self.print(views.plan_line(plan))
 
     # ---- commands
 
     def cmd_help(self, args: list[str]) -> None:
-        self.print(USAGE + COMMANDS_HELP.rstrip("\n"))
+        if self.view == views.FORSUN:
+            self.print(FORSUN_HELP.rstrip("\n"))
+        else:
+            self.print(USAGE + COMMANDS_HELP.rstrip("\n"))
 
     def cmd_exit(self, args: list[str]) -> None:
         raise Exit
@@ -350,15 +234,27 @@ class Session:
     cmd_quit = cmd_exit
 
     def cmd_version(self, args: list[str]) -> None:
-        self.print(f"forsun-box {__version__}")
+        if self.view == views.JSON:
+            self.print(views.to_json({"version": __version__}))
+        elif self.view == views.LONG:
+            self.print(f"forsun-box {__version__}")
+        else:
+            self.print(__version__)
 
     def cmd_ls(self, args: list[str]) -> None:
-        for key in self.client().getKeys(args[0] if args else ""):
-            self.print(key)
-
-    def _plans(self, plans: list[Any]) -> None:
-        if plans:
-            self.print("\n\n".join(format_plan(p) for p in plans))
+        client = self.client()
+        keys = client.getKeys(args[0] if args else "")
+        if self.view == views.LONG:
+            for key in keys:
+                self.print(key)
+            return
+        plans = []
+        for key in keys:
+            try:
+                plans.append(client.get(key))
+            except ForsunPlanError:  # gone meanwhile (fired, removed)
+                continue
+        self._plans(plans)
 
     def cmd_current(self, args: list[str]) -> None:
         self._plans(self.client().getCurrent())
@@ -375,10 +271,14 @@ class Session:
         return args[0]
 
     def cmd_get(self, args: list[str]) -> None:
-        self.print(format_plan(self.client().get(self._key("get", args))))
+        self._plan(self.client().get(self._key("get", args)))
 
     def cmd_rm(self, args: list[str]) -> None:
-        self.print(format_plan(self.client().remove(self._key("rm", args))))
+        plan = self.client().remove(self._key("rm", args))
+        if self.view == views.FORSUN:
+            self.print("success")
+        else:
+            self._plan(plan)
 
     def cmd_set(self, args: list[str]) -> None:
         line = crontab.parse_tokens(args)  # names the first missing field
@@ -391,35 +291,60 @@ class Session:
         client = self.client()
         times = (f["second"], f["minute"], f["hour"], f["day"], f["month"], f["week"])
         if line.is_time_out:
+            # forsun's client sends an idle week of a delay plan as -1 (its "no weeks")
+            times = (*times[:5], times[5] or -1)
             plan = client.createTimeout(line.key, *times, line.count, line.action, line.params)
         else:
             plan = client.create(line.key, *times, line.action, line.params)
-        self.print(format_plan(plan))
+        self._plan(plan)
 
     def cmd_info(self, args: list[str]) -> None:
-        for name, value in self.client().info().items():
-            self.print(f"{name}:\t{value}")
+        info = self.client().info()
+        if self.view == views.JSON:
+            self.print(views.to_json(info))
+        elif self.view == views.LONG:
+            for name, value in info.items():
+                self.print(f"{name}:\t{value}")
+        else:
+            for line in views.forsun_info(info):
+                self.print(line)
 
     # ---- forsun-box additions
 
     def cmd_pause(self, args: list[str]) -> None:
-        self.print(format_plan(self.client().pause(self._key("pause", args))))
+        self._plan(self.client().pause(self._key("pause", args)))
 
     def cmd_resume(self, args: list[str]) -> None:
-        self.print(format_plan(self.client().resume(self._key("resume", args))))
+        self._plan(self.client().resume(self._key("resume", args)))
 
     def cmd_fire(self, args: list[str]) -> None:
-        self.print(f"status:\t{self.client().fire(self._key('fire', args))}")
+        status = self.client().fire(self._key("fire", args))
+        if self.view == views.JSON:
+            self.print(views.to_json({"status": status}))
+        else:
+            self.print(f"status:\t{status}")
 
     def cmd_runs(self, args: list[str]) -> None:
-        key, n = _count("runs", args, DEFAULT_RUNS, 1000)
-        for run in self.client().getRuns(key, n):
+        key, n = count_args("runs", args, DEFAULT_RUNS, 1000)
+        runs = self.client().getRuns(key, n)
+        if self.view == views.JSON:
+            self.print(views.to_json([views.run_dict(r) for r in runs]))
+            return
+        for run in runs:
             self.print(format_run(run))
+        if not runs:
+            self.print(f"no runs of {key}")
 
     def cmd_preview(self, args: list[str]) -> None:
-        key, n = _count("preview", args, DEFAULT_PREVIEW, 1000)
-        for ms in self.client().preview(key, n):
-            self.print(_when_ms(ms))
+        key, n = count_args("preview", args, DEFAULT_PREVIEW, 1000)
+        firings = self.client().preview(key, n)
+        if self.view == views.JSON:
+            self.print(views.to_json(list(firings)))
+            return
+        for ms in firings:
+            self.print(views.when_ms(ms))
+        if not firings:
+            self.print(f"no firings of {key} left")
 
     def _action_params(self, name: str, args: list[str], usage: str) -> tuple[str, dict[str, str]]:
         if len(args) < 3:
@@ -429,7 +354,7 @@ class Session:
 
     def cmd_cron(self, args: list[str]) -> None:
         action, params = self._action_params("cron", args, '"EXPR" ACTION PARAMS')
-        self.print(format_plan(self.client().createCron(args[0], args[1], action, params, "", 0)))
+        self._plan(self.client().createCron(args[0], args[1], action, params, "", 0))
 
     def cmd_at(self, args: list[str]) -> None:
         action, params = self._action_params(
@@ -438,7 +363,7 @@ class Session:
         at_ms = parse_instant(args[1])
         if not 0 <= at_ms < 2**63:
             raise CommandError(f"at: {at_ms} is out of range")
-        self.print(format_plan(self.client().createAt(args[0], at_ms, action, params)))
+        self._plan(self.client().createAt(args[0], at_ms, action, params))
 
 
 def _reason(e: BaseException) -> str:
@@ -454,50 +379,6 @@ def _reason(e: BaseException) -> str:
 # ---------------------------------------------------------------- entry points
 
 
-def parse_argv(argv: list[str]) -> tuple[str, int, str | None, bool]:
-    """``(host, port, commands or None, help)`` from forsun's options."""
-    host, port, exe = DEFAULT_HOST, DEFAULT_PORT, None
-    words: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("-") or arg in ("-", ";"):
-            words = argv[i:]
-            break
-        if arg in ("-h", "--help"):
-            return host, port, None, True
-        name, eq, value = arg.partition("=")
-        if name == "--version":
-            words = ["version"]
-            break
-        if name not in ("--host", "--port", "--exe"):
-            raise CommandError(f"unknown option {name} (try: forsun --help)")
-        if not eq:
-            i += 1
-            if i >= len(argv):
-                raise CommandError(f"option {name} needs a value")
-            value = argv[i]
-        if name == "--host":
-            host = value
-        elif name == "--port":
-            if not value.isdigit() or not 0 < int(value) < 65536:
-                raise CommandError(f"invalid port {value!r}")
-            port = int(value)
-        else:
-            exe = value
-        i += 1
-    if words:
-        # One word is a command line as forsun takes it; several are the
-        # words of one command line, already split by the caller's shell.
-        text = (
-            words[0]
-            if len(words) == 1
-            else " ".join(w if w == ";" else shlex.quote(w) for w in words)
-        )
-        exe = text if exe is None else f"{exe};{text}"
-    return host, port, exe, False
-
-
 def run_commands(session: Session, text: str) -> int:
     """Run ``;``-joined commands, stopping at the first failure."""
     for command in split_commands(text):
@@ -507,7 +388,8 @@ def run_commands(session: Session, text: str) -> int:
             session.exited = True
             return 0
         except CommandError as e:
-            print(f"forsun: {e}", file=sys.stderr)
+            session.out.flush()
+            report(e, session.view)
             return 1
     return 0
 
@@ -528,6 +410,10 @@ def shell(session: Session) -> int:
         with contextlib.suppress(OSError):
             readline.read_history_file(history)
         readline.set_history_length(1000)
+    if session.view == views.FORSUN:
+        session.print(f"Welcome to forsun-box {__version__}")
+        session.print("Type 'help' for help")
+        session.print()
     status = 0
     try:
         while True:
@@ -543,10 +429,12 @@ def shell(session: Session) -> int:
             try:
                 for command in split_commands(line):
                     session.run(command)
+                    if session.view == views.FORSUN:
+                        session.print()  # forsun's blank line after each command
             except Exit:
                 break
             except CommandError as e:
-                print(f"forsun: {e}", file=sys.stderr)
+                report(e, session.view)
                 status = 1
     finally:
         if readline is not None:
@@ -564,17 +452,17 @@ def main(argv: list[str]) -> int:
     logging.getLogger("thrift").addHandler(logging.NullHandler())
     logging.getLogger("thrift").propagate = False
     try:
-        host, port, commands, want_help = parse_argv(list(argv))
+        opts = parse_options(list(argv))
     except CommandError as e:
-        print(f"forsun: {e}", file=sys.stderr)
+        print(f"forsun: {e.message}", file=sys.stderr)
         return 1
-    if want_help:
+    if opts.help:
         print(USAGE + COMMANDS_HELP, end="")
         return 0
-    session = Session(host, port)
+    session = Session(opts.host, opts.port, view=opts.view)
     try:
-        if commands is not None:
-            return run_commands(session, commands)
+        if opts.commands is not None:
+            return run_commands(session, opts.commands)
         if sys.stdin.isatty():
             return shell(session)
         status = 0

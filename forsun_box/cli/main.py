@@ -57,10 +57,17 @@ def _help(args: list[str]) -> int:
     if args[0] == "serve":
         return serve_main(["--help"])
     client = _client()
-    if client is None:
-        print(f"forsun-box: unknown command {args[0]!r}", file=sys.stderr)
+    if client is None or (args[0] != "client" and args[0] not in _client_commands()):
+        print(f"forsun-box: no such command {args[0]!r} (try: forsun-box help)", file=sys.stderr)
         return 2
-    return client(["help", *args[1:]] if args[0] == "client" else ["help", *args])
+    # the client's whole command list, whichever of its commands was asked about
+    return client(["--long", "help"])
+
+
+def _client_commands() -> frozenset[str]:
+    module = importlib.import_module("forsun_box.cli.client")
+    names: frozenset[str] = module.COMMAND_NAMES
+    return names
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

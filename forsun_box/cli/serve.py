@@ -36,17 +36,23 @@ def serve_main(argv: list[str], prog: str = "forsun-box serve") -> int:
         setup_logging(config)
     except StartupError as exc:
         return _fail(str(exc))
+    readiness = None
     try:
         if config.demon:
             from forsun_box.daemon import daemonize
 
-            daemonize(config.pid_path, config.log_file)
+            readiness = daemonize(config.pid_path, config.log_file)
         from forsun_box import app  # late: the wiring pulls in every subsystem
 
-        return app.run(config)
+        return app.run(config, on_ready=readiness.ready if readiness else None)
     except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        # logged to stderr it was already shown; with a log file, tell the terminal too
-        return _fail(str(exc)) if config.log_file else 1
+        # said once: in the log file (if any) and to whoever started the service
+        # (logging to stderr it would be said twice)
+        if config.log_file:
+            log.error("cannot start: %s", exc)
+        if readiness is not None:  # the starting process prints it and exits 1
+            readiness.failed(str(exc))
+            return 1
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130

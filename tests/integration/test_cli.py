@@ -33,13 +33,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def forsun(
-    port: int, *args: str, stdin: str | None = None, home: Path | None = None
+    port: int,
+    *args: str,
+    stdin: str | None = None,
+    home: Path | None = None,
+    view: tuple[str, ...] = ("--long",),
 ) -> subprocess.CompletedProcess[str]:
+    """The client with its rich view by default (forsun's layout: tests/integration/
+    test_forsun_tools.py compares it with forsun's own client)."""
     env = dict(os.environ)
     if home is not None:
         env["HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "forsun_box", "--port", str(port), *args],
+        [sys.executable, "-m", "forsun_box", "--port", str(port), *view, *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -147,7 +153,7 @@ def test_unreachable_server_is_one_line_and_status_1() -> None:
     "command, needle",
     [
         ("get nope-nope", "1003"),
-        ("rm nope-nope", "1005"),
+        ("rm nope-nope", "1003"),
         ("set k1 */5", "missing argument"),
         ("set k1 x * * * * * shell true", "second"),
         ("set k1 */5 * * * * * nosuch a=1", "1006"),
@@ -218,7 +224,7 @@ def test_interactive_shell_through_a_pty(server: Server, tmp_path: Path) -> None
         os.chdir(str(ROOT))
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port)],
+            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port), "--long"],
             env,
         )
     try:
@@ -395,3 +401,49 @@ def test_parse_instant() -> None:
     assert parse_instant("2030-01-02 03:04:05.250") == int(local.timestamp()) * 1000 + 250
     with pytest.raises(CommandError):
         parse_instant("soon")
+
+
+def test_forsun_box_help_names_a_command_or_fails() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "forsun_box", *args],
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+            timeout=30,
+        )
+
+    r = run("help", "bogus")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "forsun-box: no such command 'bogus' (try: forsun-box help)\n"
+    r = run("help", "runs")
+    assert r.returncode == 0 and "runs KEY [N]" in r.stdout
+    r = run("help", "serve")
+    assert r.returncode == 0 and "--server-mode" in r.stdout
+
+
+def test_interactive_shell_in_forsuns_layout(server: Server, tmp_path: Path) -> None:
+    env = dict(os.environ, HOME=str(tmp_path), TERM="dumb")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(str(ROOT))
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "forsun_box", "--port", str(server.thrift_port)],
+            env,
+        )
+    try:
+        banner = _read_until(fd, b"forsun> ").replace(b"\r\n", b"\n")
+        assert b"Type 'help' for help\n\n" in banner
+        os.write(fd, b"set pty-f 1 2 3 * * * shell 'cmd=ls'\r")
+        out = _read_until(fd, b"forsun> ").replace(b"\r\n", b"\n")
+        assert b" pty-f 1 2 3 * * * shell \"cmd='ls'\"\n\n" in out  # a blank line after
+        os.write(fd, b"exit\r")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)

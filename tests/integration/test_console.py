@@ -372,7 +372,7 @@ def test_v1_pause_and_resume(server: Server) -> None:
     resumed = server.ok("POST", "/v1/plan/resume?key=p:020")
     assert resumed["next_time"] >= ts
     status, reply = server.call("POST", "/v1/plan/pause?key=missing")
-    assert status == 200 and reply["errcode"] != 0 and reply["data"] is None
+    assert status == 200 and reply["errcode"] != 0 and reply["data"] == {}
 
 
 # ------------------------------------------------------------------ with a login

@@ -130,7 +130,7 @@ def test_delete_returns_removed_plan_then_not_found(server: Server) -> None:
     removed = server.ok("DELETE", "/v1/plan?key=gone")
     assert removed["key"] == "gone"
     status, reply = server.call("GET", "/v1/plan?key=gone")
-    assert status == 200 and reply["errcode"] == 1003 and reply["data"] is None
+    assert status == 200 and reply["errcode"] == 1003 and reply["data"] == {}
 
 
 def test_json_array_creates_many(server: Server) -> None:
@@ -233,7 +233,7 @@ def test_info_has_forsun_fields(server: Server) -> None:
         ("PUT", "/v1/plan", {"key": "e", "seconds": 0}, 1002),  # zero interval
         ("PUT", "/v1/plan", {"key": "e"}, 1002),  # no time at all
         ("GET", "/v1/plan?key=does-not-exist", None, 1003),
-        ("DELETE", "/v1/plan?key=does-not-exist", None, 1005),
+        ("DELETE", "/v1/plan?key=does-not-exist", None, 1003),
         ("PUT", "/v1/plan", {"key": "e", "seconds": 5, "action": "nope"}, 1006),
         ("GET", "/v1/plan", None, 1007),
         ("DELETE", "/v1/plan?key=", None, 1007),
@@ -244,7 +244,7 @@ def test_info_has_forsun_fields(server: Server) -> None:
         ("PUT", "/v1/plan", {"key": "e", "seconds": 5, "params": "cmd"}, 1008),
         ("PUT", "/v1/plan", {"key": "e", "seconds": 5, "params": {"a": {"b": 1}}}, 1008),
         ("PUT", "/v1/plan", {"key": 5, "seconds": 5}, 1008),
-        ("GET", "/v1/time?timestamp=abc", None, 1008),
+        ("GET", "/v1/time?timestamp=abc", None, 1007),
         ("PUT", "/v1/plan", {"key": "k" * 300, "seconds": 5}, 1009),
         ("PUT", "/v1/plan", {"key": "e", "seconds": 5, "params": {"cmd": "x" * 70000}}, 1009),
     ],
@@ -254,7 +254,7 @@ def test_error_codes(server: Server, method: str, path: str, body, code: int) ->
     assert status == 200, reply
     assert reply["errcode"] == code, reply
     assert reply["errmsg"]
-    assert reply["data"] is None
+    assert reply["data"] == {}  # forsun's error data
 
 
 def test_missing_argument_names_it(server: Server) -> None:

@@ -63,9 +63,9 @@ def test_v1_token_always_required_when_configured_so(tmp_path: Path) -> None:
             "/v1/plan",
             {"key": "x", "seconds": 60, "action": "shell", "params": {"cmd": "true"}},
         )
-        assert status == 401 and body["data"] is None
+        assert status == 401 and body["data"] == {}
         assert srv.call("GET", "/v1/keys")[1]["errcode"] == access.UNAUTHORIZED
-        assert srv.call("GET", "/v1/keys")[1]["data"] is None
+        assert srv.call("GET", "/v1/keys")[1]["data"] == {}
         # the plan was not created: check with the token
         import urllib.request
 

@@ -234,7 +234,7 @@ def test_error_codes(client: Forsun.Client) -> None:
             == 1002
         )
     assert error_code(client.get, "missing") == 1003
-    assert error_code(client.remove, "missing") == 1005
+    assert error_code(client.remove, "missing") == 1003
     assert error_code(client.createTimeout, "e", 5, 0, 0, 0, 0, 0, 1, "nope", {}) == 1006
     assert error_code(client.get, "") == 1007
     assert error_code(client.remove, "") == 1007

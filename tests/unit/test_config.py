@@ -199,13 +199,38 @@ def test_log_format_percent_is_not_interpolated(tmp_path):
 # ---------------------------------------------------------------- errors
 
 
-def test_unknown_conf_key_names_file_and_key(tmp_path):
+def test_unknown_conf_key_names_file_section_and_key(tmp_path):
     conf = write_conf(tmp_path, "port = 1\n[store]\ndriverr = mem\n")
-    with pytest.raises(StartupError, match=r"forsun\.conf:store\.driverr: unknown setting"):
+    with pytest.raises(
+        StartupError,
+        match=r"forsun\.conf: unknown setting 'driverr' in section \[store\] "
+        r"\(did you mean 'driver'\?\)",
+    ):
         load_config(["--conf", conf], {})
     conf = write_conf(tmp_path, "colour = blue\n")
-    with pytest.raises(StartupError, match=r"forsun\.conf:colour: unknown setting"):
+    with pytest.raises(
+        StartupError, match=r"forsun\.conf: unknown setting 'colour' before any section;"
+    ):
         load_config(["--conf", conf], {})
+    # an environment name that no setting has is as unknown as any other key
+    conf = write_conf(tmp_path, "[store]\nSTORE_REDIS_PASSWD = x\n")
+    with pytest.raises(StartupError, match=r"'store_redis_passwd' in section \[store\]"):
+        load_config(["--conf", conf], {})
+
+
+def test_environment_names_are_keys_in_any_section(tmp_path):
+    # forsun's travis.conf writes STORE_REDIS_PASSWORD= inside [store]
+    conf = write_conf(
+        tmp_path,
+        "PORT = 7001\n[store]\nSTORE_REDIS_PASSWORD = s3cret\nREDIS_DB = 3\n"
+        "[action]\nACTION_SHELL_CWD = /srv\nSTORE_REDIS_PREFIX = p\n",
+    )
+    cfg = load_config(["--conf", conf], {})
+    assert cfg.port == 7001
+    assert (cfg.store_redis_password, cfg.store_redis_db) == ("s3cret", 3)
+    assert (cfg.shell_cwd, cfg.store_redis_prefix) == ("/srv", "p")
+    conf = write_conf(tmp_path, "[store]\nSTORE_REDIS_PASSWORD=\n")
+    assert load_config(["--conf", conf], {}).store_redis_password == ""
 
 
 def test_unknown_section_and_missing_file(tmp_path):
@@ -460,7 +485,9 @@ def test_serve_main_runs_app_with_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(forsun_box.logs, "setup_logging", lambda cfg: seen.setdefault("log", cfg))
-    monkeypatch.setattr(forsun_box.app, "run", lambda cfg: seen.setdefault("run", cfg) and 7)
+    monkeypatch.setattr(
+        forsun_box.app, "run", lambda cfg, on_ready=None: seen.setdefault("run", cfg) and 7
+    )
     assert cli_serve.serve_main(["--port", "1234", "--nodemon"]) == 7
     assert seen["run"].port == 1234 and seen["log"] is seen["run"]
 
@@ -469,7 +496,7 @@ def test_serve_main_startup_error_from_app(monkeypatch, capsys, tmp_path):
     import forsun_box.app
     import forsun_box.logs
 
-    def failing_run(cfg):
+    def failing_run(cfg, on_ready=None):
         raise StartupError("cannot listen on 127.0.0.1:1: in use")
 
     monkeypatch.setattr(forsun_box.logs, "setup_logging", lambda cfg: None)
@@ -544,7 +571,7 @@ SLEEPER = """
 import os, sys, time
 from forsun_box.daemon import daemonize
 pid_file, log_file = sys.argv[1], sys.argv[2]
-daemonize(pid_file, log_file)
+daemonize(pid_file, log_file).ready()
 print("stderr of the daemon", file=sys.stderr, flush=True)
 stop = pid_file + ".stop"
 deadline = time.monotonic() + 30
@@ -582,7 +609,7 @@ def test_daemonize_detaches_writes_and_removes_pid_file(tmp_path):
         timeout=30,
         cwd=ROOT,
     )
-    # the launching process returns as soon as the daemon has written its pid file
+    # the launching process returns once the daemon says it is ready
     assert proc.returncode == 0, proc.stderr
     assert pid_file.exists()
     pid = int(pid_file.read_text())
