@@ -217,6 +217,7 @@ class App:
         except OSError as e:
             raise errors.StartupError(
                 f"cannot listen on Thrift {config.bind_address}:{config.port}: {e.strerror}"
+                " (choose another port with --port PORT, or the address with --bind HOST)"
             ) from None
         self.thrift_server = server
         self.service.info_facts.bind_port = f"{config.bind_address}:{self.thrift_port}"
@@ -247,6 +248,7 @@ class App:
         except OSError as e:
             raise errors.StartupError(
                 f"cannot listen on HTTP {config.http_bind}: {e.strerror}"
+                " (choose another address with --http HOST:PORT)"
             ) from None
         server.add_sockets(sockets)
         self.http_port = sockets[0].getsockname()[1]

@@ -1,7 +1,8 @@
 """The web console: server-rendered pages on the HTTP API's tornado app.
 
-Pages are Jinja2 templates from ``web/templates``; CSS and the small
-script that refreshes the dashboard are in ``web/static``. Every plan the
+Pages are Jinja2 templates from ``forsun_box/web/templates``; CSS and the
+small script that refreshes the dashboard are in ``forsun_box/web/static``
+(package data, so a wheel and the frozen executable carry them). Every plan the
 console creates or edits goes through :class:`~forsun_box.api.service.ForsunService`,
 so a field means what it means on the v1 API.
 
@@ -23,7 +24,6 @@ import ipaddress
 import logging
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +54,8 @@ UPCOMING_CAP = 10_000
 
 
 def web_root() -> Path:
-    """The ``web/`` folder: inside the bundle when frozen, else beside the package."""
-    frozen = getattr(sys, "_MEIPASS", None)
-    if frozen:
-        return Path(frozen) / "web"
-    return Path(__file__).resolve().parent.parent.parent / "web"
+    """The package's ``web/`` folder (in the frozen executable too: it keeps the layout)."""
+    return Path(__file__).resolve().parent.parent / "web"
 
 
 def is_loopback(host: str) -> bool:
@@ -345,6 +342,14 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
 
     config = app.config
     root = web_root()
+    for needed in (root / "templates" / "base.html", root / "static" / "console.css"):
+        if not needed.is_file():
+            log.warning(
+                "the web console's files are missing (%s): its pages will fail; "
+                "reinstall forsun-box (its wheel carries forsun_box/web/)",
+                needed,
+            )
+            break
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root / "templates")),
         autoescape=jinja2.select_autoescape(["html"]),

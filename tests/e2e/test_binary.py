@@ -31,7 +31,6 @@ from tests.helpers import ROOT, call, free_port, thrift_client, wait_until
 BINARY = ROOT / "dist" / "forsun-box"
 SOURCES = [
     ROOT / "forsun_box",
-    ROOT / "web",
     ROOT / "build" / "forsun-box.spec",
     ROOT / "build" / "entry.py",
     ROOT / "pyproject.toml",
@@ -241,9 +240,9 @@ def test_contents_of_the_executable(binary: Path) -> None:
 
     names = set(CArchiveReader(str(binary)).toc)
     for needed in (
-        "web/templates/base.html",
-        "web/templates/plans.html",
-        "web/static/console.css",
+        "forsun_box/web/templates/base.html",
+        "forsun_box/web/templates/plans.html",
+        "forsun_box/web/static/console.css",
         "tzdata/zoneinfo/Europe/Berlin",
         "thrift/protocol/fastbinary.cpython-311-x86_64-linux-gnu.so",
         "uvloop/loop.cpython-311-x86_64-linux-gnu.so",
