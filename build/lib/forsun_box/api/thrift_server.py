@@ -1,0 +1,647 @@
+"""forsun's Thrift API (FORSUN_COMPAT §3) served on the asyncio event loop.
+
+Plain unframed binary protocol, as thrift's ``TSocket`` +
+``TBufferedTransport`` + ``TBinaryProtocol`` speak it. Each connection is an
+:class:`asyncio.Protocol` (:class:`_Connection`): received bytes are
+buffered until a whole message decodes (see :mod:`forsun_box.thrift.codec`),
+the matching :class:`ForsunService` coroutine runs, and its reply is written
+before the next buffered message is looked at, so replies keep the order of
+the calls. A slow, idle or half-open client therefore only ever holds its
+own connection; garbage, a message over the size bound, or a message left
+unfinished for ``message_timeout_s`` closes that connection alone. A client
+that doesn't read its answers stops being read (back-pressure from the
+transport's write buffer), and one that sends calls faster than they are
+answered stops being read once a chunk's worth is waiting.
+
+Errors: a :class:`~forsun_box.errors.ForsunBoxError` becomes
+``ForsunPlanError(code, message)`` for the methods that declare it; the
+others (``getTime``...) answer a ``TApplicationException`` carrying the
+code in its message. Unexpected errors are logged with their stack and
+answered as code 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from thrift.Thrift import TApplicationException
+
+from forsun_box import errors
+from forsun_box.api.service import ForsunService
+from forsun_box.api.v2_schema import preview
+from forsun_box.plan import AT, CRON, Plan, to_forsun
+from forsun_box.thrift import codec
+from forsun_box.thrift.forsun import Forsun
+from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError, ForsunRun
+
+log = logging.getLogger("forsun_box.thrift")
+
+I16_MAX = 32767
+I32_MAX = 2**31 - 1
+DEFAULT_RUNS = 50
+MAX_RUNS = 1000
+DEFAULT_PREVIEW = 5
+MAX_PREVIEW = 1000
+READ_CHUNK = 256 * 1024
+
+_PLAN_FIELDS = (
+    "is_time_out",
+    "key",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "month",
+    "week",
+    "next_time",
+    "status",
+    "count",
+    "current_count",
+    "last_timeout",
+    "action",
+    "params",
+)
+
+
+def _clamp(value: int, top: int) -> int:
+    return top if value > top else (-top - 1 if value < -top - 1 else value)
+
+
+def plan_struct(plan: Plan) -> ForsunPlan:
+    """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped)."""
+    d = to_forsun(plan)
+    second, minute, hour = d["second"], d["minute"], d["hour"]
+    day, month, week = d["day"], d["month"], d["week"]
+    status, count, current = d["status"], d["count"], d["current_count"]
+    next_time, last = d["next_time"], d["last_timeout"]
+    # Built without ForsunPlan.__init__ (keyword arguments cost more than the
+    # encoding, once per reply); the values are those of the IDL struct.
+    struct = _new(ForsunPlan)
+    struct.__dict__ = {
+        "is_time_out": d["is_time_out"],
+        "key": d["key"],
+        "second": second if -32768 <= second <= I16_MAX else _clamp(second, I16_MAX),
+        "minute": minute if -32768 <= minute <= I16_MAX else _clamp(minute, I16_MAX),
+        "hour": hour if -32768 <= hour <= I16_MAX else _clamp(hour, I16_MAX),
+        "day": day if -32768 <= day <= I16_MAX else _clamp(day, I16_MAX),
+        "month": month if -32768 <= month <= I16_MAX else _clamp(month, I16_MAX),
+        "week": week if -32768 <= week <= I16_MAX else _clamp(week, I16_MAX),
+        "next_time": next_time if 0 <= next_time <= I32_MAX else _clamp(next_time, I32_MAX),
+        "status": status if -32768 <= status <= I16_MAX else _clamp(status, I16_MAX),
+        "count": count if -32768 <= count <= I16_MAX else _clamp(count, I16_MAX),
+        # a plan firing every second for ever passes i16 within hours: saturate
+        "current_count": current if 0 <= current <= I16_MAX else _clamp(current, I16_MAX),
+        "last_timeout": last if 0 <= last <= I32_MAX else _clamp(last, I32_MAX),
+        "action": d["action"],
+        "params": dict(d["params"]),
+    }
+    return struct
+
+
+_new = object.__new__
+
+
+def run_struct(run: Any) -> ForsunRun:
+    """One run record (``store.base.Run``) as the IDL's ``ForsunRun``."""
+    return ForsunRun(
+        due_ms=run.due_ms,
+        started_ms=run.started_ms,
+        duration_ms=_clamp(run.duration_ms, I32_MAX),
+        attempt=_clamp(run.attempt, I16_MAX),
+        result=_clamp(run.result, I16_MAX),
+        error=run.error or "",
+    )
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class ThriftServer:
+    """The Thrift API of one :class:`ForsunService` (start with :meth:`start`)."""
+
+    def __init__(
+        self,
+        service: ForsunService,
+        stats: Any = None,
+        limits: codec.Limits | None = None,
+        message_timeout_s: float = 60.0,
+    ) -> None:
+        self.service = service
+        self.stats = stats
+        self.limits = limits or codec.Limits(
+            max_message_bytes=16 << 20, max_string_bytes=16 << 20, max_container_items=65536
+        )
+        self.message_timeout_s = message_timeout_s
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: set[_Connection] = set()
+        # method name -> (args class, result class, handler, declares ForsunPlanError)
+        self._methods: dict[str, tuple[Any, Any, Handler, bool]] = {
+            "ping": (Forsun.ping_args, Forsun.ping_result, self._ping, False),
+            "create": (Forsun.create_args, Forsun.create_result, self._create, True),
+            "createTimeout": (
+                Forsun.createTimeout_args,
+                Forsun.createTimeout_result,
+                self._create_timeout,
+                True,
+            ),
+            "remove": (Forsun.remove_args, Forsun.remove_result, self._remove, True),
+            "get": (Forsun.get_args, Forsun.get_result, self._get, True),
+            "getCurrent": (
+                Forsun.getCurrent_args,
+                Forsun.getCurrent_result,
+                self._get_current,
+                False,
+            ),
+            "getTime": (Forsun.getTime_args, Forsun.getTime_result, self._get_time, False),
+            "getKeys": (Forsun.getKeys_args, Forsun.getKeys_result, self._get_keys, False),
+            "forsun_call": (
+                Forsun.forsun_call_args,
+                Forsun.forsun_call_result,
+                self._forsun_call,
+                False,
+            ),
+            "info": (Forsun.info_args, Forsun.info_result, self._info, False),
+            # forsun-box additions (new methods; forsun's are unchanged)
+            "pause": (Forsun.pause_args, Forsun.pause_result, self._pause, True),
+            "resume": (Forsun.resume_args, Forsun.resume_result, self._resume, True),
+            "fire": (Forsun.fire_args, Forsun.fire_result, self._fire, True),
+            "getRuns": (Forsun.getRuns_args, Forsun.getRuns_result, self._get_runs, True),
+            "preview": (Forsun.preview_args, Forsun.preview_result, self._preview, True),
+            "createCron": (
+                Forsun.createCron_args,
+                Forsun.createCron_result,
+                self._create_cron,
+                True,
+            ),
+            "createAt": (Forsun.createAt_args, Forsun.createAt_result, self._create_at, True),
+        }
+        codec.known_names(self._methods)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port``; returns the bound port. Raises OSError."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection (requests in progress are cut)."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for conn in list(self._connections):
+            conn.close()
+            if conn.work is not None:
+                tasks.append(conn.work)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------------ connections
+
+    def _incr(self, name: str, n: int = 1) -> None:
+        if self.stats is not None:
+            self.stats.incr(name, n)
+
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        """One connection's life, from admission to close.
+
+        ``reader`` and ``writer`` are both the connection's :class:`_Connection`
+        (it answers ``get_extra_info`` and ``close`` as a stream writer does), so
+        a subclass may refuse a peer by closing it before calling this.
+        """
+        conn: _Connection = writer
+        self._connections.add(conn)
+        self._incr("connecting_count")
+        self._incr("connected_count")
+        try:
+            conn.admit()
+            await conn.closed
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never let one connection's surprise reach the loop
+            log.exception("thrift connection from %s failed", conn.peer)
+        finally:
+            self._incr("connecting_count", -1)
+            self._connections.discard(conn)
+            conn.close()
+
+    def _unknown_method(self, header: codec.Header) -> bytes | None:
+        self._incr("requested_count")
+        self._incr("requested_error_count")
+        if header.mtype == codec.ONEWAY:
+            return None
+        exc = TApplicationException(
+            TApplicationException.UNKNOWN_METHOD, f"unknown method {header.name}"
+        )
+        return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
+
+    async def _call(
+        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], args: Any
+    ) -> bytes | None:
+        stats = self.stats
+        if stats is not None:
+            stats.incr("requesting_count")
+        try:
+            success = await entry[2](args)
+        except Exception as e:
+            # (stats first, as for a success: the error answer is built after)
+            if stats is not None:
+                stats.incr("requesting_count", -1)
+                stats.incr("requested_count")
+                stats.incr("requested_error_count")
+            if header.mtype == codec.ONEWAY:
+                if not isinstance(e, errors.ForsunBoxError):
+                    log.exception("thrift: unexpected error in %s", header.name)
+                return None
+            return self._error_reply(header, entry, e)
+        except BaseException:  # cancelled: counted as answered, as any call that ended
+            if stats is not None:
+                stats.incr("requesting_count", -1)
+                stats.incr("requested_count")
+            raise
+        if stats is not None:
+            stats.incr("requesting_count", -1)
+            stats.incr("requested_count")
+        if header.mtype == codec.ONEWAY:
+            return None
+        try:
+            return codec.encode_reply(header.name, header.seqid, entry[1], success)
+        except Exception as e:  # a value the IDL can't carry: say so, keep the connection
+            return self._encode_failed(header, e)
+
+    def _error_reply(
+        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], e: Exception
+    ) -> bytes:
+        """The answer to a call whose handler raised ``e``."""
+        declares = entry[3]
+        if isinstance(e, errors.ForsunBoxError):
+            code, message = e.code, e.message
+        else:
+            log.exception("thrift: unexpected error in %s", header.name, exc_info=e)
+            code, message = errors.UNKNOWN, f"unknown error: {e.__class__.__name__}"
+        body: Any
+        if declares:
+            body = entry[1]()
+            body.err = ForsunPlanError(code=code, message=message)
+            mtype = codec.REPLY
+        else:
+            body = TApplicationException(TApplicationException.INTERNAL_ERROR, f"{code}: {message}")
+            mtype = codec.EXCEPTION
+        try:
+            return codec.encode_message(header.name, mtype, header.seqid, body)
+        except Exception as exc:
+            return self._encode_failed(header, exc)
+
+    def _encode_failed(self, header: codec.Header, e: Exception) -> bytes:
+        log.exception("thrift: cannot encode the answer to %s", header.name, exc_info=e)
+        exc = TApplicationException(
+            TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {e.__class__.__name__}"
+        )
+        return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
+
+    # ------------------------------------------------------------------ methods
+
+    async def _ping(self, args: Any) -> int:
+        return 0
+
+    async def _create(self, args: Any) -> ForsunPlan:
+        service = self.service
+        plan = service.build_args(
+            args.key,
+            False,
+            args.second,
+            args.minute,
+            args.hour,
+            args.day,
+            args.month,
+            args.week,
+            0,
+            args.action,
+            args.params,
+        )
+        return plan_struct((await service.create([plan]))[0])
+
+    async def _create_timeout(self, args: Any) -> ForsunPlan:
+        service = self.service
+        count = args.count
+        plan = service.build_args(
+            args.key,
+            True,
+            args.second,
+            args.minute,
+            args.hour,
+            args.day,
+            args.month,
+            args.week,
+            1 if count is None else count,
+            args.action,
+            args.params,
+        )
+        return plan_struct((await service.create([plan]))[0])
+
+    async def _remove(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.remove(args.key))
+
+    async def _get(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.get(args.key))
+
+    def _now_s(self) -> int:
+        return self.service.scheduler.clock.now_ms() // 1000
+
+    async def _get_current(self, args: Any) -> list[ForsunPlan]:
+        return [plan_struct(p) for p in await self.service.at_second(self._now_s())]
+
+    async def _get_time(self, args: Any) -> list[ForsunPlan]:
+        ts = args.timestamp or 0
+        if ts <= 0:
+            ts = self._now_s()
+        return [plan_struct(p) for p in await self.service.at_second(ts)]
+
+    async def _get_keys(self, args: Any) -> list[str]:
+        return await self.service.keys(args.prefix or "")
+
+    async def _forsun_call(self, args: Any) -> None:
+        # forsun-box is not itself a target of the thrift action; accept the call.
+        log.debug("forsun_call key=%s ts=%s params=%s", args.key, args.ts, args.params)
+        return None
+
+    async def _info(self, args: Any) -> dict[str, str]:
+        return await self.service.info()
+
+    # ------------------------------------------------------------------ additions
+
+    async def _pause(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.pause(args.key))
+
+    async def _resume(self, args: Any) -> ForsunPlan:
+        return plan_struct(await self.service.resume(args.key))
+
+    async def _fire(self, args: Any) -> int:
+        return _clamp(await self.service.fire(args.key), I16_MAX)
+
+    async def _get_runs(self, args: Any) -> list[ForsunRun]:
+        limit = args.limit or 0
+        limit = DEFAULT_RUNS if limit <= 0 else min(limit, MAX_RUNS)
+        runs = await self.service.runs(args.key, limit)
+        return [run_struct(r) for r in runs]
+
+    async def _preview(self, args: Any) -> list[int]:
+        n = args.n or 0
+        n = DEFAULT_PREVIEW if n <= 0 else min(n, MAX_PREVIEW)
+        plan = await self.service.get(args.key)
+        return preview(plan, n, self.service.scheduler.tz)
+
+    async def _create_cron(self, args: Any) -> ForsunPlan:
+        if not args.cron:
+            raise errors.MissingArgument("cron")
+        plan = self.service.build_kind(
+            kind=CRON,
+            key=args.key,
+            fields={},
+            count=args.count or 0,
+            action=args.action,
+            params=args.params,
+            cron=args.cron,
+            timezone=args.timezone or "",
+        )
+        return plan_struct((await self.service.create([plan]))[0])
+
+    async def _create_at(self, args: Any) -> ForsunPlan:
+        if args.at_ms is None:
+            raise errors.MissingArgument("at_ms")
+        plan = self.service.build_kind(
+            kind=AT,
+            key=args.key,
+            fields={},
+            action=args.action,
+            params=args.params,
+            at_ms=args.at_ms,
+        )
+        return plan_struct((await self.service.create([plan]))[0])
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: whole messages are decoded and answered in order.
+
+    At most one call runs at a time (``work``, a task that answers every
+    whole message buffered meanwhile before it ends), so replies keep the
+    order of the calls without a task waiting on every idle connection.
+    """
+
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.work: asyncio.Task[None] | None = None
+        self._buf = b""
+        self._pos = 0  # where the first unanswered message starts in _buf
+        self._admitted = False
+        self._eof = False
+        self._read_paused = False
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ----------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports don't derive from asyncio.Transport, but behave as one)
+        self.transport = transport  # type: ignore[assignment]
+        codec.set_no_delay(transport)
+        self.peer = transport.get_extra_info("peername")
+        server = self.server
+        task = asyncio.get_running_loop().create_task(server._serve(self, self))
+        server._tasks.add(task)
+        task.add_done_callback(server._tasks.discard)
+
+    def data_received(self, data: bytes) -> None:
+        if self._pos:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = data
+        if self.work is None and self._admitted:
+            self._start()
+        elif len(self._buf) > READ_CHUNK and not self._read_paused:
+            # A call is running (or the peer not yet admitted): what follows waits.
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        # Answer the calls already received before closing (a half-sent message
+        # never completes): keep the transport open while some are pending.
+        return self.work is not None or (self._write_paused and self._pos < len(self._buf))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._buf = b""
+        self._pos = 0
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The peer isn't reading its answers: stop reading its calls.
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.work is None and self._admitted:
+            self._start()
+        self._maybe_resume_reading()
+
+    # ----------------------------------------------------------- stream-writer look-alike
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As :meth:`asyncio.StreamWriter.get_extra_info`."""
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    def close(self) -> None:
+        """Close the connection (answers already written are still sent)."""
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def admit(self) -> None:
+        """Start answering (called once the server accepted the peer)."""
+        self._admitted = True
+        self._maybe_resume_reading()
+        if self.work is None:
+            self._start()
+
+    # ----------------------------------------------------------- messages
+
+    def _start(self) -> None:
+        """Begin answering the buffered messages, if a whole one is there."""
+        call = self._next()
+        if call is not None:
+            self.work = asyncio.get_running_loop().create_task(self._answer(*call))
+        elif self._eof:
+            self.close()
+
+    async def _answer(self, header: codec.Header, entry: Any, args: Any) -> None:
+        """Run calls one after another while whole messages are buffered."""
+        server = self.server
+        transport = self.transport
+        assert transport is not None
+        try:
+            while True:
+                reply = await server._call(header, entry, args)
+                if reply is not None and not transport.is_closing():
+                    transport.write(reply)
+                call = self._next()
+                if call is None:
+                    break
+                header, entry, args = call
+        finally:
+            self.work = None
+        if self._eof:
+            self.close()
+        else:
+            self._maybe_resume_reading()
+
+    def _next(self) -> tuple[codec.Header, Any, Any] | None:
+        """The next whole buffered call, answering unknown methods on the way.
+
+        None when no whole message is buffered, when writing is paused, or
+        when the connection was closed for bad input.
+        """
+        server = self.server
+        limits = server.limits
+        transport = self.transport
+        assert transport is not None
+        while True:
+            buf, pos = self._buf, self._pos
+            if pos >= len(buf) or self._write_paused or transport.is_closing():
+                if pos and pos >= len(buf):
+                    self._buf = b""
+                    self._pos = 0
+                    self._cancel_timer()
+                return None
+            try:
+                header = codec.read_header(buf, limits, pos)
+                entry = server._methods.get(header.name)
+                if entry is None:
+                    _, end = codec.message_length(buf, limits, pos)
+                else:
+                    args, end = codec.decode_body(buf, header.body_start, entry[0], limits)
+                    if end - pos > limits.max_message_bytes:
+                        raise codec.ProtocolError("message too large")
+            except codec.NeedMore:
+                if len(buf) - pos > limits.max_message_bytes:
+                    log.warning("thrift: message from %s over the size bound; closing", self.peer)
+                    self.close()
+                    return None
+                if self._timer is None:
+                    # A message has begun: it must complete within the time-out.
+                    self._timer = asyncio.get_running_loop().call_later(
+                        server.message_timeout_s, self._expire
+                    )
+                return None
+            except codec.ProtocolError as e:
+                log.warning("thrift: bad input from %s (%s); closing", self.peer, e)
+                self.close()
+                return None
+            if self._timer is not None:
+                self._cancel_timer()
+            if end >= len(buf):
+                self._buf = b""
+                self._pos = 0
+            else:
+                self._pos = end
+            if entry is not None:
+                return header, entry, args
+            reply = server._unknown_method(header)
+            if reply is not None:
+                transport.write(reply)
+
+    def _expire(self) -> None:
+        self._timer = None
+        log.warning(
+            "thrift: message from %s unfinished for %ss; closing",
+            self.peer,
+            self.server.message_timeout_s,
+        )
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        # Read on while no call runs: a message bigger than a chunk must arrive
+        # whole (or exceed the size bound) to be answered.
+        if (
+            self._read_paused
+            and not self._write_paused
+            and self._admitted
+            and self.work is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self._read_paused = False
+            self.transport.resume_reading()

@@ -1,0 +1,50 @@
+"""The one seam through which "now" is read and timers are armed.
+
+Every instant is an ``int`` of milliseconds since the epoch (UTC).
+:class:`LoopClock` is the real clock on the running asyncio loop;
+:class:`FakeClock` (in :mod:`forsun_box.testing`) advances on demand so the
+engine is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Current time, milliseconds since the epoch."""
+        ...
+
+    def call_at(self, when_ms: int, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` at (or as soon as possible after) ``when_ms``."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time."""
+        ...
+
+
+class LoopClock:
+    """Wall-clock time with timers armed on the running asyncio loop."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def call_at(self, when_ms: int, callback: Callable[[], None]) -> TimerHandle:
+        loop = asyncio.get_running_loop()
+        delay = (when_ms - self.now_ms()) / 1000.0
+        # The loop's monotonic clock may disagree with wall time by a few
+        # microseconds; firing up to 1 ms early is harmless because the engine
+        # re-reads now_ms() and re-arms when nothing is due yet.
+        return loop.call_later(max(0.0, delay), callback)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -1,0 +1,148 @@
+"""The store contract every driver implements.
+
+The engine is the only writer. It sends mutations in :class:`Batch` es
+(group commit): :meth:`Store.apply` must apply a whole batch atomically,
+durably (per the driver's durability setting) and in this order: ``puts``
+and ``deletes`` (one final operation per key), then ``advances``, then
+``statuses``, ``runs`` and ``meta``.
+
+Reads may run concurrently with nothing else: the engine never overlaps a
+read with an ``apply``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from forsun_box.plan import Plan
+
+
+@dataclass(slots=True)
+class Advance:
+    """Post-firing update of a plan, applied only if ``key`` still has ``version``.
+
+    ``next_time`` None means the plan is finished: the row is deleted.
+    """
+
+    key: str
+    version: int
+    next_time: int | None
+    current_count: int
+    last_timeout: int
+    status: int
+
+
+@dataclass(slots=True)
+class Run:
+    """One attempt of one firing, for the run history."""
+
+    key: str
+    due_ms: int  # the instant the firing was due
+    started_ms: int
+    duration_ms: int
+    attempt: int  # 1 for the first attempt, 2 for the first retry, ...
+    result: int  # 1 ok, -1 failed, 2 failed and will be retried
+    error: str = ""
+    action: str = ""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Mutations committed together in one transaction."""
+
+    # key -> Plan to insert or replace, or None to delete
+    ops: dict[str, Plan | None] = field(default_factory=dict)
+    advances: list[Advance] = field(default_factory=list)
+    # (key, version, status): set the status field if the version matches
+    statuses: list[tuple[str, int, int]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return (
+            len(self.ops)
+            + len(self.advances)
+            + len(self.statuses)
+            + len(self.runs)
+            + len(self.meta)
+        )
+
+
+class Store(abc.ABC):
+    """Async storage driver. Instants are ms since the epoch."""
+
+    #: driver name as given to ``--driver``
+    name: str = ""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open or create the storage.
+
+        Raises :class:`forsun_box.errors.StartupError` with a clear message when
+        existing data can't be read (corrupt, newer schema, no permission); it
+        must never silently start empty over unreadable data.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release everything. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def apply(self, batch: Batch) -> None:
+        """Commit ``batch`` atomically. Raises :class:`forsun_box.errors.StoreError`."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Plan | None:
+        """The plan stored under ``key``, or None."""
+
+    @abc.abstractmethod
+    async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
+        """Unpaused plans with a next firing, ordered by ``(next_time, key)``.
+
+        Only plans with ``(next_time, key) > after`` (all if ``after`` is None)
+        and ``next_time < before_ms``; at most ``limit``.
+        """
+
+    @abc.abstractmethod
+    async def firing_between(self, start_ms: int, end_ms: int, limit: int) -> list[Plan]:
+        """Unpaused plans whose next firing is in ``[start_ms, end_ms)``, by time then key."""
+
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        """How many unpaused plans fire in ``[start_ms, end_ms)``, counting at most ``limit``.
+
+        The default reads the plans; drivers override it with an index count.
+        """
+        return len(await self.firing_between(start_ms, end_ms, limit))
+
+    @abc.abstractmethod
+    async def keys(self, prefix: str = "", after: str = "", limit: int = 0) -> list[str]:
+        """Keys starting with ``prefix``, sorted, greater than ``after``; ``limit`` 0 = all."""
+
+    @abc.abstractmethod
+    async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
+        """Plans whose key starts with ``prefix``, sorted by key, keys > ``after``."""
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """Number of stored plans."""
+
+    @abc.abstractmethod
+    async def runs(self, key: str, limit: int = 50) -> list[Run]:
+        """The newest runs of ``key``, newest first."""
+
+    @abc.abstractmethod
+    async def get_meta(self, name: str) -> str | None:
+        """A meta value (e.g. ``processed_until``), or None."""
+
+    async def prune_runs(self, now_ms: int) -> int:
+        """Drop runs older than the driver's retention, counted back from ``now_ms``.
+
+        Returns how many runs were dropped. Drivers that keep no history
+        need not override it.
+        """
+        return 0
+
+    async def size_bytes(self) -> int:
+        """Bytes the store occupies on disk (0 when not applicable)."""
+        return 0
