@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -149,6 +150,7 @@ class App:
             stats=self.stats,
         )
         self.scheduler.executor = self.dispatcher.run
+        self.scheduler.manual_executor = functools.partial(self.dispatcher.run, manual=True)
         await self.scheduler.start()
         limits = Limits(
             max_key_length=config.max_key_length, max_params_bytes=config.max_params_bytes

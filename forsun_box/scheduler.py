@@ -320,6 +320,8 @@ class Scheduler:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}")
         self._start: Callable[[Plan, int], int | Awaitable[int]] | None = None
         self.executor = executor
+        #: runs a "fire now" (its run records marked manual); None: ``executor``
+        self.manual_executor: Executor | None = None
         self.stats = stats
         self._io = asyncio.Lock()
         self._writer = _Writer(
@@ -502,12 +504,13 @@ class Scheduler:
         """Run ``key``'s action once now, outside its schedule; returns its status.
 
         The plan's schedule, count and status are not changed; the run is
-        recorded in the history like any other.
+        recorded in the history like any other, marked manual.
         """
         plan = await self.get(key)
-        if self.executor is None:
+        run = self.manual_executor or self.executor
+        if run is None:
             raise errors.UnknownError("no executor")
-        return await self.executor(plan, self.clock.now_ms())
+        return await run(plan, self.clock.now_ms())
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""

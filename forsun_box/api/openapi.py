@@ -197,6 +197,7 @@ SCHEMAS: dict[str, Any] = {
             "result": {"enum": ["ok", "failed", "retrying"]},
             "error": _nullable("string"),
             "action": _nullable("string"),
+            "manual": {"type": "boolean", "description": "run by fire now, outside the schedule"},
         },
     },
     "Runs": {

@@ -321,6 +321,7 @@ def run_to_v2(run: Any) -> dict[str, Any]:
         "result": RUN_RESULTS.get(run.result, "failed"),
         "error": run.error or None,
         "action": run.action or None,
+        "manual": bool(run.manual),
     }
 
 

@@ -1,6 +1,6 @@
 """The ``sqlite`` store: one SQLite database file in WAL mode, through aiosqlite.
 
-Layout (schema version 2, see :data:`MIGRATIONS`):
+Layout (schema version 3, see :data:`MIGRATIONS`):
 
 - ``plans``: one row per plan, one column per :class:`~forsun_box.plan.Plan`
   field (``params`` as JSON text, booleans as 0/1, ``next_time`` NULL when
@@ -133,6 +133,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE plans ADD COLUMN misfire TEXT NOT NULL DEFAULT '';
     ALTER TABLE plans ADD COLUMN grace_ms INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: runs started by "fire now" are marked
+    """
+    ALTER TABLE runs ADD COLUMN manual INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -162,7 +166,7 @@ _TRIM_RUNS = (
     "(SELECT id FROM runs WHERE key = j.value ORDER BY id DESC LIMIT 1 OFFSET ?2))"
 )
 _run_row = operator.attrgetter(
-    "key", "due_ms", "started_ms", "duration_ms", "attempt", "result", "error", "action"
+    "key", "due_ms", "started_ms", "duration_ms", "attempt", "result", "error", "action", "manual"
 )
 _run_key = operator.attrgetter("key")
 _advance_row = operator.attrgetter(
@@ -190,8 +194,8 @@ _FINISH_MANY = (
     "DELETE FROM plans WHERE rowid IN (SELECT p.rowid FROM json_each(?) AS j "
     "JOIN plans AS p ON p.key = j.value ->> 0 AND p.version = j.value ->> 1)"
 )
-_RUN_COLUMNS = "key, due_ms, started_ms, duration_ms, attempt, result, error, action"
-# Rows per multi-row INSERT of runs (8 parameters each, far below SQLite's limit).
+_RUN_COLUMNS = "key, due_ms, started_ms, duration_ms, attempt, result, error, action, manual"
+# Rows per multi-row INSERT of runs (9 parameters each, far below SQLite's limit).
 RUN_CHUNK = 256
 
 
@@ -216,14 +220,14 @@ def _write_plans(conn: sqlite3.Connection, verb: str, rows: list[tuple[Any, ...]
 @functools.lru_cache(maxsize=RUN_CHUNK)
 def _insert_runs_sql(rows: int) -> str:
     return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES " + ", ".join(
-        ["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows
+        ["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows
     )
 
 
 def _insert_runs(conn: sqlite3.Connection, runs: list[Run]) -> None:
     """Insert ``runs`` in order (ids follow), RUN_CHUNK rows per statement."""
     params = list(itertools.chain.from_iterable(map(_run_row, runs)))
-    width = 8
+    width = 9
     for lo in range(0, len(runs), RUN_CHUNK):
         n = min(RUN_CHUNK, len(runs) - lo)
         conn.execute(_insert_runs_sql(n), params[lo * width : (lo + n) * width])
@@ -432,7 +436,7 @@ def _itself(x: Any) -> Any:
 
 
 def _run_factory(_cursor: Any, r: tuple[Any, ...]) -> Run:
-    return Run(*r)
+    return Run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]))
 
 
 class SqliteStore(Store):
@@ -1039,8 +1043,7 @@ class SqliteStore(Store):
         async with self._using() as db:
             try:
                 async with db.execute(
-                    "SELECT key, due_ms, started_ms, duration_ms, attempt, result, error, action "
-                    "FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
+                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE key = ? ORDER BY id DESC LIMIT ?",
                     (key, limit if limit > 0 else -1),
                 ) as cursor:
                     cursor.row_factory = _run_factory  # type: ignore[assignment]
