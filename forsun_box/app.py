@@ -229,14 +229,15 @@ class App:
         assert self.service is not None
         config = self.config
         console_routes, console_settings = console.install(self)
+        v1_not_found = {"service": self.service, "max_body_bytes": config.max_body_bytes}
         app = tornado.web.Application(
             http_v1.routes(
                 self.service, config.max_body_bytes, config.api_token, config.v1_token_required
             )
             + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
+            # an unknown /v1 path answers forsun's JSON, any other one the console's 404 page
+            + [(r"/v1(?:/.*)?", http_v1.NotFoundHandler, v1_not_found)]
             + console_routes,
-            default_handler_class=http_v1.NotFoundHandler,
-            default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
             **console_settings,
         )
         router = http_v1.Router(

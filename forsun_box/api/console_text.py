@@ -136,6 +136,23 @@ def describe(plan: Plan, tz: ZoneInfo | None = None) -> str:
     return text
 
 
+def zone_of(plan: Plan, server_tz: ZoneInfo) -> ZoneInfo:
+    """The zone a plan's times are shown in: its own, else the server's."""
+    return ZoneInfo(plan.timezone) if plan.timezone else server_tz
+
+
+def zone_label(plan: Plan, server_tz: ZoneInfo) -> str:
+    """The plan's zone name when its times are not in the server's zone, else ""."""
+    if plan.timezone and plan.timezone != getattr(server_tz, "key", None):
+        return plan.timezone
+    return ""
+
+
+def trigger_name(manual: bool) -> str:
+    """What started a run: its schedule, or "fire now"."""
+    return "fire now" if manual else "schedule"
+
+
 def human_bytes(n: int) -> str:
     """``1536`` -> ``"1.5 KiB"``."""
     size = float(n)
