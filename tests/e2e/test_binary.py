@@ -281,7 +281,7 @@ def test_links_named_forsund_and_forsun(installed: Installed) -> None:
 def test_time_zones_without_the_system_zone_files(installed: Installed) -> None:
     # No zone files where Python looks first: the bundled tzdata must answer.
     installed.env["PYTHONTZPATH"] = str(installed.home / "no-zoneinfo-here")
-    installed.env["TIMEZONE"] = "Europe/Berlin"
+    installed.env["FORSUN_TIMEZONE"] = "Europe/Berlin"
     installed.start()
     assert wait_until(lambda: "time zone Europe/Berlin" in installed.log(), 10), installed.log()
     plan = installed.ok(
