@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors
-from forsun_box.clock import Clock, TimerHandle
+from forsun_box.clock import Clock, TimerHandle, local_text
 from forsun_box.plan import DELAY, Plan, new_key
 from forsun_box.store.base import Advance, Batch, Run, Store
 
@@ -54,6 +54,19 @@ CATCHUP_POLICIES = (FIRE_ONCE, FIRE_ALL, SKIP)
 _MAX_KEY = "\U0010ffff" * 1024
 
 Executor = Callable[[Plan, int], Awaitable[int]]
+
+
+def _late(ms: int) -> str:
+    """A lateness for a log line: ``850 ms``, ``12.3 s``, ``2.5 h``."""
+    if ms < 1000:
+        return f"{max(ms, 0)} ms"
+    if ms < 600_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 36_000_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
 T = TypeVar("T")
 
 
@@ -742,12 +755,23 @@ class Scheduler:
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)
-            log.info("misfire: skipped %s due at %d", plan.key, due)
+            log.info(
+                "misfire: skipped %s due at %s (%s late)",
+                plan.key,
+                local_text(due, self.tz),
+                _late(now - due),
+            )
             self._queue_advance(plan.copy(next_time=nxt))
             return
         if due < self._started_ms or policy != FIRE_ALL:
             self.caught_up += 1
-            log.info("misfire: firing %s due at %d (%s)", plan.key, due, policy)
+            log.info(
+                "misfire: firing %s due at %s (%s late, %s)",
+                plan.key,
+                local_text(due, self.tz),
+                _late(now - due),
+                policy,
+            )
         base = now if policy == FIRE_ONCE else due
         start = self._start
         if start is None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from forsun_box.clock import local_text
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, Plan
 
 #: a param whose name contains one of these has its value masked
@@ -61,9 +62,8 @@ def local_time(ms: int | None, tz: ZoneInfo, with_ms: bool = False) -> str:
     """``ms`` as ``YYYY-MM-DD HH:MM:SS`` in ``tz`` (empty for None/0)."""
     if not ms:
         return ""
-    dt = datetime.fromtimestamp(ms / 1000, tz)
-    text = dt.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{ms % 1000:03d}" if with_ms else text
+    text = local_text(ms, tz, with_zone=False)
+    return text if with_ms else text[:-4]
 
 
 def _hms(h: int, m: int, s: int) -> str:
