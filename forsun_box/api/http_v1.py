@@ -130,13 +130,19 @@ class PlanHandler(BaseHandler):
 
     async def get(self) -> None:
         async def get() -> dict[str, Any]:
-            return to_forsun(await self.service.get(self.get_query_argument("key", None)))
+            return to_forsun(
+                await self.service.get(self.get_query_argument("key", None)),
+                self.service.scheduler.tz,
+            )
 
         await self.run(get)
 
     async def delete(self) -> None:
         async def delete() -> dict[str, Any]:
-            return to_forsun(await self.service.remove(self.get_query_argument("key", None)))
+            return to_forsun(
+                await self.service.remove(self.get_query_argument("key", None)),
+                self.service.scheduler.tz,
+            )
 
         await self.run(delete)
 
@@ -317,7 +323,7 @@ class PauseHandler(BaseHandler):
         async def change() -> dict[str, Any]:
             key = self.get_query_argument("key", None)
             op = self.service.resume if self.resume else self.service.pause
-            return to_forsun(await op(key))
+            return to_forsun(await op(key), self.service.scheduler.tz)
 
         await self.run(change)
 
@@ -334,7 +340,10 @@ class TimeHandler(BaseHandler):
             if ts <= 0:
                 ts = now
             plans = await self.service.at_second(ts)
-            return {"current_timestamp": now, "plans": [to_forsun(p) for p in plans]}
+            return {
+                "current_timestamp": now,
+                "plans": [to_forsun(p, self.service.scheduler.tz) for p in plans],
+            }
 
         await self.run(at)
 
