@@ -250,6 +250,10 @@ def test_contents_of_the_executable(binary: Path) -> None:
     ):
         assert needed in names, needed
     assert not any(n.startswith(("tkinter", "_tkinter", "playwright")) for n in names)
+    # the optional back-ends' libraries (pip extras) are all inside: the executable has them all
+    modules = set(CArchiveReader(str(binary)).open_embedded_archive("PYZ.pyz").toc)
+    for module in ("redis.asyncio", "aiomysql", "pymysql", "greenstalk", "forsun_box.extras"):
+        assert module in modules, module
     assert binary.stat().st_size <= 40 * 1024 * 1024
 
 

@@ -605,3 +605,23 @@ def test_unknown_urls_answer_html_404_and_v1_keeps_its_json(client: Client) -> N
 def test_the_access_log_shows_plan_keys(server: Server) -> None:
     server.call("GET", "/v1/plan?key=visible-key-123")
     assert wait_until(lambda: "key=visible-key-123" in server.log(), 5), server.log()[-2000:]
+
+
+def test_missing_console_files_are_reported_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an install that lost forsun_box/web/ (as a wheel without package data did)
+    monkeypatch.setattr(console, "web_root", lambda: tmp_path / "no-web")
+    config = SimpleNamespace(
+        http_host="127.0.0.1",
+        http_bind="127.0.0.1:9002",
+        console_password="",
+        api_token="",
+        cookie_secret="",
+        data_dir=str(tmp_path),
+    )
+    app = SimpleNamespace(config=config, scheduler=SimpleNamespace(tz=ZoneInfo("UTC")))
+    with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
+        console.install(app)
+    assert "the web console's files are missing" in caplog.text
+    assert str(tmp_path / "no-web" / "templates" / "base.html") in caplog.text
