@@ -193,3 +193,55 @@ def test_make_run_serves_with_the_given_flags(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGTERM)  # make and the server it started, by their group
         out, _ = proc.communicate(timeout=20)
     assert b"the forsun client is" in out
+
+
+# ---------------------------------------------------------------- make test's Debian packages
+
+
+def _stubs(tmp_path: Path, uid: int) -> dict[str, str]:
+    """A PATH whose dpkg says chromium is missing, id says ``uid`` and apt-get records its call.
+
+    Stand-ins for the package database and apt: a test can't uninstall a
+    package or run apt for real.
+    """
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    scripts = {
+        "dpkg": '[ "$2" = chromium ] && exit 1; exit 0',
+        "id": f"echo {uid}",
+        "sudo": "exit 1",  # no password-less sudo
+        "apt-get": f'echo "$*" >> {tmp_path / "apt.log"}',
+    }
+    for name, body in scripts.items():
+        path = stubs / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return {**os.environ, "PATH": f"{stubs}:/usr/bin:/bin"}
+
+
+def test_make_test_names_the_command_when_it_cannot_install(tmp_path: Path) -> None:
+    got = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "packages")],
+        capture_output=True,
+        text=True,
+        env=_stubs(tmp_path, 1000),
+        timeout=30,
+    )
+    assert got.returncode == 0
+    assert "not installed: chromium; their tests will skip" in got.stderr
+    assert "  sudo apt-get install chromium" in got.stderr
+    assert not (tmp_path / "apt.log").exists()
+
+
+def test_make_test_installs_what_is_missing_as_root(tmp_path: Path) -> None:
+    got = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "packages")],
+        capture_output=True,
+        text=True,
+        env=_stubs(tmp_path, 0),
+        timeout=30,
+    )
+    assert got.returncode == 0, got.stderr
+    assert "installing chromium" in got.stderr
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert calls == ["update -qq", "install -y -qq --no-install-recommends chromium"]
