@@ -10,6 +10,7 @@ that brings it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,8 +33,18 @@ STATIC = ("/static/console.css", "/static/console.js", "/static/favicon.svg")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """(the venv, the output of building the wheel)."""
     base = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds
+    source = base / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", "artifacts"
+        ),
+    )
+    shutil.copytree(ROOT / "build", source / "build", ignore=shutil.ignore_patterns("work", "lib"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(base / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(base / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,1 +1,0 @@
-"""Command-line entry points: ``forsun-box``, ``forsund`` and ``forsun``."""
