@@ -205,7 +205,7 @@ def test_a_bad_value_left_in_a_hidden_kind_does_not_block_saving(page: Any, serv
     assert page.locator("#schedule").inner_text().startswith("cron 0 4 * * *")
 
 
-def test_finished_plan_page_and_unknown_url(page: Any, server: Server) -> None:
+def test_finished_plan_page_and_unknown_url(page: Any, server: Server, artifacts: Path) -> None:
     server.ok(
         "PUT",
         "/v1/plan",
@@ -219,10 +219,12 @@ def test_finished_plan_page_and_unknown_url(page: Any, server: Server) -> None:
     assert page.locator("#finished-badge").is_visible()
     assert page.locator("#runs tbody tr").count() == 1
     assert page.locator("#runs .trigger").first.inner_text() == "schedule"
+    shot(page, artifacts, "10-plan-finished")
     response = page.goto(url(server, "/no/such/page"))
     assert response is not None and response.status == 404
     assert "No page at /no/such/page" in page.locator("#error-message").inner_text()
     assert page.locator("header nav a").count() == 4  # the console's own page, with its nav
+    shot(page, artifacts, "11-not-found")
 
 
 def test_what_fires_when_and_dashboard(page: Any, server: Server, artifacts: Path) -> None:
