@@ -29,6 +29,8 @@ PAGE_SIZE = 50
 SCAN_LIMIT = 5_000
 SCAN_CHUNK = 500
 RUNS_SHOWN = 50
+#: the furthest page of a run history the plan page reads
+RUNS_PAGES = 1_000
 PREVIEW_COUNT = 5
 #: most plans "what fires when" lists for one query
 WHEN_LIMIT = 200
@@ -160,7 +162,8 @@ class PlanHandler(ConsoleHandler):
         key = self.get_query_argument("key", "")
         console = self.console
         try:
-            page = max(1, int(self.get_query_argument("runs_page", "1") or 1))
+            # a store keeps at most max_runs_per_key runs of a key: pages end early
+            page = min(max(1, int(self.get_query_argument("runs_page", "1") or 1)), RUNS_PAGES)
         except ValueError:
             page = 1
         history = await runs_page(console, key, page)
