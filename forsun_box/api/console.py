@@ -161,7 +161,8 @@ class Console:
                     await self.scheduler.count_firing_between(lo, a + 60_000, UPCOMING_CAP)
                 )
             due = await self.scheduler.firing_between(now, end, UPCOMING_SAMPLE + 1)
-            # pure computation on copies, tens of ms for a full sample: off the event loop
+            # pure computation over the whole sample: off the event loop, which goes on
+            # firing meanwhile (its cost: bench/console_upcoming.py)
             later, complete = await asyncio.to_thread(
                 later_firings, due[:UPCOMING_SAMPLE], start, end, self.tz
             )
