@@ -6,7 +6,13 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 
 if ! "$PY" -c "import PyInstaller" 2>/dev/null; then
-  echo "build.sh: PyInstaller is missing; install it with: $PY -m pip install -e '.[build]'" >&2
+  echo "build.sh: PyInstaller is missing; install it with: $PY -m pip install -e '.[all,build]'" >&2
+  exit 1
+fi
+
+# the executable carries every action's library: refuse to build one without them
+if ! "$PY" -c "import redis, aiomysql, pymysql, greenstalk" 2>/dev/null; then
+  echo "build.sh: the action libraries are missing; install them with: $PY -m pip install -e '.[all,build]'" >&2
   exit 1
 fi
 

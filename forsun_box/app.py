@@ -224,6 +224,7 @@ class App:
         except OSError as e:
             raise errors.StartupError(
                 f"cannot listen on Thrift {config.bind_address}:{config.port}: {e.strerror}"
+                " (choose another port with --port PORT, or the address with --bind HOST)"
             ) from None
         self.thrift_server = server
         self.service.info_facts.bind_port = f"{config.bind_address}:{self.thrift_port}"
@@ -233,14 +234,15 @@ class App:
         assert self.service is not None
         config = self.config
         console_routes, console_settings = console.install(self)
+        v1_not_found = {"service": self.service, "max_body_bytes": config.max_body_bytes}
         app = tornado.web.Application(
             http_v1.routes(
                 self.service, config.max_body_bytes, config.api_token, config.v1_token_required
             )
             + v2_routes.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
+            # an unknown /v1 path answers forsun's JSON, any other one the console's 404 page
+            + [(r"/v1(?:/.*)?", http_v1.NotFoundHandler, v1_not_found)]
             + console_routes,
-            default_handler_class=http_v1.NotFoundHandler,
-            default_handler_args={"service": self.service, "max_body_bytes": config.max_body_bytes},
             **console_settings,
         )
         router = http_v1.Router(
@@ -254,6 +256,7 @@ class App:
         except OSError as e:
             raise errors.StartupError(
                 f"cannot listen on HTTP {config.http_bind}: {e.strerror}"
+                " (choose another address with --http HOST:PORT)"
             ) from None
         server.add_sockets(sockets)
         self.http_port = sockets[0].getsockname()[1]

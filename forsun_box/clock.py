@@ -11,7 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+
+def local_text(ms: int, tz: ZoneInfo, with_zone: bool = True) -> str:
+    """An instant for people: ``2026-12-02 14:00:05.250 Europe/Paris`` (unix ms in ``tz``)."""
+    text = datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
+    text += f".{ms % 1000:03d}"
+    return f"{text} {getattr(tz, 'key', None) or tz}" if with_zone else text
 
 
 class TimerHandle(Protocol):

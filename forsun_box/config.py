@@ -15,6 +15,16 @@ prefix (``store_redis_host``, ``action_redis_max_connections``,
 ``<section>_<key>`` (upper-cased key for globals), as forsun reads them;
 the exceptions are ``FORSUN_BOX_DATA_DIR`` and forsun's ``EXTENSIONS``.
 
+Environment names (:attr:`Setting.env_names`): every setting is read from
+``FORSUN_<NAME>`` (``FORSUN_PORT``, ``FORSUN_STORE_DRIVER``). The bare
+``<NAME>`` counts too where forsun reads it (its global keys, such as
+``PORT``) or where the section prefix makes it specific (``STORE_*``,
+``ACTION_*``, ``HTTP_*``, ``EXTENSION_*``); forsun-box's own global
+settings (``timezone``, ``catchup``, ...) have generic names that other
+programs set for their own ends, so only ``FORSUN_TIMEZONE`` etc. change
+them. The start-up log lists every setting taken from the environment
+(:func:`environment_settings`).
+
 Regenerate the docs with ``python -m forsun_box.config > docs/CONFIG.md``.
 """
 
@@ -173,6 +183,13 @@ class Setting:
     doc_default: str | None = None  # shown instead of the default when it is computed
     check: Callable[[Any], None] | None = None
     is_path: bool = False  # a file or directory: made absolute (~ expanded) when set
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The environment variables read for this setting, the first found wins."""
+        if self.env.startswith("FORSUN_"):
+            return (self.env,)
+        return (f"FORSUN_{self.env}", self.env)
 
     @property
     def conf_name(self) -> str:
@@ -624,6 +641,22 @@ class Config:
         return {s.name: getattr(self, s.name) for s in SETTINGS}
 
 
+#: forsun's own global conf keys: their bare upper-case environment names (PORT...) count
+FORSUN_GLOBAL_KEYS = frozenset(
+    {
+        "port",
+        "bind_address",
+        "http_bind",
+        "server_mode",
+        "log_file",
+        "log_level",
+        "log_format",
+        "log_rotate",
+        "log_backup_count",
+    }
+)
+
+
 def _build_table() -> tuple[Setting, ...]:
     hints = typing.get_type_hints(Config)
     kinds = {str: "str", int: "int", float: "float", bool: "bool", tuple[str, ...]: "list"}
@@ -634,6 +667,8 @@ def _build_table() -> tuple[Setting, ...]:
         section = meta["section"]
         key = meta["key"] or f.name.removeprefix(f"{section}_" if section else "")
         env = meta["env"] or (f"{section}_{key}" if section else key).upper()
+        if not meta["env"] and not section and key not in FORSUN_GLOBAL_KEYS:
+            env = f"FORSUN_{env}"  # a generic word alone: only the prefixed name counts
         rows.append(
             Setting(
                 name=f.name,
@@ -727,7 +762,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _flag_help(setting: Setting) -> str:
     default = setting.doc_default or _show_default(setting)
-    text = f"{setting.help} (default: {default}; conf: {setting.conf_name}; env: {setting.env})"
+    env = " or ".join(setting.env_names)
+    text = f"{setting.help} (default: {default}; conf: {setting.conf_name}; env: {env})"
     return text.replace("%", "%%")  # argparse %-formats help strings
 
 
@@ -788,12 +824,31 @@ def _convert(setting: Setting, raw: str, source: str) -> Any:
         raise StartupError(f"{source}: invalid value {raw!r} for {setting.name}: {exc}") from None
 
 
+_HEADER = re.compile(r"^\[[^\]\n]+\]\s*(?:[#;].*)?$")
+
+
+def _check_section_headers(path: str, text: str) -> None:
+    """A line opening with ``[`` that is no ``[name]`` header is a broken header, said so.
+
+    configparser would read ``[store`` as a key without a value, reported as
+    an unknown setting.
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and not _HEADER.match(stripped):
+            raise StartupError(
+                f"{path}:{number}: malformed section header {stripped!r}"
+                " (write it as [name], e.g. [store])"
+            )
+
+
 def _read_conf(path: str) -> configparser.RawConfigParser:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise StartupError(f"cannot read conf file {path}: {exc}") from None
+    _check_section_headers(path, text)
     # forsun's files start with global keys before any section; strict=False lets a file
     # that also spells out [global] merge into the same section.
     parser = configparser.RawConfigParser(allow_no_value=True, strict=False)
@@ -826,6 +881,44 @@ def unknown_key_message(path: str, section: str, key: str) -> str:
     return f"{path}: unknown setting {key!r} {where}{hint}; docs/CONFIG.md lists them all"
 
 
+def environment_settings(environ: Mapping[str, str]) -> list[tuple[Setting, str]]:
+    """The settings ``environ`` sets, each with the variable it is read from."""
+    found = []
+    for s in SETTINGS:
+        for name in s.env_names:
+            if name in environ:
+                found.append((s, name))
+                break
+    return found
+
+
+_SECRET_WORDS = ("password", "passwd", "token", "secret")
+
+
+def describe_environment(environ: Mapping[str, str]) -> str:
+    """One line naming the settings ``environ`` sets (secret values hidden), "" for none.
+
+    Bare generic names present but not read (``TIMEZONE`` for ``FORSUN_TIMEZONE``)
+    are named too, so that nobody wonders why they did nothing.
+    """
+    parts = []
+    for s, name in environment_settings(environ):
+        secret = any(w in s.name for w in _SECRET_WORDS)
+        value = "(set)" if secret else repr(environ[name])
+        parts.append(f"{name}={value} ({s.conf_name})")
+    ignored = [
+        s.env.removeprefix("FORSUN_")
+        for s in SETTINGS
+        if len(s.env_names) == 1
+        and s.env != "FORSUN_BOX_DATA_DIR"
+        and s.env.removeprefix("FORSUN_") in environ
+    ]
+    line = "settings from the environment: " + (", ".join(parts) or "none")
+    if ignored:
+        line += f"; not read (forsun-box reads FORSUN_ + the name): {', '.join(ignored)}"
+    return line if parts or ignored else ""
+
+
 def load_config(
     argv: list[str],
     environ: Mapping[str, str] | None = None,
@@ -856,9 +949,8 @@ def load_config(
                     raise StartupError(unknown_key_message(conf_path, section, key))
                 values[setting.name] = _convert(setting, raw or "", f"{conf_path}:{where}")
 
-    for s in SETTINGS:
-        if s.env in env:
-            values[s.name] = _convert(s, env[s.env], f"env {s.env}")
+    for s, name in environment_settings(env):
+        values[s.name] = _convert(s, env[name], f"env {name}")
 
     for s in SETTINGS:
         if s.name in args:
@@ -917,6 +1009,15 @@ def render_markdown() -> str:
         "message naming where it came from. Booleans accept true/false, yes/no, on/off, 1/0;",
         "lists are `;`-separated. A list flag (`--extension`) may be repeated and adds to",
         "the list from the conf file or environment.",
+        "",
+        "Environment: every setting is read from `FORSUN_` + the name in the env column",
+        "(`FORSUN_PORT`, `FORSUN_STORE_DRIVER`; the prefixed name wins when both are set).",
+        "The bare name counts too where forsun reads it (its global keys: `PORT`, `HTTP_BIND`,",
+        "`LOG_FILE`, ...) and for the section-prefixed names (`STORE_*`, `ACTION_*`, `HTTP_*`,",
+        "`EXTENSION_*`). forsun-box's own global settings are read only with the prefix",
+        "(`FORSUN_TIMEZONE`, `FORSUN_CATCHUP`, ...): a `TIMEZONE` or `PID_FILE` set for",
+        "another program changes nothing here. At start-up one log line lists every",
+        "setting taken from the environment (`settings from the environment: ...`).",
         "",
     ]
     for section in _SECTIONS:

@@ -124,14 +124,15 @@ class Dispatcher:
 
     # -- public -------------------------------------------------------------
 
-    async def run(self, plan: Plan, due_ms: int) -> int:
+    async def run(self, plan: Plan, due_ms: int, manual: bool = False) -> int:
         """Run the first attempt of ``plan``'s firing due at ``due_ms``.
 
         Waits for a free slot of the action's concurrency limit (firings are
         queued, never dropped). Returns 1 when the attempt succeeded, -1 when
-        it failed (retries, if any, are already armed).
+        it failed (retries, if any, are already armed). ``manual``: a "fire
+        now" outside the schedule; its run records (retries too) say so.
         """
-        ok = await self._attempt(plan, due_ms, 1)
+        ok = await self._attempt(plan, due_ms, 1, manual)
         return STATUS_OK if ok else STATUS_FAILED
 
     def start_firing(self, plan: Plan, due_ms: int) -> int | Awaitable[int]:
@@ -241,20 +242,26 @@ class Dispatcher:
             self._semaphores[name] = sem
         return sem
 
-    async def _attempt(self, plan: Plan, due_ms: int, attempt: int) -> bool:
+    async def _attempt(self, plan: Plan, due_ms: int, attempt: int, manual: bool = False) -> bool:
         """Run attempt number ``attempt`` (1-based), record it, arm the next retry."""
         self._active += 1
         self._idle.clear()
         try:
-            started, outcome = await self._execute(plan, due_ms, attempt)
+            started, outcome = await self._execute(plan, due_ms, attempt, manual)
         finally:
             self._active -= 1
             if not self._active:
                 self._idle.set()
-        return self._settle(plan, due_ms, started, attempt, outcome)
+        return self._settle(plan, due_ms, started, attempt, outcome, manual)
 
     def _settle(
-        self, plan: Plan, due_ms: int, started: int, attempt: int, outcome: _Outcome
+        self,
+        plan: Plan,
+        due_ms: int,
+        started: int,
+        attempt: int,
+        outcome: _Outcome,
+        manual: bool = False,
     ) -> bool:
         """Record an attempt that ended, arm its retry or report the final status."""
         will_retry = (
@@ -264,9 +271,9 @@ class Dispatcher:
             and not self._closed
         )
         result = RUN_OK if outcome.ok else (RUN_WILL_RETRY if will_retry else RUN_FAILED)
-        self._record(plan, due_ms, started, attempt, result, outcome.error)
+        self._record(plan, due_ms, started, attempt, result, outcome.error, manual)
         if will_retry:
-            self._arm_retry(plan, due_ms, attempt + 1)
+            self._arm_retry(plan, due_ms, attempt + 1, manual)
         elif attempt > 1:
             status = STATUS_OK if outcome.ok else STATUS_FAILED
             try:
@@ -275,7 +282,9 @@ class Dispatcher:
                 logger.exception("recording the status of %s failed", plan.key)
         return outcome.ok
 
-    async def _execute(self, plan: Plan, due_ms: int, attempt: int) -> tuple[int, _Outcome]:
+    async def _execute(
+        self, plan: Plan, due_ms: int, attempt: int, manual: bool = False
+    ) -> tuple[int, _Outcome]:
         """Wait for a slot, run the action once; returns (started_ms, outcome)."""
         stats = self._stats
         cls = get_action(plan.action)
@@ -294,7 +303,7 @@ class Dispatcher:
             try:
                 outcome = await self._call(cls, plan, due_ms, attempt)
             except asyncio.CancelledError:
-                self._record(plan, due_ms, started, attempt, RUN_FAILED, "cancelled")
+                self._record(plan, due_ms, started, attempt, RUN_FAILED, "cancelled", manual)
                 raise
             finally:
                 stats.decr("action_executing_count")
@@ -354,7 +363,14 @@ class Dispatcher:
         return _Outcome(f"{type(error).__name__}: {error}")
 
     def _record(
-        self, plan: Plan, due_ms: int, started: int, attempt: int, result: int, error: str
+        self,
+        plan: Plan,
+        due_ms: int,
+        started: int,
+        attempt: int,
+        result: int,
+        error: str,
+        manual: bool = False,
     ) -> None:
         if len(error) > MAX_ERROR_CHARS:
             error = error[: MAX_ERROR_CHARS - 3] + "..."
@@ -368,6 +384,7 @@ class Dispatcher:
             result,
             error,
             plan.action,
+            manual,
         )
         try:
             self._on_run(run)
@@ -382,7 +399,7 @@ class Dispatcher:
         seconds = d + d * self.settings.retry_delay_rate * retries_made
         return max(0, round(seconds * 1000))
 
-    def _arm_retry(self, plan: Plan, due_ms: int, attempt: int) -> None:
+    def _arm_retry(self, plan: Plan, due_ms: int, attempt: int, manual: bool = False) -> None:
         loop = asyncio.get_running_loop()
         when = self._clock.now_ms() + self.retry_delay_ms(attempt - 2)
         timer_id = next(self._timer_ids)
@@ -391,15 +408,15 @@ class Dispatcher:
             self._timers.pop(timer_id, None)
             if self._closed:
                 return
-            task = loop.create_task(self._retry(plan, due_ms, attempt))
+            task = loop.create_task(self._retry(plan, due_ms, attempt, manual))
             self._retry_tasks.add(task)
             task.add_done_callback(self._retry_tasks.discard)
 
         self._timers[timer_id] = self._clock.call_at(when, fire)
 
-    async def _retry(self, plan: Plan, due_ms: int, attempt: int) -> None:
+    async def _retry(self, plan: Plan, due_ms: int, attempt: int, manual: bool = False) -> None:
         try:
-            await self._attempt(plan, due_ms, attempt)
+            await self._attempt(plan, due_ms, attempt, manual)
         except asyncio.CancelledError:
             pass
         except Exception:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class Executor(Protocol):
     """Runs the first attempt of a firing and says how it went (1 ok, -1 failed)."""
 
-    async def run(self, plan: Plan, due_ms: int) -> int:
-        """Run the attempt; its status."""
+    async def run(self, plan: Plan, due_ms: int, manual: bool = False) -> int:
+        """Run the attempt; its status. ``manual``: a "fire now", outside the
+        schedule (its run records say so)."""
         ...
 
     def start_firing(self, plan: Plan, due_ms: int) -> int | Awaitable[int]:
@@ -33,7 +34,7 @@ class CoroutineExecutor:
     def __init__(self, fn: Callable[[Plan, int], Awaitable[int]]) -> None:
         self._fn = fn
 
-    async def run(self, plan: Plan, due_ms: int) -> int:
+    async def run(self, plan: Plan, due_ms: int, manual: bool = False) -> int:
         return await self._fn(plan, due_ms)
 
     def start_firing(self, plan: Plan, due_ms: int) -> Awaitable[int]:

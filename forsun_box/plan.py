@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -212,18 +213,69 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
-def to_forsun(plan: Plan) -> dict[str, Any]:
-    """The plan as forsun's v1/Thrift object (times in whole seconds)."""
+#: a forsun field a cron expression restricts in a way forsun can't say (a list, a
+#: range, a step): outside forsun's values, so no client reads it as "any" (-1)
+NOT_A_FORSUN_VALUE = -2
+_UTC = ZoneInfo("UTC")
+
+
+def forsun_view(plan: Plan, tz: ZoneInfo | None = None) -> tuple[int, int, int, int, int, int, int]:
+    """``(second, minute, hour, day, month, week, count)`` as forsun's fields show the plan.
+
+    Delay and calendar plans: their own fields. A cron plan: each field is
+    the cron field's value when that is one number, -1 when it is any, and
+    :data:`NOT_A_FORSUN_VALUE` otherwise (day and week both, when cron's
+    "day of month or day of week" rule applies); a 5-field expression fires
+    at second 0. A single-instant plan: forsun's own form of one instant,
+    the instant's second, minute, hour, day and month in the plan's zone
+    (else ``tz``, the server's; UTC when not given), week -1, count 1.
+    See docs/COMPAT.md.
+    """
+    if plan.kind == CRON:
+        spec = schedule.compile_cron(plan.cron)
+        values = [
+            -1 if len(vals) == size else (min(vals) if len(vals) == 1 else NOT_A_FORSUN_VALUE)
+            for vals, size in (
+                (spec.seconds, 60),
+                (spec.minutes, 60),
+                (spec.hours, 24),
+                (spec.doms, 31),
+                (spec.months, 12),
+                (spec.dows, 7),
+            )
+        ]
+        if spec.day_or:
+            values[3] = values[5] = NOT_A_FORSUN_VALUE
+        s, mi, h, d, mo, w = values
+        return s, mi, h, d, mo, w, plan.count
+    if plan.kind == AT:
+        zone = ZoneInfo(plan.timezone) if plan.timezone else (tz or _UTC)
+        at = datetime.fromtimestamp(plan.anchor_ms / 1000, zone)
+        return at.second, at.minute, at.hour, at.day, at.month, -1, 1
+    return plan.second, plan.minute, plan.hour, plan.day, plan.month, plan.week, plan.count
+
+
+def to_forsun(plan: Plan, tz: ZoneInfo | None = None) -> dict[str, Any]:
+    """The plan as forsun's v1/Thrift object (times in whole seconds).
+
+    ``tz`` is the server's zone, for a single-instant plan without its own
+    (:func:`forsun_view`).
+    """
+    if plan.kind == DELAY or plan.kind == CALENDAR:
+        second, minute, hour = plan.second, plan.minute, plan.hour
+        day, month, week, count = plan.day, plan.month, plan.week, plan.count
+    else:
+        second, minute, hour, day, month, week, count = forsun_view(plan, tz)
     return {
         "key": plan.key,
-        "second": plan.second,
-        "minute": plan.minute,
-        "hour": plan.hour,
-        "day": plan.day,
-        "month": plan.month,
-        "week": plan.week,
+        "second": second,
+        "minute": minute,
+        "hour": hour,
+        "day": day,
+        "month": month,
+        "week": week,
         "status": plan.status,
-        "count": plan.count,
+        "count": count,
         "is_time_out": plan.kind == DELAY,
         "next_time": (plan.next_time or 0) // 1000,
         "current_count": plan.current_count,

@@ -42,7 +42,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from forsun_box import errors
-from forsun_box.clock import Clock, TimerHandle
+from forsun_box.clock import Clock, TimerHandle, local_text
 from forsun_box.enums import CATCHUP_POLICIES, Misfire
 from forsun_box.executor import Executor
 from forsun_box.plan import DELAY, Plan, new_key
@@ -57,6 +57,17 @@ FIRE_ONCE, FIRE_ALL, SKIP = Misfire.FIRE_ONCE, Misfire.FIRE_ALL, Misfire.SKIP
 
 # Greater than any key a plan may have (keys are at most a few hundred chars).
 _MAX_KEY = "\U0010ffff" * 1024
+
+
+def _late(ms: int) -> str:
+    """A lateness for a log line: ``850 ms``, ``12.3 s``, ``2.5 h``."""
+    if ms < 1000:
+        return f"{max(ms, 0)} ms"
+    if ms < 600_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 36_000_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
 
 
 @dataclass(slots=True)
@@ -301,12 +312,12 @@ class Scheduler:
         """Run ``key``'s action once now, outside its schedule; returns its status.
 
         The plan's schedule, count and status are not changed; the run is
-        recorded in the history like any other.
+        recorded in the history like any other, marked manual.
         """
         plan = await self.get(key)
         if self.executor is None:
             raise errors.UnknownError("no executor")
-        return await self.executor.run(plan, self.clock.now_ms())
+        return await self.executor.run(plan, self.clock.now_ms(), manual=True)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -548,12 +559,23 @@ class Scheduler:
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)
-            log.info("misfire: skipped %s due at %d", plan.key, due)
+            log.info(
+                "misfire: skipped %s due at %s (%s late)",
+                plan.key,
+                local_text(due, self.tz),
+                _late(now - due),
+            )
             self._queue_advance(plan.copy(next_time=nxt))
             return
         if due < self._started_ms or policy != FIRE_ALL:
             self.caught_up += 1
-            log.info("misfire: firing %s due at %d (%s)", plan.key, due, policy)
+            log.info(
+                "misfire: firing %s due at %s (%s late, %s)",
+                plan.key,
+                local_text(due, self.tz),
+                _late(now - due),
+                policy,
+            )
         base = now if policy == FIRE_ONCE else due
         start = self._start
         if start is None:

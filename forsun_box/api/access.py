@@ -150,8 +150,11 @@ class GuardedThriftServer(ThriftServer):
 
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+# A plan's ``key`` is a name, not a secret: only a key with a prefix (``api_key``,
+# ``access_key``) is masked.
 _SECRET_QUERY = re.compile(
-    r"(?P<name>[?&;](?:[^=&\s]*(?:pass|pwd|secret|token|key|auth|sig)[^=&\s]*)=)[^&\s#]*?(?=$|[&\s#]|:\s)",
+    r"(?P<name>[?&;](?:[^=&\s]*(?:pass|pwd|secret|token|auth|sig)[^=&\s]*|[^=&\s]+key[^=&\s]*)=)"
+    r"[^&\s#]*?(?=$|[&\s#]|:\s)",
     re.IGNORECASE,
 )
 MASK = "••••••"

@@ -1,7 +1,8 @@
 """The web console: server-rendered pages on the HTTP API's tornado app.
 
-Pages are Jinja2 templates from ``web/templates``; CSS and the small
-script that refreshes the dashboard are in ``web/static``. Every plan the
+Pages are Jinja2 templates from ``forsun_box/web/templates``; CSS and the
+small script that refreshes the dashboard are in ``forsun_box/web/static``
+(package data, so a wheel and the frozen executable carry them). Every plan the
 console creates or edits goes through :class:`~forsun_box.api.service.ForsunService`,
 so a field means what it means on the v1 API.
 
@@ -11,8 +12,9 @@ checked here per handler -- not by tornado's application-wide switch, so
 the v1 API keeps answering forsun's cookie-less clients.
 
 Scale: no page reads the whole plan table. Listings are key-range reads
-of a bounded number of rows, counts of upcoming firings are index counts
-capped per minute, and the total plan count is cached.
+of a bounded number of rows; the upcoming-firings chart is index counts
+capped per minute, plus the later firings of a bounded sample of the plans
+due within the hour (recurring plans fire more than once in it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import hmac
 import logging
 import os
 import secrets
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,26 +40,27 @@ from forsun_box import __version__
 from forsun_box.actions import action_names
 from forsun_box.api import console_text as text
 from forsun_box.api.access import is_loopback
+from forsun_box.plan import DELAY
 
 log = logging.getLogger("forsun_box.console")
 
 COOKIE = "forsun_box_console"
 COOKIE_DAYS = 7
 SECRET_FILE = "console-cookie-secret"
-#: seconds a total plan count is reused (a count reads a whole index)
-COUNT_TTL_S = 30.0
 #: seconds the upcoming-firings chart is reused
 UPCOMING_TTL_S = 10.0
 #: the upcoming chart counts at most this many plans per minute
 UPCOMING_CAP = 10_000
+#: plans due within the hour whose later firings in it the chart adds
+UPCOMING_SAMPLE = 2_000
+#: most schedule steps spent on those later firings per chart (delay plans take none)
+UPCOMING_STEPS = 20_000
+UPCOMING_MINUTES = 60
 
 
 def web_root() -> Path:
-    """The ``web/`` folder: inside the bundle when frozen, else beside the package."""
-    frozen = getattr(sys, "_MEIPASS", None)
-    if frozen:
-        return Path(frozen) / "web"
-    return Path(__file__).resolve().parent.parent.parent / "web"
+    """The package's ``web/`` folder (in the frozen executable too: it keeps the layout)."""
+    return Path(__file__).resolve().parent.parent / "web"
 
 
 def cookie_secret(config: Any) -> str:
@@ -128,26 +130,38 @@ class Console:
         return value
 
     def forget_counts(self) -> None:
-        """Drop cached counts after this console changed plans (others' changes show later)."""
-        self._cache.pop("count", None)
+        """Drop the cached chart after this console changed plans (others' changes show later)."""
         self._cache.pop("upcoming", None)
 
     async def plan_count(self) -> int:
-        return int(await self.cached("count", COUNT_TTL_S, self.scheduler.count))
+        # not cached: every store keeps its count in step with each commit
+        return int(await self.scheduler.count())
 
     async def upcoming(self) -> dict[str, Any]:
         async def compute() -> dict[str, Any]:
             now = self.now_ms()
             start = now - now % 60_000
+            end = start + UPCOMING_MINUTES * 60_000
             starts, counts = [], []
-            for i in range(60):
+            for i in range(UPCOMING_MINUTES):
                 a = start + i * 60_000
                 lo = max(a, now)
                 starts.append(a)
                 counts.append(
                     await self.scheduler.count_firing_between(lo, a + 60_000, UPCOMING_CAP)
                 )
-            return {"start_ms": starts, "count": counts, "cap": UPCOMING_CAP}
+            due = await self.scheduler.firing_between(now, end, UPCOMING_SAMPLE + 1)
+            # pure computation over the whole sample: off the event loop, which goes on
+            # firing meanwhile (its cost: bench/console_upcoming.py)
+            later, complete = await asyncio.to_thread(
+                later_firings, due[:UPCOMING_SAMPLE], start, end, self.tz
+            )
+            return {
+                "start_ms": starts,
+                "count": [c + n for c, n in zip(counts, later, strict=True)],
+                "cap": UPCOMING_CAP,
+                "partial": not complete or len(due) > UPCOMING_SAMPLE,
+            }
 
         return dict(await self.cached("upcoming", UPCOMING_TTL_S, compute))
 
@@ -193,6 +207,48 @@ class Console:
             "extension_errors": ext_errors,
             "timezone": getattr(self.tz, "key", str(self.tz)),
         }
+
+
+def later_firings(
+    plans: list[Any], start: int, end: int, tz: ZoneInfo, budget: int = UPCOMING_STEPS
+) -> tuple[list[int], bool]:
+    """Per minute from ``start`` to ``end``: the firings of ``plans`` after their next one.
+
+    Returns (counts, complete); complete is False when ``budget`` schedule
+    steps ran out first. A delay plan's firings are counted arithmetically
+    (they fall on a fixed grid), others are stepped through their schedule.
+    """
+    counts = [0] * ((end - start) // 60_000)
+    steps = 0
+    for plan in plans:
+        first = plan.next_time
+        if first is None or plan.paused:
+            continue
+        left = plan.count - plan.current_count - 1 if plan.count else -1
+        if plan.kind == DELAY and plan.interval_ms > 0 and not plan.jitter_ms:
+            every = plan.interval_ms
+            stop = min(end, plan.end_ms) if plan.end_ms else end
+            last = first + every * left if left >= 0 else stop
+            for i in range(len(counts)):
+                lo = max(start + i * 60_000, first + every)
+                hi = min(start + (i + 1) * 60_000, stop, last + 1)
+                if hi > lo:
+                    # occurrences first + k * every, k >= 1, in [lo, hi)
+                    counts[i] += -(-(hi - first) // every) - -(-(lo - first) // every)
+            continue
+        zone = ZoneInfo(plan.timezone) if plan.timezone else tz
+        p = plan.copy()
+        t: int | None = first
+        while t is not None:
+            if steps >= budget:
+                return counts, False
+            steps += 1
+            p.current_count += 1
+            t = p.next_after(t, zone)
+            if t is None or t >= end:
+                break
+            counts[(t - start) // 60_000] += 1
+    return counts, True
 
 
 def script_json(value: Any) -> markupsafe.Markup:
@@ -325,9 +381,17 @@ class StatsApiHandler(ConsoleHandler):
         self.finish(orjson.dumps(await self.console.snapshot()))
 
 
+class NotFoundHandler(ConsoleHandler):
+    """Any path no API or page serves: an HTML 404 page (v1 and v2 answer their own)."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, f"No page at {self.request.path}.")
+
+
 def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
     """The console's routes and the tornado settings it needs, for ``app``'s HTTP server.
 
+    The settings make :class:`NotFoundHandler` the answer to unknown paths.
     Logs a loud warning when the console is reachable from the network
     without a login.
     """
@@ -335,6 +399,14 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
 
     config = app.config
     root = web_root()
+    for needed in (root / "templates" / "base.html", root / "static" / "console.css"):
+        if not needed.is_file():
+            log.warning(
+                "the web console's files are missing (%s): its pages will fail; "
+                "reinstall forsun-box (its wheel carries forsun_box/web/)",
+                needed,
+            )
+            break
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root / "templates")),
         autoescape=jinja2.select_autoescape(["html"]),
@@ -372,5 +444,7 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
         "static_path": str(root / "static"),
         "static_url_prefix": "/static/",
         "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Strict"},
+        "default_handler_class": NotFoundHandler,
+        "default_handler_args": kw,
     }
     return routes, settings

@@ -27,6 +27,15 @@ from forsun_box.plan import AT, CALENDAR, CRON, DELAY, FIELDS, KINDS, Plan
 log = logging.getLogger("forsun_box.console")
 
 FORM_FIELDS = ("key", "mode", *FIELDS, "count", "cron", "at", "timezone", "action", "params")
+#: the fields each schedule kind reads (the form shows only these, data-modes in form.html);
+#: what is left in another kind's fields is ignored, never an error nobody can see
+MODE_FIELDS: dict[str, frozenset[str]] = {
+    DELAY: frozenset({*FIELDS, "count"}),
+    CALENDAR: frozenset({*FIELDS, "count", "timezone"}),
+    CRON: frozenset({"cron", "count", "timezone"}),
+    AT: frozenset({"at", "timezone"}),
+}
+ALWAYS_SHOWN = frozenset({"key", "mode", "action", "params"})
 
 
 @dataclass
@@ -101,8 +110,11 @@ def build_from_form(handler: ConsoleHandler, form: Form, original: Plan | None) 
     if mode not in KINDS:
         form.errors["mode"] = "Choose a schedule kind."
         return None
+    used = MODE_FIELDS[mode]
     nums: dict[str, Any] = {}
     for name in (*FIELDS, "count"):
+        if name not in used:
+            continue
         raw = v.get(name, "").strip()
         if raw:
             try:
@@ -119,7 +131,7 @@ def build_from_form(handler: ConsoleHandler, form: Form, original: Plan | None) 
         for k, val in list(params.items()):
             if val == text.MASK and k in original.params:
                 params[k] = original.params[k]
-    tz_name = v.get("timezone", "").strip()
+    tz_name = v.get("timezone", "").strip() if "timezone" in used else ""
     at_ms = None
     if mode == AT:
         try:
@@ -142,14 +154,14 @@ def build_from_form(handler: ConsoleHandler, form: Form, original: Plan | None) 
             count=nums.get("count", 0),
             action=v.get("action", "shell"),
             params=params,
-            cron=v.get("cron", "").strip(),
+            cron=v.get("cron", "").strip() if mode == CRON else "",
             at_ms=at_ms,
             timezone=tz_name,
         )
     except errors.ForsunBoxError as e:
         name = _field_of(e.message)
-        if mode in (DELAY, CALENDAR) and name in ("cron",):
-            name = ""
+        if name not in used and name not in ALWAYS_SHOWN:
+            name = ""  # a field this kind hides: the message goes above the form
         message = e.message[:1].upper() + e.message[1:]
         if isinstance(e, errors.TimeNeverArrives):
             name = {AT: "at", CRON: "cron"}.get(mode, "second")

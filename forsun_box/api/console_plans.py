@@ -30,6 +30,8 @@ PAGE_SIZE = 50
 SCAN_LIMIT = 5_000
 SCAN_CHUNK = 500
 RUNS_SHOWN = 50
+#: the furthest page of a run history the plan page reads
+RUNS_PAGES = 1_000
 PREVIEW_COUNT = 5
 #: most plans "what fires when" lists for one query
 WHEN_LIMIT = 200
@@ -124,26 +126,60 @@ class PlansHandler(ConsoleHandler):
         )
 
 
+async def runs_page(console: Console, key: str, page: int) -> dict[str, Any]:
+    """Page ``page`` (1 = newest) of ``key``'s run history, with links to its neighbours."""
+    rows = await console.scheduler.runs(key, RUNS_SHOWN * page + 1)
+    shown = rows[RUNS_SHOWN * (page - 1) : RUNS_SHOWN * page]
+    base = {"key": key}
+
+    def link(n: int) -> str:
+        return "/plan?" + urllib.parse.urlencode({**base, "runs_page": n} if n > 1 else base)
+
+    return {
+        "runs": shown,
+        "runs_first": RUNS_SHOWN * (page - 1) + 1,
+        "older_url": link(page + 1) if len(rows) > RUNS_SHOWN * page else "",
+        "newer_url": link(page - 1) if page > 1 else "",
+    }
+
+
 class PlanHandler(ConsoleHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         key = self.get_query_argument("key", "")
         console = self.console
         try:
+            # a store keeps at most max_runs_per_key runs of a key: pages end early
+            page = min(max(1, int(self.get_query_argument("runs_page", "1") or 1)), RUNS_PAGES)
+        except ValueError:
+            page = 1
+        history = await runs_page(console, key, page)
+        try:
             plan = await console.scheduler.get(key)
         except errors.PlanNotFound:
-            raise tornado.web.HTTPError(404, f"No plan with key {key!r}.") from None
-        runs = await console.scheduler.runs(key, RUNS_SHOWN)
-        tz = ZoneInfo(plan.timezone) if plan.timezone else console.tz
+            if not history["runs"]:
+                raise tornado.web.HTTPError(404, f"No plan with key {key!r}.") from None
+            # finished (or deleted): the plan is gone, its run history is kept
+            self.page(
+                "finished.html",
+                active="plans",
+                key=key,
+                plan_tz=console.tz,
+                zone_label="",
+                **history,
+            )
+            return
+        tz = text.zone_of(plan, console.tz)
         firings = [] if plan.paused else plan.upcoming(PREVIEW_COUNT, tz)
         self.page(
             "plan.html",
             active="plans",
             plan=plan,
-            runs=runs,
             firings=firings,
             plan_tz=tz,
+            zone_label=text.zone_label(plan, console.tz),
             params=text.mask_params(plan.params),
+            **history,
         )
 
 

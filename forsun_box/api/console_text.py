@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from forsun_box.clock import local_text
 from forsun_box.enums import PlanStatus, RunResult
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, Plan
 
@@ -62,9 +63,8 @@ def local_time(ms: int | None, tz: ZoneInfo, with_ms: bool = False) -> str:
     """``ms`` as ``YYYY-MM-DD HH:MM:SS`` in ``tz`` (empty for None/0)."""
     if not ms:
         return ""
-    dt = datetime.fromtimestamp(ms / 1000, tz)
-    text = dt.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{ms % 1000:03d}" if with_ms else text
+    text = local_text(ms, tz, with_zone=False)
+    return text if with_ms else text[:-4]
 
 
 def _hms(h: int, m: int, s: int) -> str:
@@ -135,6 +135,23 @@ def describe(plan: Plan, tz: ZoneInfo | None = None) -> str:
     if plan.timezone:
         text += f" ({plan.timezone})"
     return text
+
+
+def zone_of(plan: Plan, server_tz: ZoneInfo) -> ZoneInfo:
+    """The zone a plan's times are shown in: its own, else the server's."""
+    return ZoneInfo(plan.timezone) if plan.timezone else server_tz
+
+
+def zone_label(plan: Plan, server_tz: ZoneInfo) -> str:
+    """The plan's zone name when its times are not in the server's zone, else ""."""
+    if plan.timezone and plan.timezone != getattr(server_tz, "key", None):
+        return plan.timezone
+    return ""
+
+
+def trigger_name(manual: bool) -> str:
+    """What started a run: its schedule, or "fire now"."""
+    return "fire now" if manual else "schedule"
 
 
 def human_bytes(n: int) -> str:

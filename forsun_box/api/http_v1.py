@@ -132,13 +132,19 @@ class PlanHandler(BaseHandler):
 
     async def get(self) -> None:
         async def get() -> dict[str, Any]:
-            return to_forsun(await self.service.get(self.get_query_argument("key", None)))
+            return to_forsun(
+                await self.service.get(self.get_query_argument("key", None)),
+                self.service.scheduler.tz,
+            )
 
         await self.run(get)
 
     async def delete(self) -> None:
         async def delete() -> dict[str, Any]:
-            return to_forsun(await self.service.remove(self.get_query_argument("key", None)))
+            return to_forsun(
+                await self.service.remove(self.get_query_argument("key", None)),
+                self.service.scheduler.tz,
+            )
 
         await self.run(delete)
 
@@ -319,7 +325,7 @@ class PauseHandler(BaseHandler):
         async def change() -> dict[str, Any]:
             key = self.get_query_argument("key", None)
             op = self.service.resume if self.resume else self.service.pause
-            return to_forsun(await op(key))
+            return to_forsun(await op(key), self.service.scheduler.tz)
 
         await self.run(change)
 
@@ -340,7 +346,7 @@ class TimeHandler(BaseHandler):
                 ts = now
             plans = await self.service.at_second(ts)
             return {
-                "plans": [to_forsun(p) for p in plans],
+                "plans": [to_forsun(p, self.service.scheduler.tz) for p in plans],
                 "current_timestamp": now,
             }  # forsun's order
 

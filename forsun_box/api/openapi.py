@@ -198,6 +198,7 @@ SCHEMAS: dict[str, Any] = {
             "result": {"enum": [r.label for r in RunResult]},
             "error": _nullable("string"),
             "action": _nullable("string"),
+            "manual": {"type": "boolean", "description": "run by fire now, outside the schedule"},
         },
     },
     "Runs": {

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from thrift.Thrift import TApplicationException
 
@@ -69,9 +70,12 @@ def _clamp(value: int, top: int) -> int:
     return top if value > top else (-top - 1 if value < -top - 1 else value)
 
 
-def plan_struct(plan: Plan) -> ForsunPlan:
-    """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped)."""
-    d = to_forsun(plan)
+def plan_struct(plan: Plan, tz: ZoneInfo | None = None) -> ForsunPlan:
+    """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped).
+
+    ``tz``: the server's zone, for a single-instant plan without its own.
+    """
+    d = to_forsun(plan, tz)
     second, minute, hour = d["second"], d["minute"], d["hour"]
     day, month, week = d["day"], d["month"], d["week"]
     status, count, current = d["status"], d["count"], d["current_count"]
@@ -332,7 +336,7 @@ class ThriftServer:
             args.action,
             args.params,
         )
-        return plan_struct((await service.create([plan]))[0])
+        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
 
     async def _create_timeout(self, args: Any) -> ForsunPlan:
         service = self.service
@@ -350,25 +354,27 @@ class ThriftServer:
             args.action,
             args.params,
         )
-        return plan_struct((await service.create([plan]))[0])
+        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
 
     async def _remove(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.remove(args.key))
+        return plan_struct(await self.service.remove(args.key), self.service.scheduler.tz)
 
     async def _get(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.get(args.key))
+        return plan_struct(await self.service.get(args.key), self.service.scheduler.tz)
 
     def _now_s(self) -> int:
         return self.service.scheduler.clock.now_ms() // 1000
 
     async def _get_current(self, args: Any) -> list[ForsunPlan]:
-        return [plan_struct(p) for p in await self.service.at_second(self._now_s())]
+        tz = self.service.scheduler.tz
+        return [plan_struct(p, tz) for p in await self.service.at_second(self._now_s())]
 
     async def _get_time(self, args: Any) -> list[ForsunPlan]:
         ts = args.timestamp or 0
         if ts <= 0:
             ts = self._now_s()
-        return [plan_struct(p) for p in await self.service.at_second(ts)]
+        tz = self.service.scheduler.tz
+        return [plan_struct(p, tz) for p in await self.service.at_second(ts)]
 
     async def _get_keys(self, args: Any) -> list[str]:
         return await self.service.keys(args.prefix or "")
@@ -384,10 +390,10 @@ class ThriftServer:
     # ------------------------------------------------------------------ additions
 
     async def _pause(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.pause(args.key))
+        return plan_struct(await self.service.pause(args.key), self.service.scheduler.tz)
 
     async def _resume(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.resume(args.key))
+        return plan_struct(await self.service.resume(args.key), self.service.scheduler.tz)
 
     async def _fire(self, args: Any) -> int:
         return _clamp(await self.service.fire(args.key), I16_MAX)
@@ -417,7 +423,7 @@ class ThriftServer:
             cron=args.cron,
             timezone=args.timezone or "",
         )
-        return plan_struct((await self.service.create([plan]))[0])
+        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
 
     async def _create_at(self, args: Any) -> ForsunPlan:
         if args.at_ms is None:
@@ -430,7 +436,7 @@ class ThriftServer:
             params=args.params,
             at_ms=args.at_ms,
         )
-        return plan_struct((await self.service.create([plan]))[0])
+        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
 
 
 class _Connection(asyncio.Protocol):

@@ -318,4 +318,5 @@ def run_to_v2(run: Any) -> dict[str, Any]:
         "result": RunResult.label_of(run.result),
         "error": run.error or None,
         "action": run.action or None,
+        "manual": bool(run.manual),
     }

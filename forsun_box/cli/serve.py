@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from forsun_box.config import load_config
+from forsun_box.config import describe_environment, load_config
 from forsun_box.errors import StartupError
 
 log = logging.getLogger("forsun_box.cli")
@@ -36,6 +37,9 @@ def serve_main(argv: list[str], prog: str = "forsun-box serve") -> int:
         setup_logging(config)
     except StartupError as exc:
         return _fail(str(exc))
+    from_env = describe_environment(os.environ)
+    if from_env:
+        log.info("%s", from_env)
     readiness = None
     try:
         if config.demon:

@@ -45,6 +45,7 @@ class Run:
     result: int  # 1 ok, -1 failed, 2 failed and will be retried
     error: str = ""
     action: str = ""
+    manual: bool = False  # run by "fire now", outside the schedule
 
 
 @dataclass(slots=True)

@@ -90,7 +90,17 @@ def _copy_plan(p: Plan) -> Plan:
 
 
 def _copy_run(r: Run) -> Run:
-    return Run(r.key, r.due_ms, r.started_ms, r.duration_ms, r.attempt, r.result, r.error, r.action)
+    return Run(
+        r.key,
+        r.due_ms,
+        r.started_ms,
+        r.duration_ms,
+        r.attempt,
+        r.result,
+        r.error,
+        r.action,
+        r.manual,
+    )
 
 
 def _indexed(p: Plan) -> bool:
@@ -448,6 +458,7 @@ def _run_values(r: Run) -> tuple[Any, ...]:
         r.result,
         r.error,
         r.action,
+        r.manual,
     )
 
 

@@ -251,14 +251,17 @@ def _plan_json(p: Plan) -> bytes:
 
 def _run_json(r: Run) -> bytes:
     # started_ms first: the scripts read it with a pattern, no JSON parser needed.
-    return orjson.dumps(
-        [r.started_ms, r.key, r.due_ms, r.duration_ms, r.attempt, r.result, r.error, r.action]
-    )
+    # a manual run has a 9th element; older records have 8
+    row = [r.started_ms, r.key, r.due_ms, r.duration_ms, r.attempt, r.result, r.error, r.action]
+    if r.manual:
+        row.append(1)
+    return orjson.dumps(row)
 
 
 def _load_run(raw: bytes) -> Run:
-    started, key, due, duration, attempt, result, error, action = orjson.loads(raw)
-    return Run(key, due, started, duration, attempt, result, error, action)
+    row = orjson.loads(raw)
+    started, key, due, duration, attempt, result, error, action = row[:8]
+    return Run(key, due, started, duration, attempt, result, error, action, len(row) > 8)
 
 
 def _opt_int(raw: bytes) -> int | None:

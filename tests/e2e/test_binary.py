@@ -31,7 +31,6 @@ from tests.helpers import ROOT, call, free_port, thrift_client, wait_until
 BINARY = ROOT / "dist" / "forsun-box"
 SOURCES = [
     ROOT / "forsun_box",
-    ROOT / "web",
     ROOT / "build" / "forsun-box.spec",
     ROOT / "build" / "entry.py",
     ROOT / "pyproject.toml",
@@ -241,9 +240,9 @@ def test_contents_of_the_executable(binary: Path) -> None:
 
     names = set(CArchiveReader(str(binary)).toc)
     for needed in (
-        "web/templates/base.html",
-        "web/templates/plans.html",
-        "web/static/console.css",
+        "forsun_box/web/templates/base.html",
+        "forsun_box/web/templates/plans.html",
+        "forsun_box/web/static/console.css",
         "tzdata/zoneinfo/Europe/Berlin",
         "thrift/protocol/fastbinary.cpython-311-x86_64-linux-gnu.so",
         "uvloop/loop.cpython-311-x86_64-linux-gnu.so",
@@ -251,6 +250,10 @@ def test_contents_of_the_executable(binary: Path) -> None:
     ):
         assert needed in names, needed
     assert not any(n.startswith(("tkinter", "_tkinter", "playwright")) for n in names)
+    # the optional back-ends' libraries (pip extras) are all inside: the executable has them all
+    modules = set(CArchiveReader(str(binary)).open_embedded_archive("PYZ.pyz").toc)
+    for module in ("redis.asyncio", "aiomysql", "pymysql", "greenstalk", "forsun_box.extras"):
+        assert module in modules, module
     assert binary.stat().st_size <= 40 * 1024 * 1024
 
 
@@ -282,7 +285,7 @@ def test_links_named_forsund_and_forsun(installed: Installed) -> None:
 def test_time_zones_without_the_system_zone_files(installed: Installed) -> None:
     # No zone files where Python looks first: the bundled tzdata must answer.
     installed.env["PYTHONTZPATH"] = str(installed.home / "no-zoneinfo-here")
-    installed.env["TIMEZONE"] = "Europe/Berlin"
+    installed.env["FORSUN_TIMEZONE"] = "Europe/Berlin"
     installed.start()
     assert wait_until(lambda: "time zone Europe/Berlin" in installed.log(), 10), installed.log()
     plan = installed.ok(

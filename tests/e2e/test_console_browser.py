@@ -166,6 +166,8 @@ def test_fire_now_records_a_run(page: Any, server: Server) -> None:
     page.wait_for_url(re.compile(r".*done=fired"))
     assert page.locator("#runs tbody tr").count() == 1
     assert page.locator("#runs .result").first.inner_text() == "ok"
+    # a manual firing is told apart from scheduled ones
+    assert page.locator("#runs .trigger").first.inner_text() == "fire now"
 
 
 def test_validation_error_shown_inline(page: Any, server: Server, artifacts: Path) -> None:
@@ -186,6 +188,43 @@ def test_validation_error_shown_inline(page: Any, server: Server, artifacts: Pat
     shot(page, artifacts, "06-form-error")
     page.goto(url(server, "/plans?prefix=e2e-bad"))
     assert page.locator("#no-plans").is_visible()  # nothing was saved
+
+
+def test_a_bad_value_left_in_a_hidden_kind_does_not_block_saving(page: Any, server: Server) -> None:
+    page.goto(url(server, "/plans/new"))
+    page.fill("#key", "e2e-switched")
+    page.check("#mode-delay")
+    page.fill("#second", "abc")  # a mistake, then the user changes their mind
+    page.check("#mode-cron")
+    assert page.locator("#second").is_hidden()
+    page.fill("#cron", "0 4 * * *")
+    page.fill("#params", "cmd=true")
+    page.click("#save")
+    page.wait_for_url(re.compile(r".*/plan\?key=e2e-switched.*"))
+    assert page.locator("#notice").inner_text().strip() == "Plan created."
+    assert page.locator("#schedule").inner_text().startswith("cron 0 4 * * *")
+
+
+def test_finished_plan_page_and_unknown_url(page: Any, server: Server, artifacts: Path) -> None:
+    server.ok(
+        "PUT",
+        "/v1/plan",
+        {"key": "e2e-once", "seconds": 1, "count": 1, "action": "shell", "params": {"cmd": "true"}},
+    )
+    deadline = time.monotonic() + 15
+    while server.call("GET", "/v1/plan?key=e2e-once")[1]["errcode"] == 0:
+        assert time.monotonic() < deadline, "the one-shot plan did not finish"
+        page.wait_for_timeout(200)
+    page.goto(url(server, "/plan?key=e2e-once"))
+    assert page.locator("#finished-badge").is_visible()
+    assert page.locator("#runs tbody tr").count() == 1
+    assert page.locator("#runs .trigger").first.inner_text() == "schedule"
+    shot(page, artifacts, "10-plan-finished")
+    response = page.goto(url(server, "/no/such/page"))
+    assert response is not None and response.status == 404
+    assert "No page at /no/such/page" in page.locator("#error-message").inner_text()
+    assert page.locator("header nav a").count() == 4  # the console's own page, with its nav
+    shot(page, artifacts, "11-not-found")
 
 
 def test_what_fires_when_and_dashboard(page: Any, server: Server, artifacts: Path) -> None:
@@ -219,7 +258,11 @@ def test_delete(page: Any, server: Server, artifacts: Path) -> None:
     page.wait_for_url(re.compile(r".*/plans\?done=deleted"))
     assert page.locator("#notice").inner_text().strip() == "Plan deleted."
     assert page.locator("#plans tr[data-key='e2e-hook']").count() == 0
+    # gone, but it fired: its run history stays reachable
     page.goto(url(server, "/plan?key=e2e-hook"))
+    assert page.locator("#finished-badge").is_visible()
+    assert page.locator("#delete").count() == 0
+    page.goto(url(server, "/plan?key=e2e-never-was"))
     assert "No plan with key" in page.locator("#error-message").inner_text()
 
 
@@ -229,3 +272,56 @@ def test_logout(page: Any, server: Server) -> None:
     page.wait_for_url(re.compile(r".*/login"))
     page.goto(url(server, "/plans"))
     assert "/login" in page.url
+
+
+NARROW = {"width": 420, "height": 860}
+
+
+def _fits(pg: Any) -> None:
+    """Nothing sticks out sideways: the page does not scroll, every nav link is on screen."""
+    width = pg.evaluate("document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], f"{pg.url}: page is {width} px wide"
+    for i in range(pg.locator("header nav a").count()):
+        box = pg.locator("header nav a").nth(i).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= NARROW["width"]
+
+
+def test_pages_fit_a_420px_screen(browser: Any, server: Server, artifacts: Path) -> None:
+    status, _ = server.call(
+        "PUT",
+        "/v2/plans/e2e-tokyo",
+        {
+            "action": "http",
+            "params": {"url": "http://127.0.0.1:9/a/rather/long/path/that/needs/room?x=1"},
+            "timezone": "Asia/Tokyo",
+            "schedule": {"kind": "cron", "expr": "30 9 * * 1-5"},
+        },
+    )
+    assert status == 201
+    context = browser.new_context(viewport=NARROW)
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    pg.goto(url(server, "/login"))
+    pg.fill("#password", PASSWORD)
+    pg.click("#login-form button[type=submit]")
+    pg.wait_for_url(url(server, "/"))
+    for name, path in (
+        ("dashboard", "/"),
+        ("plans", "/plans"),
+        ("plan", "/plan?key=e2e-manual"),
+        ("plan-zone", "/plan?key=e2e-tokyo"),
+        ("form", "/plans/new"),
+        ("when", "/when"),
+    ):
+        pg.goto(url(server, path))
+        _fits(pg)
+        shot(pg, artifacts, f"narrow-{name}")
+    # a wide table scrolls inside its own box instead of widening the page
+    pg.goto(url(server, "/plan?key=e2e-manual"))
+    assert pg.evaluate("document.querySelector('#runs').parentElement.className") == "scroll"
+    # the plan's own zone is labelled wherever its times are shown
+    pg.goto(url(server, "/plan?key=e2e-tokyo"))
+    assert "09:30:00 Asia/Tokyo" in pg.locator("#next-firing").inner_text()
+    pg.goto(url(server, "/plans?prefix=e2e-tokyo"))
+    assert "09:30:00 Asia/Tokyo" in pg.locator("#plans tr[data-key='e2e-tokyo'] .next").inner_text()
+    context.close()

@@ -18,9 +18,11 @@ import greenstalk
 import pytest
 import redis as redis_sync
 
-from forsun_box.actions import ActionSettings, BeanstalkAction, MysqlAction, RedisAction
+from forsun_box.actions import ActionSettings
 from forsun_box.actions.base import Action, ActionFailed, configure_actions
-from forsun_box.actions.redis import split_commands
+from forsun_box.actions.beanstalk import BeanstalkAction
+from forsun_box.actions.mysql import MysqlAction
+from forsun_box.actions.redis import RedisAction, split_commands
 from forsun_box.clock import LoopClock
 from forsun_box.dispatcher import RUN_FAILED, RUN_OK, RUN_WILL_RETRY, Dispatcher
 from forsun_box.plan import Plan

@@ -26,7 +26,7 @@ import tornado.web
 from bs4 import BeautifulSoup
 
 from forsun_box.api import console
-from tests.helpers import Server, free_port
+from tests.helpers import Server, free_port, wait_until
 
 PASSWORD = "console-pass-123"
 TOKEN = "api-token-456"
@@ -345,7 +345,8 @@ def test_pause_resume_fire_delete(client: Client, server: Server) -> None:
     assert status == 302
     soup = client.page("/plan?key=p%3A002&done=fired")
     assert soup.select_one("#notice") is not None
-    assert [cells(tr)[5] for tr in soup.select("#runs tbody tr")] == ["ok"]
+    # the run is there, marked as started by "fire now"
+    assert [cells(tr)[5:7] for tr in soup.select("#runs tbody tr")] == [["fire now", "ok"]]
     status, headers, _ = client.post("/plan/delete", {"key": "p:003"})
     assert status == 302 and headers["Location"] == "/plans?done=deleted"
     assert server.call("GET", "/v1/plan?key=p:003")[1]["errcode"] != 0
@@ -473,3 +474,154 @@ def test_open_console_warns_and_shows_banner(
     soup = BeautifulSoup(asyncio.run(fetch()), "html.parser")
     banner = soup.select_one("#exposed-banner")
     assert banner is not None and "0.0.0.0:9002" in banner.get_text()
+
+
+# ---------------------------------------------------------------- a newcomer's snags
+
+
+def test_a_bad_value_in_a_hidden_kinds_field_does_not_block_saving(
+    client: Client, server: Server
+) -> None:
+    # typed into the delay fields, then switched to cron: those fields are hidden and ignored
+    form = {
+        "key": "h:cron",
+        "mode": "cron",
+        "second": "abc",
+        "minute": "-5x",
+        "count": "0",
+        "cron": "0 9 * * *",
+        "at": "not a date",
+        "action": "shell",
+        "params": "cmd=true",
+        "do": "save",
+    }
+    status, headers, body = client.post("/plans/new", form)
+    assert status == 302, BeautifulSoup(body, "html.parser").select_one("main")
+    assert headers["Location"] == "/plan?key=h%3Acron&done=created"
+    status, plan = server.call("GET", "/v2/plans/h:cron")
+    assert status == 200 and plan["schedule"]["kind"] == "cron", plan
+    # an error in a field the chosen kind shows is still marked beside it
+    status, _, body = client.post("/plans/new", {**form, "key": "h:cron2", "cron": "* *"})
+    soup = BeautifulSoup(body, "html.parser")
+    assert status == 400 and soup.select_one("#error-cron") is not None
+    assert soup.select_one("#error-second") is None
+
+
+def test_pending_plans_count_follows_creates_at_once(client: Client, server: Server) -> None:
+    before = json.loads(client.request("GET", "/console/api/stats")[2])["pending"]
+    server.ok("PUT", "/v1/plan", delay("pc:new"))
+    after = json.loads(client.request("GET", "/console/api/stats")[2])["pending"]
+    assert after == before + 1
+
+
+def test_upcoming_chart_counts_a_recurring_plans_later_firings(
+    client: Client, server: Server
+) -> None:
+    status, body = server.call(
+        "PUT",
+        "/v2/plans/up:every10",
+        {
+            "action": "shell",
+            "params": {"cmd": "true"},
+            "schedule": {"kind": "cron", "expr": "*/10 * * * * *"},
+        },
+    )
+    assert status in (200, 201), body
+
+    def upcoming() -> list[int]:
+        return list(json.loads(client.request("GET", "/console/api/stats")[2])["upcoming"]["count"])
+
+    # every 10 s: some 360 firings in the hour, not one bar of 1 (the chart is
+    # recomputed at most every 10 s)
+    assert wait_until(lambda: sum(upcoming()) >= 350, 15, interval=0.5), upcoming()
+    assert max(upcoming()) >= 6
+    server.call("DELETE", "/v2/plans/up:every10")
+
+
+def test_a_plans_own_zone_is_labelled_on_its_page_and_in_the_list(
+    client: Client, server: Server
+) -> None:
+    status, body = server.call(
+        "PUT",
+        "/v2/plans/z:tokyo",
+        {
+            "action": "shell",
+            "params": {"cmd": "true"},
+            "timezone": "Asia/Tokyo",
+            "schedule": {"kind": "cron", "expr": "0 9 * * *"},
+        },
+    )
+    assert status in (200, 201), body
+    soup = client.page("/plan?key=z%3Atokyo")
+    assert "09:00:00 Asia/Tokyo" in soup.select_one("#next-firing").get_text(" ", strip=True)
+    assert all("Asia/Tokyo" in li.get_text() for li in soup.select("#next-firings li"))
+    row = client.page("/plans?prefix=z%3A").select_one("#plans tr[data-key='z:tokyo']")
+    # the list shows it in its own zone too, with the label
+    assert "09:00:00 Asia/Tokyo" in row.select_one(".next").get_text(" ", strip=True)
+
+
+def test_a_finished_plans_page_shows_its_kept_run_history(client: Client, server: Server) -> None:
+    server.ok("PUT", "/v1/plan", delay("fin:once", seconds=1))
+
+    def finished() -> bool:
+        return server.call("GET", "/v1/plan?key=fin:once")[1]["errcode"] == 1003
+
+    assert wait_until(finished, 15)
+    soup = client.page("/plan?key=fin%3Aonce")  # 200, not 404
+    assert soup.select_one("#finished-badge") is not None
+    rows = soup.select("#runs tbody tr")
+    assert len(rows) == 1 and cells(rows[0])[5:7] == ["schedule", "ok"]
+    # a key that never existed is still a 404
+    client.page("/plan?key=never-was", status=404)
+
+
+def test_run_history_pages_past_fifty(client: Client, server: Server) -> None:
+    server.ok("PUT", "/v1/plan", delay("many:runs", seconds=0, day=1))
+    for _ in range(55):
+        assert server.call("POST", "/v2/plans/many:runs/fire")[0] == 200
+    first = client.page("/plan?key=many%3Aruns")
+    assert len(first.select("#runs tbody tr")) == 50
+    assert first.select_one("#newer-runs") is None
+    older = first.select_one("#older-runs")
+    assert older is not None and older["href"] == "/plan?key=many%3Aruns&runs_page=2"
+    second = client.page(str(older["href"]))
+    assert len(second.select("#runs tbody tr")) == 5
+    assert second.select_one("#older-runs") is None
+    assert second.select_one("#newer-runs")["href"] == "/plan?key=many%3Aruns"
+    assert "runs 51–55" in second.select_one("#runs-title").get_text()  # noqa: RUF001 (the page writes an en dash)
+
+
+def test_unknown_urls_answer_html_404_and_v1_keeps_its_json(client: Client) -> None:
+    status, headers, body = client.request("GET", "/no/such/page")
+    assert status == 404 and headers["Content-Type"].startswith("text/html")
+    soup = BeautifulSoup(body, "html.parser")
+    assert "No page at /no/such/page" in soup.select_one("#error-message").get_text()
+    status, headers, body = client.request("GET", "/v1/nosuch")
+    assert status == 404 and json.loads(body)["errmsg"] == "no such endpoint: /v1/nosuch"
+    status, headers, _ = client.request("GET", "/v2/nosuch")
+    assert status == 404 and headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_the_access_log_shows_plan_keys(server: Server) -> None:
+    server.call("GET", "/v1/plan?key=visible-key-123")
+    assert wait_until(lambda: "key=visible-key-123" in server.log(), 5), server.log()[-2000:]
+
+
+def test_missing_console_files_are_reported_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an install that lost forsun_box/web/ (as a wheel without package data did)
+    monkeypatch.setattr(console, "web_root", lambda: tmp_path / "no-web")
+    config = SimpleNamespace(
+        http_host="127.0.0.1",
+        http_bind="127.0.0.1:9002",
+        console_password="",
+        api_token="",
+        cookie_secret="",
+        data_dir=str(tmp_path),
+    )
+    app = SimpleNamespace(config=config, scheduler=SimpleNamespace(tz=ZoneInfo("UTC")))
+    with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
+        console.install(app)
+    assert "the web console's files are missing" in caplog.text
+    assert str(tmp_path / "no-web" / "templates" / "base.html") in caplog.text

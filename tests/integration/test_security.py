@@ -175,6 +175,11 @@ def test_mask_secrets_in_text() -> None:
         access.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") == f"redis://:{m}@127.0.0.1:6379/0"
     )
     assert access.mask_secrets("plain text, no url") == "plain text, no url"
+    # a plan key is a name, not a secret: access log lines keep it
+    assert access.mask_secrets("200 GET /v1/plan?key=order-7 (::1)") == (
+        "200 GET /v1/plan?key=order-7 (::1)"
+    )
+    assert access.mask_secrets("GET /x?access_key=s3&key=k") == f"GET /x?access_key={m}&key=k"
 
 
 def test_run_history_masks_a_url_password(tmp_path: Path) -> None:

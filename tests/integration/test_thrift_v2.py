@@ -159,6 +159,15 @@ def test_create_cron_plan(client: Forsun.Client, server: Server) -> None:
     status, body = server.call("GET", "/v2/plans/v2-cron")
     assert status == 200
     assert body["schedule"]["kind"] == "cron" and body["timezone"] == "UTC"
+    # read in forsun's shape: second 0, minute -2 (a step forsun cannot say), the rest any;
+    # not -1 everywhere, which reads as "every second"
+    fields = (plan.second, plan.minute, plan.hour, plan.day, plan.month, plan.week, plan.count)
+    assert fields == (0, -2, -1, -1, -1, -1, 0)
+    got = server.ok("GET", "/v1/plan?key=v2-cron")
+    assert [got[f] for f in ("second", "minute", "hour", "count")] == [0, -2, -1, 0]
+    client.createCron("v2-cron-9", "0 9 * * *", "shell", {"cmd": "true"}, "", 3)
+    daily = client.get("v2-cron-9")
+    assert (daily.second, daily.minute, daily.hour, daily.day, daily.count) == (0, 0, 9, -1, 3)
 
 
 def test_create_cron_in_a_zone_with_count(client: Forsun.Client) -> None:
@@ -196,6 +205,19 @@ def test_create_at_plan_with_milliseconds(client: Forsun.Client, server: Server)
     assert client.preview("v2-at", 5) == [at]  # one firing, to the millisecond
     status, body = server.call("GET", "/v2/plans/v2-at")
     assert status == 200 and body["schedule"]["kind"] == "at"
+    # read in forsun's shape: the instant's fields in the server's zone, fired once
+    local = time.localtime(at // 1000)
+    for got in (client.get("v2-at"), server.ok("GET", "/v1/plan?key=v2-at")):
+        get = got.get if isinstance(got, dict) else lambda f, g=got: getattr(g, f)
+        assert [get(f) for f in ("second", "minute", "hour", "day", "month", "week")] == [
+            local.tm_sec,
+            local.tm_min,
+            local.tm_hour,
+            local.tm_mday,
+            local.tm_mon,
+            -1,
+        ]
+        assert get("count") == 1
 
 
 def test_create_at_fires(client: Forsun.Client) -> None:

@@ -321,9 +321,9 @@ def test_demon_and_nodemon(tmp_path):
     assert load_config(["--conf", conf], {}).demon is True
     assert load_config(["--conf", conf, "--nodemon"], {}).demon is False
     assert load_config(["--nodemon", "--demon"], {}).demon is False  # --nodemon wins
-    assert load_config([], {"DEMON": "on"}).demon is True
-    with pytest.raises(StartupError, match="env DEMON"):
-        load_config([], {"DEMON": "maybe"})
+    assert load_config([], {"FORSUN_DEMON": "on"}).demon is True
+    with pytest.raises(StartupError, match="env FORSUN_DEMON"):
+        load_config([], {"FORSUN_DEMON": "maybe"})
 
 
 def test_choices_are_case_insensitive_and_lists_split():
@@ -638,3 +638,73 @@ def test_daemonize_detaches_writes_and_removes_pid_file(tmp_path):
     finally:
         if not _gone(pid):
             os.kill(pid, 9)
+
+
+# ---------------------------------------------------------------- environment names
+
+
+def test_generic_names_of_forsun_box_settings_need_the_prefix():
+    env = {"TIMEZONE": "Asia/Tokyo", "CATCHUP": "skip", "PID_FILE": "/tmp/x.pid", "DEMON": "1"}
+    cfg = load_config([], env)
+    # set for other programs: they change nothing here
+    assert (cfg.timezone, cfg.catchup, cfg.pid_file, cfg.demon) == ("", "fire_once", "", False)
+    cfg = load_config([], {"FORSUN_TIMEZONE": "Asia/Tokyo", "FORSUN_CATCHUP": "skip"})
+    assert (cfg.timezone, cfg.catchup) == ("Asia/Tokyo", "skip")
+
+
+def test_forsun_names_count_and_the_prefixed_one_wins():
+    assert load_config([], {"PORT": "7100"}).port == 7100  # forsun reads PORT
+    assert load_config([], {"FORSUN_PORT": "7200", "PORT": "7100"}).port == 7200
+    assert load_config([], {"STORE_DRIVER": "mem"}).driver == "mem"
+    assert load_config([], {"FORSUN_STORE_DRIVER": "mem"}).driver == "mem"
+    with pytest.raises(StartupError, match="env FORSUN_PORT: invalid value 'x'"):
+        load_config([], {"FORSUN_PORT": "x"})
+
+
+def test_the_environment_is_described_in_one_line():
+    env = {
+        "PORT": "7100",
+        "HTTP_API_TOKEN": "s3cret-token",
+        "FORSUN_CATCHUP": "skip",
+        "TIMEZONE": "Asia/Tokyo",
+        "HOME": "/root",
+    }
+    line = config_mod.describe_environment(env)
+    assert line.startswith("settings from the environment: ")
+    assert "PORT='7100' (port)" in line and "FORSUN_CATCHUP='skip' (catchup)" in line
+    assert "HTTP_API_TOKEN=(set) (http.api_token)" in line and "s3cret" not in line
+    assert line.endswith("not read (forsun-box reads FORSUN_ + the name): TIMEZONE")
+    assert "\n" not in line
+    assert config_mod.describe_environment({"HOME": "/root"}) == ""
+
+
+def test_serve_logs_the_settings_from_the_environment(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORSUN_") and k != "TIMEZONE"}
+    env.update({"FORSUN_CATCHUP": "skip", "TIMEZONE": "Asia/Tokyo"})
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        got = subprocess.run(
+            [sys.executable, "-m", "forsun_box", "serve", "--data-dir", str(tmp_path)]
+            + ["--http", f"127.0.0.1:{busy.getsockname()[1]}", "--port", "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    # the HTTP port is taken: start-up stops, after logging where its settings came from
+    assert got.returncode == 1
+    lines = [line for line in got.stderr.splitlines() if "settings from the environment" in line]
+    assert len(lines) == 1, got.stderr
+    assert "FORSUN_CATCHUP='skip' (catchup)" in lines[0] and "TIMEZONE" in lines[0]
+    assert "(choose another address with --http HOST:PORT)" in got.stderr  # the flag to change
+
+
+def test_a_malformed_section_header_is_reported_as_such(tmp_path):
+    conf = write_conf(tmp_path, "port = 7000\n[store\ndriver = mem\n")
+    with pytest.raises(StartupError, match=r":2: malformed section header '\[store'"):
+        load_config(["--conf", conf], {})
+    conf = write_conf(tmp_path, "[store] # the store\ndriver = mem\n")
+    assert load_config(["--conf", conf], {}).driver == "mem"

@@ -442,3 +442,28 @@ def test_start_firing_waits_for_a_slot_when_the_action_is_busy():
     asyncio.run(main())
     assert sorted(seen) == ["x", "y"]
     assert [r.result for r in h.runs] == [1, 1]
+
+
+def test_manual_firings_and_their_retries_are_marked_manual():
+    class FailsOnce(Action):
+        calls = 0
+
+        async def execute(self):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise ActionFailed("first try fails")
+
+    register_action("fails-once", FailsOnce)
+    h = Harness(retry_max_count=1, retry_delay_seconds=1)
+
+    async def main():
+        assert await h.dispatcher.run(h.plan("fails-once"), T0, manual=True) == -1
+        await h.clock.advance(1000)  # the retry
+        await h.dispatcher.run(h.plan("fails-once", key="p2"), T0 + 1000)  # a scheduled firing
+
+    asyncio.run(main())
+    assert [(r.key, r.attempt, r.result, r.manual) for r in h.runs] == [
+        ("p1", 1, 2, True),
+        ("p1", 2, 1, True),
+        ("p2", 1, 1, False),
+    ]

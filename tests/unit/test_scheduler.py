@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -491,3 +493,13 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
     finally:
         ACTIONS.clear()
         ACTIONS.update(saved)
+
+
+def test_catch_up_log_lines_read_as_times(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="forsun_box.scheduler")
+    run(_downtime("fire_once"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("misfire")]
+    # T0 + 1 s in the server's zone, with its name, not raw unix milliseconds
+    due = datetime.fromtimestamp((T0 + 1000) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert lines == [f"misfire: firing every due at {due}.000 UTC (9.5 s late, fire_once)"]
+    assert str(T0 + 1000) not in lines[0]

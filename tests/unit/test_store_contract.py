@@ -26,6 +26,7 @@ from forsun_box.store.sqlite import opening as sqlite_opening
 from forsun_box.store.sqlite import queries as sqlite_queries
 from forsun_box.store.sqlite import schema as sqlite_schema
 from forsun_box.store.sqlite import store as sqlite_driver
+from forsun_box.store.sqlite.schema import MIGRATIONS
 
 # the redis_server fixture (a real redis-server) for the redis driver
 pytest_plugins = ["tests.servers"]
@@ -427,6 +428,7 @@ def test_reopen_persists_everything(factory: Factory) -> None:
         await put(store, plan("paused", T0, paused=True))
         await store.apply(Batch(ops={"p0": None}, advances=[Advance("p1", 1, T0 + 99, 1, T0, 1)]))
         await store.apply(Batch(runs=[Run("p1", T0 + 1, T0 + 2, 3, 1, 1, "", "shell")]))
+        await store.apply(Batch(runs=[Run("p2", T0 + 5, T0 + 5, 1, 1, 1, "", "shell", True)]))
         await store.apply(Batch(meta={"processed_until": str(T0)}))
 
     async def check(store: Store) -> None:
@@ -438,6 +440,8 @@ def test_reopen_persists_everything(factory: Factory) -> None:
         assert [p.key for p in due] == [f"p{i}" for i in range(2, 20)] + ["p1"]
         assert due[0].params == {"i": "2"}
         assert await store.runs("p1") == [Run("p1", T0 + 1, T0 + 2, 3, 1, 1, "", "shell")]
+        # a "fire now" run stays marked manual
+        assert await store.runs("p2") == [Run("p2", T0 + 5, T0 + 5, 1, 1, 1, "", "shell", True)]
         assert await store.get_meta("processed_until") == str(T0)
         assert await store.keys("paused") == ["paused"]
 
@@ -1042,3 +1046,34 @@ def test_sqlite_too_old_stops_startup_with_a_message(
     with pytest.raises(StartupError, match=r"SQLite 3\.31\.1 is too old.*3\.38\.0"):
         sqlite_open(tmp_path / "plans.db")
     assert not (tmp_path / "plans.db").exists()  # nothing created
+
+
+def test_sqlite_migrates_a_version_2_database_keeping_its_runs(tmp_path: Path) -> None:
+    # A database written before runs were marked manual: its runs read as scheduled.
+    path = tmp_path / "v2.db"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[0])
+    con.executescript(MIGRATIONS[1])
+    con.execute(
+        "INSERT INTO runs (key, due_ms, started_ms, duration_ms, attempt, result, error, action)"
+        " VALUES ('old', 1, 2, 3, 1, 1, '', 'shell')"
+    )
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+
+    async def body() -> list[Run]:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            await store.apply(Batch(runs=[Run("old", 5, 6, 1, 1, 1, "", "shell", True)]))
+            return await store.runs("old")
+        finally:
+            await store.close()
+
+    assert asyncio.run(body()) == [
+        Run("old", 5, 6, 1, 1, 1, "", "shell", True),
+        Run("old", 1, 2, 3, 1, 1, "", "shell", False),
+    ]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3

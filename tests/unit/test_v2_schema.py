@@ -191,7 +191,9 @@ def test_run_shape() -> None:
         "result": "retrying",
         "error": "boom",
         "action": "shell",
+        "manual": False,
     }
+    assert v2_schema.run_to_v2(Run("k", NOW, NOW, 1, 1, 1, "", "shell", True))["manual"] is True
 
 
 def test_format_instant_is_utc() -> None:

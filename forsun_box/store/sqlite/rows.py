@@ -79,7 +79,9 @@ def key_from_row(_cursor: Any, r: tuple[Any, ...]) -> str:
 
 
 def run_from_row(_cursor: Any, r: tuple[Any, ...]) -> Run:
-    return Run(*r)
+    run = Run(*r)
+    run.manual = bool(run.manual)  # stored as 0/1
+    return run
 
 
 run_row = operator.attrgetter(*RUN_COLUMNS)

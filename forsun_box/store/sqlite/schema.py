@@ -79,6 +79,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE plans ADD COLUMN misfire TEXT NOT NULL DEFAULT '';
     ALTER TABLE plans ADD COLUMN grace_ms INTEGER NOT NULL DEFAULT 0;
     """,
+    # 2 -> 3: runs started by "fire now" are marked
+    """
+    ALTER TABLE runs ADD COLUMN manual INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
