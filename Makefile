@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean thrift binary
+.PHONY: run test test-quick lint bench clean thrift binary
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 ## test: install what's needed and run the whole suite
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## test-quick: unit and integration tests, without the browser, the frozen binary,
+## the kill -9 chaos and the tests marked slow (see CONTRIBUTING.md)
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/integration -m "not (browser or binary or chaos or slow)"
 
 ## lint: formatter, linter and type checker (run by .ci/run before the tests)
 lint: $(STAMP)
