@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # flags for `make run`, e.g. make run ARGS="--http 127.0.0.1:9012 --port 6468"
 ARGS ?=
 
-.PHONY: run test lint bench clean thrift binary constraints
+.PHONY: run test test-quick lint bench clean thrift binary constraints
 
 # the same pinned versions everywhere (constraints.txt, see `make constraints`)
 $(STAMP): pyproject.toml constraints.txt
@@ -26,6 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	@bash .ci/packages
 	$(BIN)/python -m pytest -q
+
+## test-quick: unit and integration tests, without the browser, the frozen binary,
+## the kill -9 chaos and the tests marked slow (see CONTRIBUTING.md)
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/integration -m "not (browser or binary or chaos or slow)"
 
 ## lint: formatter, linter and type checker (run by .ci/run before the tests)
 lint: $(STAMP)

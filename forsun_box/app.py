@@ -317,7 +317,7 @@ async def serve(config: Config, on_ready: Callable[[], None] | None = None) -> N
 
 
 # How long a thread may keep the interpreter lock while another waits for it.
-# SQLite work runs in aiosqlite's thread and needs the lock back after every
+# SQLite work runs in the sqlite store's thread and needs the lock back after every
 # step; with CPython's 5 ms a busy event loop made each of those waits last
 # 5 ms, and a bulk commit crawled (see bench/RESULTS.md).
 SWITCH_INTERVAL_S = 0.0005

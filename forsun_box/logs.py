@@ -75,7 +75,8 @@ def setup_logging(config: Config) -> logging.Handler:
         old.close()
     root.addHandler(handler)
     # DEBUG is meant for the service and tornado; other libraries' debug chatter
-    # (aiosqlite logs every statement) stays out unless they are set up otherwise
+    # (a client library logging every statement or request) stays out unless they
+    # are set up otherwise
     root.setLevel(max(level, logging.INFO))
     for name in ("forsun_box", "tornado"):
         logging.getLogger(name).setLevel(level)

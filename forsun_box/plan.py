@@ -412,8 +412,8 @@ def build_plan(
     1008 for an invalid value, 1009 when over a limit.
 
     Bulk creates call it once per plan with the forsun fields as positional
-    arguments: binding them as keywords costs ~0.3 µs a call here, a seventh
-    of the validation.
+    arguments: binding them as keywords costs a measurable share of the
+    validation (bench/RESULTS.md).
     """
     limits = limits or Limits()
     if not isinstance(key, str) or not key:

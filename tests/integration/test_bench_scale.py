@@ -18,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the ops phase needs wrk")
 def test_scale_harness_quick_mode_runs_every_phase(tmp_path: Path) -> None:

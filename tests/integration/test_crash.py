@@ -12,6 +12,8 @@ import pytest
 
 from tests.chaos import mem_options, run_crash
 
+pytestmark = pytest.mark.chaos
+
 ROUNDS = int(os.environ.get("FORSUN_BOX_CRASH_ROUNDS", "4"))
 
 

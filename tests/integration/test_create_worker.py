@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,12 +28,8 @@ VOLATILE = ("next_time", "created_time")  # differ between two servers by the cl
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory):
-    with_worker = Server(tmp_path_factory.mktemp("worker")).start()
-    in_loop = Server(tmp_path_factory.mktemp("loop"), "--no-create-worker").start()
-    yield with_worker, in_loop
-    assert with_worker.stop() == 0
-    assert in_loop.stop() == 0
+def servers(start_server: Callable[..., Server]) -> tuple[Server, Server]:
+    return start_server(name="worker"), start_server("--no-create-worker", name="loop")
 
 
 def _plans(prefix: str, n: int = N) -> list[dict]:

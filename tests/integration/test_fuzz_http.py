@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,12 +76,8 @@ V1 = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # the shell action disabled: fuzzed plans must not run commands on this machine
-    srv = Server(tmp_path_factory.mktemp("http-fuzz"), "--shell-enabled", "false").start()
-    yield srv
-    assert srv.stop() == 0
+# the shell action disabled: fuzzed plans must not run commands on this machine
+SERVER_ARGS = ("--shell-enabled", "false")
 
 
 def _schemathesis(schema: str, base: str, workdir: Path, *extra: str) -> tuple[int, str]:

@@ -34,13 +34,6 @@ FUZZ = settings(
 RAN: Counter[str] = Counter()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("thrift-fuzz")).start()
-    yield srv
-    assert srv.stop() == 0
-
-
 def _message(name: str, args: object) -> bytes:
     buf = TTransport.TMemoryBuffer()
     proto = TBinaryProtocol.TBinaryProtocol(buf)

@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.load_held import run_load
+
+pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("FORSUN_BOX_LOAD_SECONDS", "10"))
 

@@ -5,8 +5,8 @@ CSRF: test_console.py; shell_enabled/shell_allow: tests/unit/test_actions.py.)""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +15,7 @@ import pytest
 from forsun_box.api import access
 from forsun_box.config import Config
 from forsun_box.errors import StartupError
-from tests.helpers import Server, Sink, call, wait_until
+from tests.helpers import Server, Sink, call, thrift_client, wait_until
 
 
 def test_non_loopback_bind_without_token_is_refused() -> None:
@@ -114,29 +114,72 @@ def _closed_at_once(port: int) -> bool:
             return False
 
 
+def _ping_on(sock: socket.socket) -> bool:
+    """A v1 ping over ``sock`` (kept alive), its whole answer read: whether it was 200."""
+    sock.settimeout(5)
+    try:
+        sock.sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return False
+            body += chunk
+        return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _hold_served(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections the server has taken in and answered on, or none (closed again)
+    while it still counts an earlier one (the readiness probe's, closing)."""
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    if all(_ping_on(s) for s in held):
+        return held
+    for s in held:
+        s.close()
+    return []
+
+
 def test_connection_limits_close_the_extra_connection_only(tmp_path: Path) -> None:
     srv = Server(tmp_path, "--max-http-connections", "3", "--max-thrift-connections", "2").start()
     held: list[socket.socket] = []
+    clients = contextlib.ExitStack()
     try:
-        assert wait_until(lambda: True, 0.3)  # the readiness probe's connection closes
-        time.sleep(0.2)
-        held = [socket.create_connection(("127.0.0.1", srv.http_port)) for _ in range(3)]
-        held += [socket.create_connection(("127.0.0.1", srv.thrift_port)) for _ in range(2)]
-        time.sleep(0.2)
+
+        def hold() -> bool:
+            held[:] = _hold_served(srv.http_port, 3)
+            return bool(held)
+
+        assert wait_until(hold, 5)
+        # two Thrift connections, each answering: both counted by the server
+        for _ in range(2):
+            clients.enter_context(thrift_client(srv.thrift_port)).ping()
         assert _closed_at_once(srv.http_port)
         assert _closed_at_once(srv.thrift_port)
         # the held connections still work
-        held[0].sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        held[0].settimeout(5)
-        assert held[0].recv(100).startswith(b"HTTP/1.1 200")
+        assert _ping_on(held[0])
         for s in held:
             s.close()
         held = []
+        clients.close()
         # and once they are gone new ones are served again
         assert wait_until(lambda: _pings(srv), 5)
     finally:
         for s in held:
             s.close()
+        clients.close()
         assert srv.stop() == 0
 
 

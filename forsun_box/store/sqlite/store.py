@@ -66,9 +66,9 @@ DUE_CHUNK = 250
 INLINE_MAX_ROWS = 64
 # The ack log beside the database file.
 ACKLOG_SUFFIX = "-acklog"
-# Logged writes wait this long to be folded in, many per transaction: a fold's
-# commit costs about a WAL page a row at a few ms, a few rows per page at 50 ms
-# (bench/RESULTS.md) ...
+# Logged writes wait this long to be folded in, many per transaction: the longer
+# the wait, the more rows share each WAL page a fold writes (bench/RESULTS.md,
+# the fold interval) ...
 FOLD_DELAY_S = 0.05
 # ... unless this many keys or log bytes wait: then the writer waits for the fold.
 FOLD_MAX_KEYS = 20_000
