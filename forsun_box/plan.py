@@ -34,7 +34,7 @@ KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
 _PENDING: int = PlanStatus.PENDING.value
 
 MAX_JITTER_MS = 3_600_000
-_MISFIRES = tuple(Misfire)
+_MISFIRES = tuple(m.value for m in Misfire)
 
 # forsun's field order and the legal range of each in calendar mode.
 FIELDS = ("second", "minute", "hour", "day", "month", "week")
