@@ -150,7 +150,7 @@ def test_unreachable_server_is_one_line_and_status_1() -> None:
 
 
 @pytest.mark.parametrize(
-    "command, needle",
+    ("command", "needle"),
     [
         ("get nope-nope", "1003"),
         ("rm nope-nope", "1003"),
@@ -369,7 +369,7 @@ def test_at_command_local_time_with_millis_and_unix_ms(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    "command, needle",
+    ("command", "needle"),
     [
         ("pause nope-nope", "1003"),
         ("resume nope-nope", "1003"),

@@ -111,7 +111,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert srv.stop() == 0
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(server: Server) -> Client:
     return Client(server.http_port)
 

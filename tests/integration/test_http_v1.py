@@ -207,13 +207,42 @@ def test_time_lists_plans_firing_at_a_second(server: Server) -> None:
 
 def test_info_has_forsun_fields(server: Server) -> None:
     info = server.ok("GET", "/v1/info")
-    required = """python_version forsun_version start_time cpu_user cpu_system mem_rss mem_vms
-        current_time stores current_store actions bind_port http_bind_port extensions
-        connecting_count connected_count requesting_count requested_count requested_error_count
-        http_connecting_count http_connected_count http_requesting_count http_requested_count
-        http_requested_error_count created_count create_timeouted_count removed_count plan_count
-        timeout_handling_count timeout_handled_count action_executing_count
-        action_executed_count action_executed_error_count action_retried_count""".split()
+    required = [
+        "python_version",
+        "forsun_version",
+        "start_time",
+        "cpu_user",
+        "cpu_system",
+        "mem_rss",
+        "mem_vms",
+        "current_time",
+        "stores",
+        "current_store",
+        "actions",
+        "bind_port",
+        "http_bind_port",
+        "extensions",
+        "connecting_count",
+        "connected_count",
+        "requesting_count",
+        "requested_count",
+        "requested_error_count",
+        "http_connecting_count",
+        "http_connected_count",
+        "http_requesting_count",
+        "http_requested_count",
+        "http_requested_error_count",
+        "created_count",
+        "create_timeouted_count",
+        "removed_count",
+        "plan_count",
+        "timeout_handling_count",
+        "timeout_handled_count",
+        "action_executing_count",
+        "action_executed_count",
+        "action_executed_error_count",
+        "action_retried_count",
+    ]
     missing = [f for f in required if f not in info]
     assert not missing
     assert all(isinstance(v, str) for v in info.values())
@@ -228,7 +257,7 @@ def test_info_has_forsun_fields(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    "method,path,body,code",
+    ("method", "path", "body", "code"),
     [
         ("PUT", "/v1/plan", {"key": "e", "seconds": 0}, 1002),  # zero interval
         ("PUT", "/v1/plan", {"key": "e"}, 1002),  # no time at all

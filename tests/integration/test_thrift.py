@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 connect = thrift_client
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(server: Server) -> Iterator[Forsun.Client]:
     with connect(server.thrift_port) as c:
         yield c

@@ -125,7 +125,7 @@ def test_precedence_default_file_env_flag(tmp_path):
         5,
     )
 
-    flags = base + ["--port", "7200", "--driver=sqlite", "--log-level", "debug"]
+    flags = [*base, "--port", "7200", "--driver=sqlite", "--log-level", "debug"]
     cfg = load_config(flags, env)
     assert (cfg.port, cfg.driver, cfg.log_level, cfg.retry_max_count) == (
         7200,
@@ -345,7 +345,7 @@ def test_log_rotate_forms():
     assert parse("100M") == ("size", 100 << 20)
     assert parse("512kb") == ("size", 512 << 10)
     assert parse("4096") == ("size", 4096)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a size like 100M"):
         parse("0")
 
 
@@ -687,8 +687,18 @@ def test_serve_logs_the_settings_from_the_environment(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         got = subprocess.run(
-            [sys.executable, "-m", "forsun_box", "serve", "--data-dir", str(tmp_path)]
-            + ["--http", f"127.0.0.1:{busy.getsockname()[1]}", "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "forsun_box",
+                "serve",
+                "--data-dir",
+                str(tmp_path),
+                "--http",
+                f"127.0.0.1:{busy.getsockname()[1]}",
+                "--port",
+                "0",
+            ],
             capture_output=True,
             text=True,
             env=env,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
@@ -89,7 +90,7 @@ def test_upcoming_honours_count_end_and_a_finished_plan() -> None:
     assert plan.copy(next_time=None).upcoming(PREVIEW_COUNT, UTC) == []
     daily = make(CALENDAR, second=0, minute=32, hour=16)
     got = daily.upcoming(PREVIEW_COUNT, UTC)
-    assert len(got) == 5 and all(b - a == 86_400_000 for a, b in zip(got, got[1:], strict=False))
+    assert len(got) == 5 and all(b - a == 86_400_000 for a, b in itertools.pairwise(got))
 
 
 def test_filters() -> None:
