@@ -2,7 +2,7 @@
 
 libcurl does the HTTP work in C (connection reuse, parsing, TLS, redirects, digest auth,
 decompression); this module only wires its socket and timer callbacks to the event loop and
-turns finished transfers into futures. Each request costs a handful of ``setopt`` calls on a
+hands finished transfers to futures or callbacks. Each request costs a handful of ``setopt`` calls on a
 recycled easy handle, so a request on a kept-alive connection costs a few tens of
 microseconds of CPU instead of the hundreds of a general-purpose wrapper.
 
@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class Request:
     auth: tuple[str, str, str] | None = None
     connect_timeout: float = 5.0
     request_timeout: float = 120.0
+    #: the ``HTTPHEADER`` lines, when built ahead (:func:`header_lines`)
+    lines: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -71,19 +74,38 @@ class Response:
     body: bytes
 
 
+#: how a transfer ends: the answer, or the error (exactly one of them is None)
+OnDone = Callable[["Response | None", "CurlError | None"], None]
+
+
 class _Transfer:
-    """A request in flight: its future and the first bytes of the answer's body."""
+    """A request in flight: who learns how it ended, and the answer body's first bytes.
 
-    __slots__ = ("future", "body")
+    ``owns_slot``: the transfer gives its slot back when it ends (:meth:`CurlClient.submit`);
+    otherwise the caller does (:meth:`CurlClient.fetch`)."""
 
-    def __init__(self, future: asyncio.Future[Response]) -> None:
-        self.future = future
+    __slots__ = ("on_done", "body", "owns_slot")
+
+    def __init__(self, on_done: OnDone, owns_slot: bool) -> None:
+        self.on_done = on_done
         self.body = b""
+        self.owns_slot = owns_slot
 
     def write(self, data: bytes) -> None:
         # libcurl hands the body over in pieces; keep the start, drop the rest
         if len(self.body) < BODY_KEEP:
             self.body += data[: BODY_KEEP - len(self.body)]
+
+
+class _Queued:
+    """A submitted request waiting for a slot."""
+
+    __slots__ = ("request", "on_done", "since")
+
+    def __init__(self, request: Request, on_done: OnDone, since: float) -> None:
+        self.request = request
+        self.on_done = on_done
+        self.since = since
 
 
 def header_lines(request: Request) -> list[bytes]:
@@ -149,7 +171,8 @@ class CurlClient:
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._active: dict[pycurl.Curl, _Transfer] = {}
         self._free: list[pycurl.Curl] = []
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        # waiting for a slot, in order: a fetch's future, or a submitted request
+        self._waiting: deque[asyncio.Future[None] | _Queued] = deque()
         self._busy = 0  # slots taken: transfers running or about to
         self._closed = False
 
@@ -175,12 +198,22 @@ class CurlClient:
             except pycurl.error as e:
                 self._recycle(curl)
                 raise CurlError(e.args[0], str(e.args[-1])) from None
-            transfer = _Transfer(self.loop.create_future())
+            future: asyncio.Future[Response] = self.loop.create_future()
+
+            def on_done(response: Response | None, error: CurlError | None) -> None:
+                if not future.done():
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        assert response is not None
+                        future.set_result(response)
+
+            transfer = _Transfer(on_done, False)
             curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
             self._active[curl] = transfer
             self._multi.add_handle(curl)
             try:
-                return await transfer.future
+                return await future
             finally:
                 # still ours when cancelled while running (a finished handle may already
                 # serve another request): stop the transfer, its connection is dropped
@@ -190,6 +223,54 @@ class CurlClient:
                     self._recycle(curl)
         finally:
             self._release()
+
+    def submit(self, request: Request, on_done: OnDone) -> None:
+        """Send ``request`` without a task: ``on_done(response, error)`` is called once,
+        later, from the loop. Waits for a slot like :meth:`fetch` (at most the request's
+        ``request_timeout``, checked when the slot comes). Raises :class:`CurlError` when
+        the request cannot start now (closed client, an option libcurl refuses); then
+        ``on_done`` is not called."""
+        if self._closed:
+            raise CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
+        if self._busy >= self.max_clients or self._waiting:
+            self._waiting.append(_Queued(request, on_done, self.loop.time()))
+            return
+        self._busy += 1
+        try:
+            self._launch(request, on_done)
+        except CurlError:
+            self._release()
+            raise
+
+    def _launch(self, request: Request, on_done: OnDone) -> None:
+        """Start a submitted request in the slot it holds. Raises :class:`CurlError`."""
+        curl = self._free.pop() if self._free else pycurl.Curl()
+        try:
+            self._setup(curl, request)
+        except pycurl.error as e:
+            self._recycle(curl)
+            raise CurlError(e.args[0], str(e.args[-1])) from None
+        transfer = _Transfer(on_done, True)
+        curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
+        self._active[curl] = transfer
+        self._multi.add_handle(curl)
+
+    def _grant(self, queued: _Queued) -> bool:
+        """Hand a free slot to a submitted request; False when it did not keep it."""
+        request = queued.request
+        if self.loop.time() - queued.since > request.request_timeout:
+            error = CurlError(
+                pycurl.E_OPERATION_TIMEDOUT,
+                f"timed out waiting for a free connection (http_max_clients {self.max_clients})",
+            )
+        else:
+            try:
+                self._launch(request, queued.on_done)
+                return True
+            except CurlError as e:
+                error = e
+        self.loop.call_soon(queued.on_done, None, error)
+        return False
 
     async def _wait_turn(self, request: Request) -> None:
         """Wait for a transfer slot, at most the request's time-out."""
@@ -216,10 +297,14 @@ class CurlClient:
         """Give up a slot: to the oldest waiter if any, else back to the pool."""
         if self._closed:
             return
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes on, _busy unchanged
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if type(waiter) is _Queued:
+                if self._grant(waiter):
+                    return  # the slot passes on, _busy unchanged
+            elif not waiter.done():  # type: ignore[union-attr]
+                waiter.set_result(None)  # type: ignore[union-attr]
                 return
         self._busy -= 1
 
@@ -238,7 +323,8 @@ class CurlClient:
         setopt(pycurl.ACCEPT_ENCODING, "gzip,deflate")
         if request.user_agent:
             setopt(pycurl.USERAGENT, request.user_agent.encode())
-        setopt(pycurl.HTTPHEADER, header_lines(request))
+        lines = request.lines
+        setopt(pycurl.HTTPHEADER, header_lines(request) if lines is None else lines)
         method, body = request.method, request.body
         if method == _HEAD:
             setopt(pycurl.NOBODY, 1)
@@ -341,12 +427,14 @@ class CurlClient:
         code = curl.getinfo(pycurl.RESPONSE_CODE) if error is None else 0
         self._multi.remove_handle(curl)
         self._recycle(curl)
-        if transfer is None or transfer.future.done():
+        if transfer is None:
             return
+        if transfer.owns_slot:
+            self._release()
         if error is not None:
-            transfer.future.set_exception(error)
+            transfer.on_done(None, error)
         else:
-            transfer.future.set_result(Response(code, transfer.body))
+            transfer.on_done(Response(code, transfer.body), None)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -358,9 +446,12 @@ class CurlClient:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        closed = CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
         for waiter in self._waiting:
-            if not waiter.done():
-                waiter.set_result(None)  # the waiter sees _closed and raises
+            if type(waiter) is _Queued:
+                self.loop.call_soon(waiter.on_done, None, closed)
+            elif not waiter.done():  # type: ignore[union-attr]
+                waiter.set_result(None)  # type: ignore[union-attr]  # it sees _closed, raises
         self._waiting.clear()
         # unwatch the sockets while they are still open, then let libcurl close them
         fds, self._fds = self._fds, {}
@@ -375,10 +466,7 @@ class CurlClient:
         for curl, transfer in active.items():
             self._multi.remove_handle(curl)
             curl.close()
-            if not transfer.future.done():
-                transfer.future.set_exception(
-                    CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
-                )
+            transfer.on_done(None, closed)
         for curl in self._free:
             curl.close()
         self._free.clear()
