@@ -77,6 +77,8 @@ RUN_WILL_RETRY = 2
 MAX_ERROR_CHARS = 2000
 #: most firings kept prepared at once (each holds its built request)
 MAX_PREPARED = 50_000
+#: ended prepared attempts settled per turn of the event loop
+SETTLE_CHUNK = 64
 #: a preparation not taken this long after its due time is dropped (its plan went)
 STALE_PREPARED_MS = 10_000
 
@@ -184,6 +186,11 @@ class Dispatcher:
         # plan key -> (plan version, due ms, its firing made ready)
         self._prepared: dict[str, tuple[int, int, Prepared]] = {}
         self._swept_ms = 0
+        # ended prepared attempts waiting to be settled: (settle, started, error, ended)
+        self._later: deque[
+            tuple[Callable[[int, BaseException | None, int], None], int, BaseException | None, int]
+        ] = deque()
+        self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -317,9 +324,17 @@ class Dispatcher:
         self._idle.clear()
 
         def finish(started: int, error: BaseException | None, holds_slot: bool) -> None:
+            # The slot passes on at once (the next request goes out); the records
+            # of the attempt wait their turn behind the sends (see _drain).
             if holds_slot:
                 stats.decr("action_executing_count")
                 slots.release()
+            self._later.append((settle, started, error, self._clock.now_ms()))
+            if not self._draining:
+                self._draining = True
+                asyncio.get_running_loop().call_soon(self._drain)
+
+        def settle(started: int, error: BaseException | None, ended: int) -> None:
             self._active -= 1
             if not self._active:
                 self._idle.set()
@@ -327,7 +342,7 @@ class Dispatcher:
             stats.incr("action_executed_count")
             if outcome is not _OK:
                 stats.incr("action_executed_error_count")
-            ok = self._settle(plan, due_ms, started, 1, outcome)
+            ok = self._settle(plan, due_ms, started, 1, outcome, ended)
             if not result.done():
                 result.set_result(STATUS_OK if ok else STATUS_FAILED)
 
@@ -353,6 +368,21 @@ class Dispatcher:
         else:
             slots.waiting.append(launch)
         return result
+
+    def _drain(self) -> None:
+        """Settle ended prepared attempts, a chunk per turn of the loop, so that a burst's
+        sends are not held up behind the bookkeeping of the answers already in."""
+        later = self._later
+        for _ in range(min(len(later), SETTLE_CHUNK)):
+            settle, started, error, ended = later.popleft()
+            try:
+                settle(started, error, ended)
+            except Exception:
+                logger.exception("settling a firing failed")
+        if later:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._draining = False
 
     async def _finish_inline(
         self, plan: Plan, due_ms: int, name: str, started: int, result: Awaitable[Any]
@@ -446,7 +476,13 @@ class Dispatcher:
         return self._settle(plan, due_ms, started, attempt, outcome)
 
     def _settle(
-        self, plan: Plan, due_ms: int, started: int, attempt: int, outcome: _Outcome
+        self,
+        plan: Plan,
+        due_ms: int,
+        started: int,
+        attempt: int,
+        outcome: _Outcome,
+        ended: int | None = None,
     ) -> bool:
         """Record an attempt that ended, arm its retry or report the final status."""
         will_retry = (
@@ -456,7 +492,7 @@ class Dispatcher:
             and not self._closed
         )
         result = RUN_OK if outcome.ok else (RUN_WILL_RETRY if will_retry else RUN_FAILED)
-        self._record(plan, due_ms, started, attempt, result, outcome.error)
+        self._record(plan, due_ms, started, attempt, result, outcome.error, ended)
         if will_retry:
             self._arm_retry(plan, due_ms, attempt + 1)
         elif attempt > 1:
@@ -550,11 +586,18 @@ class Dispatcher:
         return _Outcome(f"{type(error).__name__}: {error}")
 
     def _record(
-        self, plan: Plan, due_ms: int, started: int, attempt: int, result: int, error: str
+        self,
+        plan: Plan,
+        due_ms: int,
+        started: int,
+        attempt: int,
+        result: int,
+        error: str,
+        ended: int | None = None,
     ) -> None:
         if len(error) > MAX_ERROR_CHARS:
             error = error[: MAX_ERROR_CHARS - 3] + "..."
-        duration = self._clock.now_ms() - started
+        duration = (self._clock.now_ms() if ended is None else ended) - started
         run = Run(
             plan.key,
             due_ms,

@@ -32,6 +32,9 @@ BODY_KEEP = 200
 MAX_REDIRECTS = 5
 #: idle easy handles kept for reuse, at most
 _MAX_FREE_HANDLES = 64
+#: easy handles set up ahead for requests not sent yet, at most (~5 KB each); a request
+#: prepared beyond this is set up when it is sent
+MAX_PREPARED_HANDLES = 10_000
 #: methods that carry a body by nature; curl sends them as a POST-style upload
 _POST = "POST"
 _HEAD = "HEAD"
@@ -98,14 +101,17 @@ class _Transfer:
 
 
 class _Queued:
-    """A submitted request waiting for a slot."""
+    """A submitted request waiting for a slot (with its handle, when set up ahead)."""
 
-    __slots__ = ("request", "on_done", "since")
+    __slots__ = ("request", "on_done", "since", "curl")
 
-    def __init__(self, request: Request, on_done: OnDone, since: float) -> None:
+    def __init__(
+        self, request: Request, on_done: OnDone, since: float, curl: pycurl.Curl | None
+    ) -> None:
         self.request = request
         self.on_done = on_done
         self.since = since
+        self.curl = curl
 
 
 def header_lines(request: Request) -> list[bytes]:
@@ -174,6 +180,8 @@ class CurlClient:
         # waiting for a slot, in order: a fetch's future, or a submitted request
         self._waiting: deque[asyncio.Future[None] | _Queued] = deque()
         self._busy = 0  # slots taken: transfers running or about to
+        self._prepared = 0  # handles set up ahead by prepare(), not yet sent
+        self._added = False  # a transfer was added since libcurl last ran
         self._closed = False
 
     @property
@@ -224,48 +232,78 @@ class CurlClient:
         finally:
             self._release()
 
-    def submit(self, request: Request, on_done: OnDone) -> None:
-        """Send ``request`` without a task: ``on_done(response, error)`` is called once,
-        later, from the loop. Waits for a slot like :meth:`fetch` (at most the request's
-        ``request_timeout``, checked when the slot comes). Raises :class:`CurlError` when
-        the request cannot start now (closed client, an option libcurl refuses); then
-        ``on_done`` is not called."""
-        if self._closed:
-            raise CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
-        if self._busy >= self.max_clients or self._waiting:
-            self._waiting.append(_Queued(request, on_done, self.loop.time()))
-            return
-        self._busy += 1
-        try:
-            self._launch(request, on_done)
-        except CurlError:
-            self._release()
-            raise
-
-    def _launch(self, request: Request, on_done: OnDone) -> None:
-        """Start a submitted request in the slot it holds. Raises :class:`CurlError`."""
+    def prepare(self, request: Request) -> pycurl.Curl | None:
+        """An easy handle with every option of ``request`` set, for :meth:`submit` later;
+        None when :data:`MAX_PREPARED_HANDLES` are prepared already. Give it back with
+        :meth:`unprepare` if it is not sent. Raises :class:`CurlError` for an option
+        libcurl refuses."""
+        if self._prepared >= MAX_PREPARED_HANDLES or self._closed:
+            return None
         curl = self._free.pop() if self._free else pycurl.Curl()
         try:
             self._setup(curl, request)
         except pycurl.error as e:
             self._recycle(curl)
             raise CurlError(e.args[0], str(e.args[-1])) from None
+        self._prepared += 1
+        return curl
+
+    def unprepare(self, curl: pycurl.Curl) -> None:
+        """A handle from :meth:`prepare` that will not be sent."""
+        self._prepared -= 1
+        self._recycle(curl)
+
+    def submit(self, request: Request, on_done: OnDone, curl: pycurl.Curl | None = None) -> None:
+        """Send ``request`` without a task: ``on_done(response, error)`` is called once,
+        later, from the loop. ``curl``: its handle from :meth:`prepare` (this client's).
+        Waits for a slot like :meth:`fetch` (at most the request's ``request_timeout``,
+        checked when the slot comes). Raises :class:`CurlError` when the request cannot
+        start now (closed client, an option libcurl refuses); then ``on_done`` is not
+        called."""
+        if curl is not None:
+            self._prepared -= 1
+        if self._closed:
+            if curl is not None:
+                curl.close()
+            raise CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
+        if self._busy >= self.max_clients or self._waiting:
+            self._waiting.append(_Queued(request, on_done, self.loop.time(), curl))
+            return
+        self._busy += 1
+        try:
+            self._launch(request, on_done, curl)
+        except CurlError:
+            self._release()
+            raise
+
+    def _launch(self, request: Request, on_done: OnDone, curl: pycurl.Curl | None) -> None:
+        """Start a submitted request in the slot it holds. Raises :class:`CurlError`."""
+        if curl is None:
+            curl = self._free.pop() if self._free else pycurl.Curl()
+            try:
+                self._setup(curl, request)
+            except pycurl.error as e:
+                self._recycle(curl)
+                raise CurlError(e.args[0], str(e.args[-1])) from None
         transfer = _Transfer(on_done, True)
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
         self._active[curl] = transfer
         self._multi.add_handle(curl)
+        self._added = True
 
     def _grant(self, queued: _Queued) -> bool:
         """Hand a free slot to a submitted request; False when it did not keep it."""
         request = queued.request
         if self.loop.time() - queued.since > request.request_timeout:
+            if queued.curl is not None:
+                self._recycle(queued.curl)
             error = CurlError(
                 pycurl.E_OPERATION_TIMEDOUT,
                 f"timed out waiting for a free connection (http_max_clients {self.max_clients})",
             )
         else:
             try:
-                self._launch(request, queued.on_done)
+                self._launch(request, queued.on_done, queued.curl)
                 return True
             except CurlError as e:
                 error = e
@@ -404,11 +442,18 @@ class CurlClient:
             self._fds.pop(fd, None)
             self.loop.remove_reader(fd)
             return
+        multi = self._multi
         try:
-            self._multi.socket_action(fd, events)
+            multi.socket_action(fd, events)
+            self._reap()
+            # Transfers added while reaping (the next in line, on the connections just
+            # freed) go out now rather than a turn of the loop later.
+            while self._added and not self._closed:
+                self._added = False
+                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+                self._reap()
         except pycurl.error as e:  # a multi-level failure; transfers report their own
             logger.warning("http client: %s", e)
-        self._reap()
 
     def _reap(self) -> None:
         """Resolve the futures of finished transfers."""
@@ -449,6 +494,8 @@ class CurlClient:
         closed = CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
         for waiter in self._waiting:
             if type(waiter) is _Queued:
+                if waiter.curl is not None:
+                    waiter.curl.close()
                 self.loop.call_soon(waiter.on_done, None, closed)
             elif not waiter.done():  # type: ignore[union-attr]
                 waiter.set_result(None)  # type: ignore[union-attr]  # it sees _closed, raises

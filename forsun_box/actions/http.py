@@ -126,16 +126,23 @@ def _transport_error(request: Request, error: CurlError) -> ActionFailed:
 
 
 class PreparedRequest:
-    """An http firing built ahead: at the instant it is only submitted."""
+    """An http firing built ahead, its libcurl handle set up: at the instant it is only
+    handed to the client."""
 
-    __slots__ = ("request", "max_clients")
+    __slots__ = ("request", "client", "curl")
 
-    def __init__(self, request: Request, max_clients: int) -> None:
+    def __init__(self, request: Request, client: CurlClient) -> None:
         self.request = request
-        self.max_clients = max_clients
+        self.client = client
+        try:
+            self.curl = client.prepare(request)
+        except CurlError as e:
+            raise _transport_error(request, e) from None
 
     def start(self, done: Done) -> None:
         request = self.request
+        client, curl = self.client, self.curl
+        self.curl = None
 
         def finished(response: Response | None, error: CurlError | None) -> None:
             if error is not None:
@@ -144,13 +151,20 @@ class PreparedRequest:
                 assert response is not None
                 done(outcome(request, response))
 
+        if client.closed:  # (a new client since: the handle goes with the old one)
+            if curl is not None:
+                client.unprepare(curl)
+                curl = None
+            client = shared_client(client.max_clients)
         try:
-            shared_client(self.max_clients).submit(request, finished)
+            client.submit(request, finished, curl)
         except CurlError as e:
             raise _transport_error(request, e) from None
 
     def discard(self) -> None:
-        """Nothing is held before the instant."""
+        curl, self.curl = self.curl, None
+        if curl is not None:
+            self.client.unprepare(curl)
 
 
 class HttpAction(Action):
@@ -217,7 +231,7 @@ class HttpAction(Action):
     def prepare(self) -> PreparedRequest:
         request = self.build_request()
         request.lines = header_lines(request)
-        return PreparedRequest(request, self.settings.http_max_clients)
+        return PreparedRequest(request, shared_client(self.settings.http_max_clients))
 
     @classmethod
     async def close_shared(cls) -> None:

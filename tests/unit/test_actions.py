@@ -340,3 +340,40 @@ def test_http_bad_params_fail_clearly(params, message):
     action = HttpAction(TS, _plan("http", params), "http", params)
     with pytest.raises(ActionFailed, match=message):
         action.build_request()
+
+
+def test_shell_sees_its_firing_id(tmp_path: Path):
+    configure_actions(ActionSettings(firing_epoch="3"))
+    plan = Plan(key="job 7", kind="at", action="shell", params={})
+    params = {"cmd": 'printf "%s" "$FORSUN_FIRING_ID" > id.txt', "cwd": str(tmp_path)}
+    action = ShellAction(TS, plan, "shell", params)
+    action.due_ms = TS * 1000 + 5
+    asyncio.run(action.execute())
+    assert (tmp_path / "id.txt").read_text() == f"3:{TS * 1000 + 5}:job 7"
+
+
+def test_prepared_shell_command_runs_when_started(tmp_path: Path):
+    configure_actions(ActionSettings())
+    out = tmp_path / "out.txt"
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        results = []
+        for cmd in (f'echo "$FORSUN_TIMESTAMP" > {out}', "echo oops >&2; exit 3"):
+            ready = ShellAction(TS, _plan("shell", {"cmd": cmd}), "shell", {"cmd": cmd}).prepare()
+            fut = loop.create_future()
+            ready.start(fut.set_result)
+            assert not fut.done()
+            results.append(await asyncio.wait_for(fut, 10))
+        return results
+
+    ok, failed = asyncio.run(main())
+    assert ok is None and out.read_text().strip() == str(TS)
+    assert isinstance(failed, ActionFailed) and str(failed) == "exit status 3: oops"
+
+
+def test_shell_cwd_with_odd_characters(tmp_path: Path):
+    odd = tmp_path / "it's a dir; $(x)"
+    odd.mkdir()
+    shell({"cmd": "pwd > here.txt", "cwd": str(odd)})
+    assert os.path.samefile((odd / "here.txt").read_text().strip(), odd)
