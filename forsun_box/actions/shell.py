@@ -11,9 +11,10 @@ everything it started. Only the last few KiB of its output are kept, for
 the error text of a failed run.
 
 A command is started with ``posix_spawn`` (no copy of the service's memory
-is made; every descriptor the service opens is close-on-exec) and watched
-from the event loop: its two output pipes and a pidfd that becomes readable
-when it exits, with no thread or task per command. Everything but the spawn
+is made; every descriptor the service opens is close-on-exec) on a spawning
+thread (:mod:`forsun_box.actions.spawn`), and watched from the event loop:
+its two output pipes and a pidfd that becomes readable when it exits, with no
+thread or task per command. Everything but the spawn
 -- the checks, the command line, the environment -- is built ahead by
 :meth:`ShellAction.prepare`. A working directory is entered by the shell
 itself (``cd`` before the command): ``posix_spawn`` here has no chdir.
@@ -29,6 +30,7 @@ import shlex
 import signal
 
 from forsun_box.actions.base import Action, ActionFailed, Done
+from forsun_box.actions.spawn import CommandLine, close_spawner, spawner
 
 logger = logging.getLogger("forsun_box.actions")
 
@@ -109,44 +111,36 @@ _POLL_S = 0.005
 
 
 class PreparedCommand:
-    """A command line and environment built ahead: at the instant it is only spawned."""
+    """A command line and environment built ahead: at the instant it is only spawned
+    (on the spawning thread, :mod:`forsun_box.actions.spawn`)."""
 
-    __slots__ = ("argv", "env", "timeout_s")
+    __slots__ = ("command", "timeout_s", "child", "cancelled")
 
     def __init__(self, argv: list[str], env: dict[str, str], timeout_s: float) -> None:
-        self.argv = argv
-        self.env = env
+        self.command = CommandLine(SHELL, argv, env)
         self.timeout_s = timeout_s
+        self.child: _Child | None = None
+        self.cancelled = False
 
     def start(self, done: Done) -> None:
-        self.spawn(done)
-
-    def spawn(self, done: Done) -> _Child:
-        """Spawn the command; ``done(error)`` once it exited and its output is read.
-        Raises :class:`ActionFailed` when it could not be spawned."""
         loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            pid = os.posix_spawn(
-                SHELL,
-                self.argv,
-                self.env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out_w, 1),
-                    (os.POSIX_SPAWN_DUP2, err_w, 2),
-                ],
-                setsid=True,  # its own process group, killed as a whole
-            )
-        except OSError as e:
-            os.close(out_r)
-            os.close(err_r)
-            raise ActionFailed(f"cannot start {SHELL}: {e}") from None
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        return _Child(loop, pid, out_r, err_r, done, self.timeout_s)
+
+        def spawned(pid: int, out_fd: int, err_fd: int, error: BaseException | None) -> None:
+            if error is not None:
+                done(ActionFailed(f"cannot start {SHELL}: {error}"))
+                return
+            self.child = _Child(loop, pid, out_fd, err_fd, done, self.timeout_s)
+            if self.cancelled:
+                self.child.kill(signal.SIGKILL)
+
+        spawner().submit(self.command, spawned)
+
+    def cancel(self) -> None:
+        """Kill the command's process group (now, or as soon as it is spawned)."""
+        self.cancelled = True
+        if self.child is not None:
+            self.child.kill(signal.SIGTERM)
+            asyncio.get_running_loop().call_later(_KILL_GRACE_S, self.child.kill, signal.SIGKILL)
 
     def discard(self) -> None:
         """Nothing is held before the instant."""
@@ -304,13 +298,17 @@ class ShellAction(Action):
             if not ended.done():
                 ended.set_result(error)
 
-        child = self.prepare().spawn(done)
+        ready = self.prepare()
+        ready.start(done)
         try:
             error = await ended
         except asyncio.CancelledError:
-            child.kill(signal.SIGTERM)
-            loop.call_later(_KILL_GRACE_S, child.kill, signal.SIGKILL)
+            ready.cancel()
             raise
         if error is not None:
             raise error
         logger.debug("shell %s: %r ok", self.plan.key, self.params.get("cmd", ""))
+
+    @classmethod
+    async def close_shared(cls) -> None:
+        close_spawner()
