@@ -53,6 +53,9 @@ from typing import Any
 
 import pycurl
 
+from forsun_box.actions.base import ActionSettings
+from forsun_box.actions.curl_client import CurlClient, Request
+
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
@@ -146,11 +149,16 @@ def summary(late: list[float], missed: int) -> dict[str, Any]:
 # -- the limits ------------------------------------------------------------------------
 
 
-def _curl_handle(url: str, ts: int) -> pycurl.Curl:
+def _curl_handle(url: str, ts: int, key: str) -> pycurl.Curl:
+    """A handle for the same request the http action sends: the same options (as its
+    client sets them) and headers."""
+    request = Request(
+        url,
+        headers=[("X-Forsun-Timestamp", str(ts)), ("X-Forsun-Firing-Id", f"0:{ts * 1000}:{key}")],
+        user_agent=ActionSettings().http_user_agent,
+    )
     curl = pycurl.Curl()
-    curl.setopt(pycurl.URL, url.encode())
-    curl.setopt(pycurl.NOSIGNAL, 1)
-    curl.setopt(pycurl.HTTPHEADER, [f"X-Forsun-Timestamp: {ts}".encode()])
+    CurlClient._setup(None, curl, request)  # type: ignore[arg-type]  # (uses no state)
     curl.setopt(pycurl.WRITEFUNCTION, lambda data: None)
     return curl
 
@@ -184,10 +192,10 @@ def bare_http(sink: Sink, n: int, tag: str, keepalive: bool) -> dict[str, Any]:
     due_ms = due_s * 1000
     keys = [f"{tag}-{i}" for i in range(n)]
     if keepalive:
-        _drive(multi, [_curl_handle(f"{base}?key=warm&due=0", 0) for _ in range(WARM)])
+        _drive(multi, [_curl_handle(f"{base}?key=warm&due=0", 0, "warm") for _ in range(WARM)])
         sink.wait(WARM, time.time() + 10)
         sink.take()
-    handles = [_curl_handle(f"{base}?key={k}&due={due_ms}", due_s) for k in keys]
+    handles = [_curl_handle(f"{base}?key={k}&due={due_ms}", due_s, k) for k in keys]
     _sleep_until(due_s)
     _drive(multi, handles)
     multi.close()
