@@ -39,6 +39,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -406,7 +407,13 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # unwinds through the `finally` blocks that stop the server and the sinks
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2_000, 10_000])
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))

@@ -79,6 +79,8 @@ MAX_ERROR_CHARS = 2000
 MAX_PREPARED = 50_000
 #: ended prepared attempts settled per turn of the event loop
 SETTLE_CHUNK = 64
+#: while firings wait for a slot, the pause between two chunks of settling, seconds
+BACKLOG_SETTLE_S = 0.002
 #: a preparation not taken this long after its due time is dropped (its plan went)
 STALE_PREPARED_MS = 10_000
 
@@ -379,10 +381,15 @@ class Dispatcher:
                 settle(started, error, ended)
             except Exception:
                 logger.exception("settling a firing failed")
-        if later:
-            asyncio.get_running_loop().call_soon(self._drain)
-        else:
+        if not later:
             self._draining = False
+        elif any(slots.waiting for slots in self._slots.values()):
+            # Firings still wait to be sent: the records (and the commits they bring
+            # about on the store's thread, which competes for the interpreter lock)
+            # go at a slower pace until they are out.
+            asyncio.get_running_loop().call_later(BACKLOG_SETTLE_S, self._drain)
+        else:
+            asyncio.get_running_loop().call_soon(self._drain)
 
     async def _finish_inline(
         self, plan: Plan, due_ms: int, name: str, started: int, result: Awaitable[Any]

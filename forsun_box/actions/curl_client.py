@@ -175,13 +175,13 @@ class CurlClient:
         self._multi.setopt(pycurl.M_MAXCONNECTS, self.max_clients)
         self._fds: dict[int, int] = {}  # fd -> events watched (1 read, 2 write)
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._soon = False  # _timer is a call at once, not yet run
         self._active: dict[pycurl.Curl, _Transfer] = {}
         self._free: list[pycurl.Curl] = []
         # waiting for a slot, in order: a fetch's future, or a submitted request
         self._waiting: deque[asyncio.Future[None] | _Queued] = deque()
         self._busy = 0  # slots taken: transfers running or about to
         self._prepared = 0  # handles set up ahead by prepare(), not yet sent
-        self._added = False  # a transfer was added since libcurl last ran
         self._closed = False
 
     @property
@@ -289,7 +289,6 @@ class CurlClient:
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
         self._active[curl] = transfer
         self._multi.add_handle(curl)
-        self._added = True
 
     def _grant(self, queued: _Queued) -> bool:
         """Hand a free slot to a submitted request; False when it did not keep it."""
@@ -422,15 +421,22 @@ class CurlClient:
 
     def _on_timer(self, timeout_ms: int) -> None:
         """libcurl's timer callback: call it back after ``timeout_ms`` (-1: never)."""
+        if timeout_ms == 0 and self._soon:
+            return  # a call at once is already on its way (libcurl asks per added transfer)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._soon = False
         if timeout_ms == 0:
-            self._timer = self.loop.call_soon(self._on_event, pycurl.SOCKET_TIMEOUT, 0)
+            self._soon = True
+            self._timer = self.loop.call_soon(self._on_due)
         elif timeout_ms > 0:
-            self._timer = self.loop.call_later(
-                timeout_ms / 1000, self._on_event, pycurl.SOCKET_TIMEOUT, 0
-            )
+            self._timer = self.loop.call_later(timeout_ms / 1000, self._on_due)
+
+    def _on_due(self) -> None:
+        self._timer = None
+        self._soon = False
+        self._on_event(pycurl.SOCKET_TIMEOUT, 0)
 
     def _on_event(self, fd: int, events: int) -> None:
         """A watched socket is ready, or the timer is due: let libcurl work, then reap."""
@@ -442,18 +448,15 @@ class CurlClient:
             self._fds.pop(fd, None)
             self.loop.remove_reader(fd)
             return
-        multi = self._multi
+        # (Transfers added while reaping go out when libcurl's timer, due at once,
+        # runs: one call for all those added in this turn of the loop. Each call lets
+        # go of the interpreter lock, and getting it back can mean waiting for the
+        # store's thread: fewer calls, fewer waits.)
         try:
-            multi.socket_action(fd, events)
-            self._reap()
-            # Transfers added while reaping (the next in line, on the connections just
-            # freed) go out now rather than a turn of the loop later.
-            while self._added and not self._closed:
-                self._added = False
-                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
-                self._reap()
+            self._multi.socket_action(fd, events)
         except pycurl.error as e:  # a multi-level failure; transfers report their own
             logger.warning("http client: %s", e)
+        self._reap()
 
     def _reap(self) -> None:
         """Resolve the futures of finished transfers."""
