@@ -317,3 +317,30 @@ def test_retries_carry_the_same_firing_id() -> None:
         await d.close()
 
     run(main())
+
+
+def test_the_walk_hands_over_exactly_the_firings_within_the_lead() -> None:
+    import random
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        rng = random.Random(5)
+        dues = {f"k{i}": T0 + 2000 + rng.randrange(0, 6000) for i in range(300)}
+        await e.sched.create([e.plan(k, d, v=k) for k, d in dues.items()])
+        await clock.advance(1500)  # the first walk covers up to T0 + 2500 at the latest
+        for step in range(12):
+            await clock.advance(500)
+            now = clock.now_ms()
+            prepared = {k for k, _, _ in _Log.prepared}
+            # everything due within the lead is prepared (or fired), nothing far beyond it
+            assert {k for k, d in dues.items() if d <= now + 500} <= prepared, step
+            assert all(d <= now + 1000 for k, d in dues.items() if k in prepared), step
+        await clock.advance(1000)  # past the last instant (T0 + 8000)
+        assert sorted(k for k, *_ in _Log.started) == sorted(dues)
+        assert all(due == at for _, _, due, at, _ in _Log.started)
+        assert len(_Log.prepared) == 300 and _Log.executed == []
+        await e.stop()
+
+    run(main())
