@@ -23,6 +23,18 @@ right away on the caller's stack -- no task, no semaphore round trip -- since
 it cannot yield to the loop anyway. The engine uses it to fire cheap
 in-process actions at tens of thousands per second. Coroutine actions, and
 a plain ``execute`` that returns an awaitable, continue asynchronously.
+
+Prepared firings: the engine tells :meth:`Dispatcher.prepare` which firings
+are due in the next moments; for an action that defines ``prepare`` (see
+:mod:`forsun_box.actions.base`) the dispatcher builds each one ahead and keeps
+it under the plan's key with the plan's version and due time. At the instant,
+:meth:`Dispatcher.start_firing` takes it only when both still match (a plan
+replaced meanwhile has a new version; a removed one never fires, and its
+preparation is dropped after its due time) and starts it with no task: the
+engine gets a future, and a firing waiting for a concurrency slot is an entry
+in a queue, not a suspended coroutine. An action that can prepare but was not
+told in time is prepared at the instant, the same way. (Not while an overall
+``action_timeout`` is set: those firings run as coroutines, under the limit.)
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from forsun_box.actions.base import (
@@ -39,6 +52,7 @@ from forsun_box.actions.base import (
     Action,
     ActionFailed,
     ActionSettings,
+    Prepared,
     canonical_name,
     configure_actions,
     get_action,
@@ -64,6 +78,14 @@ RUN_WILL_RETRY = RunResult.RETRYING.value
 
 #: longest error text kept in a run record
 MAX_ERROR_CHARS = 2000
+#: most firings kept prepared at once (each holds its built request)
+MAX_PREPARED = 50_000
+#: ended prepared attempts settled per turn of the event loop
+SETTLE_CHUNK = 64
+#: while firings wait for a slot, the pause between two chunks of settling, seconds
+BACKLOG_SETTLE_S = 0.002
+#: a preparation not taken this long after its due time is dropped (its plan went)
+STALE_PREPARED_MS = 10_000
 
 
 class _Outcome:
@@ -83,9 +105,55 @@ class _Outcome:
 _OK = _Outcome()
 
 
-def _busy(sem: asyncio.Semaphore) -> bool:
-    """``sem.locked()`` without its scan of the waiters (called once per firing)."""
-    return sem._value <= 0 or bool(sem._waiters)  # type: ignore[attr-defined]
+class _Slots:
+    """The concurrency limit of one action: free slots and, in order, who waits for one.
+
+    A waiter is a function called when a slot is handed to it; it returns False when
+    it did not keep the slot (it gave up meanwhile, or ended at once), which then
+    passes on. Coroutines wait through :meth:`acquire`, prepared firings as plain
+    entries (no task each)."""
+
+    __slots__ = ("free", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.waiting: deque[Callable[[], bool]] = deque()
+
+    def busy(self) -> bool:
+        return self.free <= 0 or bool(self.waiting)
+
+    def take(self) -> bool:
+        """Take a slot if one is free and nobody waits."""
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def grant() -> bool:
+            if fut.done():  # cancelled while waiting
+                return False
+            fut.set_result(None)
+            return True
+
+        self.waiting.append(grant)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as it was cancelled
+            raise
+
+    def release(self) -> None:
+        waiting = self.waiting
+        while waiting:
+            if waiting.popleft()():
+                return
+        self.free += 1
 
 
 class Dispatcher:
@@ -96,6 +164,9 @@ class Dispatcher:
     first attempt's status is :meth:`run`'s return value instead).
     Exceptions raised by either callback are logged and ignored.
     """
+
+    #: firings are made ready ahead (:meth:`prepare`)
+    prepares = True
 
     def __init__(
         self,
@@ -111,13 +182,23 @@ class Dispatcher:
         self._on_run = on_run
         self._on_status = on_status
         self._stats = stats
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, _Slots] = {}
         self._timers: dict[int, TimerHandle] = {}
         self._timer_ids = itertools.count()
         self._retry_tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # attempts queued or running
         # action class -> its execute is a plain function (runs inline)
         self._plain: dict[type[Action], bool] = {}
+        # action class -> it defines prepare
+        self._preparable: dict[type[Action], bool] = {}
+        # plan key -> (plan version, due ms, its firing made ready)
+        self._prepared: dict[str, tuple[int, int, Prepared]] = {}
+        self._swept_ms = 0
+        # ended prepared attempts waiting to be settled: (settle, started, error, ended)
+        self._later: deque[
+            tuple[Callable[[int, BaseException | None, int], None], int, BaseException | None, int]
+        ] = deque()
+        self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -135,27 +216,99 @@ class Dispatcher:
         ok = await self._attempt(plan, due_ms, 1, manual)
         return STATUS_OK if ok else STATUS_FAILED
 
+    def prepare(self, firings: Iterable[tuple[Plan, int]]) -> int:
+        """Make ready ahead the firings ``(plan, due_ms)`` of actions that can prepare;
+        returns how many were prepared. A plan prepared before is prepared again."""
+        now = self._clock.now_ms()
+        prepared = self._prepared
+        if prepared and now - self._swept_ms >= STALE_PREPARED_MS // 2:
+            self._sweep(now)
+        if self._closed or self.settings.action_timeout_s > 0:
+            return 0
+        done = 0
+        for plan, due_ms in firings:
+            cls = ACTIONS.get(canonical_name(plan.action))
+            if cls is None or not self._can_prepare(cls):
+                continue
+            old = prepared.pop(plan.key, None)
+            if old is not None:
+                old[2].discard()
+            if len(prepared) >= MAX_PREPARED:
+                break
+            try:
+                ready = self._build(cls, plan, due_ms).prepare()
+            except Exception:
+                continue
+            if ready is not None:
+                prepared[plan.key] = (plan.version, due_ms, ready)
+                done += 1
+        return done
+
+    @property
+    def prepared_count(self) -> int:
+        """Firings prepared and not yet started or dropped."""
+        return len(self._prepared)
+
+    def _sweep(self, now: int) -> None:
+        """Drop preparations whose due time passed long ago (their plans went)."""
+        self._swept_ms = now
+        limit = now - STALE_PREPARED_MS
+        stale = [key for key, (_, due, _) in self._prepared.items() if due < limit]
+        for key in stale:
+            self._prepared.pop(key)[2].discard()
+
+    def _can_prepare(self, cls: type[Action]) -> bool:
+        can = self._preparable.get(cls)
+        if can is None:
+            can = self._preparable[cls] = cls.prepare is not Action.prepare
+        return can
+
+    @staticmethod
+    def _build(cls: type[Action], plan: Plan, due_ms: int) -> Action:
+        action = cls(due_ms // 1000, plan, plan.action, dict(plan.params))
+        action.due_ms = due_ms
+        return action
+
+    def _take_prepared(self, cls: type[Action], plan: Plan, due_ms: int) -> Prepared | None:
+        """The firing made ready for this plan's version and due time, else one made now;
+        None when the action cannot prepare it (it then runs :meth:`Action.execute`)."""
+        entry = self._prepared.pop(plan.key, None) if self._prepared else None
+        if entry is not None:
+            if entry[0] == plan.version and entry[1] == due_ms:
+                return entry[2]
+            entry[2].discard()  # made for another version or instant
+        if not self._can_prepare(cls) or self.settings.action_timeout_s > 0:
+            return None
+        try:
+            return self._build(cls, plan, due_ms).prepare()
+        except Exception:
+            return None
+
     def start_firing(self, plan: Plan, due_ms: int) -> int | Awaitable[int]:
         """Start the first attempt of ``plan``'s firing due at ``due_ms``.
 
         Returns the status (1 ok, -1 failed) when the attempt finished right
         here (a plain-function action with a free concurrency slot), else an
-        awaitable of it, to be awaited exactly once (as :meth:`run`).
+        awaitable of it, to be awaited exactly once (as :meth:`run`) -- for a
+        prepared firing an :class:`asyncio.Future`.
         """
         name = canonical_name(plan.action)
         cls = ACTIONS.get(name)
         if cls is None:
             return self.run(plan, due_ms)
+        ready = self._take_prepared(cls, plan, due_ms)
+        if ready is not None:
+            return self._start_prepared(name, plan, due_ms, ready)
         plain = self._plain.get(cls)
         if plain is None:
             plain = self._plain[cls] = not inspect.iscoroutinefunction(cls.execute)
-        if not plain or _busy(self._semaphore(name)):
+        if not plain or self._slots_of(name).busy():
             return self.run(plan, due_ms)
         stats = self._stats
         started = self._clock.now_ms()
         stats.record_lateness(started - due_ms)
         try:
-            action = cls(due_ms // 1000, plan, plan.action, dict(plan.params))
+            action = self._build(cls, plan, due_ms)
             result = action.execute()
         except Exception as e:
             outcome = self._failure(e, plan, 1)
@@ -169,6 +322,82 @@ class Dispatcher:
             stats.incr("action_executed_error_count")
         return STATUS_OK if self._settle(plan, due_ms, started, 1, outcome) else STATUS_FAILED
 
+    def _start_prepared(
+        self, name: str, plan: Plan, due_ms: int, ready: Prepared
+    ) -> asyncio.Future[int]:
+        """Start a prepared first attempt in a slot of ``name``, now or when one frees."""
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        slots = self._slots_of(name)
+        stats = self._stats
+        self._active += 1
+        self._idle.clear()
+
+        def finish(started: int, error: BaseException | None, holds_slot: bool) -> None:
+            # The slot passes on at once (the next request goes out); the records
+            # of the attempt wait their turn behind the sends (see _drain).
+            if holds_slot:
+                stats.decr("action_executing_count")
+                slots.release()
+            self._later.append((settle, started, error, self._clock.now_ms()))
+            if not self._draining:
+                self._draining = True
+                asyncio.get_running_loop().call_soon(self._drain)
+
+        def settle(started: int, error: BaseException | None, ended: int) -> None:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+            outcome = _OK if error is None else self._failure(error, plan, 1)  # type: ignore[arg-type]
+            stats.incr("action_executed_count")
+            if outcome is not _OK:
+                stats.incr("action_executed_error_count")
+            ok = self._settle(plan, due_ms, started, 1, outcome, ended=ended)
+            if not result.done():
+                result.set_result(STATUS_OK if ok else STATUS_FAILED)
+
+        def launch() -> bool:
+            """Holding a slot: send. False when it ended at once (the slot goes back)."""
+            started = self._clock.now_ms()
+            stats.record_lateness(started - due_ms)
+            if self._closed:
+                finish(started, ActionFailed("cancelled"), False)
+                return False
+            stats.incr("action_executing_count")
+            try:
+                ready.start(lambda error: finish(started, error, True))
+            except Exception as e:
+                stats.decr("action_executing_count")
+                finish(started, e, False)
+                return False
+            return True
+
+        if slots.take():
+            if not launch():
+                slots.release()
+        else:
+            slots.waiting.append(launch)
+        return result
+
+    def _drain(self) -> None:
+        """Settle ended prepared attempts, a chunk per turn of the loop, so that a burst's
+        sends are not held up behind the bookkeeping of the answers already in."""
+        later = self._later
+        for _ in range(min(len(later), SETTLE_CHUNK)):
+            settle, started, error, ended = later.popleft()
+            try:
+                settle(started, error, ended)
+            except Exception:
+                logger.exception("settling a firing failed")
+        if not later:
+            self._draining = False
+        elif any(slots.waiting for slots in self._slots.values()):
+            # Firings still wait to be sent: the records (and the commits they bring
+            # about on the store's thread, which competes for the interpreter lock)
+            # go at a slower pace until they are out.
+            asyncio.get_running_loop().call_later(BACKLOG_SETTLE_S, self._drain)
+        else:
+            asyncio.get_running_loop().call_soon(self._drain)
+
     async def _finish_inline(
         self, plan: Plan, due_ms: int, name: str, started: int, result: Awaitable[Any]
     ) -> int:
@@ -177,7 +406,9 @@ class Dispatcher:
         self._active += 1
         self._idle.clear()
         try:
-            async with self._semaphore(name):
+            slots = self._slots_of(name)
+            await slots.acquire()
+            try:
                 stats.incr("action_executing_count")
                 try:
                     outcome = await self._await_result(result, plan, 1)
@@ -186,6 +417,8 @@ class Dispatcher:
                     raise
                 finally:
                     stats.decr("action_executing_count")
+            finally:
+                slots.release()
         finally:
             self._active -= 1
             if not self._active:
@@ -211,6 +444,9 @@ class Dispatcher:
         shared resources. First attempts belong to the caller's tasks: they
         are waited for, never cancelled here."""
         self._closed = True
+        for _, _, ready in self._prepared.values():
+            ready.discard()
+        self._prepared.clear()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -235,12 +471,11 @@ class Dispatcher:
 
     # -- attempts -----------------------------------------------------------
 
-    def _semaphore(self, name: str) -> asyncio.Semaphore:
-        sem = self._semaphores.get(name)
-        if sem is None:
-            sem = asyncio.Semaphore(self.settings.concurrency_for(name))
-            self._semaphores[name] = sem
-        return sem
+    def _slots_of(self, name: str) -> _Slots:
+        slots = self._slots.get(name)
+        if slots is None:
+            slots = self._slots[name] = _Slots(self.settings.concurrency_for(name))
+        return slots
 
     async def _attempt(self, plan: Plan, due_ms: int, attempt: int, manual: bool = False) -> bool:
         """Run attempt number ``attempt`` (1-based), record it, arm the next retry."""
@@ -262,6 +497,7 @@ class Dispatcher:
         attempt: int,
         outcome: _Outcome,
         manual: bool = False,
+        ended: int | None = None,
     ) -> bool:
         """Record an attempt that ended, arm its retry or report the final status."""
         will_retry = (
@@ -271,7 +507,7 @@ class Dispatcher:
             and not self._closed
         )
         result = RUN_OK if outcome.ok else (RUN_WILL_RETRY if will_retry else RUN_FAILED)
-        self._record(plan, due_ms, started, attempt, result, outcome.error, manual)
+        self._record(plan, due_ms, started, attempt, result, outcome.error, manual, ended)
         if will_retry:
             self._arm_retry(plan, due_ms, attempt + 1, manual)
         elif attempt > 1:
@@ -293,7 +529,9 @@ class Dispatcher:
             stats.incr("action_executed_error_count")
             logger.warning("plan %s: unknown action %r", plan.key, plan.action)
             return self._clock.now_ms(), _Outcome("unknown action", retryable=False)
-        async with self._semaphore(canonical_name(plan.action)):
+        slots = self._slots_of(canonical_name(plan.action))
+        await slots.acquire()
+        try:
             started = self._clock.now_ms()
             if attempt == 1:
                 stats.record_lateness(started - due_ms)
@@ -307,6 +545,8 @@ class Dispatcher:
                 raise
             finally:
                 stats.decr("action_executing_count")
+        finally:
+            slots.release()
         stats.incr("action_executed_count")
         if not outcome.ok:
             stats.incr("action_executed_error_count")
@@ -315,7 +555,7 @@ class Dispatcher:
     async def _call(self, cls: type[Action], plan: Plan, due_ms: int, attempt: int) -> _Outcome:
         """Build the action and execute it; every exception becomes an outcome."""
         try:
-            action = cls(due_ms // 1000, plan, plan.action, dict(plan.params))
+            action = self._build(cls, plan, due_ms)
             result = action.execute()
         except Exception as e:
             return self._failure(e, plan, attempt)
@@ -371,10 +611,11 @@ class Dispatcher:
         result: int,
         error: str,
         manual: bool = False,
+        ended: int | None = None,
     ) -> None:
         if len(error) > MAX_ERROR_CHARS:
             error = error[: MAX_ERROR_CHARS - 3] + "..."
-        duration = self._clock.now_ms() - started
+        duration = (self._clock.now_ms() if ended is None else ended) - started
         run = Run(
             plan.key,
             due_ms,

@@ -7,7 +7,7 @@ function (tests, benches, an embedding program).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 class Executor(Protocol):
     """Runs the first attempt of a firing and says how it went (1 ok, -1 failed)."""
+
+    #: whether :meth:`prepare` does anything (the engine then hands it the
+    #: firings about to come due)
+    prepares: bool
 
     async def run(self, plan: Plan, due_ms: int, manual: bool = False) -> int:
         """Run the attempt; its status. ``manual``: a "fire now", outside the
@@ -27,9 +31,16 @@ class Executor(Protocol):
         for this firing), else an awaitable of it, awaited exactly once."""
         ...
 
+    def prepare(self, firings: Iterable[tuple[Plan, int]]) -> int:
+        """Make ready ahead the firings ``(plan, due_ms)`` about to come due; how many
+        were. A firing prepared for another version or instant of its plan is not used."""
+        ...
+
 
 class CoroutineExecutor:
     """An :class:`Executor` made of ``fn(plan, due_ms) -> awaitable status``."""
+
+    prepares = False
 
     def __init__(self, fn: Callable[[Plan, int], Awaitable[int]]) -> None:
         self._fn = fn
@@ -39,3 +50,6 @@ class CoroutineExecutor:
 
     def start_firing(self, plan: Plan, due_ms: int) -> Awaitable[int]:
         return self._fn(plan, due_ms)
+
+    def prepare(self, firings: Iterable[tuple[Plan, int]]) -> int:
+        return 0

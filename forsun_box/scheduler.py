@@ -26,11 +26,18 @@ plain-function action): then it runs inline in the firing loop, with no task
 per firing; other firings get a task.
 The window holds at most about twice ``refill_limit`` plans, refilled in a
 background task so firing goes on while the store is read.
+
+Preparing ahead: with a dispatcher that can ``prepare``, the engine hands it,
+``prepare_ahead_ms`` before their instant, the window's firings about to come
+due (a walk of the heap that skips every subtree past the horizon), in small
+chunks between which the loop runs; the firing itself then only starts what
+was made ready. A prepared firing returns a future, not a task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import heapq
 import itertools
@@ -87,6 +94,9 @@ class EngineOptions:
     #: False on an AGENT node (``server_mode``): plans are stored and served,
     #: never loaded into the window nor fired on their schedule
     fire: bool = True
+    #: how long before their instant firings are handed to the dispatcher to
+    #: prepare (0: never)
+    prepare_ahead_ms: int = 1_000
 
 
 #: least number of young collections between two full ones (CPython's default: 10)
@@ -110,6 +120,8 @@ def tune_gc() -> None:
 
 # Plans a window refill admits between two yields to the event loop.
 ADMIT_CHUNK = 1000
+# Firings handed to the dispatcher to prepare between two yields to the loop.
+PREPARE_CHUNK = 250
 
 
 class Scheduler:
@@ -132,6 +144,7 @@ class Scheduler:
         if self.options.catchup not in CATCHUP_POLICIES:
             raise ValueError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}")
         self._start: Callable[[Plan, int], int | Awaitable[int]] | None = None
+        self._prepare: Callable[[list[tuple[Plan, int]]], object] | None = None
         self.executor = executor
         self.stats = stats
         self._io = asyncio.Lock()
@@ -148,11 +161,15 @@ class Scheduler:
         self._cursor: tuple[int, str] = (0, "")
         self._pending: dict[str, int] = {}  # key -> mutations of it not yet committed
         self._inflight: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
         self._timer_at: int | None = None
         self._processing = False
+        # firings due up to here were handed to the dispatcher to prepare
+        self._prepared_until = 0
+        self._prep_timer: TimerHandle | None = None
+        self._prep_at: int | None = None
         self._refilling = False
         self._running = False
         self._started_ms = 0
@@ -169,6 +186,7 @@ class Scheduler:
     def executor(self, executor: Executor | None) -> None:
         self._executor = executor
         self._start = None if executor is None else executor.start_firing
+        self._prepare = executor.prepare if executor is not None and executor.prepares else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,6 +217,9 @@ class Scheduler:
         if self._timer:
             self._timer.cancel()
             self._timer = None
+        if self._prep_timer:
+            self._prep_timer.cancel()
+            self._prep_timer = None
         if self._tasks:
             _done, pending = await asyncio.wait(
                 set(self._tasks), timeout=self.options.shutdown_grace_s
@@ -357,6 +378,9 @@ class Scheduler:
         heapq.heappush(self._heap, (plan.next_time, next(self._seq), plan.key, plan.version))
         if self._timer_at is None or plan.next_time < self._timer_at:
             self._arm()
+        if plan.next_time <= self._prepared_until and self._prepare is not None:
+            # (the walk for this stretch is behind us)
+            self._hand_to_prepare([(plan, plan.next_time)])
 
     def _committed(self, mutations: list[Mutation], advances: list[Moved], ok: bool) -> None:
         """Runs in the writer right after a commit, before any read can interleave.
@@ -484,6 +508,8 @@ class Scheduler:
             if p is not None and p.version == version and p.next_time == due:
                 break
             heapq.heappop(self._heap)
+        if self._prepare is not None:
+            self._arm_prepare()
         at = self._heap[0][0] if self._heap else None
         refill_at = self._cursor[0] - self.options.window_ms // 2
         if len(self._window) < self.options.refill_limit and not self._refilling:
@@ -497,6 +523,82 @@ class Scheduler:
             self._timer.cancel()
         self._timer_at = at
         self._timer = self.clock.call_at(at, self._on_timer)
+
+    def _arm_prepare(self) -> None:
+        """Arm the timer of the next walk for firings to prepare."""
+        lead = self.options.prepare_ahead_ms
+        if lead <= 0 or not self._heap:
+            return
+        # when the earliest firing enters the lead, or half a lead after the last walk
+        at = max(self._heap[0][0] - lead, self._prepared_until - lead + max(1, lead // 2))
+        if self._prep_timer is not None:
+            if self._prep_at == at:
+                return
+            self._prep_timer.cancel()
+        self._prep_at = at
+        self._prep_timer = self.clock.call_at(at, self._on_prepare)
+
+    def _on_prepare(self) -> None:
+        self._prep_timer = None
+        self._prep_at = None
+        if not self._running:
+            return
+        horizon = self.clock.now_ms() + self.options.prepare_ahead_ms
+        firings = self._due_between(self._prepared_until, horizon)
+        self._prepared_until = horizon
+        if firings:
+            firings.sort(key=lambda f: f[1])
+            self._hand_to_prepare(firings)
+        self._arm_prepare()
+
+    def _due_between(self, after: int, until: int) -> list[tuple[Plan, int]]:
+        """The window's firings due in ``(after, until]``: a walk of the heap that
+        skips every subtree whose root is due later (a heap's children never come
+        earlier than their parent)."""
+        heap = self._heap
+        window = self._window
+        n = len(heap)
+        found: list[tuple[Plan, int]] = []
+        stack = [0] if n else []
+        while stack:
+            i = stack.pop()
+            due, _, key, version = heap[i]
+            if due > until:
+                continue
+            if due > after:
+                p = window.get(key)
+                if p is not None and p.version == version and p.next_time == due:
+                    found.append((p, due))
+            child = 2 * i + 1
+            if child < n:
+                stack.append(child)
+                if child + 1 < n:
+                    stack.append(child + 1)
+        return found
+
+    def _hand_to_prepare(self, firings: list[tuple[Plan, int]]) -> None:
+        """Give ``firings`` to the dispatcher to prepare, a chunk per turn of the loop."""
+        if len(firings) <= PREPARE_CHUNK:
+            self._call_prepare(firings)
+            return
+        task = asyncio.get_running_loop().create_task(self._prepare_chunks(firings))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare_chunks(self, firings: list[tuple[Plan, int]]) -> None:
+        for i in range(0, len(firings), PREPARE_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            if not self._running:
+                return
+            self._call_prepare(firings[i : i + PREPARE_CHUNK])
+
+    def _call_prepare(self, firings: list[tuple[Plan, int]]) -> None:
+        assert self._prepare is not None
+        try:
+            self._prepare(firings)
+        except Exception:
+            log.exception("preparing %d firings failed", len(firings))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -595,10 +697,27 @@ class Scheduler:
                     stats.incr("timeout_handled_count")
                 self._advance(plan, due, base, started)
                 return
+            if isinstance(started, asyncio.Future):
+                # A prepared firing: its future says when it ended, no task needed.
+                self._tasks.add(started)
+                started.add_done_callback(functools.partial(self._fired, plan, due, base))
+                return
             coro = self._await_firing(plan, due, base, started)  # type: ignore[arg-type]
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _fired(self, plan: Plan, due: int, base: int, first: asyncio.Future[int]) -> None:
+        """A prepared firing's first attempt ended (or the firing was cancelled at a stop)."""
+        self._tasks.discard(first)
+        if first.cancelled():
+            return
+        error = first.exception()
+        if error is not None:
+            log.error("firing %s failed unexpectedly", plan.key, exc_info=error)
+        if self.stats is not None:
+            self.stats.incr("timeout_handled_count")
+        self._advance(plan, due, base, -1 if error is not None else first.result())
 
     async def _await_firing(self, plan: Plan, due: int, base: int, first: Awaitable[int]) -> None:
         """The rest of a firing whose first attempt did not finish synchronously."""

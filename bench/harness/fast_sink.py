@@ -5,11 +5,16 @@ Run as a script: ``python bench/harness/fast_sink.py --port N [--max-seconds S]`
 Every request to ``/hit?key=K&due=D`` (``D`` the plan's due instant in ms, optional) is
 recorded as ``(key, due_ms, arrival_ms)``, the arrival stamped when the request's bytes were
 read. ``GET /count`` answers ``{"count": n}``, ``GET /dump`` all records as JSON
-``[[key, due_ms, arrival_ms], ...]``; any other path answers 404. Answers are HTTP/1.1 with a
+``[[key, due_ms, arrival_ms], ...]`` (``/dump?since=N``: from the N-th on); any other path answers 404. Answers are HTTP/1.1 with a
 Content-Length, connections are kept alive (closed after ``Connection: close`` or an HTTP/1.0
-request without keep-alive); pipelined requests and requests split across reads are handled,
+request without keep-alive; with ``--close`` every answer says ``Connection: close`` and the
+connection is closed after it, so each request needs a connection of its own); pipelined requests and requests split across reads are handled,
 bodies (Content-Length or chunked) are read and ignored. It stops by itself after
 ``--max-seconds``.
+
+``--fifo PATH`` also reads lines ``KEY DUE_MS`` from the named pipe PATH (made if missing), as
+shell commands write them (``echo KEY DUE >PATH``; a line under 4 KiB is written at once), and
+records each one like a ``/hit``, stamped when read.
 
 It is an asyncio protocol on uvloop rather than a framework so that one core answers well over
 20,000 requests/s and the sink takes as little as possible of the machine from the server
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from urllib.parse import unquote_plus
 
@@ -30,6 +36,12 @@ RECORDS: list[tuple[str, int, int]] = []
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
+_OK_CLOSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\nok"
+)
+#: --close: every answer closes its connection
+CLOSE_ALL = False
 _BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad"
 _MAX_HEAD = 64 * 1024
 
@@ -156,13 +168,17 @@ class SinkProtocol(asyncio.Protocol):
                 return _BAD, True
         elif b"\r\ntransfer-encoding: chunked" in lower:
             self.chunked = True
+        if CLOSE_ALL:
+            close = True
         if target.startswith(b"/hit"):
             _hit(target[4:], arrival_ms)
-            answer = _OK
+            answer = _OK_CLOSE if CLOSE_ALL else _OK
         elif target == b"/count":
             answer = _json_answer({"count": len(RECORDS)})
         elif target == b"/dump":
             answer = _json_answer(RECORDS)
+        elif target.startswith(b"/dump?since="):
+            answer = _json_answer(RECORDS[int(target[12:] or 0) :])
         else:
             answer = _NOT_FOUND
         if method == b"HEAD":
@@ -171,9 +187,36 @@ class SinkProtocol(asyncio.Protocol):
         return answer, close
 
 
-async def serve(port: int, max_seconds: float, host: str = "127.0.0.1") -> None:
+def _watch_fifo(loop: asyncio.AbstractEventLoop, path: str) -> None:
+    """Record every ``KEY DUE`` line written to the named pipe ``path``."""
+    if not os.path.exists(path):
+        os.mkfifo(path)
+    # read-write: the pipe never reports end-of-file when the last writer closes it
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    rest = b""
+
+    def readable() -> None:
+        nonlocal rest
+        arrival_ms = time.time_ns() // 1_000_000
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            key, _, due = line.strip().partition(b" ")
+            if key:
+                RECORDS.append((key.decode(), int(due or 0), arrival_ms))
+
+    loop.add_reader(fd, readable)
+
+
+async def serve(port: int, max_seconds: float, host: str = "127.0.0.1", fifo: str = "") -> None:
     """Serve on ``host:port`` for ``max_seconds``."""
     loop = asyncio.get_running_loop()
+    if fifo:
+        _watch_fifo(loop, fifo)
     # a deep backlog: a burst of due plans may open many connections at once
     server = await loop.create_server(SinkProtocol, host, port, backlog=4096, reuse_address=True)
     try:
@@ -187,13 +230,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument("--close", action="store_true", help="close every connection")
+    parser.add_argument("--fifo", default="", help="also record lines of this named pipe")
     args = parser.parse_args()
+    global CLOSE_ALL
+    CLOSE_ALL = args.close
+    coro = serve(args.port, args.max_seconds, args.host, args.fifo)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.port, args.max_seconds, args.host))
+        asyncio.run(coro)
     else:
-        uvloop.run(serve(args.port, args.max_seconds, args.host))
+        uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,25 @@ way to fail with a clean one-line message).
 
 Built-in actions register through :func:`register_action`, the same call
 extensions use.
+
+Preparing ahead: an action may also define :meth:`Action.prepare`, which does
+before the due instant what does not depend on it (checking and building the
+request, the command line...) and returns a :class:`Prepared` whose
+``start`` only sends. The dispatcher prepares firings due in the next moments
+(told by the engine) and starts them at the instant; a plan changed or removed
+meanwhile has another version, so its preparation is dropped, never fired.
+
+Every firing has an idempotency key, :attr:`Action.firing_id`:
+``EPOCH:DUE_MS:KEY`` -- the same for every attempt of one firing, different
+for every firing -- which the built-in actions hand to their targets where the
+target's format has room for it (an HTTP header, an environment variable).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from forsun_box import __version__
 
@@ -73,17 +85,45 @@ class ActionSettings:
     #: pooled mysql connections older than this are reopened, seconds
     mysql_idle_seconds: float = 120
     beanstalk_max_connections: int = 8
+    #: first part of every firing id: "0" for a single node
+    firing_epoch: str = "0"
 
     def concurrency_for(self, name: str) -> int:
         """The concurrency limit of action ``name`` (at least 1)."""
         return max(1, int(self.concurrency.get(name, self.default_concurrency)))
 
 
+def firing_id(epoch: str, due_ms: int, key: str) -> str:
+    """The idempotency key of ``key``'s firing due at ``due_ms``: ``EPOCH:DUE_MS:KEY``.
+
+    Epoch and due time are digits, so the first two colons split it unambiguously
+    whatever the key holds.
+    """
+    return f"{epoch}:{due_ms}:{key}"
+
+
+#: what a started preparation reports when it ends: None for success, else the error
+Done = Callable[[BaseException | None], None]
+
+
+class Prepared(Protocol):
+    """A firing made ready ahead of its instant by :meth:`Action.prepare`."""
+
+    def start(self, done: Done) -> None:
+        """Send it now. ``done`` is called exactly once, later, from the event loop
+        (never from within ``start``); an error that ``start`` raises instead means
+        nothing was sent and ``done`` will not be called."""
+
+    def discard(self) -> None:
+        """It will not be started (the plan changed or went): let go of what it holds."""
+
+
 class Action:
     """Base class of every action, built once per firing.
 
     Attributes: ``ts`` the firing's due time in unix seconds (int, as
-    forsun passes it), ``plan`` the fired :class:`~forsun_box.plan.Plan`,
+    forsun passes it), ``due_ms`` the same in milliseconds (set by the
+    dispatcher), ``plan`` the fired :class:`~forsun_box.plan.Plan`,
     ``action`` the name the plan used, ``params`` the plan's params.
     """
 
@@ -92,9 +132,24 @@ class Action:
 
     def __init__(self, ts: int, plan: Plan, action: str, params: dict[str, str]) -> None:
         self.ts = ts
+        self.due_ms = ts * 1000
         self.plan = plan
         self.action = action
         self.params = params
+
+    @property
+    def firing_id(self) -> str:
+        """This firing's idempotency key (see :func:`firing_id`)."""
+        return firing_id(self.settings.firing_epoch, self.due_ms, self.plan.key)
+
+    def prepare(self) -> Prepared | None:
+        """Do ahead of the instant what does not depend on it; None: nothing to prepare
+        (the default: :meth:`execute` runs at the instant).
+
+        Raises as :meth:`execute` would for bad params; the dispatcher then leaves
+        the firing to :meth:`execute` at the instant, which reports the error.
+        """
+        return None
 
     async def execute(self, *args: Any, **kwargs: Any) -> None:
         """Do the action's work.

@@ -2,7 +2,7 @@
 
 libcurl does the HTTP work in C (connection reuse, parsing, TLS, redirects, digest auth,
 decompression); this module only wires its socket and timer callbacks to the event loop and
-turns finished transfers into futures. Each request costs a handful of ``setopt`` calls on a
+hands finished transfers to futures or callbacks. Each request costs a handful of ``setopt`` calls on a
 recycled easy handle, so a request on a kept-alive connection costs a few tens of
 microseconds of CPU instead of the hundreds of a general-purpose wrapper.
 
@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ BODY_KEEP = 200
 MAX_REDIRECTS = 5
 #: idle easy handles kept for reuse, at most
 _MAX_FREE_HANDLES = 64
+#: easy handles set up ahead for requests not sent yet, at most (~5 KB each); a request
+#: prepared beyond this is set up when it is sent
+MAX_PREPARED_HANDLES = 10_000
 #: methods that carry a body by nature; curl sends them as a POST-style upload
 _POST = "POST"
 _HEAD = "HEAD"
@@ -61,6 +65,8 @@ class Request:
     auth: tuple[str, str, str] | None = None
     connect_timeout: float = 5.0
     request_timeout: float = 120.0
+    #: the ``HTTPHEADER`` lines, when built ahead (:func:`header_lines`)
+    lines: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -71,19 +77,41 @@ class Response:
     body: bytes
 
 
+#: how a transfer ends: the answer, or the error (exactly one of them is None)
+OnDone = Callable[["Response | None", "CurlError | None"], None]
+
+
 class _Transfer:
-    """A request in flight: its future and the first bytes of the answer's body."""
+    """A request in flight: who learns how it ended, and the answer body's first bytes.
 
-    __slots__ = ("future", "body")
+    ``owns_slot``: the transfer gives its slot back when it ends (:meth:`CurlClient.submit`);
+    otherwise the caller does (:meth:`CurlClient.fetch`)."""
 
-    def __init__(self, future: asyncio.Future[Response]) -> None:
-        self.future = future
+    __slots__ = ("on_done", "body", "owns_slot")
+
+    def __init__(self, on_done: OnDone, owns_slot: bool) -> None:
+        self.on_done = on_done
         self.body = b""
+        self.owns_slot = owns_slot
 
     def write(self, data: bytes) -> None:
         # libcurl hands the body over in pieces; keep the start, drop the rest
         if len(self.body) < BODY_KEEP:
             self.body += data[: BODY_KEEP - len(self.body)]
+
+
+class _Queued:
+    """A submitted request waiting for a slot (with its handle, when set up ahead)."""
+
+    __slots__ = ("request", "on_done", "since", "curl")
+
+    def __init__(
+        self, request: Request, on_done: OnDone, since: float, curl: pycurl.Curl | None
+    ) -> None:
+        self.request = request
+        self.on_done = on_done
+        self.since = since
+        self.curl = curl
 
 
 def header_lines(request: Request) -> list[bytes]:
@@ -147,10 +175,13 @@ class CurlClient:
         self._multi.setopt(pycurl.M_MAXCONNECTS, self.max_clients)
         self._fds: dict[int, int] = {}  # fd -> events watched (1 read, 2 write)
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._soon = False  # _timer is a call at once, not yet run
         self._active: dict[pycurl.Curl, _Transfer] = {}
         self._free: list[pycurl.Curl] = []
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        # waiting for a slot, in order: a fetch's future, or a submitted request
+        self._waiting: deque[asyncio.Future[None] | _Queued] = deque()
         self._busy = 0  # slots taken: transfers running or about to
+        self._prepared = 0  # handles set up ahead by prepare(), not yet sent
         self._closed = False
 
     @property
@@ -175,12 +206,22 @@ class CurlClient:
             except pycurl.error as e:
                 self._recycle(curl)
                 raise CurlError(e.args[0], str(e.args[-1])) from None
-            transfer = _Transfer(self.loop.create_future())
+            future: asyncio.Future[Response] = self.loop.create_future()
+
+            def on_done(response: Response | None, error: CurlError | None) -> None:
+                if not future.done():
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        assert response is not None
+                        future.set_result(response)
+
+            transfer = _Transfer(on_done, False)
             curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
             self._active[curl] = transfer
             self._multi.add_handle(curl)
             try:
-                return await transfer.future
+                return await future
             finally:
                 # still ours when cancelled while running (a finished handle may already
                 # serve another request): stop the transfer, its connection is dropped
@@ -190,6 +231,83 @@ class CurlClient:
                     self._recycle(curl)
         finally:
             self._release()
+
+    def prepare(self, request: Request) -> pycurl.Curl | None:
+        """An easy handle with every option of ``request`` set, for :meth:`submit` later;
+        None when :data:`MAX_PREPARED_HANDLES` are prepared already. Give it back with
+        :meth:`unprepare` if it is not sent. Raises :class:`CurlError` for an option
+        libcurl refuses."""
+        if self._prepared >= MAX_PREPARED_HANDLES or self._closed:
+            return None
+        curl = self._free.pop() if self._free else pycurl.Curl()
+        try:
+            self._setup(curl, request)
+        except pycurl.error as e:
+            self._recycle(curl)
+            raise CurlError(e.args[0], str(e.args[-1])) from None
+        self._prepared += 1
+        return curl
+
+    def unprepare(self, curl: pycurl.Curl) -> None:
+        """A handle from :meth:`prepare` that will not be sent."""
+        self._prepared -= 1
+        self._recycle(curl)
+
+    def submit(self, request: Request, on_done: OnDone, curl: pycurl.Curl | None = None) -> None:
+        """Send ``request`` without a task: ``on_done(response, error)`` is called once,
+        later, from the loop. ``curl``: its handle from :meth:`prepare` (this client's).
+        Waits for a slot like :meth:`fetch` (at most the request's ``request_timeout``,
+        checked when the slot comes). Raises :class:`CurlError` when the request cannot
+        start now (closed client, an option libcurl refuses); then ``on_done`` is not
+        called."""
+        if curl is not None:
+            self._prepared -= 1
+        if self._closed:
+            if curl is not None:
+                curl.close()
+            raise CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
+        if self._busy >= self.max_clients or self._waiting:
+            self._waiting.append(_Queued(request, on_done, self.loop.time(), curl))
+            return
+        self._busy += 1
+        try:
+            self._launch(request, on_done, curl)
+        except CurlError:
+            self._release()
+            raise
+
+    def _launch(self, request: Request, on_done: OnDone, curl: pycurl.Curl | None) -> None:
+        """Start a submitted request in the slot it holds. Raises :class:`CurlError`."""
+        if curl is None:
+            curl = self._free.pop() if self._free else pycurl.Curl()
+            try:
+                self._setup(curl, request)
+            except pycurl.error as e:
+                self._recycle(curl)
+                raise CurlError(e.args[0], str(e.args[-1])) from None
+        transfer = _Transfer(on_done, True)
+        curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
+        self._active[curl] = transfer
+        self._multi.add_handle(curl)
+
+    def _grant(self, queued: _Queued) -> bool:
+        """Hand a free slot to a submitted request; False when it did not keep it."""
+        request = queued.request
+        if self.loop.time() - queued.since > request.request_timeout:
+            if queued.curl is not None:
+                self._recycle(queued.curl)
+            error = CurlError(
+                pycurl.E_OPERATION_TIMEDOUT,
+                f"timed out waiting for a free connection (http_max_clients {self.max_clients})",
+            )
+        else:
+            try:
+                self._launch(request, queued.on_done, queued.curl)
+                return True
+            except CurlError as e:
+                error = e
+        self.loop.call_soon(queued.on_done, None, error)
+        return False
 
     async def _wait_turn(self, request: Request) -> None:
         """Wait for a transfer slot, at most the request's time-out."""
@@ -216,10 +334,14 @@ class CurlClient:
         """Give up a slot: to the oldest waiter if any, else back to the pool."""
         if self._closed:
             return
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes on, _busy unchanged
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if type(waiter) is _Queued:
+                if self._grant(waiter):
+                    return  # the slot passes on, _busy unchanged
+            elif not waiter.done():  # type: ignore[union-attr]
+                waiter.set_result(None)  # type: ignore[union-attr]
                 return
         self._busy -= 1
 
@@ -238,7 +360,8 @@ class CurlClient:
         setopt(pycurl.ACCEPT_ENCODING, "gzip,deflate")
         if request.user_agent:
             setopt(pycurl.USERAGENT, request.user_agent.encode())
-        setopt(pycurl.HTTPHEADER, header_lines(request))
+        lines = request.lines
+        setopt(pycurl.HTTPHEADER, header_lines(request) if lines is None else lines)
         method, body = request.method, request.body
         if method == _HEAD:
             setopt(pycurl.NOBODY, 1)
@@ -298,15 +421,22 @@ class CurlClient:
 
     def _on_timer(self, timeout_ms: int) -> None:
         """libcurl's timer callback: call it back after ``timeout_ms`` (-1: never)."""
+        if timeout_ms == 0 and self._soon:
+            return  # a call at once is already on its way (libcurl asks per added transfer)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._soon = False
         if timeout_ms == 0:
-            self._timer = self.loop.call_soon(self._on_event, pycurl.SOCKET_TIMEOUT, 0)
+            self._soon = True
+            self._timer = self.loop.call_soon(self._on_due)
         elif timeout_ms > 0:
-            self._timer = self.loop.call_later(
-                timeout_ms / 1000, self._on_event, pycurl.SOCKET_TIMEOUT, 0
-            )
+            self._timer = self.loop.call_later(timeout_ms / 1000, self._on_due)
+
+    def _on_due(self) -> None:
+        self._timer = None
+        self._soon = False
+        self._on_event(pycurl.SOCKET_TIMEOUT, 0)
 
     def _on_event(self, fd: int, events: int) -> None:
         """A watched socket is ready, or the timer is due: let libcurl work, then reap."""
@@ -318,6 +448,10 @@ class CurlClient:
             self._fds.pop(fd, None)
             self.loop.remove_reader(fd)
             return
+        # (Transfers added while reaping go out when libcurl's timer, due at once,
+        # runs: one call for all those added in this turn of the loop. Each call lets
+        # go of the interpreter lock, and getting it back can mean waiting for the
+        # store's thread: fewer calls, fewer waits.)
         try:
             self._multi.socket_action(fd, events)
         except pycurl.error as e:  # a multi-level failure; transfers report their own
@@ -341,12 +475,14 @@ class CurlClient:
         code = curl.getinfo(pycurl.RESPONSE_CODE) if error is None else 0
         self._multi.remove_handle(curl)
         self._recycle(curl)
-        if transfer is None or transfer.future.done():
+        if transfer is None:
             return
+        if transfer.owns_slot:
+            self._release()
         if error is not None:
-            transfer.future.set_exception(error)
+            transfer.on_done(None, error)
         else:
-            transfer.future.set_result(Response(code, transfer.body))
+            transfer.on_done(Response(code, transfer.body), None)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -358,9 +494,14 @@ class CurlClient:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        closed = CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
         for waiter in self._waiting:
-            if not waiter.done():
-                waiter.set_result(None)  # the waiter sees _closed and raises
+            if type(waiter) is _Queued:
+                if waiter.curl is not None:
+                    waiter.curl.close()
+                self.loop.call_soon(waiter.on_done, None, closed)
+            elif not waiter.done():  # type: ignore[union-attr]
+                waiter.set_result(None)  # type: ignore[union-attr]  # it sees _closed, raises
         self._waiting.clear()
         # unwatch the sockets while they are still open, then let libcurl close them
         fds, self._fds = self._fds, {}
@@ -375,10 +516,7 @@ class CurlClient:
         for curl, transfer in active.items():
             self._multi.remove_handle(curl)
             curl.close()
-            if not transfer.future.done():
-                transfer.future.set_exception(
-                    CurlError(pycurl.E_FAILED_INIT, "the http client is closed")
-                )
+            transfer.on_done(None, closed)
         for curl in self._free:
             curl.close()
         self._free.clear()

@@ -5,7 +5,9 @@ default get), ``body``, any ``header_NAME`` (sent as header ``NAME``),
 ``auth_username`` / ``auth_password`` / ``auth_mode`` (basic or digest),
 ``user_agent``, ``connect_timeout`` and ``request_timeout`` (seconds;
 defaults from the settings). Every request carries ``X-FORSUN-TIMESTAMP``,
-the firing's unix time in seconds.
+the firing's unix time in seconds, and ``X-Forsun-Firing-Id``, the firing's
+idempotency key (the key percent-encoded where it holds anything but
+printable ASCII).
 
 A 2xx answer is success, a 5xx answer asks for a retry
 (:class:`~forsun_box.errors.RetryLater`), anything else (other codes,
@@ -13,7 +15,10 @@ connection errors, time-outs) is a failure, retried by the retry policy.
 
 One client per event loop is shared by every firing, so the number of
 simultaneous requests and connections is bounded by ``http_max_clients``;
-connections are kept alive and reused. The client
+connections are kept alive and reused. A firing prepared ahead
+(:meth:`HttpAction.prepare`) has its params checked and its request and header
+lines built before the instant; at the instant it is only submitted to the
+client, with no task. The client
 (:mod:`forsun_box.actions.curl_client`) drives libcurl's multi interface from
 the event loop, which does the HTTP work in C (keep-alive, TLS, redirects,
 digest auth): a request costs tens of microseconds of CPU, not hundreds.
@@ -25,9 +30,10 @@ import asyncio
 import functools
 import logging
 import weakref
+from urllib.parse import quote
 
-from forsun_box.actions.base import Action, ActionFailed
-from forsun_box.actions.curl_client import CurlClient, CurlError, Request
+from forsun_box.actions.base import Action, ActionFailed, Done
+from forsun_box.actions.curl_client import CurlClient, CurlError, Request, Response, header_lines
 from forsun_box.actions.pools import seconds_param
 from forsun_box.errors import RetryLater
 
@@ -93,6 +99,74 @@ def header_name(name: str) -> str:
     return "-".join(word.capitalize() for word in name.split("-"))
 
 
+def header_value(text: str) -> str:
+    """``text`` as it may stand in a header: printable ASCII kept, the rest percent-encoded."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%"))
+
+
+def outcome(request: Request, response: Response) -> Exception | None:
+    """What an answer means for the firing: None for a 2xx, else the error to report."""
+    code = response.code
+    if 200 <= code < 300:
+        return None
+    detail = f"{request.method} {request.url}: HTTP {code}"
+    snippet = response.body[:_ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+    if snippet:
+        detail += f": {snippet}"
+    if 500 <= code < 600:
+        return RetryLater(detail)
+    return ActionFailed(detail)
+
+
+def _transport_error(request: Request, error: CurlError) -> ActionFailed:
+    # "HTTP 599" as before: forsun's users know connection errors by that code
+    return ActionFailed(f"{request.method} {request.url}: HTTP 599: {error}")
+
+
+class PreparedRequest:
+    """An http firing built ahead, its libcurl handle set up: at the instant it is only
+    handed to the client."""
+
+    __slots__ = ("client", "curl", "request")
+
+    def __init__(self, request: Request, client: CurlClient) -> None:
+        self.request = request
+        self.client = client
+        try:
+            self.curl = client.prepare(request)
+        except CurlError as e:
+            raise _transport_error(request, e) from None
+
+    def start(self, done: Done) -> None:
+        request = self.request
+        client, curl = self.client, self.curl
+        self.curl = None
+
+        def finished(response: Response | None, error: CurlError | None) -> None:
+            if error is not None:
+                done(_transport_error(request, error))
+            else:
+                assert response is not None
+                done(outcome(request, response))
+
+        if client.closed:  # (a new client since: the handle goes with the old one)
+            if curl is not None:
+                client.unprepare(curl)
+                curl = None
+            client = shared_client(client.max_clients)
+        try:
+            client.submit(request, finished, curl)
+        except CurlError as e:
+            raise _transport_error(request, e) from None
+
+    def discard(self) -> None:
+        curl, self.curl = self.curl, None
+        if curl is not None:
+            self.client.unprepare(curl)
+
+
 class HttpAction(Action):
     """Sends the request described by the params; see the module docstring."""
 
@@ -121,6 +195,7 @@ class HttpAction(Action):
                 _check_header(header, value)
                 headers.append((header_name(header), value))
         headers.append(("X-Forsun-Timestamp", str(self.ts)))
+        headers.append(("X-Forsun-Firing-Id", header_value(self.firing_id)))
 
         auth = None
         auth_username = params.get("auth_username") or None
@@ -148,18 +223,15 @@ class HttpAction(Action):
         try:
             response = await client.fetch(request)
         except CurlError as e:  # refused, time-outs, TLS, too many redirects...
-            # "HTTP 599" as before: forsun's users know connection errors by that code
-            raise ActionFailed(f"{request.method} {request.url}: HTTP 599: {e}") from None
-        code = response.code
-        if 200 <= code < 300:
-            return
-        detail = f"{request.method} {request.url}: HTTP {code}"
-        snippet = response.body[:_ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
-        if snippet:
-            detail += f": {snippet}"
-        if 500 <= code < 600:
-            raise RetryLater(detail)
-        raise ActionFailed(detail)
+            raise _transport_error(request, e) from None
+        error = outcome(request, response)
+        if error is not None:
+            raise error
+
+    def prepare(self) -> PreparedRequest:
+        request = self.build_request()
+        request.lines = header_lines(request)
+        return PreparedRequest(request, shared_client(self.settings.http_max_clients))
 
     @classmethod
     async def close_shared(cls) -> None:

@@ -3,11 +3,21 @@
 Params (forsun's): ``cmd`` the command line (required), ``cwd`` its
 working directory (default: the ``shell_cwd`` setting, else the service's
 own), ``env`` extra environment variables written ``a=1;b=c``. The command
-also sees ``FORSUN_TIMESTAMP``, the firing's unix time in seconds.
+also sees ``FORSUN_TIMESTAMP``, the firing's unix time in seconds, and
+``FORSUN_FIRING_ID``, the firing's idempotency key.
 
 The command runs in its own process group so that a time limit kills
 everything it started. Only the last few KiB of its output are kept, for
 the error text of a failed run.
+
+A command is started with ``posix_spawn`` (no copy of the service's memory
+is made; every descriptor the service opens is close-on-exec) on a spawning
+thread (:mod:`forsun_box.actions.spawn`), and watched from the event loop:
+its two output pipes and a pidfd that becomes readable when it exits, with no
+thread or task per command. Everything but the spawn
+-- the checks, the command line, the environment -- is built ahead by
+:meth:`ShellAction.prepare`. A working directory is entered by the shell
+itself (``cd`` before the command): ``posix_spawn`` here has no chdir.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import os
 import shlex
 import signal
 
-from forsun_box.actions.base import Action, ActionFailed
+from forsun_box.actions.base import Action, ActionFailed, Done
+from forsun_box.actions.spawn import CommandLine, close_spawner, spawner
 
 logger = logging.getLogger("forsun_box.actions")
 
@@ -69,24 +80,20 @@ def check_allowed(cmd: str, enabled: bool, allow: tuple[str, ...]) -> None:
 
 
 class _Tail:
-    """Reads a stream to its end, keeping only its last ``limit`` bytes."""
+    """The last ``limit`` bytes of a stream."""
+
+    __slots__ = ("data", "limit", "truncated")
 
     def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
         self.limit = limit
         self.data = bytearray()
         self.truncated = False
 
-    async def drain(self, stream: asyncio.StreamReader | None) -> None:
-        if stream is None:
-            return
-        while True:
-            chunk = await stream.read(65536)
-            if not chunk:
-                return
-            self.data += chunk
-            if len(self.data) > self.limit:
-                del self.data[: len(self.data) - self.limit]
-                self.truncated = True
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+            self.truncated = True
 
     def text(self) -> str:
         s = self.data.decode("utf-8", "replace").strip()
@@ -98,73 +105,210 @@ def _kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+SHELL = "/bin/sh"
+#: how often a command's exit is looked for where there is no pidfd, seconds
+_POLL_S = 0.005
+
+
+class PreparedCommand:
+    """A command line and environment built ahead: at the instant it is only spawned
+    (on the spawning thread, :mod:`forsun_box.actions.spawn`)."""
+
+    __slots__ = ("cancelled", "child", "command", "timeout_s")
+
+    def __init__(self, argv: list[str], env: dict[str, str], timeout_s: float) -> None:
+        self.command = CommandLine(SHELL, argv, env)
+        self.timeout_s = timeout_s
+        self.child: _Child | None = None
+        self.cancelled = False
+
+    def start(self, done: Done) -> None:
+        loop = asyncio.get_running_loop()
+
+        def spawned(pid: int, out_fd: int, err_fd: int, error: BaseException | None) -> None:
+            if error is not None:
+                done(ActionFailed(f"cannot start {SHELL}: {error}"))
+                return
+            self.child = _Child(loop, pid, out_fd, err_fd, done, self.timeout_s)
+            if self.cancelled:
+                self.child.kill(signal.SIGKILL)
+
+        spawner().submit(self.command, spawned)
+
+    def cancel(self) -> None:
+        """Kill the command's process group (now, or as soon as it is spawned)."""
+        self.cancelled = True
+        if self.child is not None:
+            self.child.kill(signal.SIGTERM)
+            asyncio.get_running_loop().call_later(_KILL_GRACE_S, self.child.kill, signal.SIGKILL)
+
+    def discard(self) -> None:
+        """Nothing is held before the instant."""
+
+
+class _Child:
+    """One running command, watched from the loop until it exited and its pipes closed."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        out_fd: int,
+        err_fd: int,
+        done: Done,
+        timeout_s: float,
+    ) -> None:
+        self.loop = loop
+        self.pid = pid
+        self.done: Done | None = done
+        self.code: int | None = None
+        self.timeout_s = timeout_s
+        self.timed_out = False
+        self.out = _Tail()
+        self.err = _Tail()
+        self.out_fd = out_fd
+        self.open_fds: set[int] = {out_fd, err_fd}
+        self.timers: list[asyncio.TimerHandle] = []
+        for fd in (out_fd, err_fd):
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._read, fd)
+        self.pidfd = -1
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._poll_exit()  # no pidfd here: look every few milliseconds
+        else:
+            loop.add_reader(self.pidfd, self._exited)
+        if timeout_s > 0:
+            self.timers.append(loop.call_later(timeout_s, self._time_out))
+
+    def _read(self, fd: int) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            (self.out if fd == self.out_fd else self.err).add(chunk)
+            return
+        self._close_fd(fd)
+        if self.code is not None and not self.open_fds:
+            self._finish()
+
+    def _close_fd(self, fd: int) -> None:
+        if fd in self.open_fds:
+            self.open_fds.discard(fd)
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def _poll_exit(self) -> None:
+        if self._reap():
+            self._after_exit()
+        else:
+            self.timers.append(self.loop.call_later(_POLL_S, self._poll_exit))
+
+    def _exited(self) -> None:
+        if not self._reap():
+            return
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self._after_exit()
+
+    def _reap(self) -> bool:
+        """Collect the exit status if the command ended."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # collected by someone else: its status is lost
+            self.code = 255
+            return True
+        if pid == 0:
+            return False
+        self.code = os.waitstatus_to_exitcode(status)
+        return True
+
+    def _after_exit(self) -> None:
+        if not self.open_fds:
+            self._finish()
+        else:
+            # a detached background child may hold the pipes open forever
+            self.timers.append(self.loop.call_later(_PIPE_GRACE_S, self._finish))
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.kill(signal.SIGTERM)
+        self.timers.append(self.loop.call_later(_KILL_GRACE_S, self.kill, signal.SIGKILL))
+
+    def kill(self, sig: int) -> None:
+        """Signal the command's process group (children may outlive the shell)."""
+        _kill_group(self.pid, sig)
+
+    def _finish(self) -> None:
+        done, self.done = self.done, None
+        if done is None or self.code is None:
+            return
+        for timer in self.timers:
+            timer.cancel()
+        for fd in list(self.open_fds):
+            self._close_fd(fd)
+        if self.timed_out:
+            _kill_group(self.pid, signal.SIGKILL)
+            done(
+                ActionFailed(
+                    f"timed out after {self.timeout_s:g} s, process group killed" + self._suffix()
+                )
+            )
+        elif self.code:
+            done(ActionFailed(f"exit status {self.code}" + self._suffix()))
+        else:
+            done(None)
+
+    def _suffix(self) -> str:
+        text = self.err.text() or self.out.text()
+        return f": {text}" if text else ""
+
+
 class ShellAction(Action):
     """Runs ``params["cmd"]`` with ``/bin/sh``; a non-zero exit status is a failure."""
 
-    async def execute(self, *args: object, **kwargs: object) -> None:
+    def prepare(self) -> PreparedCommand:
         settings = self.settings
         cmd = self.params.get("cmd", "")
         if not cmd.strip():
             raise ActionFailed("missing param cmd")
         check_allowed(cmd, settings.shell_enabled, settings.shell_allow)
         cwd = self.params.get("cwd") or settings.shell_cwd or None
-        if cwd is not None and not os.path.isdir(cwd):
-            raise ActionFailed(f"cwd is not a directory: {cwd}")
+        script = cmd
+        if cwd is not None:
+            if not os.path.isdir(cwd):
+                raise ActionFailed(f"cwd is not a directory: {cwd}")
+            script = f"cd -- {shlex.quote(cwd)} || exit 127\n{cmd}"
         env = dict(os.environ)
         env.update(parse_env(self.params.get("env", "")))
         env["FORSUN_TIMESTAMP"] = str(self.ts)
+        env["FORSUN_FIRING_ID"] = self.firing_id
+        return PreparedCommand([SHELL, "-c", script], env, settings.shell_timeout_s)
 
-        proc = await asyncio.create_subprocess_shell(
-            cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,  # its own process group, killed as a whole
-        )
-        out, err = _Tail(), _Tail()
-        readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
-        timeout = settings.shell_timeout_s if settings.shell_timeout_s > 0 else None
+    async def execute(self, *args: object, **kwargs: object) -> None:
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[BaseException | None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            if not ended.done():
+                ended.set_result(error)
+
+        ready = self.prepare()
+        ready.start(done)
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            await self._stop(proc)
-            readers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await readers
-            raise ActionFailed(
-                f"timed out after {settings.shell_timeout_s:g} s, process group killed"
-                + _tail_suffix(err, out)
-            ) from None
+            error = await ended
         except asyncio.CancelledError:
-            await self._stop(proc)
-            readers.cancel()
+            ready.cancel()
             raise
-        try:
-            await asyncio.wait_for(asyncio.shield(readers), _PIPE_GRACE_S)
-        except TimeoutError:
-            readers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await readers
-        if code != 0:
-            raise ActionFailed(f"exit status {code}" + _tail_suffix(err, out))
-        logger.debug("shell %s: %r ok", self.plan.key, cmd)
+        if error is not None:
+            raise error
+        logger.debug("shell %s: %r ok", self.plan.key, self.params.get("cmd", ""))
 
-    @staticmethod
-    async def _stop(proc: asyncio.subprocess.Process) -> None:
-        """Terminate the command's process group, then kill it if it lingers."""
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), _KILL_GRACE_S)
-        except TimeoutError:
-            pass
-        # Children may outlive the shell; the group is killed either way.
-        _kill_group(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
-
-
-def _tail_suffix(err: _Tail, out: _Tail) -> str:
-    text = err.text() or out.text()
-    return f": {text}" if text else ""
+    @classmethod
+    async def close_shared(cls) -> None:
+        close_spawner()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import Server, Sink
+from tests.helpers import Server, Sink, wait_until
 
 PLAN_FIELDS = {
     "key",
@@ -498,6 +498,39 @@ def test_http_plan_fires_within_50ms(server: Server) -> None:
             )
             lateness.append(arrival - target * 1000)
         assert all(0 <= ms <= 50 for ms in lateness), lateness
+    finally:
+        sink.close()
+
+
+def test_firings_carry_their_idempotency_key(server: Server, tmp_path) -> None:
+    """X-Forsun-Firing-Id on http, FORSUN_FIRING_ID for shell: ``0:DUE_MS:KEY``."""
+    sink = Sink()
+    out = tmp_path / "shell-id"
+    try:
+        target = int(time.time()) + 2
+        lt = time.localtime(target)
+        when = {"seconds": lt.tm_sec, "minute": lt.tm_min, "hour": lt.tm_hour, "count": 1}
+        server.ok(
+            "POST",
+            "/v1/plan",
+            [
+                {"key": "id-h", **when, "action": "http", "params": {"url": sink.url("/id")}},
+                {
+                    "key": "id-s",
+                    **when,
+                    "action": "shell",
+                    "params": {
+                        "cmd": f'printf "%s" "$FORSUN_FIRING_ID" > {out}.tmp; mv {out}.tmp {out}'
+                    },
+                },
+            ],
+        )
+        hits = sink.wait_for(1, timeout=8)
+        assert len(hits) == 1
+        headers = {k.lower(): v for k, v in hits[0][2].items()}
+        assert headers["x-forsun-firing-id"] == f"0:{target * 1000}:id-h"
+        assert wait_until(out.exists, timeout=8)
+        assert out.read_text() == f"0:{target * 1000}:id-s"
     finally:
         sink.close()
 

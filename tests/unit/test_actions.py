@@ -340,3 +340,80 @@ def test_http_bad_params_fail_clearly(params, message):
     action = HttpAction(TS, _plan("http", params), "http", params)
     with pytest.raises(ActionFailed, match=message):
         action.build_request()
+
+
+def test_shell_sees_its_firing_id(tmp_path: Path):
+    configure_actions(ActionSettings(firing_epoch="3"))
+    plan = Plan(key="job 7", kind="at", action="shell", params={})
+    params = {"cmd": 'printf "%s" "$FORSUN_FIRING_ID" > id.txt', "cwd": str(tmp_path)}
+    action = ShellAction(TS, plan, "shell", params)
+    action.due_ms = TS * 1000 + 5
+    asyncio.run(action.execute())
+    assert (tmp_path / "id.txt").read_text() == f"3:{TS * 1000 + 5}:job 7"
+
+
+def test_prepared_shell_command_runs_when_started(tmp_path: Path):
+    configure_actions(ActionSettings())
+    out = tmp_path / "out.txt"
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        results = []
+        for cmd in (f'echo "$FORSUN_TIMESTAMP" > {out}', "echo oops >&2; exit 3"):
+            ready = ShellAction(TS, _plan("shell", {"cmd": cmd}), "shell", {"cmd": cmd}).prepare()
+            fut = loop.create_future()
+            ready.start(fut.set_result)
+            assert not fut.done()
+            results.append(await asyncio.wait_for(fut, 10))
+        return results
+
+    ok, failed = asyncio.run(main())
+    assert ok is None and out.read_text().strip() == str(TS)
+    assert isinstance(failed, ActionFailed) and str(failed) == "exit status 3: oops"
+
+
+def test_shell_cwd_with_odd_characters(tmp_path: Path):
+    odd = tmp_path / "it's a dir; $(x)"
+    odd.mkdir()
+    shell({"cmd": "pwd > here.txt", "cwd": str(odd)})
+    assert os.path.samefile((odd / "here.txt").read_text().strip(), odd)
+
+
+@pytest.mark.parametrize("through_libc", [True, False])
+def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, through_libc: bool):
+    """Both ways of spawning: libc's posix_spawn (the interpreter lock let go) and, where
+    its functions are missing, os.posix_spawn; own session, stdin /dev/null, two pipes."""
+    from forsun_box.actions import spawn
+
+    if not through_libc:
+        monkeypatch.setattr(spawn, "_libc", None)
+    elif spawn._libc is None:
+        pytest.skip("no libc posix_spawn here")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "X_ONE": "1"}
+    cmd = 'read -r line; echo "out:$X_ONE:${line:-none}"; echo err >&2; cut -d" " -f6 /proc/$$/stat > sid'
+    command = spawn.CommandLine("/bin/sh", ["/bin/sh", "-c", f"cd {tmp_path} && {cmd}"], env)
+    pid, out_fd, err_fd = spawn.spawn_now(command)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(out_fd, "rb") as out, os.fdopen(err_fd, "rb") as err:
+        assert out.read() == b"out:1:none\n"  # stdin is /dev/null: nothing read
+        assert err.read() == b"err\n"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int((tmp_path / "sid").read_text()) == pid  # its own session
+
+
+def test_shell_commands_of_a_burst_all_run(tmp_path: Path):
+    configure_actions(ActionSettings())
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i in range(40):
+            cmd = f"echo {i} > {tmp_path}/f{i}"
+            ready = ShellAction(TS, _plan("shell", {"cmd": cmd}), "shell", {"cmd": cmd}).prepare()
+            fut = loop.create_future()
+            ready.start(fut.set_result)
+            futures.append(fut)
+        return await asyncio.wait_for(asyncio.gather(*futures), 30)
+
+    assert asyncio.run(main()) == [None] * 40
+    assert sorted(int((tmp_path / f"f{i}").read_text()) for i in range(40)) == list(range(40))

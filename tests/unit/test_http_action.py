@@ -423,3 +423,100 @@ def test_client_directly_reports_connection_errors():
 
     error = asyncio.run(main())
     assert error.code != 0 and "127.0.0.1" in str(error)
+
+
+# -- firing ids and prepared requests ------------------------------------------------
+
+
+def test_every_request_carries_the_firing_id():
+    async def body(port, state):
+        params = {"url": f"http://127.0.0.1:{port}/ok"}
+        action = _action(params)
+        action.due_ms = TS * 1000 + 250
+        await action.execute()
+        odd = Plan(key="ordre é\n1", kind="at", action="http", params=params)
+        await HttpAction(TS, odd, "http", params).execute()
+        return [r["headers"] for r in state.requests]
+
+    first, odd = run_with_server(body)
+    assert first["X-Forsun-Firing-Id"] == f"0:{TS * 1000 + 250}:k1"
+    assert first["X-Forsun-Timestamp"] == str(TS)
+    # not printable ASCII: percent-encoded, so the header stays one clean line
+    assert odd["X-Forsun-Firing-Id"] == f"0:{TS * 1000}:ordre%20%C3%A9%0A1"
+
+
+def test_prepared_request_is_sent_as_built_and_reports_through_done():
+    async def body(port, state):
+        loop = asyncio.get_running_loop()
+        outcomes: list[asyncio.Future] = []
+        for path in ("ok", "broken", "ok"):
+            params = {"url": f"http://127.0.0.1:{port}/{path}", "header_X-Seq": path}
+            ready = _action(params).prepare()
+            fut = loop.create_future()
+            ready.start(fut.set_result)
+            assert not fut.done()  # done comes later, from the loop
+            outcomes.append(fut)
+        results = await asyncio.wait_for(asyncio.gather(*outcomes), 5)
+        return results, state
+
+    results, state = run_with_server(body)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], RetryLater) and "HTTP 502" in str(results[1])
+    sent = [r for r in state.requests]
+    assert [r["headers"]["X-Seq"] for r in sent] == ["ok", "ok"]
+    assert all(r["headers"]["X-Forsun-Firing-Id"] == f"0:{TS * 1000}:k1" for r in sent)
+
+
+def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
+    async def body(port, state):
+        loop = asyncio.get_running_loop()
+        client = shared_client(1)
+        ends: list[tuple[str, object]] = []
+        done = loop.create_future()
+
+        def on_done(name: str):
+            def record(response, error):
+                ends.append((name, error if error is not None else response.code))
+                if len(ends) == 3:
+                    done.set_result(None)
+
+            return record
+
+        slow = Request(f"http://127.0.0.1:{port}/slow?s=0.4")
+        client.submit(slow, on_done("slow"))
+        client.submit(Request(f"http://127.0.0.1:{port}/ok"), on_done("next"))
+        short = Request(f"http://127.0.0.1:{port}/ok", request_timeout=0.1)
+        client.submit(short, on_done("short"))
+        await asyncio.wait_for(done, 5)
+        return ends
+
+    ends = run_with_server(body, http_max_clients=1)
+    assert [name for name, _ in ends[:2]] == ["slow", "next"]
+    assert ends[0][1] == 200 and ends[1][1] == 200
+    name, error = ends[2]
+    assert name == "short" and isinstance(error, CurlError) and "free connection" in str(error)
+
+
+def test_close_fails_submitted_requests_queued_and_in_flight():
+    async def body(port, _state):
+        loop = asyncio.get_running_loop()
+        client = shared_client(1)
+        errors: list[object] = []
+        done = loop.create_future()
+
+        def record(response, error):
+            errors.append(error)
+            if len(errors) == 2:
+                done.set_result(None)
+
+        prepared = client.prepare(Request(f"http://127.0.0.1:{port}/ok"))
+        client.submit(Request(f"http://127.0.0.1:{port}/slow?s=5"), record)
+        client.submit(Request(f"http://127.0.0.1:{port}/ok"), record, prepared)
+        await asyncio.sleep(0.2)
+        close_clients()
+        await asyncio.wait_for(done, 2)
+        return errors
+
+    errors = run_with_server(body)
+    assert len(errors) == 2
+    assert all(isinstance(e, CurlError) and "closed" in str(e) for e in errors)

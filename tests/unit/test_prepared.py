@@ -1,0 +1,346 @@
+"""Firings prepared ahead (engine + dispatcher on a fake clock).
+
+The engine hands the dispatcher the firings due within ``prepare_ahead_ms``; an
+action that can prepare builds them then, and at the instant only starts them. What
+fires must always be the plan as it stands at the instant: a plan replaced, moved or
+removed after its preparation never fires stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from forsun_box.actions import ACTIONS, Action, ActionFailed, ActionSettings, register_action
+from forsun_box.actions.base import Done
+from forsun_box.dispatcher import STALE_PREPARED_MS, Dispatcher
+from forsun_box.plan import AT, Plan, build_plan
+from forsun_box.scheduler import EngineOptions, Scheduler
+from forsun_box.stats import Stats
+from forsun_box.store.base import Run
+from forsun_box.store.memory import MemoryStore
+from forsun_box.testing import FakeClock
+
+UTC = ZoneInfo("UTC")
+T0 = 1_700_000_000_000
+
+
+class _Log:  # one shared record, reset by each test
+    prepared: list[tuple[str, str, int]] = []  # noqa: RUF012  # (key, param v, due) at each prepare
+    started: list[tuple[str, str, int, int, str]] = []  # noqa: RUF012  # (key, v, due, clock, firing id)
+    discarded: list[tuple[str, str]] = []  # noqa: RUF012
+    executed: list[tuple[str, str]] = []  # noqa: RUF012  # firings that went through execute instead
+    fail_with: str = ""
+
+
+class _Ready:
+    def __init__(self, action: Recording) -> None:
+        self.action = action
+        # what the firing will send is fixed here, ahead of the instant
+        self.v = action.params.get("v", "")
+
+    def start(self, done: Done) -> None:
+        a = self.action
+        _Log.started.append((a.plan.key, self.v, a.due_ms, a.clock_ms(), a.firing_id))
+        error = ActionFailed(_Log.fail_with) if _Log.fail_with else None
+        asyncio.get_running_loop().call_soon(done, error)
+
+    def discard(self) -> None:
+        _Log.discarded.append((self.action.plan.key, self.v))
+
+
+class Recording(Action):
+    clock: FakeClock | None = None
+
+    def clock_ms(self) -> int:
+        assert Recording.clock is not None
+        return Recording.clock.now_ms()
+
+    def prepare(self) -> _Ready:
+        if self.params.get("bad"):
+            raise ActionFailed("bad params")
+        _Log.prepared.append((self.plan.key, self.params.get("v", ""), self.due_ms))
+        return _Ready(self)
+
+    async def execute(self, *args: object, **kwargs: object) -> None:
+        _Log.executed.append((self.plan.key, self.params.get("v", "")))
+        if self.params.get("bad"):
+            raise ActionFailed("bad params")
+
+
+@pytest.fixture(autouse=True)
+def _registry():
+    saved, saved_settings = dict(ACTIONS), Action.settings
+    register_action("rec", Recording)
+    _Log.prepared, _Log.started, _Log.discarded, _Log.executed = [], [], [], []
+    _Log.fail_with = ""
+    yield
+    ACTIONS.clear()
+    ACTIONS.update(saved)
+    Action.settings = saved_settings
+
+
+class Engine:
+    def __init__(self, clock: FakeClock, **settings: object) -> None:
+        self.clock = clock
+        Recording.clock = clock
+        self.runs: list[Run] = []
+        self.store = MemoryStore(path=None)
+        self.stats = Stats()
+        self.dispatcher = Dispatcher(
+            ActionSettings(**settings),  # type: ignore[arg-type]
+            clock,
+            self._on_run,
+            lambda *a: None,
+            self.stats,
+        )
+        self.sched = Scheduler(
+            self.store,
+            clock,
+            UTC,
+            options=EngineOptions(prepare_ahead_ms=1000),
+            executor=self.dispatcher,
+        )
+
+    def _on_run(self, run: Run) -> None:
+        self.runs.append(run)
+        self.sched.record_run(run)
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.sched.start()
+
+    async def stop(self) -> None:
+        await self.sched.stop()
+        await self.dispatcher.close()
+
+    def plan(self, key: str, at_ms: int, **params: str) -> Plan:
+        return build_plan(
+            key=key,
+            kind=AT,
+            at_ms=at_ms,
+            now_ms=self.clock.now_ms(),
+            default_tz=UTC,
+            action="rec",
+            params=params,
+        )
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_prepared_ahead_then_only_started_at_the_instant() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan("a", due, v="1"), e.plan("b", due, v="2")])
+        await clock.advance(3900)
+        assert _Log.prepared == []  # not within the lead yet
+        await clock.advance(200)  # 900 ms before the instant
+        assert sorted(_Log.prepared) == [("a", "1", due), ("b", "2", due)]
+        assert e.dispatcher.prepared_count == 2
+        assert _Log.started == []
+        await clock.advance(899)
+        assert _Log.started == []
+        await clock.advance(1)
+        assert sorted(_Log.started) == [
+            ("a", "1", due, due, f"0:{due}:a"),
+            ("b", "2", due, due, f"0:{due}:b"),
+        ]
+        assert len(_Log.prepared) == 2  # nothing built again at the instant
+        assert _Log.executed == []
+        assert e.dispatcher.prepared_count == 0
+        await e.sched.flush()
+        assert sorted(r.key for r in e.runs) == ["a", "b"]
+        assert all(r.result == 1 and r.due_ms == due for r in e.runs)
+        assert await e.store.get("a") is None  # one-shot: done and gone
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_replaced_after_preparation_fires_as_replaced() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan("a", due, v="old")])
+        await clock.advance(4500)
+        assert _Log.prepared == [("a", "old", due)]
+        await e.sched.create([e.plan("a", due, v="new")])  # same instant, new params
+        await clock.advance(500)
+        assert [(k, v) for k, v, *_ in _Log.started] == [("a", "new")]
+        assert ("a", "old") in _Log.discarded
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_moved_after_preparation_fires_at_its_new_instant_only() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan("a", due, v="1")])
+        await clock.advance(4500)
+        assert e.dispatcher.prepared_count == 1
+        later = T0 + 8000
+        await e.sched.create([e.plan("a", later, v="2")])
+        await clock.advance(1000)  # past the old instant
+        assert _Log.started == []
+        await clock.advance(2500)
+        assert [(k, v, d, at) for k, v, d, at, _ in _Log.started] == [("a", "2", later, later)]
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_removed_after_preparation_never_fires_and_is_dropped() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan("gone", due, v="1")])
+        await clock.advance(4500)
+        assert e.dispatcher.prepared_count == 1
+        await e.sched.remove("gone")
+        await clock.advance(5000)
+        assert _Log.started == [] and _Log.executed == []
+        assert e.runs == []
+        # the next walk after it went stale drops it
+        other = clock.now_ms() + STALE_PREPARED_MS + 3000
+        await e.sched.create([e.plan("other", other, v="x")])
+        await clock.advance(STALE_PREPARED_MS + 2500)
+        assert ("gone", "1") in _Log.discarded
+        assert e.dispatcher.prepared_count == 1  # only "other" now
+        await clock.advance(1000)
+        assert [k for k, *_ in _Log.started] == ["other"]
+        await e.stop()
+
+    run(main())
+
+
+def test_created_inside_the_lead_is_prepared_at_once() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        await e.sched.create([e.plan("early", T0 + 3000, v="1")])
+        await clock.advance(2500)  # a walk ran: the lead is covered up to T0 + 3500
+        await e.sched.create([e.plan("late", T0 + 3200, v="2")])
+        assert ("late", "2", T0 + 3200) in _Log.prepared
+        await clock.advance(1000)
+        assert sorted((k, at) for k, _, _, at, _ in _Log.started) == [
+            ("early", T0 + 3000),
+            ("late", T0 + 3200),
+        ]
+        assert _Log.executed == []
+        await e.stop()
+
+    run(main())
+
+
+def test_bad_params_are_not_prepared_and_fail_at_the_instant() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 2000
+        await e.sched.create([e.plan("bad", due, bad="1")])
+        await clock.advance(2000)
+        await e.sched.flush()
+        assert _Log.prepared == [] and _Log.started == []
+        assert _Log.executed == [("bad", "")]
+        assert [(r.key, r.result, r.error) for r in e.runs] == [("bad", -1, "bad params")]
+        await e.stop()
+
+    run(main())
+
+
+def test_prepared_firings_wait_for_a_slot_in_order_and_failures_are_recorded() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, default_concurrency=2)
+        await e.start()
+        due = T0 + 2000
+        _Log.fail_with = "target said no"
+        await e.sched.create([e.plan(f"p{i}", due, v=str(i)) for i in range(5)])
+        await clock.advance(2000)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert len(_Log.started) == 5
+        assert e.stats.get("action_executed_error_count") == 5
+        assert sorted((r.key, r.result, r.error) for r in e.runs) == [
+            (f"p{i}", -1, "target said no") for i in range(5)
+        ]
+        await e.stop()
+
+    run(main())
+
+
+def test_retries_carry_the_same_firing_id() -> None:
+    ids: list[str] = []
+
+    class Flaky(Action):
+        async def execute(self, *args: object, **kwargs: object) -> None:
+            ids.append(self.firing_id)
+            if len(ids) < 3:
+                raise ActionFailed("not yet")
+
+    register_action("flaky", Flaky)
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        runs: list[Run] = []
+        d = Dispatcher(
+            ActionSettings(retry_max_count=3, retry_delay_seconds=1, firing_epoch="7"),
+            clock,
+            runs.append,
+            lambda *a: None,
+            Stats(),
+        )
+        plan = Plan(key="order:42", kind="at", action="flaky", params={}, version=1)
+        assert await d.run(plan, T0 + 250) == -1
+        for _ in range(4):  # retry 1 after 1 s, retry 2 after 2 s more
+            await clock.advance(1000)
+        assert ids == ["7:1700000000250:order:42"] * 3
+        assert [r.result for r in runs] == [2, 2, 1]
+        await d.close()
+
+    run(main())
+
+
+def test_the_walk_hands_over_exactly_the_firings_within_the_lead() -> None:
+    import random
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        rng = random.Random(5)
+        dues = {f"k{i}": T0 + 2000 + rng.randrange(0, 6000) for i in range(300)}
+        await e.sched.create([e.plan(k, d, v=k) for k, d in dues.items()])
+        await clock.advance(1500)  # the first walk covers up to T0 + 2500 at the latest
+        for step in range(12):
+            await clock.advance(500)
+            now = clock.now_ms()
+            prepared = {k for k, _, _ in _Log.prepared}
+            # everything due within the lead is prepared (or fired), nothing far beyond it
+            assert {k for k, d in dues.items() if d <= now + 500} <= prepared, step
+            assert all(d <= now + 1000 for k, d in dues.items() if k in prepared), step
+        await clock.advance(1000)  # past the last instant (T0 + 8000)
+        assert sorted(k for k, *_ in _Log.started) == sorted(dues)
+        assert all(due == at for _, _, due, at, _ in _Log.started)
+        assert len(_Log.prepared) == 300 and _Log.executed == []
+        await e.stop()
+
+    run(main())
