@@ -14,7 +14,7 @@ import argparse
 import time
 from zoneinfo import ZoneInfo
 
-from forsun_box.api.console import UPCOMING_SAMPLE, UPCOMING_STEPS, later_firings
+from forsun_box.api.console.handlers import UPCOMING_SAMPLE, UPCOMING_STEPS, later_firings
 from forsun_box.plan import Plan
 
 T = 1_700_000_040_000

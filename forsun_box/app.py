@@ -17,10 +17,13 @@ from forsun_box import actions as actions_pkg
 from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import access, console, http_v1, v2_routes
-from forsun_box.api.bodies import Worker
+from forsun_box.api import security
+from forsun_box.api.console import handlers as console
+from forsun_box.api.formats.bodies import Worker
+from forsun_box.api.http import v1 as http_v1
+from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
-from forsun_box.api.thrift_server import ThriftServer
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
@@ -109,11 +112,11 @@ class App:
         self.thrift_port = 0
         self._prune_task: asyncio.Task[None] | None = None
         self.loop_watch: LoopWatch | None = None
-        self.worker = Worker()  # builds big create bodies (forsun_box.api.bodies)
+        self.worker = Worker()  # builds big create bodies (forsun_box.api.formats.bodies)
 
     async def start(self) -> None:
         config = self.config
-        access.check_bind(config)
+        security.check_bind(config)
         os.makedirs(config.data_dir, exist_ok=True)
         tz = config.tzinfo()
         if config.create_worker:
@@ -191,7 +194,7 @@ class App:
         """Dispatcher callback: the console's per-minute series, then the run history."""
         if run.error:
             # an action's message may quote a URL with a password or a token in it
-            run.error = access.mask_secrets(run.error)
+            run.error = security.mask_secrets(run.error)
         self.stats.minutes.record_run(run)
         self.metrics.record_run(run)
         assert self.scheduler is not None
@@ -210,9 +213,9 @@ class App:
         thrift_action.configure(max_connections=config.thrift_max_connections)
         # One plan per message: bound a message by what one plan may carry.
         size = (1 << 20) + 4 * config.max_params_bytes
-        server: ThriftServer = access.GuardedThriftServer(
+        server: ThriftServer = security.GuardedThriftServer(
             self.service,
-            peers=access.PeerFilter(config.thrift_allow),
+            peers=security.PeerFilter(config.thrift_allow),
             max_connections=config.max_thrift_connections,
             stats=self.stats,
             limits=codec.Limits(

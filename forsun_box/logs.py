@@ -47,7 +47,7 @@ class MaskSecrets(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from forsun_box.api.access import mask_secrets
+        from forsun_box.api.security import mask_secrets
 
         message = record.getMessage()
         masked = mask_secrets(message)

@@ -20,7 +20,7 @@ import psutil
 from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
-from forsun_box.api.bodies import Body, Worker, one_per_key
+from forsun_box.api.formats.bodies import Body, Worker, one_per_key
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_forsun_plan, build_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.store.base import Run
@@ -59,7 +59,7 @@ class ForsunService:
         self.stats = stats
         self.max_plans_per_request = max_plans_per_request
         # builds create bodies (v1) and batch lines (v2); in another process once started
-        # (see forsun_box.api.bodies)
+        # (see forsun_box.api.formats.bodies)
         self.worker = worker or Worker()
         self.start_time = time.time()
         self._process = psutil.Process(os.getpid())

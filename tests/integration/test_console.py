@@ -25,7 +25,7 @@ import tornado.httpclient
 import tornado.web
 from bs4 import BeautifulSoup
 
-from forsun_box.api import console
+from forsun_box.api.console import handlers as console
 from tests.helpers import Server, free_port, wait_until
 
 PASSWORD = "console-pass-123"

@@ -38,8 +38,8 @@ import tornado.web
 
 from forsun_box import __version__
 from forsun_box.actions import action_names
-from forsun_box.api import console_text as text
-from forsun_box.api.access import is_loopback
+from forsun_box.api.console import text
+from forsun_box.api.security import is_loopback
 from forsun_box.plan import DELAY
 
 log = logging.getLogger("forsun_box.console")
@@ -60,7 +60,7 @@ UPCOMING_MINUTES = 60
 
 def web_root() -> Path:
     """The package's ``web/`` folder (in the frozen executable too: it keeps the layout)."""
-    return Path(__file__).resolve().parent.parent / "web"
+    return Path(__file__).resolve().parents[2] / "web"
 
 
 def cookie_secret(config: Any) -> str:
@@ -395,7 +395,8 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
     Logs a loud warning when the console is reachable from the network
     without a login.
     """
-    from forsun_box.api import console_form, console_plans
+    from forsun_box.api.console import form as console_form
+    from forsun_box.api.console import plans as console_plans
 
     config = app.config
     root = web_root()

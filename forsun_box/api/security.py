@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from forsun_box.api.thrift_server import ThriftServer
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.errors import StartupError
 
 log = logging.getLogger("forsun_box.access")

@@ -19,9 +19,9 @@ import orjson
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import console_text as text
-from forsun_box.api.console import ConsoleHandler
-from forsun_box.api.console_plans import PREVIEW_COUNT, input_value, parse_local
+from forsun_box.api.console import text
+from forsun_box.api.console.handlers import ConsoleHandler
+from forsun_box.api.console.plans import PREVIEW_COUNT, input_value, parse_local
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, FIELDS, KINDS, Plan
 
 log = logging.getLogger("forsun_box.console")

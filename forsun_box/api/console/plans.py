@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import console_text as text
-from forsun_box.api.console import Console, ConsoleHandler
+from forsun_box.api.console import text
+from forsun_box.api.console.handlers import Console, ConsoleHandler
 from forsun_box.enums import PlanStatus
 from forsun_box.plan import KINDS, Plan
 

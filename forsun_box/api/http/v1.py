@@ -25,8 +25,8 @@ import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, ResponseStartLine
 
 from forsun_box import errors
-from forsun_box.api import access
-from forsun_box.api.bodies import BadRequest
+from forsun_box.api import security
+from forsun_box.api.formats.bodies import BadRequest
 from forsun_box.api.service import ForsunService
 from forsun_box.plan import to_forsun
 
@@ -45,11 +45,11 @@ def envelope(data: Any = None, errcode: int = 0, errmsg: str = "") -> bytes:
 
 
 def token_accepted(request: HTTPServerRequest, api_token: str, token_scope: str) -> bool:
-    """Whether ``request`` may use v1 when ``api_token`` is set (see :mod:`access`)."""
+    """Whether ``request`` may use v1 when ``api_token`` is set (see :mod:`security`)."""
     # forsun's own clients send no token: loopback peers are trusted unless "always"
-    if token_scope != "always" and access.is_loopback(request.remote_ip or ""):
+    if token_scope != "always" and security.is_loopback(request.remote_ip or ""):
         return True
-    return access.token_ok(access.token_given(request.headers), api_token)
+    return security.token_ok(security.token_given(request.headers), api_token)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -76,7 +76,7 @@ class BaseHandler(tornado.web.RequestHandler):
             and self.needs_token
             and not token_accepted(self.request, self.api_token, self.token_scope)
         ):
-            self.reply(None, access.UNAUTHORIZED, "a valid API token is required", status=401)
+            self.reply(None, security.UNAUTHORIZED, "a valid API token is required", status=401)
 
     def on_finish(self) -> None:
         stats = self.service.stats
@@ -181,7 +181,7 @@ class CreateDelegate(HTTPMessageDelegate):
         if router.api_token and not token_accepted(
             self._request, router.api_token, router.token_scope
         ):
-            self._answer(401, access.UNAUTHORIZED, "a valid API token is required")
+            self._answer(401, security.UNAUTHORIZED, "a valid API token is required")
             return
         declared = headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > router.max_body_bytes:
@@ -376,7 +376,7 @@ class NotFoundHandler(BaseHandler):
 def routes(
     service: ForsunService, max_body_bytes: int, api_token: str = "", token_scope: str = "remote"
 ) -> list[Any]:
-    """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.access` for who needs it."""
+    """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.security` for who needs it."""
     kw = {
         "service": service,
         "max_body_bytes": max_body_bytes,

@@ -25,7 +25,7 @@ import tornado.escape
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import openapi, v2_schema
+from forsun_box.api.formats import openapi, v2_schema
 from forsun_box.api.service import ForsunService
 from forsun_box.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from forsun_box.metrics import Metrics

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from forsun_box.api import http_v2
+from forsun_box.api.http import v2 as http_v2
+from forsun_box.api.http.v2_batch import BatchHandler
 from forsun_box.api.service import ForsunService
-from forsun_box.api.v2_batch import BatchHandler
 from forsun_box.metrics import Metrics
 
 
