@@ -172,6 +172,7 @@ class App:
                 server_mode=config.server_mode,
                 extensions=self.extensions.names,
                 extra=self._extension_facts,
+                extension_errors=lambda: [str(e) for e in self.extensions.errors],
             ),
             stats=self.stats,
             max_plans_per_request=config.max_plans_per_request,
@@ -236,7 +237,7 @@ class App:
     def _start_http(self) -> None:
         assert self.service is not None
         config = self.config
-        console_routes, console_settings = console.install(self)
+        console_routes, console_settings = console.install(self.service, config)
         v1_not_found = {"service": self.service, "max_body_bytes": config.max_body_bytes}
         app = tornado.web.Application(
             http_v1.routes(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psutil
 
@@ -23,6 +24,7 @@ from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.formats.bodies import Body, Worker, one_per_key
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_forsun_plan, build_plan
 from forsun_box.scheduler import Scheduler
+from forsun_box.stats import Stats
 from forsun_box.store.base import Run
 
 
@@ -37,6 +39,7 @@ class ServiceInfo:
     server_mode: str = "TIMER"
     extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
     extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+    extension_errors: Callable[[], Iterable[str]] = field(default=lambda: ())
 
 
 class ForsunService:
@@ -48,7 +51,7 @@ class ForsunService:
         actions: Callable[[], Iterable[str]],
         limits: Limits,
         info: ServiceInfo,
-        stats: Any,
+        stats: Stats | None,
         max_plans_per_request: int = 100_000,
         worker: Worker | None = None,
     ) -> None:
@@ -273,6 +276,49 @@ class ForsunService:
         a key with no plan answers its runs, or none, rather than an error.
         """
         return await self.scheduler.runs(self._key(key), limit)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The service's default time zone (a plan without a zone fires in it)."""
+        return self.scheduler.tz
+
+    def now_ms(self) -> int:
+        """Now, in unix ms, from the engine's clock."""
+        return int(self.scheduler.clock.now_ms())
+
+    async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
+        """Up to ``limit`` plans whose key starts with ``prefix``, in key order after ``after``."""
+        return await self.scheduler.plans(prefix, after, limit)
+
+    async def firing_between(self, start_ms: int, end_ms: int, limit: int = 100_000) -> list[Plan]:
+        """Unpaused plans whose next firing is in ``[start_ms, end_ms)``, soonest first."""
+        return await self.scheduler.firing_between(start_ms, end_ms, limit)
+
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        """How many plans :meth:`firing_between` would give, counted up to ``limit``."""
+        return await self.scheduler.count_firing_between(start_ms, end_ms, limit)
+
+    async def plan_count(self) -> int:
+        """How many plans are stored."""
+        return await self.scheduler.count()
+
+    def window_size(self) -> int:
+        """Plans in the engine's window (due soon, held in memory)."""
+        return self.scheduler.window_size()
+
+    def inflight_count(self) -> int:
+        """Firings under way."""
+        return self.scheduler.inflight_count()
+
+    async def store_size(self) -> int:
+        """The store's size in bytes (0 when the store does not say)."""
+        return await self.scheduler.store.size_bytes()
+
+    async def flush(self) -> None:
+        """Wait until every change made so far is committed."""
+        await self.scheduler.flush()
 
     async def keys(self, prefix: str = "") -> list[str]:
         # forsun's client documents "ls [prefix or *]": a trailing * (or white
