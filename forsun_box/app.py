@@ -14,7 +14,7 @@ import tornado.netutil
 import tornado.web
 
 from forsun_box import actions as actions_pkg
-from forsun_box import errors
+from forsun_box import errors, logs
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
 from forsun_box.api import security
@@ -23,7 +23,7 @@ from forsun_box.api.formats.bodies import Worker
 from forsun_box.api.http import v1 as http_v1
 from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
-from forsun_box.api.thrift.server import ThriftServer
+from forsun_box.api.thrift.server import GuardedThriftServer, ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
@@ -195,7 +195,7 @@ class App:
         """Dispatcher callback: the console's per-minute series, then the run history."""
         if run.error:
             # an action's message may quote a URL with a password or a token in it
-            run.error = security.mask_secrets(run.error)
+            run.error = logs.mask_secrets(run.error)
         self.stats.minutes.record_run(run)
         self.metrics.record_run(run)
         assert self.scheduler is not None
@@ -214,7 +214,7 @@ class App:
         thrift_action.configure(max_connections=config.thrift_max_connections)
         # One plan per message: bound a message by what one plan may carry.
         size = (1 << 20) + 4 * config.max_params_bytes
-        server: ThriftServer = security.GuardedThriftServer(
+        server: ThriftServer = GuardedThriftServer(
             self.service,
             peers=security.PeerFilter(config.thrift_allow),
             max_connections=config.max_thrift_connections,

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from forsun_box import logs
 from forsun_box.api import security
+from forsun_box.api.thrift.server import GuardedThriftServer
 from forsun_box.config import Config
 from forsun_box.errors import StartupError
 from tests.helpers import Server, Sink, call, thrift_client, wait_until
@@ -192,7 +194,7 @@ def _pings(srv: Server) -> bool:
 
 def test_thrift_peer_outside_the_allowlist_is_closed() -> None:
     async def main() -> None:
-        server = security.GuardedThriftServer(SimpleNamespace(), peers=_NoOne())
+        server = GuardedThriftServer(SimpleNamespace(), peers=_NoOne())
         port = await server.start("127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(1), 5) == b""
@@ -209,21 +211,20 @@ class _NoOne(security.PeerFilter):
 
 
 def test_mask_secrets_in_text() -> None:
-    m = security.MASK
+    m = logs.MASK
     assert (
-        security.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500")
+        logs.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500")
         == f"GET http://bob:{m}@h:1/x?token={m}&n=1&api_key={m}: HTTP 500"
     )
     assert (
-        security.mask_secrets("redis://:hunter2@127.0.0.1:6379/0")
-        == f"redis://:{m}@127.0.0.1:6379/0"
+        logs.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") == f"redis://:{m}@127.0.0.1:6379/0"
     )
-    assert security.mask_secrets("plain text, no url") == "plain text, no url"
+    assert logs.mask_secrets("plain text, no url") == "plain text, no url"
     # a plan key is a name, not a secret: access log lines keep it
-    assert security.mask_secrets("200 GET /v1/plan?key=order-7 (::1)") == (
+    assert logs.mask_secrets("200 GET /v1/plan?key=order-7 (::1)") == (
         "200 GET /v1/plan?key=order-7 (::1)"
     )
-    assert security.mask_secrets("GET /x?access_key=s3&key=k") == f"GET /x?access_key={m}&key=k"
+    assert logs.mask_secrets("GET /x?access_key=s3&key=k") == f"GET /x?access_key={m}&key=k"
 
 
 def test_run_history_masks_a_url_password(tmp_path: Path) -> None:

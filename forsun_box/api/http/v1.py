@@ -44,17 +44,9 @@ def envelope(data: Any = None, errcode: int = 0, errmsg: str = "") -> bytes:
     return orjson.dumps({"errcode": errcode, "errmsg": errmsg, "data": data})
 
 
-def token_accepted(request: HTTPServerRequest, api_token: str, token_scope: str) -> bool:
-    """Whether ``request`` may use v1 when ``api_token`` is set (see :mod:`security`)."""
-    # forsun's own clients send no token: loopback peers are trusted unless "always"
-    if token_scope != "always" and security.is_loopback(request.remote_ip or ""):
-        return True
-    return security.token_ok(security.token_given(request.headers), api_token)
-
-
 class BaseHandler(tornado.web.RequestHandler):
     service: ForsunService
-    needs_token = True  # with api_token set (see token_accepted)
+    needs_token = True  # with api_token set (see security.authorized)
 
     def initialize(  # type: ignore[override]
         self,
@@ -71,12 +63,11 @@ class BaseHandler(tornado.web.RequestHandler):
         stats = self.service.stats
         if stats is not None:
             stats.incr("http_requesting_count")
-        if (
-            self.api_token
-            and self.needs_token
-            and not token_accepted(self.request, self.api_token, self.token_scope)
+        request = self.request
+        if self.needs_token and not security.authorized(
+            request.remote_ip or "", request.headers, self.api_token, self.token_scope
         ):
-            self.reply(None, security.UNAUTHORIZED, "a valid API token is required", status=401)
+            self.reply(None, security.UNAUTHORIZED, security.UNAUTHORIZED_MESSAGE, status=401)
 
     def on_finish(self) -> None:
         stats = self.service.stats
@@ -178,10 +169,11 @@ class CreateDelegate(HTTPMessageDelegate):
         router = self._router
         if router.service.stats is not None:
             router.service.stats.incr("http_requesting_count")
-        if router.api_token and not token_accepted(
-            self._request, router.api_token, router.token_scope
+        request = self._request
+        if not security.authorized(
+            request.remote_ip or "", headers, router.api_token, router.token_scope
         ):
-            self._answer(401, security.UNAUTHORIZED, "a valid API token is required")
+            self._answer(401, security.UNAUTHORIZED, security.UNAUTHORIZED_MESSAGE)
             return
         declared = headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > router.max_body_bytes:

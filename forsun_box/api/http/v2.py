@@ -15,7 +15,6 @@ store failed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ import tornado.escape
 import tornado.web
 
 from forsun_box import errors
+from forsun_box.api import security
 from forsun_box.api.formats import openapi, v2_schema
 from forsun_box.api.service import ForsunService
 from forsun_box.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -126,17 +126,10 @@ class V2Handler(tornado.web.RequestHandler):
         return self.body_limit or self.ctx.max_body_bytes
 
     def prepare(self) -> None:
-        token = self.ctx.api_token
-        if token:
-            auth = self.request.headers.get("Authorization", "")
-            given = (
-                auth[7:]
-                if auth.startswith("Bearer ")
-                else self.request.headers.get("X-Api-Token", "")
-            )
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                self.problem(Problem(401, "a valid API token is required"))
-                return
+        request = self.request
+        if not security.authorized(request.remote_ip or "", request.headers, self.ctx.api_token):
+            self.problem(Problem(401, security.UNAUTHORIZED_MESSAGE))
+            return
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.limit():
             self.problem(
