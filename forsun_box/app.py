@@ -20,6 +20,7 @@ from forsun_box.actions.base import ActionSettings
 from forsun_box.api import security
 from forsun_box.api.console import handlers as console
 from forsun_box.api.formats.bodies import Worker
+from forsun_box.api.http import server as http_server
 from forsun_box.api.http import v1 as http_v1
 from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
@@ -106,7 +107,7 @@ class App:
         self.scheduler: Scheduler | None = None
         self.dispatcher: Dispatcher | None = None
         self.service: ForsunService | None = None
-        self.http_server: http_v1.CountingHTTPServer | None = None
+        self.http_server: http_server.CountingHTTPServer | None = None
         self.http_port = 0
         self.thrift_server: ThriftServer | None = None
         self.thrift_port = 0
@@ -249,10 +250,10 @@ class App:
             + console_routes,
             **console_settings,
         )
-        router = http_v1.Router(
+        router = http_server.Router(
             app, self.service, config.max_body_bytes, config.api_token, config.v1_token_required
         )
-        server = http_v1.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
+        server = http_server.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
         server.max_connections = config.max_http_connections
         try:

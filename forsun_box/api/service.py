@@ -222,6 +222,11 @@ class ForsunService:
     async def create(self, plans: list[Plan]) -> list[Plan]:
         return await self.scheduler.create(one_per_key(plans, self.max_plans_per_request))
 
+    async def upsert(self, plans: list[Plan]) -> list[Plan]:
+        """Hand built plans to the engine as they are (a v2 batch chunk, which keeps
+        its own per-line answers): no request limit, no folding of repeated keys."""
+        return await self.scheduler.create(plans)
+
     async def create_from_body(self, body: bytes, content_type: str, is_time_out: bool) -> bytes:
         """Create the plans of an HTTP v1 body (JSON or crontab); the answer's data,
         encoded. Big bodies are built in the create worker, when there is one."""
@@ -287,6 +292,10 @@ class ForsunService:
     def now_ms(self) -> int:
         """Now, in unix ms, from the engine's clock."""
         return int(self.scheduler.clock.now_ms())
+
+    async def key_page(self, prefix: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` keys starting with ``prefix``, in key order after ``after``."""
+        return await self.scheduler.keys(prefix, after, limit)
 
     async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
         """Up to ``limit`` plans whose key starts with ``prefix``, in key order after ``after``."""

@@ -222,7 +222,7 @@ class V2Handler(tornado.web.RequestHandler):
         if raw is None or raw == "":
             return default
         try:
-            return v2_schema.parse_instant(raw, name, self.service.scheduler.tz)
+            return v2_schema.parse_instant(raw, name, self.service.tz)
         except errors.InvalidValue as e:
             raise Problem(400, e.message) from None
 
@@ -231,15 +231,17 @@ class V2Handler(tornado.web.RequestHandler):
         return v2_schema.build_v2_plan(
             obj,
             key=key,
-            now_ms=service.scheduler.clock.now_ms(),
-            default_tz=service.scheduler.tz,
+            now_ms=service.now_ms(),
+            default_tz=service.tz,
             known_actions=service.known_actions(),
             limits=service.limits,
         )
 
     async def exists(self, key: str) -> bool:
+        if not key:
+            return False
         try:
-            await self.service.scheduler.get(key)
+            await self.service.get(key)
         except errors.PlanNotFound:
             return False
         return True
@@ -254,7 +256,7 @@ class PlansHandler(V2Handler):
             prefix = self.get_query_argument("prefix", "") or ""
             after = self.get_query_argument("after", "") or ""
             limit = self.int_arg("limit", 100, 1, MAX_LIST_LIMIT)
-            plans = await self.service.scheduler.plans(prefix, after, limit + 1)
+            plans = await self.service.plans(prefix, after, limit + 1)
             more = len(plans) > limit
             plans = plans[:limit]
             self.send(
@@ -285,17 +287,17 @@ class PlansHandler(V2Handler):
             prefix = self.get_query_argument("prefix", "") or ""
             if not prefix:
                 raise Problem(400, "prefix is required (deleting every plan is not offered)")
-            scheduler = self.service.scheduler
+            service = self.service
             removed = 0
             after = ""
             while True:
-                keys = await scheduler.keys(prefix, after, DELETE_CHUNK)
+                keys = await service.key_page(prefix, after, DELETE_CHUNK)
                 if not keys:
                     break
                 after = keys[-1]
                 # Concurrent removals share group commits.
                 results = await asyncio.gather(
-                    *(scheduler.remove(k) for k in keys), return_exceptions=True
+                    *(service.remove(k) for k in keys), return_exceptions=True
                 )
                 for r in results:
                     if isinstance(r, errors.PlanNotFound):
@@ -314,7 +316,7 @@ class PlanHandler(V2Handler):
 
     async def get(self, key: str) -> None:
         async def get() -> None:
-            self.send(200, v2_schema.plan_to_v2(await self.service.scheduler.get(key)))
+            self.send(200, v2_schema.plan_to_v2(await self.service.get(key)))
 
         await self.run(get)
 
@@ -329,7 +331,7 @@ class PlanHandler(V2Handler):
 
     async def delete(self, key: str) -> None:
         async def delete() -> None:
-            self.send(200, v2_schema.plan_to_v2(await self.service.scheduler.remove(key)))
+            self.send(200, v2_schema.plan_to_v2(await self.service.remove(key)))
 
         await self.run(delete)
 
@@ -341,8 +343,7 @@ class PlanOpHandler(V2Handler):
         async def change() -> None:
             service = self.service
             if op == "fire":
-                clock = service.scheduler.clock
-                started = clock.now_ms()
+                started = service.now_ms()
                 status = await service.fire(key)
                 self.send(
                     200,
@@ -366,7 +367,7 @@ class RunsHandler(V2Handler):
     async def get(self, key: str) -> None:
         async def runs() -> None:
             limit = self.int_arg("limit", 50, 1, MAX_RUNS)
-            rows = await self.service.scheduler.runs(key, limit)
+            rows = await self.service.runs(key, limit)
             self.send(200, {"key": key, "runs": [v2_schema.run_to_v2(r) for r in rows]})
 
         await self.run(runs)
@@ -378,8 +379,8 @@ class PreviewHandler(V2Handler):
     async def get(self, key: str) -> None:
         async def preview() -> None:
             n = self.int_arg("n", 5, 1, MAX_PREVIEW)
-            plan = await self.service.scheduler.get(key)
-            fires = plan.upcoming(n, self.service.scheduler.tz)
+            plan = await self.service.get(key)
+            fires = plan.upcoming(n, self.service.tz)
             self.send(
                 200,
                 {
@@ -398,8 +399,8 @@ class UpcomingHandler(V2Handler):
 
     async def get(self) -> None:
         async def upcoming() -> None:
-            scheduler = self.service.scheduler
-            now = scheduler.clock.now_ms()
+            service = self.service
+            now = service.now_ms()
             start = self.instant_arg("from", now)
             end = self.instant_arg("to", start + 3_600_000)
             step = self.int_arg("step", 60_000, 1000, 366 * 86_400_000)
@@ -413,7 +414,7 @@ class UpcomingHandler(V2Handler):
             for i in range(steps):
                 lo = start + i * step
                 hi = min(lo + step, end)
-                n = await scheduler.count_firing_between(lo, hi, UPCOMING_COUNT_LIMIT)
+                n = await service.count_firing_between(lo, hi, UPCOMING_COUNT_LIMIT)
                 capped = capped or n >= UPCOMING_COUNT_LIMIT
                 buckets.append({"start": v2_schema.format_instant(lo), "start_ms": lo, "count": n})
             self.send(
@@ -442,7 +443,7 @@ class MetricsHandler(V2Handler):
 
     async def get(self) -> None:
         async def metrics() -> None:
-            await self.ctx.metrics.refresh(self.service.scheduler)
+            await self.ctx.metrics.refresh(self.service)
             self.send(200, self.ctx.metrics.render(), METRICS_CONTENT_TYPE)
 
         await self.run(metrics)

@@ -114,14 +114,14 @@ class BatchHandler(V2Handler):
         MAX_BUILDS_IN_FLIGHT are outstanding; ``drain`` takes them all."""
         if self._raw:
             raw, self._raw = self._raw, []
-            scheduler = self.service.scheduler
+            service = self.service
             self._builds.append(
                 asyncio.ensure_future(
                     self.service.worker.build_lines(
                         bodies.Lines(
                             raw,
-                            scheduler.clock.now_ms(),
-                            scheduler.tz,
+                            service.now_ms(),
+                            service.tz,
                             self.service.limits,
                             self._known,
                         )
@@ -187,7 +187,7 @@ class BatchHandler(V2Handler):
 
     async def _commit(self, pending: list[tuple[int, Plan]]) -> None:
         try:
-            await self.service.scheduler.create([p for _, p in pending])
+            await self.service.upsert([p for _, p in pending])
         except errors.ForsunBoxError as e:
             problem = Problem.from_error(e)
             for line_no, plan in pending:

@@ -98,7 +98,7 @@ class ForsunMethods:
             args.action,
             args.params,
         )
-        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
+        return plan_struct((await service.create([plan]))[0], service.tz)
 
     async def create_timeout(self, args: Any) -> ForsunPlan:
         service = self.service
@@ -116,26 +116,26 @@ class ForsunMethods:
             args.action,
             args.params,
         )
-        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
+        return plan_struct((await service.create([plan]))[0], service.tz)
 
     async def remove(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.remove(args.key), self.service.scheduler.tz)
+        return plan_struct(await self.service.remove(args.key), self.service.tz)
 
     async def get(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.get(args.key), self.service.scheduler.tz)
+        return plan_struct(await self.service.get(args.key), self.service.tz)
 
     def _now_s(self) -> int:
-        return self.service.scheduler.clock.now_ms() // 1000
+        return self.service.now_ms() // 1000
 
     async def get_current(self, args: Any) -> list[ForsunPlan]:
-        tz = self.service.scheduler.tz
+        tz = self.service.tz
         return [plan_struct(p, tz) for p in await self.service.at_second(self._now_s())]
 
     async def get_time(self, args: Any) -> list[ForsunPlan]:
         ts = args.timestamp or 0
         if ts <= 0:
             ts = self._now_s()
-        tz = self.service.scheduler.tz
+        tz = self.service.tz
         return [plan_struct(p, tz) for p in await self.service.at_second(ts)]
 
     async def get_keys(self, args: Any) -> list[str]:
@@ -152,10 +152,10 @@ class ForsunMethods:
     # ------------------------------------------------------------------ additions
 
     async def pause(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.pause(args.key), self.service.scheduler.tz)
+        return plan_struct(await self.service.pause(args.key), self.service.tz)
 
     async def resume(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.resume(args.key), self.service.scheduler.tz)
+        return plan_struct(await self.service.resume(args.key), self.service.tz)
 
     async def fire(self, args: Any) -> int:
         return clamp(await self.service.fire(args.key), I16_MAX)
@@ -170,7 +170,7 @@ class ForsunMethods:
         n = args.n or 0
         n = DEFAULT_PREVIEW if n <= 0 else min(n, MAX_PREVIEW)
         plan = await self.service.get(args.key)
-        return plan.upcoming(n, self.service.scheduler.tz)
+        return plan.upcoming(n, self.service.tz)
 
     async def create_cron(self, args: Any) -> ForsunPlan:
         if not args.cron:
@@ -185,7 +185,7 @@ class ForsunMethods:
             cron=args.cron,
             timezone=args.timezone or "",
         )
-        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
+        return plan_struct((await self.service.create([plan]))[0], self.service.tz)
 
     async def create_at(self, args: Any) -> ForsunPlan:
         if args.at_ms is None:
@@ -198,4 +198,4 @@ class ForsunMethods:
             params=args.params,
             at_ms=args.at_ms,
         )
-        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
+        return plan_struct((await self.service.create([plan]))[0], self.service.tz)
