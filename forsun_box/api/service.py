@@ -1,8 +1,9 @@
 """The one place where forsun's wire shapes become engine calls.
 
-HTTP v1 (JSON and crontab bodies), Thrift and the CLI all build plans and
-read status through :class:`ForsunService`, so a field means the same thing
-on every interface.
+HTTP v1 (JSON and crontab bodies), v2, Thrift and the web console all build
+plans, change them and read status through :class:`ForsunService`, so a
+field means the same thing on every interface; no other module of
+:mod:`forsun_box.api` reaches the engine (``tests/unit/test_api_layers.py``).
 """
 
 from __future__ import annotations

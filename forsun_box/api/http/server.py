@@ -20,6 +20,7 @@ from tornado.httputil import HTTPMessageDelegate, HTTPServerRequest
 
 from forsun_box.api.http.v1 import CreateDelegate
 from forsun_box.api.service import ForsunService
+from forsun_box.stats import Stats
 
 log = logging.getLogger("forsun_box.http")
 
@@ -52,7 +53,7 @@ class Router(tornado.routing.Router):
 class CountingHTTPServer(tornado.httpserver.HTTPServer):
     """HTTPServer that keeps forsun's http_connecting/connected counters."""
 
-    stats: Any = None
+    stats: Stats | None = None
     max_connections = 0  # 0: no limit
     open_connections = 0
     refused_connections = 0

@@ -2,8 +2,9 @@
 
 Plans are keyed by the client's key. Errors are RFC 7807
 ``application/problem+json`` with a proper HTTP status; the forsun error
-code travels in the ``code`` member. Shapes are in :mod:`v2_schema`, the
-OpenAPI document in :mod:`openapi`; docs/API_V2.md shows every route.
+code travels in the ``code`` member. Shapes are in
+:mod:`forsun_box.api.formats.v2_schema`, the OpenAPI document in
+:mod:`forsun_box.api.formats.openapi`; docs/API_V2.md shows every route.
 
 Status codes: 400 a body or query that can't be read, 401 a missing or
 wrong API token (when one is configured), 404 no such plan or route, 409

@@ -1,7 +1,7 @@
-"""The v2 routes and ``/metrics``: the handlers of :mod:`http_v2` and :mod:`v2_batch`.
+"""The v2 routes and ``/metrics``: the handlers of :mod:`.v2` and :mod:`.v2_batch`.
 
-Kept apart from both so that the batch handler, built on http_v2's base
-handler, imports http_v2 and nothing imports back.
+Kept apart from both so that the batch handler, built on v2's base
+handler, imports v2 and nothing imports back.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from forsun_box import errors
 from forsun_box.api.security import PeerFilter
 from forsun_box.api.service import ForsunService
 from forsun_box.api.thrift.methods import ForsunMethods, Method
+from forsun_box.stats import Stats
 from forsun_box.thrift import codec
 from forsun_box.thrift.forsun.ttypes import ForsunPlanError
 
@@ -53,7 +54,7 @@ class ThriftServer:
     def __init__(
         self,
         service: ForsunService,
-        stats: Any = None,
+        stats: Stats | None = None,
         limits: codec.Limits | None = None,
         message_timeout_s: float = 60.0,
     ) -> None:
