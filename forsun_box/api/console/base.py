@@ -1,6 +1,6 @@
 """What every console page shares: the typed context and the base handler.
 
-:class:`Console` is the console's whole view of the running service: the
+:class:`ConsoleContext` is the console's whole view of the running service: the
 :class:`~forsun_box.api.service.ForsunService` (every read and every change
 goes through it, as for the other APIs), the templates, the login settings
 and a small cache. :class:`ConsoleHandler` is the base of every page: login,
@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import markupsafe
-import orjson
 import psutil
 import tornado.web
 
@@ -32,7 +31,7 @@ COOKIE_DAYS = 7
 
 
 @dataclass
-class Console:
+class ConsoleContext:
     """What every console handler shares: the service, templates, login settings, caches."""
 
     service: ForsunService
@@ -80,18 +79,12 @@ class Console:
         return await self.service.plan_count()
 
 
-def script_json(value: Any) -> markupsafe.Markup:
-    """JSON safe to place inside a ``<script type="application/json">`` element."""
-    # "<" only occurs inside JSON strings, where \u003c means the same
-    return markupsafe.Markup(orjson.dumps(value).decode().replace("<", "\\u003c"))
-
-
 class ConsoleHandler(tornado.web.RequestHandler):
     """Base of console pages: login, XSRF on every form, Jinja2 rendering."""
 
-    console: Console
+    console: ConsoleContext
 
-    def initialize(self, console: Console) -> None:  # type: ignore[override]
+    def initialize(self, console: ConsoleContext) -> None:  # type: ignore[override]
         self.console = console
 
     def set_default_headers(self) -> None:

@@ -12,14 +12,15 @@ checked here per handler -- not by tornado's application-wide switch, so
 the v1 API keeps answering forsun's cookie-less clients.
 
 Scale: no page reads the whole plan table. Listings are key-range reads
-of a bounded number of rows; the dashboard's chart is bounded too
-(:mod:`~forsun_box.api.console.dashboard`).
+of a bounded number of rows; the upcoming-firings chart is index counts
+capped per minute, plus the later firings of a bounded sample of the plans
+due within the hour (recurring plans fire more than once in it).
 
-Modules: :mod:`.base` (the typed context and the base handler),
-:mod:`.dashboard` (the dashboard's figures), :mod:`.plans` (listing, one
-plan, its actions, "when"), :mod:`.form` (create and edit), :mod:`.text`
-(words for schedules and times); this module has the login, the dashboard
-pages and :func:`install`, which puts them together.
+Modules: :mod:`.base` (the typed context, on the service, and the base
+handler), :mod:`.plans` (listing, one plan, its actions, "when"),
+:mod:`.form` (create and edit), :mod:`.text` (words for schedules and
+times); this module has the login, the dashboard and its figures, and
+:func:`install`, which puts them together.
 """
 
 from __future__ import annotations
@@ -28,22 +29,40 @@ import asyncio
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jinja2
+import markupsafe
 import orjson
 import tornado.web
 
-from forsun_box.api.console import dashboard, form, plans
-from forsun_box.api.console.base import COOKIE, COOKIE_DAYS, Console, ConsoleHandler, script_json
+from forsun_box import __version__
+from forsun_box.actions import action_names
+from forsun_box.api.console import form as console_form
+from forsun_box.api.console import plans as console_plans
+from forsun_box.api.console import text
+from forsun_box.api.console.base import COOKIE, COOKIE_DAYS, ConsoleContext, ConsoleHandler
 from forsun_box.api.security import is_loopback
 from forsun_box.api.service import ForsunService
 from forsun_box.config import Config
+from forsun_box.plan import DELAY, Plan
+from forsun_box.stats import MinuteSeries
 
 log = logging.getLogger("forsun_box.console")
 
 SECRET_FILE = "console-cookie-secret"
+#: seconds the upcoming-firings chart is reused
+UPCOMING_TTL_S = 10.0
+#: the upcoming chart counts at most this many plans per minute
+UPCOMING_CAP = 10_000
+#: plans due within the hour whose later firings in it the chart adds
+UPCOMING_SAMPLE = 2_000
+#: most schedule steps spent on those later firings per chart (delay plans take none)
+UPCOMING_STEPS = 20_000
+UPCOMING_MINUTES = 60
 
 
 def web_root() -> Path:
@@ -67,6 +86,127 @@ def cookie_secret(config: Config) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
+
+
+@dataclass
+class Console(ConsoleContext):
+    """The console's context with the dashboard's figures (the chart is cached)."""
+
+    async def upcoming(self) -> dict[str, Any]:
+        async def compute() -> dict[str, Any]:
+            now = self.now_ms()
+            start = now - now % 60_000
+            end = start + UPCOMING_MINUTES * 60_000
+            starts, counts = [], []
+            for i in range(UPCOMING_MINUTES):
+                a = start + i * 60_000
+                lo = max(a, now)
+                starts.append(a)
+                counts.append(await self.service.count_firing_between(lo, a + 60_000, UPCOMING_CAP))
+            due = await self.service.firing_between(now, end, UPCOMING_SAMPLE + 1)
+            # pure computation over the whole sample: off the event loop, which goes on
+            # firing meanwhile (its cost: bench/console_upcoming.py)
+            later, complete = await asyncio.to_thread(
+                later_firings, due[:UPCOMING_SAMPLE], start, end, self.tz
+            )
+            return {
+                "start_ms": starts,
+                "count": [c + n for c, n in zip(counts, later, strict=True)],
+                "cap": UPCOMING_CAP,
+                "partial": not complete or len(due) > UPCOMING_SAMPLE,
+            }
+
+        return dict(await self.cached("upcoming", UPCOMING_TTL_S, compute))
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything the dashboard shows, as JSON-able values."""
+        service = self.service
+        now = self.now_ms()
+        proc = self.process
+        with proc.oneshot():
+            cpu = proc.cpu_percent(interval=None)
+            rss = proc.memory_info().rss
+        size = await service.store_size()
+        minutes = service.stats.minutes if service.stats is not None else MinuteSeries()
+        series = minutes.series(now)
+        hour = minutes.percentiles(now)
+        last = len(series["fired"]) - 1
+        facts = service.info_facts
+        return {
+            "version": __version__,
+            "now_ms": now,
+            "now": text.local_time(now, self.tz),
+            "uptime_s": (now - self.started_ms) // 1000,
+            "uptime": text.duration(max(0, now - self.started_ms) // 1000 * 1000, parts=2),
+            "store": facts.store_name,
+            "store_size": size,
+            "store_size_text": text.human_bytes(size),
+            "pending": await self.plan_count(),
+            "window": service.window_size(),
+            "inflight": service.inflight_count(),
+            "cpu_percent": round(cpu, 1),
+            "rss": rss,
+            "rss_text": text.human_bytes(rss),
+            "fired_last_minute": series["fired"][last] + series["fired"][last - 1],
+            "failed_hour": sum(series["failed"]),
+            "fired_hour": hour["count"],
+            "lateness_p50": hour["p50"],
+            "lateness_p99": hour["p99"],
+            "series": series,
+            "upcoming": await self.upcoming(),
+            "actions": sorted(action_names()),
+            "extensions": sorted(facts.extensions()),
+            "extension_errors": list(facts.extension_errors()),
+            "timezone": getattr(self.tz, "key", str(self.tz)),
+        }
+
+
+def later_firings(
+    plans: list[Plan], start: int, end: int, tz: ZoneInfo, budget: int = UPCOMING_STEPS
+) -> tuple[list[int], bool]:
+    """Per minute from ``start`` to ``end``: the firings of ``plans`` after their next one.
+
+    Returns (counts, complete); complete is False when ``budget`` schedule
+    steps ran out first. A delay plan's firings are counted arithmetically
+    (they fall on a fixed grid), others are stepped through their schedule.
+    """
+    counts = [0] * ((end - start) // 60_000)
+    steps = 0
+    for plan in plans:
+        first = plan.next_time
+        if first is None or plan.paused:
+            continue
+        left = plan.count - plan.current_count - 1 if plan.count else -1
+        if plan.kind == DELAY and plan.interval_ms > 0 and not plan.jitter_ms:
+            every = plan.interval_ms
+            stop = min(end, plan.end_ms) if plan.end_ms else end
+            last = first + every * left if left >= 0 else stop
+            for i in range(len(counts)):
+                lo = max(start + i * 60_000, first + every)
+                hi = min(start + (i + 1) * 60_000, stop, last + 1)
+                if hi > lo:
+                    # occurrences first + k * every, k >= 1, in [lo, hi)
+                    counts[i] += -(-(hi - first) // every) - -(-(lo - first) // every)
+            continue
+        zone = ZoneInfo(plan.timezone) if plan.timezone else tz
+        p = plan.copy()
+        t: int | None = first
+        while t is not None:
+            if steps >= budget:
+                return counts, False
+            steps += 1
+            p.current_count += 1
+            t = p.next_after(t, zone)
+            if t is None or t >= end:
+                break
+            counts[(t - start) // 60_000] += 1
+    return counts, True
+
+
+def script_json(value: Any) -> markupsafe.Markup:
+    """JSON safe to place inside a ``<script type="application/json">`` element."""
+    # "<" only occurs inside JSON strings, where \u003c means the same
+    return markupsafe.Markup(orjson.dumps(value).decode().replace("<", "\\u003c"))
 
 
 class LoginHandler(ConsoleHandler):
@@ -110,14 +250,18 @@ class LogoutHandler(ConsoleHandler):
 
 
 class DashboardHandler(ConsoleHandler):
+    console: Console
+
     @tornado.web.authenticated
     async def get(self) -> None:
-        snap = await dashboard.snapshot(self.console)
+        snap = await self.console.snapshot()
         self.page("dashboard.html", snap=snap, snap_json=script_json(snap), active="dashboard")
 
 
 class StatsApiHandler(ConsoleHandler):
     """``GET /console/api/stats``: the dashboard's numbers, polled by its script."""
+
+    console: Console
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -126,7 +270,7 @@ class StatsApiHandler(ConsoleHandler):
             self.set_status(403)
             self.finish(b'{"error":"login required"}')
             return
-        self.finish(orjson.dumps(await dashboard.snapshot(self.console)))
+        self.finish(orjson.dumps(await self.console.snapshot()))
 
 
 class NotFoundHandler(ConsoleHandler):
@@ -182,8 +326,8 @@ def install(service: ForsunService, config: Config) -> tuple[list[Any], dict[str
         (r"/login", LoginHandler, kw),
         (r"/logout", LogoutHandler, kw),
         (r"/console/api/stats", StatsApiHandler, kw),
-        *plans.routes(kw),
-        *form.routes(kw),
+        *console_plans.routes(kw),
+        *console_form.routes(kw),
     ]
     settings = {
         "cookie_secret": cookie_secret(config),

@@ -19,7 +19,7 @@ import tornado.web
 
 from forsun_box import errors
 from forsun_box.api.console import text
-from forsun_box.api.console.base import Console, ConsoleHandler
+from forsun_box.api.console.base import ConsoleContext, ConsoleHandler
 from forsun_box.enums import PlanStatus
 from forsun_box.plan import KINDS, Plan
 
@@ -57,7 +57,7 @@ def matches(plan: Plan, action: str, mode: str, status: str) -> bool:
 
 
 async def list_page(
-    console: Console, prefix: str, after: str, action: str, mode: str, status: str
+    console: ConsoleContext, prefix: str, after: str, action: str, mode: str, status: str
 ) -> tuple[list[Plan], str, int]:
     """One page of plans: (plans, the ``after`` key of the next page or "", keys scanned)."""
     service = console.service
@@ -126,7 +126,7 @@ class PlansHandler(ConsoleHandler):
         )
 
 
-async def runs_page(console: Console, key: str, page: int) -> dict[str, Any]:
+async def runs_page(console: ConsoleContext, key: str, page: int) -> dict[str, Any]:
     """Page ``page`` (1 = newest) of ``key``'s run history, with links to its neighbours."""
     rows = await console.service.runs(key, RUNS_SHOWN * page + 1)
     shown = rows[RUNS_SHOWN * (page - 1) : RUNS_SHOWN * page]
