@@ -24,7 +24,7 @@ from forsun_box.api.http import server as http_server
 from forsun_box.api.http import v1 as http_v1
 from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
-from forsun_box.api.thrift.server import GuardedThriftServer, ThriftServer
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
@@ -215,7 +215,7 @@ class App:
         thrift_action.configure(max_connections=config.thrift_max_connections)
         # One plan per message: bound a message by what one plan may carry.
         size = (1 << 20) + 4 * config.max_params_bytes
-        server: ThriftServer = GuardedThriftServer(
+        server = ThriftServer(
             self.service,
             peers=security.PeerFilter(config.thrift_allow),
             max_connections=config.max_thrift_connections,

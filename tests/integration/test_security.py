@@ -14,7 +14,7 @@ import pytest
 
 from forsun_box import logs
 from forsun_box.api import security
-from forsun_box.api.thrift.server import GuardedThriftServer
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.config import Config
 from forsun_box.errors import StartupError
 from tests.helpers import Server, Sink, call, thrift_client, wait_until
@@ -194,7 +194,7 @@ def _pings(srv: Server) -> bool:
 
 def test_thrift_peer_outside_the_allowlist_is_closed() -> None:
     async def main() -> None:
-        server = GuardedThriftServer(SimpleNamespace(), peers=_NoOne())
+        server = ThriftServer(SimpleNamespace(), peers=_NoOne())
         port = await server.start("127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(1), 5) == b""

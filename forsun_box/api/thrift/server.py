@@ -15,8 +15,8 @@ answered stops being read once a chunk's worth is waiting.
 
 The methods themselves are :mod:`forsun_box.api.thrift.methods`, the
 struct mapping :mod:`forsun_box.api.thrift.structs`; this module is the
-protocol: connections, dispatch, answers and errors, and the peer and
-connection limits (:class:`GuardedThriftServer`).
+protocol: connections, dispatch, answers and errors, and who may connect
+(the peers of ``thrift_allow``, the connection cap).
 
 Errors: a :class:`~forsun_box.errors.ForsunBoxError` becomes
 ``ForsunPlanError(code, message)`` for the methods that declare it; the
@@ -57,8 +57,16 @@ class ThriftServer:
         stats: Stats | None = None,
         limits: codec.Limits | None = None,
         message_timeout_s: float = 60.0,
+        peers: PeerFilter | None = None,
+        max_connections: int = 0,
     ) -> None:
         self.service = service
+        # who may connect: the peers ``peers`` admits (every one without it), at
+        # most ``max_connections`` at once (0: no limit); one refused is closed
+        self.peers = peers
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused = 0
         self.stats = stats
         self.limits = limits or codec.Limits(
             max_message_bytes=16 << 20, max_string_bytes=16 << 20, max_container_items=65536
@@ -106,14 +114,24 @@ class ThriftServer:
         if self.stats is not None:
             self.stats.incr(name, n)
 
-    async def _serve(self, reader: Any, writer: Any) -> None:
-        """One connection's life, from admission to close.
+    def _refusal(self, host: str) -> str:
+        """Why a connection from ``host`` is refused now, or "" when it is admitted."""
+        if self.peers is not None and not self.peers.admits(host):
+            return "not loopback nor in thrift_allow"
+        if self.max_connections and self.open_connections >= self.max_connections:
+            return f"{self.open_connections} connections open (the limit)"
+        return ""
 
-        ``reader`` and ``writer`` are both the connection's :class:`_Connection`
-        (it answers ``get_extra_info`` and ``close`` as a stream writer does), so
-        a subclass may refuse a peer by closing it before calling this.
-        """
-        conn: _Connection = writer
+    async def _serve(self, conn: _Connection) -> None:
+        """One connection's life, from admission to close."""
+        host = str(conn.peer[0]) if conn.peer else ""
+        refusal = self._refusal(host)
+        if refusal:
+            self.refused += 1
+            access_log.warning("thrift connection from %s refused: %s", host, refusal)
+            conn.close()
+            return
+        self.open_connections += 1
         self._connections.add(conn)
         self._incr("connecting_count")
         self._incr("connected_count")
@@ -125,6 +143,7 @@ class ThriftServer:
         except Exception:  # never let one connection's surprise reach the loop
             log.exception("thrift connection from %s failed", conn.peer)
         finally:
+            self.open_connections -= 1
             self._incr("connecting_count", -1)
             self._connections.discard(conn)
             conn.close()
@@ -230,7 +249,7 @@ class _Connection(asyncio.Protocol):
         codec.set_no_delay(transport)
         self.peer = transport.get_extra_info("peername")
         server = self.server
-        task = asyncio.get_running_loop().create_task(server._serve(self, self))
+        task = asyncio.get_running_loop().create_task(server._serve(self))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
@@ -271,14 +290,6 @@ class _Connection(asyncio.Protocol):
         if self.work is None and self._admitted:
             self._start()
         self._maybe_resume_reading()
-
-    # ----------------------------------------------------------- stream-writer look-alike
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """As :meth:`asyncio.StreamWriter.get_extra_info`."""
-        if self.transport is None:
-            return default
-        return self.transport.get_extra_info(name, default)
 
     def close(self) -> None:
         """Close the connection (answers already written are still sent)."""
@@ -411,41 +422,3 @@ class _Connection(asyncio.Protocol):
         ):
             self._read_paused = False
             self.transport.resume_reading()
-
-
-class GuardedThriftServer(ThriftServer):
-    """:class:`ThriftServer` admitting only :class:`PeerFilter` peers, at most ``max_connections``."""
-
-    def __init__(
-        self, *args: Any, peers: PeerFilter | None = None, max_connections: int = 0, **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self.peers = peers or PeerFilter()
-        self.max_connections = max_connections
-        self.open_connections = 0
-        self.refused = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        host = str(peer[0]) if peer else ""
-        if not self.peers.admits(host):
-            self.refused += 1
-            access_log.warning(
-                "thrift connection from %s refused: not loopback nor in thrift_allow", host
-            )
-            writer.close()
-            return
-        if self.max_connections and self.open_connections >= self.max_connections:
-            self.refused += 1
-            access_log.warning(
-                "thrift connection from %s refused: %d connections open (the limit)",
-                host,
-                self.open_connections,
-            )
-            writer.close()
-            return
-        self.open_connections += 1
-        try:
-            await super()._serve(reader, writer)
-        finally:
-            self.open_connections -= 1
