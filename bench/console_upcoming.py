@@ -1,6 +1,6 @@
 """Cost of the dashboard's upcoming-firings chart: the later firings of a full sample.
 
-``forsun_box.api.console.later_firings`` over the largest sample the chart
+``forsun_box.api.console.handlers.later_firings`` over the largest sample the chart
 takes (UPCOMING_SAMPLE plans due within the hour): delay plans every 5 s
 (counted on their grid) and cron plans every 7 s (stepped until the step
 budget runs out). Best of ``--repeat`` runs.
@@ -14,7 +14,7 @@ import argparse
 import time
 from zoneinfo import ZoneInfo
 
-from forsun_box.api.console import UPCOMING_SAMPLE, UPCOMING_STEPS, later_firings
+from forsun_box.api.console.handlers import UPCOMING_SAMPLE, UPCOMING_STEPS, later_firings
 from forsun_box.plan import Plan
 
 T = 1_700_000_040_000

@@ -14,13 +14,17 @@ import tornado.netutil
 import tornado.web
 
 from forsun_box import actions as actions_pkg
-from forsun_box import errors
+from forsun_box import errors, logs
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import access, console, http_v1, v2_routes
-from forsun_box.api.bodies import Worker
+from forsun_box.api import security
+from forsun_box.api.console import handlers as console
+from forsun_box.api.formats.bodies import Worker
+from forsun_box.api.http import server as http_server
+from forsun_box.api.http import v1 as http_v1
+from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
-from forsun_box.api.thrift_server import ThriftServer
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
 from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
@@ -103,17 +107,17 @@ class App:
         self.scheduler: Scheduler | None = None
         self.dispatcher: Dispatcher | None = None
         self.service: ForsunService | None = None
-        self.http_server: http_v1.CountingHTTPServer | None = None
+        self.http_server: http_server.CountingHTTPServer | None = None
         self.http_port = 0
         self.thrift_server: ThriftServer | None = None
         self.thrift_port = 0
         self._prune_task: asyncio.Task[None] | None = None
         self.loop_watch: LoopWatch | None = None
-        self.worker = Worker()  # builds big create bodies (forsun_box.api.bodies)
+        self.worker = Worker()  # builds big create bodies (forsun_box.api.formats.bodies)
 
     async def start(self) -> None:
         config = self.config
-        access.check_bind(config)
+        security.check_bind(config)
         os.makedirs(config.data_dir, exist_ok=True)
         tz = config.tzinfo()
         if config.create_worker:
@@ -169,6 +173,7 @@ class App:
                 server_mode=config.server_mode,
                 extensions=self.extensions.names,
                 extra=self._extension_facts,
+                extension_errors=lambda: [str(e) for e in self.extensions.errors],
             ),
             stats=self.stats,
             max_plans_per_request=config.max_plans_per_request,
@@ -191,7 +196,7 @@ class App:
         """Dispatcher callback: the console's per-minute series, then the run history."""
         if run.error:
             # an action's message may quote a URL with a password or a token in it
-            run.error = access.mask_secrets(run.error)
+            run.error = logs.mask_secrets(run.error)
         self.stats.minutes.record_run(run)
         self.metrics.record_run(run)
         assert self.scheduler is not None
@@ -210,9 +215,9 @@ class App:
         thrift_action.configure(max_connections=config.thrift_max_connections)
         # One plan per message: bound a message by what one plan may carry.
         size = (1 << 20) + 4 * config.max_params_bytes
-        server: ThriftServer = access.GuardedThriftServer(
+        server = ThriftServer(
             self.service,
-            peers=access.PeerFilter(config.thrift_allow),
+            peers=security.PeerFilter(config.thrift_allow),
             max_connections=config.max_thrift_connections,
             stats=self.stats,
             limits=codec.Limits(
@@ -233,7 +238,7 @@ class App:
     def _start_http(self) -> None:
         assert self.service is not None
         config = self.config
-        console_routes, console_settings = console.install(self)
+        console_routes, console_settings = console.install(self.service, config)
         v1_not_found = {"service": self.service, "max_body_bytes": config.max_body_bytes}
         app = tornado.web.Application(
             http_v1.routes(
@@ -245,10 +250,10 @@ class App:
             + console_routes,
             **console_settings,
         )
-        router = http_v1.Router(
+        router = http_server.Router(
             app, self.service, config.max_body_bytes, config.api_token, config.v1_token_required
         )
-        server = http_v1.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
+        server = http_server.CountingHTTPServer(router, max_body_size=config.max_body_bytes * 2)
         server.stats = self.stats
         server.max_connections = config.max_http_connections
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 
 from forsun_box.config import DEFAULT_LOG_FORMAT, Config
@@ -40,6 +41,26 @@ def _make_handler(config: Config) -> logging.Handler:
         raise StartupError(f"cannot open log file {path}: {exc}") from None
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+# A plan's ``key`` is a name, not a secret: only a key with a prefix (``api_key``,
+# ``access_key``) is masked.
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;](?:[^=&\s]*(?:pass|pwd|secret|token|auth|sig)[^=&\s]*|[^=&\s]+key[^=&\s]*)=)"
+    r"[^&\s#]*?(?=$|[&\s#]|:\s)",
+    re.IGNORECASE,
+)
+MASK = "••••••"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL passwords and secret-looking query values replaced by :data:`MASK`.
+
+    ``http://u:pw@h/x?token=abc&n=1`` → ``http://u:••••••@h/x?token=••••••&n=1``.
+    """
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['name']}{MASK}", text)
+
+
 class MaskSecrets(logging.Filter):
     """Masks URL passwords and secret-looking query values in every line logged.
 
@@ -47,8 +68,6 @@ class MaskSecrets(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from forsun_box.api.access import mask_secrets
-
         message = record.getMessage()
         masked = mask_secrets(message)
         if masked != message:

@@ -20,7 +20,7 @@ import bisect
 import functools
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -156,6 +156,16 @@ class _LoopWatchCollector(Collector):
         return iter(())
 
 
+class EngineGauges(Protocol):
+    """Where the engine's gauges are read (the service answers them)."""
+
+    async def plan_count(self) -> int: ...
+
+    def window_size(self) -> int: ...
+
+    def inflight_count(self) -> int: ...
+
+
 class Metrics:
     """The service's Prometheus series; see the module docstring."""
 
@@ -225,11 +235,11 @@ class Metrics:
         timed._forsun_box_timed = True  # type: ignore[attr-defined]
         store.apply = timed
 
-    async def refresh(self, scheduler: Any) -> None:
+    async def refresh(self, engine: EngineGauges) -> None:
         """Read the engine's gauges (call before :meth:`render`)."""
-        self.pending.set(await scheduler.count())
-        self.window.set(scheduler.window_size())
-        self.inflight.set(scheduler.inflight_count())
+        self.pending.set(await engine.plan_count())
+        self.window.set(engine.window_size())
+        self.inflight.set(engine.inflight_count())
 
     def render(self) -> bytes:
         """The text exposition of every series."""

@@ -1,8 +1,9 @@
 """The one place where forsun's wire shapes become engine calls.
 
-HTTP v1 (JSON and crontab bodies), Thrift and the CLI all build plans and
-read status through :class:`ForsunService`, so a field means the same thing
-on every interface.
+HTTP v1 (JSON and crontab bodies), v2, Thrift and the web console all build
+plans, change them and read status through :class:`ForsunService`, so a
+field means the same thing on every interface; no other module of
+:mod:`forsun_box.api` reaches the engine (``tests/unit/test_api_layers.py``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psutil
 
 from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
-from forsun_box.api.bodies import Body, Worker, one_per_key
+from forsun_box.api.formats.bodies import Body, Worker, one_per_key
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_forsun_plan, build_plan
 from forsun_box.scheduler import Scheduler
+from forsun_box.stats import Stats
 from forsun_box.store.base import Run
 
 
@@ -37,6 +40,7 @@ class ServiceInfo:
     server_mode: str = "TIMER"
     extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
     extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
+    extension_errors: Callable[[], Iterable[str]] = field(default=lambda: ())
 
 
 class ForsunService:
@@ -48,7 +52,7 @@ class ForsunService:
         actions: Callable[[], Iterable[str]],
         limits: Limits,
         info: ServiceInfo,
-        stats: Any,
+        stats: Stats | None,
         max_plans_per_request: int = 100_000,
         worker: Worker | None = None,
     ) -> None:
@@ -59,7 +63,7 @@ class ForsunService:
         self.stats = stats
         self.max_plans_per_request = max_plans_per_request
         # builds create bodies (v1) and batch lines (v2); in another process once started
-        # (see forsun_box.api.bodies)
+        # (see forsun_box.api.formats.bodies)
         self.worker = worker or Worker()
         self.start_time = time.time()
         self._process = psutil.Process(os.getpid())
@@ -219,6 +223,11 @@ class ForsunService:
     async def create(self, plans: list[Plan]) -> list[Plan]:
         return await self.scheduler.create(one_per_key(plans, self.max_plans_per_request))
 
+    async def upsert(self, plans: list[Plan]) -> list[Plan]:
+        """Hand built plans to the engine as they are (a v2 batch chunk, which keeps
+        its own per-line answers): no request limit, no folding of repeated keys."""
+        return await self.scheduler.create(plans)
+
     async def create_from_body(self, body: bytes, content_type: str, is_time_out: bool) -> bytes:
         """Create the plans of an HTTP v1 body (JSON or crontab); the answer's data,
         encoded. Big bodies are built in the create worker, when there is one."""
@@ -273,6 +282,53 @@ class ForsunService:
         a key with no plan answers its runs, or none, rather than an error.
         """
         return await self.scheduler.runs(self._key(key), limit)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The service's default time zone (a plan without a zone fires in it)."""
+        return self.scheduler.tz
+
+    def now_ms(self) -> int:
+        """Now, in unix ms, from the engine's clock."""
+        return int(self.scheduler.clock.now_ms())
+
+    async def key_page(self, prefix: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` keys starting with ``prefix``, in key order after ``after``."""
+        return await self.scheduler.keys(prefix, after, limit)
+
+    async def plans(self, prefix: str = "", after: str = "", limit: int = 100) -> list[Plan]:
+        """Up to ``limit`` plans whose key starts with ``prefix``, in key order after ``after``."""
+        return await self.scheduler.plans(prefix, after, limit)
+
+    async def firing_between(self, start_ms: int, end_ms: int, limit: int = 100_000) -> list[Plan]:
+        """Unpaused plans whose next firing is in ``[start_ms, end_ms)``, soonest first."""
+        return await self.scheduler.firing_between(start_ms, end_ms, limit)
+
+    async def count_firing_between(self, start_ms: int, end_ms: int, limit: int) -> int:
+        """How many plans :meth:`firing_between` would give, counted up to ``limit``."""
+        return await self.scheduler.count_firing_between(start_ms, end_ms, limit)
+
+    async def plan_count(self) -> int:
+        """How many plans are stored."""
+        return await self.scheduler.count()
+
+    def window_size(self) -> int:
+        """Plans in the engine's window (due soon, held in memory)."""
+        return self.scheduler.window_size()
+
+    def inflight_count(self) -> int:
+        """Firings under way."""
+        return self.scheduler.inflight_count()
+
+    async def store_size(self) -> int:
+        """The store's size in bytes (0 when the store does not say)."""
+        return await self.scheduler.store.size_bytes()
+
+    async def flush(self) -> None:
+        """Wait until every change made so far is committed."""
+        await self.scheduler.flush()
 
     async def keys(self, prefix: str = "") -> list[str]:
         # forsun's client documents "ls [prefix or *]": a trailing * (or white

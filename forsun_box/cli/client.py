@@ -37,7 +37,7 @@ from thrift.Thrift import TApplicationException, TException
 from thrift.transport import TSocket, TTransport
 
 from forsun_box import __version__, errors
-from forsun_box.api import crontab
+from forsun_box.api.formats import crontab
 from forsun_box.cli import views
 from forsun_box.cli.parsing import (
     COMMAND_ERROR,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from forsun_box import errors
-from forsun_box.api import crontab
+from forsun_box.api.formats import crontab
 from forsun_box.cli import views
 
 DEFAULT_HOST = "127.0.0.1"

@@ -8,7 +8,7 @@ more bytes" from "garbage, close the connection". Every declared length is
 checked against bounds before anything is allocated, so a peer declaring a
 4 GiB string costs nothing.
 
-Used by the server (:mod:`forsun_box.api.thrift_server`) and the ``thrift``
+Used by the server (:mod:`forsun_box.api.thrift.server`) and the ``thrift``
 action's asyncio client.
 """
 

@@ -274,7 +274,7 @@ def test_parse_argv() -> None:
 
 
 def test_format_params_round_trips_through_the_set_parser() -> None:
-    from forsun_box.api.crontab import parse_params
+    from forsun_box.api.formats.crontab import parse_params
 
     params = {"url": "http://h/?a=1&b=2", "body": "x; y", "q": "it's"}
     assert parse_params(format_params(params), "http") == params

@@ -25,7 +25,7 @@ import tornado.httpclient
 import tornado.web
 from bs4 import BeautifulSoup
 
-from forsun_box.api import console
+from forsun_box.api.console import handlers as console
 from tests.helpers import Server, free_port, wait_until
 
 PASSWORD = "console-pass-123"
@@ -453,12 +453,9 @@ def test_open_console_warns_and_shows_banner(
         cookie_secret="",
         data_dir=str(tmp_path),
     )
-    scheduler = SimpleNamespace(
-        tz=ZoneInfo("UTC"), clock=SimpleNamespace(now_ms=lambda: int(time.time() * 1000))
-    )
-    app = SimpleNamespace(config=config, scheduler=scheduler)
+    service = SimpleNamespace(tz=ZoneInfo("UTC"), now_ms=lambda: int(time.time() * 1000))
     with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
-        routes, settings = console.install(app)
+        routes, settings = console.install(service, config)
     assert "OPEN TO THE NETWORK" in caplog.text
 
     async def fetch() -> str:
@@ -620,8 +617,8 @@ def test_missing_console_files_are_reported_at_start_up(
         cookie_secret="",
         data_dir=str(tmp_path),
     )
-    app = SimpleNamespace(config=config, scheduler=SimpleNamespace(tz=ZoneInfo("UTC")))
+    service = SimpleNamespace(tz=ZoneInfo("UTC"))
     with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
-        console.install(app)
+        console.install(service, config)
     assert "the web console's files are missing" in caplog.text
     assert str(tmp_path / "no-web" / "templates" / "base.html") in caplog.text

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import psutil
 import pytest
 
-from forsun_box.api.bodies import WORKER_MIN_BYTES
+from forsun_box.api.formats.bodies import WORKER_MIN_BYTES
 from tests.helpers import Server
 
 N = 600  # plans in a big body (well over WORKER_MIN_BYTES)

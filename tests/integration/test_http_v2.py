@@ -21,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from forsun_box.api import openapi
+from forsun_box.api.formats import openapi
 from tests.helpers import ROOT, Server
 
 DOC = openapi.document()
@@ -399,7 +399,7 @@ def test_plans_fire_on_schedule_and_history_records_them(server: Server) -> None
 
 
 def api_instant(ms: int) -> str:
-    from forsun_box.api.v2_schema import format_instant
+    from forsun_box.api.formats.v2_schema import format_instant
 
     out = format_instant(ms)
     assert out is not None

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from forsun_box.api import access
+from forsun_box import logs
+from forsun_box.api import security
+from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.config import Config
 from forsun_box.errors import StartupError
 from tests.helpers import Server, Sink, call, thrift_client, wait_until
@@ -27,11 +29,11 @@ def test_non_loopback_bind_without_token_is_refused() -> None:
         ("::", "127.0.0.1:1"),
     ]:
         with pytest.raises(StartupError, match="allow_insecure_bind"):
-            access.check_bind(Config(bind_address=bind, http_bind=http))
-    access.check_bind(Config(bind_address="0.0.0.0", api_token="t"))
-    access.check_bind(Config(bind_address="0.0.0.0", allow_insecure_bind=True))
-    access.check_bind(Config(bind_address="127.0.0.1", http_bind="localhost:9002"))
-    access.check_bind(Config(bind_address="::1", http_bind=""))
+            security.check_bind(Config(bind_address=bind, http_bind=http))
+    security.check_bind(Config(bind_address="0.0.0.0", api_token="t"))
+    security.check_bind(Config(bind_address="0.0.0.0", allow_insecure_bind=True))
+    security.check_bind(Config(bind_address="127.0.0.1", http_bind="localhost:9002"))
+    security.check_bind(Config(bind_address="::1", http_bind=""))
 
 
 def test_cli_refuses_an_exposed_bind_with_a_clear_message(tmp_path: Path) -> None:
@@ -42,12 +44,12 @@ def test_cli_refuses_an_exposed_bind_with_a_clear_message(tmp_path: Path) -> Non
 
 
 def test_peer_filter_admits_loopback_and_allowed_networks() -> None:
-    f = access.PeerFilter(["10.0.0.0/8", "192.168.1.7", "fd00::/8"])
+    f = security.PeerFilter(["10.0.0.0/8", "192.168.1.7", "fd00::/8"])
     assert f.admits("127.0.0.1") and f.admits("127.5.6.7") and f.admits("::1")
     assert f.admits("::ffff:127.0.0.1") and f.admits("10.9.9.9") and f.admits("192.168.1.7")
     assert f.admits("::ffff:10.1.1.1") and f.admits("fd12::1")
     assert not f.admits("192.168.1.8") and not f.admits("8.8.8.8") and not f.admits("")
-    assert not access.PeerFilter().admits("10.0.0.1")
+    assert not security.PeerFilter().admits("10.0.0.1")
     with pytest.raises(StartupError):
         Config(thrift_allow=("10.0.0.0/33",))
 
@@ -57,14 +59,14 @@ def test_v1_token_always_required_when_configured_so(tmp_path: Path) -> None:
     try:
         assert srv.call("GET", "/v1/ping")[0] == 200  # the health probe stays open
         status, body = srv.call("GET", "/v1/info")
-        assert (status, body["errcode"]) == (401, access.UNAUTHORIZED)
+        assert (status, body["errcode"]) == (401, security.UNAUTHORIZED)
         status, body = srv.call(
             "PUT",
             "/v1/plan",
             {"key": "x", "seconds": 60, "action": "shell", "params": {"cmd": "true"}},
         )
         assert status == 401 and body["data"] == {}
-        assert srv.call("GET", "/v1/keys")[1]["errcode"] == access.UNAUTHORIZED
+        assert srv.call("GET", "/v1/keys")[1]["errcode"] == security.UNAUTHORIZED
         assert srv.call("GET", "/v1/keys")[1]["data"] == {}
         # the plan was not created: check with the token
         import urllib.request
@@ -192,7 +194,7 @@ def _pings(srv: Server) -> bool:
 
 def test_thrift_peer_outside_the_allowlist_is_closed() -> None:
     async def main() -> None:
-        server = access.GuardedThriftServer(SimpleNamespace(), peers=_NoOne())
+        server = ThriftServer(SimpleNamespace(), peers=_NoOne())
         port = await server.start("127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(1), 5) == b""
@@ -203,26 +205,26 @@ def test_thrift_peer_outside_the_allowlist_is_closed() -> None:
     asyncio.run(main())
 
 
-class _NoOne(access.PeerFilter):
+class _NoOne(security.PeerFilter):
     def admits(self, host: str) -> bool:
         return False
 
 
 def test_mask_secrets_in_text() -> None:
-    m = access.MASK
+    m = logs.MASK
     assert (
-        access.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500")
+        logs.mask_secrets("GET http://bob:pw@h:1/x?token=abc&n=1&api_key=z: HTTP 500")
         == f"GET http://bob:{m}@h:1/x?token={m}&n=1&api_key={m}: HTTP 500"
     )
     assert (
-        access.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") == f"redis://:{m}@127.0.0.1:6379/0"
+        logs.mask_secrets("redis://:hunter2@127.0.0.1:6379/0") == f"redis://:{m}@127.0.0.1:6379/0"
     )
-    assert access.mask_secrets("plain text, no url") == "plain text, no url"
+    assert logs.mask_secrets("plain text, no url") == "plain text, no url"
     # a plan key is a name, not a secret: access log lines keep it
-    assert access.mask_secrets("200 GET /v1/plan?key=order-7 (::1)") == (
+    assert logs.mask_secrets("200 GET /v1/plan?key=order-7 (::1)") == (
         "200 GET /v1/plan?key=order-7 (::1)"
     )
-    assert access.mask_secrets("GET /x?access_key=s3&key=k") == f"GET /x?access_key={m}&key=k"
+    assert logs.mask_secrets("GET /x?access_key=s3&key=k") == f"GET /x?access_key={m}&key=k"
 
 
 def test_run_history_masks_a_url_password(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from forsun_box.api import console_text as text
-from forsun_box.api.access import is_loopback
-from forsun_box.api.console_plans import PREVIEW_COUNT, matches
+from forsun_box.api.console import text
+from forsun_box.api.console.plans import PREVIEW_COUNT, matches
+from forsun_box.api.security import is_loopback
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, build_plan
 from forsun_box.stats import MinuteSeries
 from forsun_box.store.base import Batch

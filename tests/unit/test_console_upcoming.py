@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from forsun_box.api.console import later_firings
+from forsun_box.api.console.handlers import later_firings
 from forsun_box.plan import Plan
 
 UTC = ZoneInfo("UTC")

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forsun_box import errors
-from forsun_box.api import crontab
-from forsun_box.api.crontab import (
+from forsun_box.api.formats import crontab
+from forsun_box.api.formats.crontab import (
     BARE_PARAM,
     PlanLine,
     parse_body,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forsun_box import errors
-from forsun_box.api import crontab
+from forsun_box.api.formats import crontab
 from forsun_box.plan import Limits, build_plan
 
 EXAMPLES = int(os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES", "300"))

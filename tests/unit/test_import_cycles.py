@@ -13,18 +13,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "forsun_box"
 ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 GENERATED = ROOT / "thrift" / "forsun"
-
-# A circle being taken apart by other work: this test fails (strictly) once it is gone,
-# so that it is taken off this list.
-CONSOLE = frozenset(
-    {"forsun_box.api.console", "forsun_box.api.console_form", "forsun_box.api.console_plans"}
-)
-KNOWN = [CONSOLE]
 
 
 def module_name(path: Path) -> str:
@@ -125,14 +116,5 @@ def test_the_circle_finder_finds_circles() -> None:
 
 
 def test_no_import_circles() -> None:
-    found = [c for c in circles(graph()) if c not in KNOWN]
+    found = circles(graph())
     assert found == [], "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known circle console.py <-> console_form.py <-> console_plans.py, "
-    "being taken apart with the console's rework",
-)
-def test_no_console_import_circle() -> None:
-    assert not any(c & CONSOLE for c in circles(graph()))

@@ -15,7 +15,8 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport import TTransport
 
-from forsun_box.api.thrift_server import ThriftServer, plan_struct
+from forsun_box.api.thrift.server import ThriftServer
+from forsun_box.api.thrift.structs import plan_struct
 from forsun_box.plan import DELAY, Plan
 from forsun_box.thrift import codec
 from forsun_box.thrift.forsun import Forsun

@@ -60,8 +60,8 @@ def test_store_commits_are_timed_and_engine_gauges_read() -> None:
         async def apply(self, batch: Batch) -> None:
             self.applied += 1
 
-    class FakeScheduler:
-        async def count(self) -> int:
+    class FakeEngine:
+        async def plan_count(self) -> int:
             return 42
 
         def window_size(self) -> int:
@@ -77,7 +77,7 @@ def test_store_commits_are_timed_and_engine_gauges_read() -> None:
         m.instrument_store(store)  # idempotent: one observation per commit
         await store.apply(Batch())
         await store.apply(Batch())
-        await m.refresh(FakeScheduler())
+        await m.refresh(FakeEngine())
         assert store.applied == 2
         return samples(m)
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from forsun_box.api import openapi, v2_schema
+from forsun_box.api.formats import openapi, v2_schema
 from forsun_box.plan import Limits
 
 NOW = 1_767_225_600_000

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from forsun_box import errors
-from forsun_box.api import v2_schema
-from forsun_box.api.v2_schema import build_v2_plan, format_instant, parse_instant
+from forsun_box.api.formats import v2_schema
+from forsun_box.api.formats.v2_schema import build_v2_plan, format_instant, parse_instant
 from forsun_box.plan import Limits
 from forsun_box.store.base import Run
 

@@ -15,17 +15,21 @@ Scale: no page reads the whole plan table. Listings are key-range reads
 of a bounded number of rows; the upcoming-firings chart is index counts
 capped per minute, plus the later firings of a bounded sample of the plans
 due within the hour (recurring plans fire more than once in it).
+
+Modules: :mod:`.base` (the typed context, on the service, and the base
+handler), :mod:`.plans` (listing, one plan, its actions, "when"),
+:mod:`.form` (create and edit), :mod:`.text` (words for schedules and
+times); this module has the login, the dashboard and its figures, and
+:func:`install`, which puts them together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,19 +37,22 @@ from zoneinfo import ZoneInfo
 import jinja2
 import markupsafe
 import orjson
-import psutil
 import tornado.web
 
 from forsun_box import __version__
 from forsun_box.actions import action_names
-from forsun_box.api import console_text as text
-from forsun_box.api.access import is_loopback
-from forsun_box.plan import DELAY
+from forsun_box.api.console import form as console_form
+from forsun_box.api.console import plans as console_plans
+from forsun_box.api.console import text
+from forsun_box.api.console.base import COOKIE, COOKIE_DAYS, ConsoleContext, ConsoleHandler
+from forsun_box.api.security import is_loopback
+from forsun_box.api.service import ForsunService
+from forsun_box.config import Config
+from forsun_box.plan import DELAY, Plan
+from forsun_box.stats import MinuteSeries
 
 log = logging.getLogger("forsun_box.console")
 
-COOKIE = "forsun_box_console"
-COOKIE_DAYS = 7
 SECRET_FILE = "console-cookie-secret"
 #: seconds the upcoming-firings chart is reused
 UPCOMING_TTL_S = 10.0
@@ -60,10 +67,10 @@ UPCOMING_MINUTES = 60
 
 def web_root() -> Path:
     """The package's ``web/`` folder (in the frozen executable too: it keeps the layout)."""
-    return Path(__file__).resolve().parent.parent / "web"
+    return Path(__file__).resolve().parents[2] / "web"
 
 
-def cookie_secret(config: Any) -> str:
+def cookie_secret(config: Config) -> str:
     """``cookie_secret`` from the config, else one generated once and kept in the data dir."""
     if config.cookie_secret:
         return str(config.cookie_secret)
@@ -82,60 +89,8 @@ def cookie_secret(config: Any) -> str:
 
 
 @dataclass
-class Console:
-    """What every console handler shares: the running app, templates, caches."""
-
-    app: Any  # forsun_box.app.App
-    env: jinja2.Environment
-    passwords: tuple[str, ...]
-    exposed: bool  # no login configured and bound beyond loopback
-    bind: str
-    process: psutil.Process = field(default_factory=lambda: psutil.Process(os.getpid()))
-    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
-
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.passwords)
-
-    @property
-    def service(self) -> Any:
-        return self.app.service
-
-    @property
-    def scheduler(self) -> Any:
-        return self.app.scheduler
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return self.app.scheduler.tz  # type: ignore[no-any-return]
-
-    def now_ms(self) -> int:
-        return int(self.app.scheduler.clock.now_ms())
-
-    def check_password(self, given: str) -> bool:
-        ok = False
-        for p in self.passwords:
-            # compare every candidate, so timing tells nothing about which matched
-            ok |= hmac.compare_digest(given.encode(), p.encode())
-        return ok
-
-    async def cached(self, name: str, ttl: float, compute: Any) -> Any:
-        hit = self._cache.get(name)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < ttl:
-            return hit[1]
-        value = await compute()
-        self._cache[name] = (now, value)
-        return value
-
-    def forget_counts(self) -> None:
-        """Drop the cached chart after this console changed plans (others' changes show later)."""
-        self._cache.pop("upcoming", None)
-
-    async def plan_count(self) -> int:
-        # not cached: every store keeps its count in step with each commit
-        return int(await self.scheduler.count())
+class Console(ConsoleContext):
+    """The console's context with the dashboard's figures (the chart is cached)."""
 
     async def upcoming(self) -> dict[str, Any]:
         async def compute() -> dict[str, Any]:
@@ -147,10 +102,8 @@ class Console:
                 a = start + i * 60_000
                 lo = max(a, now)
                 starts.append(a)
-                counts.append(
-                    await self.scheduler.count_firing_between(lo, a + 60_000, UPCOMING_CAP)
-                )
-            due = await self.scheduler.firing_between(now, end, UPCOMING_SAMPLE + 1)
+                counts.append(await self.service.count_firing_between(lo, a + 60_000, UPCOMING_CAP))
+            due = await self.service.firing_between(now, end, UPCOMING_SAMPLE + 1)
             # pure computation over the whole sample: off the event loop, which goes on
             # firing meanwhile (its cost: bench/console_upcoming.py)
             later, complete = await asyncio.to_thread(
@@ -167,31 +120,30 @@ class Console:
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything the dashboard shows, as JSON-able values."""
-        app = self.app
+        service = self.service
         now = self.now_ms()
         proc = self.process
         with proc.oneshot():
             cpu = proc.cpu_percent(interval=None)
             rss = proc.memory_info().rss
-        store = app.store
-        size = await store.size_bytes() if store is not None else 0
-        stats = app.stats
-        series = stats.minutes.series(now)
-        hour = stats.minutes.percentiles(now)
+        size = await service.store_size()
+        minutes = service.stats.minutes if service.stats is not None else MinuteSeries()
+        series = minutes.series(now)
+        hour = minutes.percentiles(now)
         last = len(series["fired"]) - 1
-        ext_errors = [str(e) for e in getattr(app.extensions, "errors", [])]
+        facts = service.info_facts
         return {
             "version": __version__,
             "now_ms": now,
             "now": text.local_time(now, self.tz),
             "uptime_s": (now - self.started_ms) // 1000,
             "uptime": text.duration(max(0, now - self.started_ms) // 1000 * 1000, parts=2),
-            "store": app.config.driver,
+            "store": facts.store_name,
             "store_size": size,
             "store_size_text": text.human_bytes(size),
             "pending": await self.plan_count(),
-            "window": self.scheduler.window_size(),
-            "inflight": self.scheduler.inflight_count(),
+            "window": service.window_size(),
+            "inflight": service.inflight_count(),
             "cpu_percent": round(cpu, 1),
             "rss": rss,
             "rss_text": text.human_bytes(rss),
@@ -203,14 +155,14 @@ class Console:
             "series": series,
             "upcoming": await self.upcoming(),
             "actions": sorted(action_names()),
-            "extensions": sorted(app.extensions.names()),
-            "extension_errors": ext_errors,
+            "extensions": sorted(facts.extensions()),
+            "extension_errors": list(facts.extension_errors()),
             "timezone": getattr(self.tz, "key", str(self.tz)),
         }
 
 
 def later_firings(
-    plans: list[Any], start: int, end: int, tz: ZoneInfo, budget: int = UPCOMING_STEPS
+    plans: list[Plan], start: int, end: int, tz: ZoneInfo, budget: int = UPCOMING_STEPS
 ) -> tuple[list[int], bool]:
     """Per minute from ``start`` to ``end``: the firings of ``plans`` after their next one.
 
@@ -257,70 +209,6 @@ def script_json(value: Any) -> markupsafe.Markup:
     return markupsafe.Markup(orjson.dumps(value).decode().replace("<", "\\u003c"))
 
 
-class ConsoleHandler(tornado.web.RequestHandler):
-    """Base of console pages: login, XSRF on every form, Jinja2 rendering."""
-
-    console: Console
-
-    def initialize(self, console: Console) -> None:  # type: ignore[override]
-        self.console = console
-
-    def set_default_headers(self) -> None:
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "same-origin")
-        self.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'",
-        )
-
-    def get_current_user(self) -> str | None:
-        if not self.console.auth_required:
-            return "open"
-        value = self.get_signed_cookie(COOKIE, max_age_days=COOKIE_DAYS)
-        return value.decode() if value else None
-
-    def prepare(self) -> None:
-        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-            self.check_xsrf_cookie()
-
-    def page(self, template: str, **ctx: Any) -> None:
-        """Render ``template`` with the layout's shared values and finish."""
-        console = self.console
-        ctx.setdefault("notice", self.get_query_argument("done", ""))
-        ctx.setdefault("active", "")
-        values = {
-            "console": console,
-            "version": __version__,
-            "user": self.current_user,
-            "auth_required": console.auth_required,
-            "exposed": console.exposed,
-            "bind": console.bind,
-            "timezone": getattr(console.tz, "key", str(console.tz)),
-            "xsrf_form_html": lambda: markupsafe.Markup(self.xsrf_form_html()),
-            "static_url": self.static_url,
-            "path": self.request.path,
-            "text": text,
-            "tz": console.tz,
-            "now_ms": console.now_ms(),
-            **ctx,
-        }
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(console.env.get_template(template).render(**values))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        reason = self._reason
-        exc = kwargs.get("exc_info")
-        if exc and isinstance(exc[1], tornado.web.HTTPError) and exc[1].log_message:
-            if status_code < 500:
-                reason = exc[1].log_message
-        try:
-            self.page("error.html", status=status_code, message=reason)
-        except Exception:  # a broken template must still give an answer
-            self.finish(f"{status_code} {reason}")
-
-
 class LoginHandler(ConsoleHandler):
     def get(self) -> None:
         if not self.console.auth_required:
@@ -362,6 +250,8 @@ class LogoutHandler(ConsoleHandler):
 
 
 class DashboardHandler(ConsoleHandler):
+    console: Console
+
     @tornado.web.authenticated
     async def get(self) -> None:
         snap = await self.console.snapshot()
@@ -370,6 +260,8 @@ class DashboardHandler(ConsoleHandler):
 
 class StatsApiHandler(ConsoleHandler):
     """``GET /console/api/stats``: the dashboard's numbers, polled by its script."""
+
+    console: Console
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -388,16 +280,13 @@ class NotFoundHandler(ConsoleHandler):
         raise tornado.web.HTTPError(404, f"No page at {self.request.path}.")
 
 
-def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
-    """The console's routes and the tornado settings it needs, for ``app``'s HTTP server.
+def install(service: ForsunService, config: Config) -> tuple[list[Any], dict[str, Any]]:
+    """The console's routes and the tornado settings it needs, on ``service``.
 
     The settings make :class:`NotFoundHandler` the answer to unknown paths.
     Logs a loud warning when the console is reachable from the network
     without a login.
     """
-    from forsun_box.api import console_form, console_plans
-
-    config = app.config
     root = web_root()
     for needed in (root / "templates" / "base.html", root / "static" / "console.css"):
         if not needed.is_file():
@@ -428,7 +317,9 @@ def install(app: Any) -> tuple[list[Any], dict[str, Any]]:
             config.http_bind,
             bar,
         )
-    console = Console(app=app, env=env, passwords=passwords, exposed=exposed, bind=config.http_bind)
+    console = Console(
+        service=service, env=env, passwords=passwords, exposed=exposed, bind=config.http_bind
+    )
     kw = {"console": console}
     routes: list[Any] = [
         (r"/", DashboardHandler, kw),

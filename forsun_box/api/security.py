@@ -8,7 +8,10 @@ network unless it is configured for it:
   unless ``allow_insecure_bind`` is set (:func:`check_bind`);
 - with ``api_token`` set, HTTP v1 requires it (``X-Api-Token`` or
   ``Authorization: Bearer``) from non-loopback peers (``v1_token_required =
-  remote``, the default) or from every peer (``always``);
+  remote``, the default) or from every peer (``always``), and v2 from every
+  peer: both ask :func:`authorized`, the one token check of every HTTP API
+  (the console logs in with it or ``console_password``, see
+  :mod:`forsun_box.api.console`);
 - the Thrift protocol has no place for a token: its port admits loopback
   peers plus the networks of ``thrift_allow`` (:class:`PeerFilter`);
 - ``max_http_connections`` / ``max_thrift_connections`` cap open connections;
@@ -17,21 +20,17 @@ network unless it is configured for it:
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
-import logging
-import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-from forsun_box.api.thrift_server import ThriftServer
+from forsun_box.config import Config
 from forsun_box.errors import StartupError
-
-log = logging.getLogger("forsun_box.access")
 
 # v1 answer to a request without the token it needs (HTTP 401); forsun has no such code
 UNAUTHORIZED = 1010
+#: the message of that answer, on v1 and v2 alike
+UNAUTHORIZED_MESSAGE = "a valid API token is required"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,7 +64,7 @@ def check_networks(items: Iterable[str]) -> None:
     parse_networks(items)
 
 
-def check_bind(config: Any) -> None:
+def check_bind(config: Config) -> None:
     """Refuse a non-loopback bind without ``api_token`` unless ``allow_insecure_bind``."""
     if config.api_token or config.allow_insecure_bind:
         return
@@ -113,57 +112,17 @@ def token_ok(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-class GuardedThriftServer(ThriftServer):
-    """:class:`ThriftServer` admitting only :class:`PeerFilter` peers, at most ``max_connections``."""
+def authorized(
+    remote_ip: str, headers: Mapping[str, str], api_token: str, scope: str = "always"
+) -> bool:
+    """Whether a request from ``remote_ip`` with ``headers`` may be served.
 
-    def __init__(
-        self, *args: Any, peers: PeerFilter | None = None, max_connections: int = 0, **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self.peers = peers or PeerFilter()
-        self.max_connections = max_connections
-        self.open_connections = 0
-        self.refused = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        host = str(peer[0]) if peer else ""
-        if not self.peers.admits(host):
-            self.refused += 1
-            log.warning("thrift connection from %s refused: not loopback nor in thrift_allow", host)
-            writer.close()
-            return
-        if self.max_connections and self.open_connections >= self.max_connections:
-            self.refused += 1
-            log.warning(
-                "thrift connection from %s refused: %d connections open (the limit)",
-                host,
-                self.open_connections,
-            )
-            writer.close()
-            return
-        self.open_connections += 1
-        try:
-            await super()._serve(reader, writer)
-        finally:
-            self.open_connections -= 1
-
-
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
-# A plan's ``key`` is a name, not a secret: only a key with a prefix (``api_key``,
-# ``access_key``) is masked.
-_SECRET_QUERY = re.compile(
-    r"(?P<name>[?&;](?:[^=&\s]*(?:pass|pwd|secret|token|auth|sig)[^=&\s]*|[^=&\s]+key[^=&\s]*)=)"
-    r"[^&\s#]*?(?=$|[&\s#]|:\s)",
-    re.IGNORECASE,
-)
-MASK = "••••••"
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with URL passwords and secret-looking query values replaced by :data:`MASK`.
-
-    ``http://u:pw@h/x?token=abc&n=1`` → ``http://u:••••••@h/x?token=••••••&n=1``.
+    No ``api_token`` configured: every request. Otherwise the request must
+    carry it (:func:`token_given`), except from a loopback peer when
+    ``scope`` is ``remote`` (v1's default: forsun's own clients send no token).
     """
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m['name']}{MASK}", text)
+    if not api_token:
+        return True
+    if scope != "always" and is_loopback(remote_ip):
+        return True
+    return token_ok(token_given(headers), api_token)

@@ -3,7 +3,7 @@
 Each non-blank line is one v2 plan definition (the key in the body) and is
 upserted, like ``PUT /v2/plans/{key}``. The body is read as it arrives, its
 lines built (parsed and validated: in the create worker of
-:mod:`~forsun_box.api.bodies` when they are many) and committed in chunks,
+:mod:`~forsun_box.api.formats.bodies` when they are many) and committed in chunks,
 so a request of 100,000 lines never sits whole in memory. The answer
 (``application/x-ndjson``) has one line per non-blank input line, in order:
 ``{"line": n, "key": k, "status": 200}`` or ``{"line": n, "key": k|null,
@@ -21,8 +21,8 @@ import orjson
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import bodies
-from forsun_box.api.http_v2 import BATCH_CHUNK, Problem, V2Handler
+from forsun_box.api.formats import bodies
+from forsun_box.api.http.v2 import BATCH_CHUNK, Problem, V2Handler
 from forsun_box.plan import Plan
 
 NDJSON = "application/x-ndjson"
@@ -114,14 +114,14 @@ class BatchHandler(V2Handler):
         MAX_BUILDS_IN_FLIGHT are outstanding; ``drain`` takes them all."""
         if self._raw:
             raw, self._raw = self._raw, []
-            scheduler = self.service.scheduler
+            service = self.service
             self._builds.append(
                 asyncio.ensure_future(
                     self.service.worker.build_lines(
                         bodies.Lines(
                             raw,
-                            scheduler.clock.now_ms(),
-                            scheduler.tz,
+                            service.now_ms(),
+                            service.tz,
                             self.service.limits,
                             self._known,
                         )
@@ -187,7 +187,7 @@ class BatchHandler(V2Handler):
 
     async def _commit(self, pending: list[tuple[int, Plan]]) -> None:
         try:
-            await self.service.scheduler.create([p for _, p in pending])
+            await self.service.upsert([p for _, p in pending])
         except errors.ForsunBoxError as e:
             problem = Problem.from_error(e)
             for line_no, plan in pending:

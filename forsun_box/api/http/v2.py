@@ -2,8 +2,9 @@
 
 Plans are keyed by the client's key. Errors are RFC 7807
 ``application/problem+json`` with a proper HTTP status; the forsun error
-code travels in the ``code`` member. Shapes are in :mod:`v2_schema`, the
-OpenAPI document in :mod:`openapi`; docs/API_V2.md shows every route.
+code travels in the ``code`` member. Shapes are in
+:mod:`forsun_box.api.formats.v2_schema`, the OpenAPI document in
+:mod:`forsun_box.api.formats.openapi`; docs/API_V2.md shows every route.
 
 Status codes: 400 a body or query that can't be read, 401 a missing or
 wrong API token (when one is configured), 404 no such plan or route, 409
@@ -15,7 +16,6 @@ store failed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,8 @@ import tornado.escape
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import openapi, v2_schema
+from forsun_box.api import security
+from forsun_box.api.formats import openapi, v2_schema
 from forsun_box.api.service import ForsunService
 from forsun_box.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from forsun_box.metrics import Metrics
@@ -126,17 +127,10 @@ class V2Handler(tornado.web.RequestHandler):
         return self.body_limit or self.ctx.max_body_bytes
 
     def prepare(self) -> None:
-        token = self.ctx.api_token
-        if token:
-            auth = self.request.headers.get("Authorization", "")
-            given = (
-                auth[7:]
-                if auth.startswith("Bearer ")
-                else self.request.headers.get("X-Api-Token", "")
-            )
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                self.problem(Problem(401, "a valid API token is required"))
-                return
+        request = self.request
+        if not security.authorized(request.remote_ip or "", request.headers, self.ctx.api_token):
+            self.problem(Problem(401, security.UNAUTHORIZED_MESSAGE))
+            return
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.limit():
             self.problem(
@@ -229,7 +223,7 @@ class V2Handler(tornado.web.RequestHandler):
         if raw is None or raw == "":
             return default
         try:
-            return v2_schema.parse_instant(raw, name, self.service.scheduler.tz)
+            return v2_schema.parse_instant(raw, name, self.service.tz)
         except errors.InvalidValue as e:
             raise Problem(400, e.message) from None
 
@@ -238,15 +232,17 @@ class V2Handler(tornado.web.RequestHandler):
         return v2_schema.build_v2_plan(
             obj,
             key=key,
-            now_ms=service.scheduler.clock.now_ms(),
-            default_tz=service.scheduler.tz,
+            now_ms=service.now_ms(),
+            default_tz=service.tz,
             known_actions=service.known_actions(),
             limits=service.limits,
         )
 
     async def exists(self, key: str) -> bool:
+        if not key:
+            return False
         try:
-            await self.service.scheduler.get(key)
+            await self.service.get(key)
         except errors.PlanNotFound:
             return False
         return True
@@ -261,7 +257,7 @@ class PlansHandler(V2Handler):
             prefix = self.get_query_argument("prefix", "") or ""
             after = self.get_query_argument("after", "") or ""
             limit = self.int_arg("limit", 100, 1, MAX_LIST_LIMIT)
-            plans = await self.service.scheduler.plans(prefix, after, limit + 1)
+            plans = await self.service.plans(prefix, after, limit + 1)
             more = len(plans) > limit
             plans = plans[:limit]
             self.send(
@@ -292,17 +288,17 @@ class PlansHandler(V2Handler):
             prefix = self.get_query_argument("prefix", "") or ""
             if not prefix:
                 raise Problem(400, "prefix is required (deleting every plan is not offered)")
-            scheduler = self.service.scheduler
+            service = self.service
             removed = 0
             after = ""
             while True:
-                keys = await scheduler.keys(prefix, after, DELETE_CHUNK)
+                keys = await service.key_page(prefix, after, DELETE_CHUNK)
                 if not keys:
                     break
                 after = keys[-1]
                 # Concurrent removals share group commits.
                 results = await asyncio.gather(
-                    *(scheduler.remove(k) for k in keys), return_exceptions=True
+                    *(service.remove(k) for k in keys), return_exceptions=True
                 )
                 for r in results:
                     if isinstance(r, errors.PlanNotFound):
@@ -321,7 +317,7 @@ class PlanHandler(V2Handler):
 
     async def get(self, key: str) -> None:
         async def get() -> None:
-            self.send(200, v2_schema.plan_to_v2(await self.service.scheduler.get(key)))
+            self.send(200, v2_schema.plan_to_v2(await self.service.get(key)))
 
         await self.run(get)
 
@@ -336,7 +332,7 @@ class PlanHandler(V2Handler):
 
     async def delete(self, key: str) -> None:
         async def delete() -> None:
-            self.send(200, v2_schema.plan_to_v2(await self.service.scheduler.remove(key)))
+            self.send(200, v2_schema.plan_to_v2(await self.service.remove(key)))
 
         await self.run(delete)
 
@@ -348,8 +344,7 @@ class PlanOpHandler(V2Handler):
         async def change() -> None:
             service = self.service
             if op == "fire":
-                clock = service.scheduler.clock
-                started = clock.now_ms()
+                started = service.now_ms()
                 status = await service.fire(key)
                 self.send(
                     200,
@@ -373,7 +368,7 @@ class RunsHandler(V2Handler):
     async def get(self, key: str) -> None:
         async def runs() -> None:
             limit = self.int_arg("limit", 50, 1, MAX_RUNS)
-            rows = await self.service.scheduler.runs(key, limit)
+            rows = await self.service.runs(key, limit)
             self.send(200, {"key": key, "runs": [v2_schema.run_to_v2(r) for r in rows]})
 
         await self.run(runs)
@@ -385,8 +380,8 @@ class PreviewHandler(V2Handler):
     async def get(self, key: str) -> None:
         async def preview() -> None:
             n = self.int_arg("n", 5, 1, MAX_PREVIEW)
-            plan = await self.service.scheduler.get(key)
-            fires = plan.upcoming(n, self.service.scheduler.tz)
+            plan = await self.service.get(key)
+            fires = plan.upcoming(n, self.service.tz)
             self.send(
                 200,
                 {
@@ -405,8 +400,8 @@ class UpcomingHandler(V2Handler):
 
     async def get(self) -> None:
         async def upcoming() -> None:
-            scheduler = self.service.scheduler
-            now = scheduler.clock.now_ms()
+            service = self.service
+            now = service.now_ms()
             start = self.instant_arg("from", now)
             end = self.instant_arg("to", start + 3_600_000)
             step = self.int_arg("step", 60_000, 1000, 366 * 86_400_000)
@@ -420,7 +415,7 @@ class UpcomingHandler(V2Handler):
             for i in range(steps):
                 lo = start + i * step
                 hi = min(lo + step, end)
-                n = await scheduler.count_firing_between(lo, hi, UPCOMING_COUNT_LIMIT)
+                n = await service.count_firing_between(lo, hi, UPCOMING_COUNT_LIMIT)
                 capped = capped or n >= UPCOMING_COUNT_LIMIT
                 buckets.append({"start": v2_schema.format_instant(lo), "start_ms": lo, "count": n})
             self.send(
@@ -449,7 +444,7 @@ class MetricsHandler(V2Handler):
 
     async def get(self) -> None:
         async def metrics() -> None:
-            await self.ctx.metrics.refresh(self.service.scheduler)
+            await self.ctx.metrics.refresh(self.service)
             self.send(200, self.ctx.metrics.render(), METRICS_CONTENT_TYPE)
 
         await self.run(metrics)

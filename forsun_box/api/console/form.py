@@ -19,9 +19,9 @@ import orjson
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import console_text as text
-from forsun_box.api.console import ConsoleHandler
-from forsun_box.api.console_plans import PREVIEW_COUNT, input_value, parse_local
+from forsun_box.api.console import text
+from forsun_box.api.console.base import ConsoleHandler
+from forsun_box.api.console.plans import PREVIEW_COUNT, input_value, parse_local
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, FIELDS, KINDS, Plan
 
 log = logging.getLogger("forsun_box.console")
@@ -184,8 +184,10 @@ class FormHandler(ConsoleHandler):
         if not self.edit:
             return None
         key = self.get_argument("key", "")
+        if not key:
+            raise tornado.web.HTTPError(404, f"No plan with key {key!r}.")
         try:
-            return await self.console.scheduler.get(key)  # type: ignore[no-any-return]
+            return await self.console.service.get(key)
         except errors.PlanNotFound:
             raise tornado.web.HTTPError(404, f"No plan with key {key!r}.") from None
 
@@ -217,10 +219,9 @@ class FormHandler(ConsoleHandler):
                 self.set_status(400)
             self._show(form, original, plan)
             return
-        scheduler = self.console.scheduler
         if original is None and form.get("key").strip():
             try:
-                await scheduler.get(plan.key)
+                await self.console.service.get(plan.key)
             except errors.PlanNotFound:
                 pass
             else:

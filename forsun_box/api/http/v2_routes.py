@@ -1,16 +1,16 @@
-"""The v2 routes and ``/metrics``: the handlers of :mod:`http_v2` and :mod:`v2_batch`.
+"""The v2 routes and ``/metrics``: the handlers of :mod:`.v2` and :mod:`.v2_batch`.
 
-Kept apart from both so that the batch handler, built on http_v2's base
-handler, imports http_v2 and nothing imports back.
+Kept apart from both so that the batch handler, built on v2's base
+handler, imports v2 and nothing imports back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from forsun_box.api import http_v2
+from forsun_box.api.http import v2 as http_v2
+from forsun_box.api.http.v2_batch import BatchHandler
 from forsun_box.api.service import ForsunService
-from forsun_box.api.v2_batch import BatchHandler
 from forsun_box.metrics import Metrics
 
 

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 import tornado.web
 
 from forsun_box import errors
-from forsun_box.api import console_text as text
-from forsun_box.api.console import Console, ConsoleHandler
+from forsun_box.api.console import text
+from forsun_box.api.console.base import ConsoleContext, ConsoleHandler
 from forsun_box.enums import PlanStatus
 from forsun_box.plan import KINDS, Plan
 
@@ -57,12 +57,12 @@ def matches(plan: Plan, action: str, mode: str, status: str) -> bool:
 
 
 async def list_page(
-    console: Console, prefix: str, after: str, action: str, mode: str, status: str
+    console: ConsoleContext, prefix: str, after: str, action: str, mode: str, status: str
 ) -> tuple[list[Plan], str, int]:
     """One page of plans: (plans, the ``after`` key of the next page or "", keys scanned)."""
-    scheduler = console.scheduler
+    service = console.service
     if not (action or mode or status):
-        rows = await scheduler.plans(prefix, after, PAGE_SIZE + 1)
+        rows = await service.plans(prefix, after, PAGE_SIZE + 1)
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
         return rows, (rows[-1].key if more and rows else ""), len(rows)
@@ -71,7 +71,7 @@ async def list_page(
     cursor = after
     exhausted = False
     while len(found) < PAGE_SIZE and scanned < SCAN_LIMIT:
-        chunk = await scheduler.plans(prefix, cursor, SCAN_CHUNK)
+        chunk = await service.plans(prefix, cursor, SCAN_CHUNK)
         for p in chunk:
             scanned += 1
             cursor = p.key
@@ -126,9 +126,9 @@ class PlansHandler(ConsoleHandler):
         )
 
 
-async def runs_page(console: Console, key: str, page: int) -> dict[str, Any]:
+async def runs_page(console: ConsoleContext, key: str, page: int) -> dict[str, Any]:
     """Page ``page`` (1 = newest) of ``key``'s run history, with links to its neighbours."""
-    rows = await console.scheduler.runs(key, RUNS_SHOWN * page + 1)
+    rows = await console.service.runs(key, RUNS_SHOWN * page + 1)
     shown = rows[RUNS_SHOWN * (page - 1) : RUNS_SHOWN * page]
     base = {"key": key}
 
@@ -147,6 +147,8 @@ class PlanHandler(ConsoleHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         key = self.get_query_argument("key", "")
+        if not key:
+            raise tornado.web.HTTPError(404, f"No plan with key {key!r}.")
         console = self.console
         try:
             # a store keeps at most max_runs_per_key runs of a key: pages end early
@@ -155,7 +157,7 @@ class PlanHandler(ConsoleHandler):
             page = 1
         history = await runs_page(console, key, page)
         try:
-            plan = await console.scheduler.get(key)
+            plan = await console.service.get(key)
         except errors.PlanNotFound:
             if not history["runs"]:
                 raise tornado.web.HTTPError(404, f"No plan with key {key!r}.") from None
@@ -209,7 +211,7 @@ class PlanActionHandler(ConsoleHandler):
                 finished, _ = await asyncio.wait({task}, timeout=FIRE_WAIT_S)
                 if finished:
                     task.result()
-                await console.scheduler.flush()
+                await service.flush()
             else:
                 raise tornado.web.HTTPError(404)
         except (errors.PlanNotFound, errors.RemoveError):
@@ -260,7 +262,7 @@ class WhenHandler(ConsoleHandler):
         except ValueError:
             error = "Give times as YYYY-MM-DD HH:MM:SS."
         if lo and not error:
-            plans = await console.scheduler.firing_between(lo, hi, WHEN_LIMIT + 1)
+            plans = await console.service.firing_between(lo, hi, WHEN_LIMIT + 1)
         more = len(plans) > WHEN_LIMIT
         base = now - now % 1000
         self.page(

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 
 from forsun_box.clock import local_text
 from forsun_box.enums import PlanStatus, RunResult
+from forsun_box.logs import MASK
 from forsun_box.plan import AT, CALENDAR, CRON, DELAY, Plan
 
 #: a param whose name contains one of these has its value masked
 SECRET_WORDS = ("password", "passwd", "token", "secret", "auth")
-MASK = "••••••"
 
 MODE_NAMES = {DELAY: "delay", CALENDAR: "calendar", CRON: "cron", AT: "single instant"}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

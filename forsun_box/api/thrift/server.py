@@ -13,6 +13,11 @@ that doesn't read its answers stops being read (back-pressure from the
 transport's write buffer), and one that sends calls faster than they are
 answered stops being read once a chunk's worth is waiting.
 
+The methods themselves are :mod:`forsun_box.api.thrift.methods`, the
+struct mapping :mod:`forsun_box.api.thrift.structs`; this module is the
+protocol: connections, dispatch, answers and errors, and who may connect
+(the peers of ``thrift_allow``, the connection cap).
+
 Errors: a :class:`~forsun_box.errors.ForsunBoxError` becomes
 ``ForsunPlanError(code, message)`` for the methods that declare it; the
 others (``getTime``...) answer a ``TApplicationException`` carrying the
@@ -24,102 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from thrift.Thrift import TApplicationException
 
 from forsun_box import errors
+from forsun_box.api.security import PeerFilter
 from forsun_box.api.service import ForsunService
-from forsun_box.plan import AT, CRON, Plan, to_forsun
+from forsun_box.api.thrift.methods import ForsunMethods, Method
+from forsun_box.stats import Stats
 from forsun_box.thrift import codec
-from forsun_box.thrift.forsun import Forsun
-from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunPlanError, ForsunRun
+from forsun_box.thrift.forsun.ttypes import ForsunPlanError
 
 log = logging.getLogger("forsun_box.thrift")
+# refused peers are logged where the other access decisions are
+access_log = logging.getLogger("forsun_box.access")
 
-I16_MAX = 32767
-I32_MAX = 2**31 - 1
-DEFAULT_RUNS = 50
-MAX_RUNS = 1000
-DEFAULT_PREVIEW = 5
-MAX_PREVIEW = 1000
 READ_CHUNK = 256 * 1024
-
-_PLAN_FIELDS = (
-    "is_time_out",
-    "key",
-    "second",
-    "minute",
-    "hour",
-    "day",
-    "month",
-    "week",
-    "next_time",
-    "status",
-    "count",
-    "current_count",
-    "last_timeout",
-    "action",
-    "params",
-)
-
-
-def _clamp(value: int, top: int) -> int:
-    return top if value > top else (-top - 1 if value < -top - 1 else value)
-
-
-def plan_struct(plan: Plan, tz: ZoneInfo | None = None) -> ForsunPlan:
-    """The plan as the IDL's ``ForsunPlan`` (times in unix seconds, i16/i32 clamped).
-
-    ``tz``: the server's zone, for a single-instant plan without its own.
-    """
-    d = to_forsun(plan, tz)
-    second, minute, hour = d["second"], d["minute"], d["hour"]
-    day, month, week = d["day"], d["month"], d["week"]
-    status, count, current = d["status"], d["count"], d["current_count"]
-    next_time, last = d["next_time"], d["last_timeout"]
-    # Built without ForsunPlan.__init__ (keyword arguments cost more than the
-    # encoding, once per reply); the values are those of the IDL struct.
-    struct = _new(ForsunPlan)
-    struct.__dict__ = {
-        "is_time_out": d["is_time_out"],
-        "key": d["key"],
-        "second": second if -32768 <= second <= I16_MAX else _clamp(second, I16_MAX),
-        "minute": minute if -32768 <= minute <= I16_MAX else _clamp(minute, I16_MAX),
-        "hour": hour if -32768 <= hour <= I16_MAX else _clamp(hour, I16_MAX),
-        "day": day if -32768 <= day <= I16_MAX else _clamp(day, I16_MAX),
-        "month": month if -32768 <= month <= I16_MAX else _clamp(month, I16_MAX),
-        "week": week if -32768 <= week <= I16_MAX else _clamp(week, I16_MAX),
-        "next_time": next_time if 0 <= next_time <= I32_MAX else _clamp(next_time, I32_MAX),
-        "status": status if -32768 <= status <= I16_MAX else _clamp(status, I16_MAX),
-        "count": count if -32768 <= count <= I16_MAX else _clamp(count, I16_MAX),
-        # a plan firing every second for ever passes i16 within hours: saturate
-        "current_count": current if 0 <= current <= I16_MAX else _clamp(current, I16_MAX),
-        "last_timeout": last if 0 <= last <= I32_MAX else _clamp(last, I32_MAX),
-        "action": d["action"],
-        "params": dict(d["params"]),
-    }
-    return struct
-
-
-_new = object.__new__
-
-
-def run_struct(run: Any) -> ForsunRun:
-    """One run record (``store.base.Run``) as the IDL's ``ForsunRun``."""
-    return ForsunRun(
-        due_ms=run.due_ms,
-        started_ms=run.started_ms,
-        duration_ms=_clamp(run.duration_ms, I32_MAX),
-        attempt=_clamp(run.attempt, I16_MAX),
-        result=_clamp(run.result, I16_MAX),
-        error=run.error or "",
-    )
-
-
-Handler = Callable[[Any], Awaitable[Any]]
 
 
 class ThriftServer:
@@ -128,11 +54,19 @@ class ThriftServer:
     def __init__(
         self,
         service: ForsunService,
-        stats: Any = None,
+        stats: Stats | None = None,
         limits: codec.Limits | None = None,
         message_timeout_s: float = 60.0,
+        peers: PeerFilter | None = None,
+        max_connections: int = 0,
     ) -> None:
         self.service = service
+        # who may connect: the peers ``peers`` admits (every one without it), at
+        # most ``max_connections`` at once (0: no limit); one refused is closed
+        self.peers = peers
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused = 0
         self.stats = stats
         self.limits = limits or codec.Limits(
             max_message_bytes=16 << 20, max_string_bytes=16 << 20, max_container_items=65536
@@ -143,46 +77,7 @@ class ThriftServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[_Connection] = set()
         # method name -> (args class, result class, handler, declares ForsunPlanError)
-        self._methods: dict[str, tuple[Any, Any, Handler, bool]] = {
-            "ping": (Forsun.ping_args, Forsun.ping_result, self._ping, False),
-            "create": (Forsun.create_args, Forsun.create_result, self._create, True),
-            "createTimeout": (
-                Forsun.createTimeout_args,
-                Forsun.createTimeout_result,
-                self._create_timeout,
-                True,
-            ),
-            "remove": (Forsun.remove_args, Forsun.remove_result, self._remove, True),
-            "get": (Forsun.get_args, Forsun.get_result, self._get, True),
-            "getCurrent": (
-                Forsun.getCurrent_args,
-                Forsun.getCurrent_result,
-                self._get_current,
-                False,
-            ),
-            "getTime": (Forsun.getTime_args, Forsun.getTime_result, self._get_time, False),
-            "getKeys": (Forsun.getKeys_args, Forsun.getKeys_result, self._get_keys, False),
-            "forsun_call": (
-                Forsun.forsun_call_args,
-                Forsun.forsun_call_result,
-                self._forsun_call,
-                False,
-            ),
-            "info": (Forsun.info_args, Forsun.info_result, self._info, False),
-            # forsun-box additions (new methods; forsun's are unchanged)
-            "pause": (Forsun.pause_args, Forsun.pause_result, self._pause, True),
-            "resume": (Forsun.resume_args, Forsun.resume_result, self._resume, True),
-            "fire": (Forsun.fire_args, Forsun.fire_result, self._fire, True),
-            "getRuns": (Forsun.getRuns_args, Forsun.getRuns_result, self._get_runs, True),
-            "preview": (Forsun.preview_args, Forsun.preview_result, self._preview, True),
-            "createCron": (
-                Forsun.createCron_args,
-                Forsun.createCron_result,
-                self._create_cron,
-                True,
-            ),
-            "createAt": (Forsun.createAt_args, Forsun.createAt_result, self._create_at, True),
-        }
+        self._methods: dict[str, Method] = ForsunMethods(service).table()
         codec.known_names(self._methods)
 
     # ------------------------------------------------------------------ lifecycle
@@ -219,14 +114,24 @@ class ThriftServer:
         if self.stats is not None:
             self.stats.incr(name, n)
 
-    async def _serve(self, reader: Any, writer: Any) -> None:
-        """One connection's life, from admission to close.
+    def _refusal(self, host: str) -> str:
+        """Why a connection from ``host`` is refused now, or "" when it is admitted."""
+        if self.peers is not None and not self.peers.admits(host):
+            return "not loopback nor in thrift_allow"
+        if self.max_connections and self.open_connections >= self.max_connections:
+            return f"{self.open_connections} connections open (the limit)"
+        return ""
 
-        ``reader`` and ``writer`` are both the connection's :class:`_Connection`
-        (it answers ``get_extra_info`` and ``close`` as a stream writer does), so
-        a subclass may refuse a peer by closing it before calling this.
-        """
-        conn: _Connection = writer
+    async def _serve(self, conn: _Connection) -> None:
+        """One connection's life, from admission to close."""
+        host = str(conn.peer[0]) if conn.peer else ""
+        refusal = self._refusal(host)
+        if refusal:
+            self.refused += 1
+            access_log.warning("thrift connection from %s refused: %s", host, refusal)
+            conn.close()
+            return
+        self.open_connections += 1
         self._connections.add(conn)
         self._incr("connecting_count")
         self._incr("connected_count")
@@ -238,6 +143,7 @@ class ThriftServer:
         except Exception:  # never let one connection's surprise reach the loop
             log.exception("thrift connection from %s failed", conn.peer)
         finally:
+            self.open_connections -= 1
             self._incr("connecting_count", -1)
             self._connections.discard(conn)
             conn.close()
@@ -252,9 +158,7 @@ class ThriftServer:
         )
         return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
 
-    async def _call(
-        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], args: Any
-    ) -> bytes | None:
+    async def _call(self, header: codec.Header, entry: Method, args: Any) -> bytes | None:
         stats = self.stats
         if stats is not None:
             stats.incr("requesting_count")
@@ -286,9 +190,7 @@ class ThriftServer:
         except Exception as e:  # a value the IDL can't carry: say so, keep the connection
             return self._encode_failed(header, e)
 
-    def _error_reply(
-        self, header: codec.Header, entry: tuple[Any, Any, Handler, bool], e: Exception
-    ) -> bytes:
+    def _error_reply(self, header: codec.Header, entry: Method, e: Exception) -> bytes:
         """The answer to a call whose handler raised ``e``."""
         declares = entry[3]
         if isinstance(e, errors.ForsunBoxError):
@@ -315,128 +217,6 @@ class ThriftServer:
             TApplicationException.INTERNAL_ERROR, f"{errors.UNKNOWN}: {e.__class__.__name__}"
         )
         return codec.encode_message(header.name, codec.EXCEPTION, header.seqid, exc)
-
-    # ------------------------------------------------------------------ methods
-
-    async def _ping(self, args: Any) -> int:
-        return 0
-
-    async def _create(self, args: Any) -> ForsunPlan:
-        service = self.service
-        plan = service.build_args(
-            args.key,
-            False,
-            args.second,
-            args.minute,
-            args.hour,
-            args.day,
-            args.month,
-            args.week,
-            0,
-            args.action,
-            args.params,
-        )
-        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
-
-    async def _create_timeout(self, args: Any) -> ForsunPlan:
-        service = self.service
-        count = args.count
-        plan = service.build_args(
-            args.key,
-            True,
-            args.second,
-            args.minute,
-            args.hour,
-            args.day,
-            args.month,
-            args.week,
-            1 if count is None else count,
-            args.action,
-            args.params,
-        )
-        return plan_struct((await service.create([plan]))[0], service.scheduler.tz)
-
-    async def _remove(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.remove(args.key), self.service.scheduler.tz)
-
-    async def _get(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.get(args.key), self.service.scheduler.tz)
-
-    def _now_s(self) -> int:
-        return self.service.scheduler.clock.now_ms() // 1000
-
-    async def _get_current(self, args: Any) -> list[ForsunPlan]:
-        tz = self.service.scheduler.tz
-        return [plan_struct(p, tz) for p in await self.service.at_second(self._now_s())]
-
-    async def _get_time(self, args: Any) -> list[ForsunPlan]:
-        ts = args.timestamp or 0
-        if ts <= 0:
-            ts = self._now_s()
-        tz = self.service.scheduler.tz
-        return [plan_struct(p, tz) for p in await self.service.at_second(ts)]
-
-    async def _get_keys(self, args: Any) -> list[str]:
-        return await self.service.keys(args.prefix or "")
-
-    async def _forsun_call(self, args: Any) -> None:
-        # forsun-box is not itself a target of the thrift action; accept the call.
-        log.debug("forsun_call key=%s ts=%s params=%s", args.key, args.ts, args.params)
-        return None
-
-    async def _info(self, args: Any) -> dict[str, str]:
-        return await self.service.info()
-
-    # ------------------------------------------------------------------ additions
-
-    async def _pause(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.pause(args.key), self.service.scheduler.tz)
-
-    async def _resume(self, args: Any) -> ForsunPlan:
-        return plan_struct(await self.service.resume(args.key), self.service.scheduler.tz)
-
-    async def _fire(self, args: Any) -> int:
-        return _clamp(await self.service.fire(args.key), I16_MAX)
-
-    async def _get_runs(self, args: Any) -> list[ForsunRun]:
-        limit = args.limit or 0
-        limit = DEFAULT_RUNS if limit <= 0 else min(limit, MAX_RUNS)
-        runs = await self.service.runs(args.key, limit)
-        return [run_struct(r) for r in runs]
-
-    async def _preview(self, args: Any) -> list[int]:
-        n = args.n or 0
-        n = DEFAULT_PREVIEW if n <= 0 else min(n, MAX_PREVIEW)
-        plan = await self.service.get(args.key)
-        return plan.upcoming(n, self.service.scheduler.tz)
-
-    async def _create_cron(self, args: Any) -> ForsunPlan:
-        if not args.cron:
-            raise errors.MissingArgument("cron")
-        plan = self.service.build_kind(
-            kind=CRON,
-            key=args.key,
-            fields={},
-            count=args.count or 0,
-            action=args.action,
-            params=args.params,
-            cron=args.cron,
-            timezone=args.timezone or "",
-        )
-        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
-
-    async def _create_at(self, args: Any) -> ForsunPlan:
-        if args.at_ms is None:
-            raise errors.MissingArgument("at_ms")
-        plan = self.service.build_kind(
-            kind=AT,
-            key=args.key,
-            fields={},
-            action=args.action,
-            params=args.params,
-            at_ms=args.at_ms,
-        )
-        return plan_struct((await self.service.create([plan]))[0], self.service.scheduler.tz)
 
 
 class _Connection(asyncio.Protocol):
@@ -469,7 +249,7 @@ class _Connection(asyncio.Protocol):
         codec.set_no_delay(transport)
         self.peer = transport.get_extra_info("peername")
         server = self.server
-        task = asyncio.get_running_loop().create_task(server._serve(self, self))
+        task = asyncio.get_running_loop().create_task(server._serve(self))
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
@@ -510,14 +290,6 @@ class _Connection(asyncio.Protocol):
         if self.work is None and self._admitted:
             self._start()
         self._maybe_resume_reading()
-
-    # ----------------------------------------------------------- stream-writer look-alike
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """As :meth:`asyncio.StreamWriter.get_extra_info`."""
-        if self.transport is None:
-            return default
-        return self.transport.get_extra_info(name, default)
 
     def close(self) -> None:
         """Close the connection (answers already written are still sent)."""

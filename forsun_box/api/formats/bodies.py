@@ -40,8 +40,8 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from forsun_box import errors
-from forsun_box.api import crontab
-from forsun_box.api.v2_schema import build_v2_plan
+from forsun_box.api.formats import crontab
+from forsun_box.api.formats.v2_schema import build_v2_plan
 from forsun_box.plan import Limits, Plan, build_forsun_plan, to_forsun
 
 log = logging.getLogger("forsun_box.http")

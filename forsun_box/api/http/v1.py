@@ -6,6 +6,7 @@ JSON shape, so clients still get a message). Creates (``PUT``/``POST
 /v1/plan``) are served by :class:`CreateDelegate` straight from tornado's
 HTTP connection, their bodies streamed and cut off at the configured size
 limit (errcode 1009, HTTP 413); the other endpoints are RequestHandlers.
+The server and its router are :mod:`forsun_box.api.http.server`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,15 @@ import email.utils
 import logging
 import time
 from http.client import responses
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-import tornado.httpserver
-import tornado.iostream
-import tornado.routing
 import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, ResponseStartLine
 
 from forsun_box import errors
-from forsun_box.api import access
-from forsun_box.api.bodies import BadRequest
+from forsun_box.api import security
+from forsun_box.api.formats.bodies import BadRequest
 from forsun_box.api.service import ForsunService
 from forsun_box.plan import to_forsun
 
@@ -44,17 +42,9 @@ def envelope(data: Any = None, errcode: int = 0, errmsg: str = "") -> bytes:
     return orjson.dumps({"errcode": errcode, "errmsg": errmsg, "data": data})
 
 
-def token_accepted(request: HTTPServerRequest, api_token: str, token_scope: str) -> bool:
-    """Whether ``request`` may use v1 when ``api_token`` is set (see :mod:`access`)."""
-    # forsun's own clients send no token: loopback peers are trusted unless "always"
-    if token_scope != "always" and access.is_loopback(request.remote_ip or ""):
-        return True
-    return access.token_ok(access.token_given(request.headers), api_token)
-
-
 class BaseHandler(tornado.web.RequestHandler):
     service: ForsunService
-    needs_token = True  # with api_token set (see token_accepted)
+    needs_token = True  # with api_token set (see security.authorized)
 
     def initialize(  # type: ignore[override]
         self,
@@ -71,12 +61,11 @@ class BaseHandler(tornado.web.RequestHandler):
         stats = self.service.stats
         if stats is not None:
             stats.incr("http_requesting_count")
-        if (
-            self.api_token
-            and self.needs_token
-            and not token_accepted(self.request, self.api_token, self.token_scope)
+        request = self.request
+        if self.needs_token and not security.authorized(
+            request.remote_ip or "", request.headers, self.api_token, self.token_scope
         ):
-            self.reply(None, access.UNAUTHORIZED, "a valid API token is required", status=401)
+            self.reply(None, security.UNAUTHORIZED, security.UNAUTHORIZED_MESSAGE, status=401)
 
     def on_finish(self) -> None:
         stats = self.service.stats
@@ -134,7 +123,7 @@ class PlanHandler(BaseHandler):
         async def get() -> dict[str, Any]:
             return to_forsun(
                 await self.service.get(self.get_query_argument("key", None)),
-                self.service.scheduler.tz,
+                self.service.tz,
             )
 
         await self.run(get)
@@ -143,7 +132,7 @@ class PlanHandler(BaseHandler):
         async def delete() -> dict[str, Any]:
             return to_forsun(
                 await self.service.remove(self.get_query_argument("key", None)),
-                self.service.scheduler.tz,
+                self.service.tz,
             )
 
         await self.run(delete)
@@ -152,6 +141,16 @@ class PlanHandler(BaseHandler):
 async def create(service: ForsunService, body: bytes, ctype: str, is_time_out: bool) -> Any:
     """``PUT`` (``is_time_out``) or ``POST /v1/plan`` with ``body`` of type ``ctype``."""
     return orjson.Fragment(await service.create_from_body(body, ctype, is_time_out))
+
+
+class CreateRoute(Protocol):
+    """What a create needs of the server that routed it (the server's router)."""
+
+    service: ForsunService
+    max_body_bytes: int
+    api_token: str
+    token_scope: str
+    tasks: set[asyncio.Task[Any]]  # creates under way (kept referenced)
 
 
 class CreateDelegate(HTTPMessageDelegate):
@@ -166,7 +165,7 @@ class CreateDelegate(HTTPMessageDelegate):
 
     __slots__ = ("_router", "_request", "_chunks", "_size", "_too_large", "_answered")
 
-    def __init__(self, router: Router, request: HTTPServerRequest) -> None:
+    def __init__(self, router: CreateRoute, request: HTTPServerRequest) -> None:
         self._router = router
         self._request = request
         self._chunks: list[bytes] = []
@@ -178,10 +177,11 @@ class CreateDelegate(HTTPMessageDelegate):
         router = self._router
         if router.service.stats is not None:
             router.service.stats.incr("http_requesting_count")
-        if router.api_token and not token_accepted(
-            self._request, router.api_token, router.token_scope
+        request = self._request
+        if not security.authorized(
+            request.remote_ip or "", headers, router.api_token, router.token_scope
         ):
-            self._answer(401, access.UNAUTHORIZED, "a valid API token is required")
+            self._answer(401, security.UNAUTHORIZED, security.UNAUTHORIZED_MESSAGE)
             return
         declared = headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > router.max_body_bytes:
@@ -287,31 +287,6 @@ def _http_date() -> str:
     return _date[1]
 
 
-class Router(tornado.routing.Router):
-    """The HTTP server's entry: v1 creates go to :class:`CreateDelegate`, the
-    rest to ``app`` (its handlers, the v2 API, the console)."""
-
-    def __init__(
-        self,
-        app: tornado.web.Application,
-        service: ForsunService,
-        max_body_bytes: int,
-        api_token: str = "",
-        token_scope: str = "remote",
-    ) -> None:
-        self.app = app
-        self.service = service
-        self.max_body_bytes = max_body_bytes
-        self.api_token = api_token
-        self.token_scope = token_scope
-        self.tasks: set[asyncio.Task[Any]] = set()  # creates under way (kept referenced)
-
-    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> HTTPMessageDelegate:
-        if request.path == "/v1/plan" and request.method in ("PUT", "POST"):
-            return CreateDelegate(self, request)
-        return self.app.find_handler(request, **kwargs)
-
-
 class PauseHandler(BaseHandler):
     """``POST /v1/plan/pause?key=K`` and ``/v1/plan/resume?key=K`` (forsun-box additions)."""
 
@@ -325,7 +300,7 @@ class PauseHandler(BaseHandler):
         async def change() -> dict[str, Any]:
             key = self.get_query_argument("key", None)
             op = self.service.resume if self.resume else self.service.pause
-            return to_forsun(await op(key), self.service.scheduler.tz)
+            return to_forsun(await op(key), self.service.tz)
 
         await self.run(change)
 
@@ -341,12 +316,12 @@ class TimeHandler(BaseHandler):
                 raise errors.ForsunBoxError(
                     f"timestamp must be an integer, got {raw!r}", code=errors.MISSING_ARGUMENT
                 ) from None
-            now = self.service.scheduler.clock.now_ms() // 1000
+            now = self.service.now_ms() // 1000
             if ts == 0:
                 ts = now
             plans = await self.service.at_second(ts)
             return {
-                "plans": [to_forsun(p, self.service.scheduler.tz) for p in plans],
+                "plans": [to_forsun(p, self.service.tz) for p in plans],
                 "current_timestamp": now,
             }  # forsun's order
 
@@ -376,7 +351,7 @@ class NotFoundHandler(BaseHandler):
 def routes(
     service: ForsunService, max_body_bytes: int, api_token: str = "", token_scope: str = "remote"
 ) -> list[Any]:
-    """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.access` for who needs it."""
+    """The v1 routes; with ``api_token`` set, see :mod:`forsun_box.api.security` for who needs it."""
     kw = {
         "service": service,
         "max_body_bytes": max_body_bytes,
@@ -392,35 +367,3 @@ def routes(
         (r"/v1/keys", KeysHandler, kw),
         (r"/v1/info", InfoHandler, kw),
     ]
-
-
-class CountingHTTPServer(tornado.httpserver.HTTPServer):
-    """HTTPServer that keeps forsun's http_connecting/connected counters."""
-
-    stats: Any = None
-    max_connections = 0  # 0: no limit
-    open_connections = 0
-    refused_connections = 0
-
-    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
-        if self.max_connections and self.open_connections >= self.max_connections:
-            self.refused_connections += 1
-            log.warning(
-                "HTTP connection from %s refused: %d connections open (the limit)",
-                address[0] if address else "?",
-                self.open_connections,
-            )
-            stream.close()
-            return
-        self.open_connections += 1
-        stats = self.stats
-        if stats is not None:
-            stats.incr("http_connecting_count")
-            stats.incr("http_connected_count")
-        super().handle_stream(stream, address)
-
-    def on_close(self, server_conn: Any) -> None:
-        self.open_connections -= 1
-        if self.stats is not None:
-            self.stats.incr("http_connecting_count", -1)
-        super().on_close(server_conn)

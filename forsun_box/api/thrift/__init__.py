@@ -1,0 +1,1 @@
+"""forsun's Thrift interface: the server on the service's event loop."""
