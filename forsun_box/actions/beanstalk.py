@@ -20,6 +20,7 @@ the time-outs. A refused connection, a time-out or a server error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -51,10 +52,8 @@ class _Conn:
         self.tube = tube
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.client.close()
-        except OSError:
-            pass
 
 
 class BeanstalkPool:

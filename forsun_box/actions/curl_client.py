@@ -87,7 +87,7 @@ class _Transfer:
     ``owns_slot``: the transfer gives its slot back when it ends (:meth:`CurlClient.submit`);
     otherwise the caller does (:meth:`CurlClient.fetch`)."""
 
-    __slots__ = ("on_done", "body", "owns_slot")
+    __slots__ = ("body", "on_done", "owns_slot")
 
     def __init__(self, on_done: OnDone, owns_slot: bool) -> None:
         self.on_done = on_done
@@ -103,7 +103,7 @@ class _Transfer:
 class _Queued:
     """A submitted request waiting for a slot (with its handle, when set up ahead)."""
 
-    __slots__ = ("request", "on_done", "since", "curl")
+    __slots__ = ("curl", "on_done", "request", "since")
 
     def __init__(
         self, request: Request, on_done: OnDone, since: float, curl: pycurl.Curl | None

@@ -215,7 +215,7 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture()
+@pytest.fixture
 def installed(binary: Path, tmp_path: Path) -> Iterator[Installed]:
     inst = Installed(binary, tmp_path)
     yield inst

@@ -139,7 +139,7 @@ def test_redis_wrong_password_and_refused_connection_are_clear(
     admin = redis_sync.Redis(port=redis_server.port)
     admin.config_set("requirepass", "s3cret")
     try:
-        with pytest.raises(ActionFailed, match="(?i)password|auth"):
+        with pytest.raises(ActionFailed, match=r"(?i)password|auth"):
             fire(
                 RedisAction, {"port": str(redis_server.port), "password": "nope", "command": "PING"}
             )
@@ -157,7 +157,7 @@ def test_redis_wrong_password_and_refused_connection_are_clear(
 
 def test_redis_run_timeout(redis_server: ServerProcess) -> None:
     started = time.monotonic()
-    with pytest.raises(ActionFailed, match="timed out after 0.3 s"):
+    with pytest.raises(ActionFailed, match=r"timed out after 0\.3 s"):
         fire(
             RedisAction,
             {"port": str(redis_server.port), "command": "BLPOP empty-list 5", "timeout": "0.3"},
@@ -257,7 +257,7 @@ def test_mysql_refused_timeout_and_missing_sql(mysql_db: ServerProcess) -> None:
     with pytest.raises(ActionFailed, match=f"mysql root@127.0.0.1:{port}/mysql: cannot connect"):
         fire(MysqlAction, {"port": str(port), "sql": "SELECT 1"}, server_connect_timeout=2)
     started = time.monotonic()
-    with pytest.raises(ActionFailed, match="timed out after 0.3 s"):
+    with pytest.raises(ActionFailed, match=r"timed out after 0\.3 s"):
         fire(MysqlAction, {"port": str(mysql_db.port), "sql": "SELECT SLEEP(5)", "timeout": "0.3"})
     assert time.monotonic() - started < 4
     with pytest.raises(ActionFailed, match="missing param sql"):
@@ -334,7 +334,7 @@ def test_beanstalk_errors_are_clear(beanstalk_server: ServerProcess) -> None:
         fire(BeanstalkAction, {"port": str(beanstalk_server.port)})
     with pytest.raises(ActionFailed, match="invalid param name"):
         fire(BeanstalkAction, {"port": str(beanstalk_server.port), "name": "tübe", "body": "x"})
-    with pytest.raises(ActionFailed, match="BadFormat|JobTooBig|invalid"):
+    with pytest.raises(ActionFailed, match=r"BadFormat|JobTooBig|invalid"):
         # beanstalkd refuses a job bigger than its max-job-size (65535 by default)
         fire(BeanstalkAction, {"port": str(beanstalk_server.port), "body": "x" * 70_000})
 
@@ -386,7 +386,7 @@ def run_dispatcher(
         if between is not None:
             await between()
         deadline = time.monotonic() + 10
-        while (dispatcher.pending_retries or dispatcher.active) and time.monotonic() < deadline:
+        while (dispatcher.pending_retries or dispatcher.active) and time.monotonic() < deadline:  # noqa: ASYNC110 (two counters, no event to wait on)
             await asyncio.sleep(0.02)
         await dispatcher.close()
         return first

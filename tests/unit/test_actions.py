@@ -223,7 +223,7 @@ def http(params_for_port, **settings):
         try:
             await HttpAction(TS, _plan("http", params), "http", params).execute()
             error = None
-        except Exception as e:  # noqa: BLE001 - the test inspects it
+        except Exception as e:
             error = e
         finally:
             server.stop()
@@ -327,7 +327,7 @@ def test_http_request_timeout_param():
 
 
 @pytest.mark.parametrize(
-    "params, message",
+    ("params", "message"),
     [
         ({}, "missing param url"),
         ({"url": "ftp://x/"}, "unsupported url"),

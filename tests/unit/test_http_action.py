@@ -166,7 +166,7 @@ def run_with_server(body, ssl_options: ssl.SSLContext | None = None, **settings)
 async def _fire(params: dict[str, str]) -> Exception | None:
     try:
         await _action(params).execute()
-    except Exception as e:  # noqa: BLE001 - the tests inspect it
+    except Exception as e:
         return e
     return None
 
@@ -280,7 +280,7 @@ def test_5xx_message_carries_the_start_of_the_body():
 
 
 @pytest.mark.parametrize(
-    "params, message",
+    ("params", "message"),
     [
         ({"header_X-Bad": "a\r\nX-Injected: 1"}, "invalid header"),
         ({"header_X:Bad": "v"}, "invalid header"),

@@ -18,7 +18,7 @@ from tests.helpers import ThriftTarget, free_port
 TS = 1_700_000_123
 
 
-@pytest.fixture()
+@pytest.fixture
 def target() -> Iterator[ThriftTarget]:
     t = ThriftTarget()
     yield t

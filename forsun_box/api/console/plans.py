@@ -51,9 +51,7 @@ def matches(plan: Plan, action: str, mode: str, status: str) -> bool:
         return False
     if status == "paused":
         return plan.paused
-    if status and plan.status != STATUS_FILTERS.get(status, 99):
-        return False
-    return True
+    return not (status and plan.status != STATUS_FILTERS.get(status, 99))
 
 
 async def list_page(

@@ -220,7 +220,7 @@ def _time_field(name: str, raw: str) -> tuple[int, int | None, int]:
 def parse_tokens(tokens: list[str]) -> PlanLine:
     """Parse the tokens of one line (after shell-style splitting)."""
     if len(tokens) < 8:
-        missing = ("key",) + TIME_FIELDS + ("action",)
+        missing = ("key", *TIME_FIELDS, "action")
         raise errors.MissingArgument(missing[len(tokens)])
     values: dict[str, int] = {}
     delay = False

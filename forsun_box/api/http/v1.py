@@ -163,7 +163,7 @@ class CreateDelegate(HTTPMessageDelegate):
     calls :func:`create` and writes the same answer, counters included.
     """
 
-    __slots__ = ("_router", "_request", "_chunks", "_size", "_too_large", "_answered")
+    __slots__ = ("_answered", "_chunks", "_request", "_router", "_size", "_too_large")
 
     def __init__(self, router: CreateRoute, request: HTTPServerRequest) -> None:
         self._router = router
