@@ -374,7 +374,7 @@ class Config:
     # ---- [store]
     driver: str = _store(
         "sqlite",
-        "Store driver: sqlite, mem, or one an extension registers.",
+        "Store driver: sqlite, mem, redis, postgres, or one an extension registers.",
         "--driver",
         metavar="NAME",
         check=_check_non_empty,
@@ -413,6 +413,23 @@ class Config:
     store_redis_currenttime_expried: int = _store(2592000, "Redis current-time key expiry, s.")
     store_redis_plan_expried: int = _store(604800, "Redis plan key extra expiry, seconds.")
     store_redis_plantime_expried: int = _store(604800, "Redis plan-time key extra expiry, s.")
+    postgres_dsn: str = _store(
+        "",
+        "PostgreSQL connection string of the postgres driver "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE); what it leaves out comes from "
+        "libpq's PG* environment variables.",
+        "--postgres-dsn",
+        metavar="DSN",
+    )
+    postgres_pool_size: int = _store(
+        8, "Connections the postgres driver opens at most.", "--postgres-pool-size", check=_POSITIVE
+    )
+    postgres_partitions: int = _store(
+        512,
+        "Partitions plans hash into, fixed when the postgres database is created; a "
+        "database created earlier keeps its own number.",
+        check=_POSITIVE,
+    )
 
     # ---- [action]
     retry_delay_seconds: float = _action(

@@ -17,12 +17,14 @@ def register_driver(name: str, cls: type[Store]) -> None:
 
 def _register_builtins() -> None:
     from forsun_box.store.memory import MemoryStore
+    from forsun_box.store.postgres import PostgresStore
     from forsun_box.store.redis import RedisStore
     from forsun_box.store.sqlite import SqliteStore
 
     register_driver("sqlite", SqliteStore)
     register_driver("mem", MemoryStore)
     register_driver("redis", RedisStore)
+    register_driver("postgres", PostgresStore)
 
 
 _register_builtins()
