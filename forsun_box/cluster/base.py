@@ -13,8 +13,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from forsun_box.store.base import Batch
+if TYPE_CHECKING:
+    # annotations only: the store package imports this module (its drivers implement it)
+    from forsun_box.store.base import Batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,280 @@
+"""A node's lease manager: which partitions this node may fire, and for how long.
+
+Each round (about every TTL/3) the manager
+
+1. announces the node alive (the backend answers with every live node);
+2. renews the leases it holds, at the epoch it holds them; a lease that is
+   no longer ours at that epoch is lost (someone took it over while we were
+   paused or cut off) and dropped at once, logged as a step-down;
+3. balances: above its fair share (partitions / live nodes, rounded up) it
+   stops trusting the surplus and releases it, free at once for the
+   others; below it, it takes free or expired partitions (epoch + 1).
+
+Trust is measured on this node's monotonic clock from the moment the
+request that set a lease was *sent*: the database set the expiry to its
+own now + TTL, which was no earlier than that, so a lease trusted until
+``sent + TTL - margin`` expires in the database after the node stops
+trusting it, whatever the two clocks read. :meth:`LeaseManager.epoch_of`
+is the check before every firing; the epochs it gives condition the
+firing's writes (:meth:`~forsun_box.cluster.base.FencedStore.apply_fenced`),
+which covers what trust can't (a process paused between the check and the
+write).
+
+A round that fails (the database unreachable) changes nothing: leases
+stay held, trust runs out on its own, and the next round that gets
+through renews them if nobody took them meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forsun_box.cluster.base import Acquisition, LeaseBackend
+from forsun_box.cluster.partitions import fair_share
+from forsun_box.errors import StoreError
+
+log = logging.getLogger("forsun_box.cluster")
+
+DEFAULT_TTL_S = 10.0
+#: the part of the TTL a lease is not trusted for, at the end
+DEFAULT_MARGIN = 0.1
+
+
+@dataclass(slots=True)
+class Held:
+    """A lease this node holds: its epoch and until when (monotonic s) it trusts it."""
+
+    epoch: int
+    trusted_until: float
+
+
+@dataclass(slots=True)
+class LeaseCounters:
+    """What happened to this node's leases since it started (for metrics)."""
+
+    acquired: int = 0
+    takeovers: int = 0  # taken from a node whose lease ran out
+    lost: int = 0  # found taken by another node at renewal: a step-down
+    released: int = 0
+    rounds: int = 0
+    failed_rounds: int = 0  # the backend could not be reached or refused
+
+
+def _listing(partitions: list[int], most: int = 12) -> str:
+    shown = ", ".join(map(str, sorted(partitions)[:most]))
+    return shown + (f" ... ({len(partitions)} in all)" if len(partitions) > most else "")
+
+
+class LeaseManager:
+    """Acquires, renews, balances and releases one node's partition leases."""
+
+    def __init__(
+        self,
+        backend: LeaseBackend,
+        node: str,
+        address: str = "",
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        margin_s: float | None = None,
+        renew_every_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_change: Callable[[set[int], set[int]], None] | None = None,
+    ) -> None:
+        """``on_change(gained, lost)`` is called after a round that changed what this
+        node holds (lost includes what it released)."""
+        if ttl_s <= 0:
+            raise ValueError("the lease TTL must be positive")
+        self.backend = backend
+        self.node = node
+        self.address = address
+        self.ttl_s = ttl_s
+        self.margin_s = ttl_s * DEFAULT_MARGIN if margin_s is None else margin_s
+        if not 0 <= self.margin_s < ttl_s:
+            raise ValueError("the lease margin must be at least 0 and less than the TTL")
+        self.renew_every_s = ttl_s / 3 if renew_every_s is None else renew_every_s
+        self.monotonic = monotonic
+        self.on_change = on_change
+        self.counters = LeaseCounters()
+        self.live_nodes = 0
+        self.held: dict[int, Held] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._failing = False
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.ttl_s * 1000)
+
+    # -- what may fire --------------------------------------------------------
+
+    def epoch_of(self, partition: int) -> int | None:
+        """The epoch to fire ``partition`` under, or None when this node must not fire it."""
+        held = self.held.get(partition)
+        if held is None or self.monotonic() >= held.trusted_until:
+            return None
+        return held.epoch
+
+    def trusted(self) -> dict[int, int]:
+        """partition -> epoch of every lease this node may fire under right now."""
+        now = self.monotonic()
+        return {p: h.epoch for p, h in self.held.items() if now < h.trusted_until}
+
+    # -- rounds ---------------------------------------------------------------
+
+    async def round(self) -> None:
+        """One round: heartbeat, renew, balance. Backend errors are logged, not raised."""
+        self.counters.rounds += 1
+        gained: set[int] = set()
+        lost: set[int] = set()
+        try:
+            nodes = await self.backend.heartbeat(self.node, self.address, self.ttl_ms)
+            self.live_nodes = len(nodes)
+            lost |= await self._renew()
+            share = fair_share(self.backend.partitions, self.live_nodes)
+            if len(self.held) > share:
+                lost |= await self._release(sorted(self.held)[share:])
+            elif len(self.held) < share:
+                gained = await self._acquire(share - len(self.held))
+        except StoreError as e:
+            self.counters.failed_rounds += 1
+            if not self._failing:
+                log.warning(
+                    "%s: lease round failed (%d leases held, trusted for at most %.1f s): %s",
+                    self.node,
+                    len(self.held),
+                    self.ttl_s - self.margin_s,
+                    e,
+                )
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("%s: lease rounds work again (%d leases held)", self.node, len(self.held))
+            self._failing = False
+        if (gained or lost) and self.on_change is not None:
+            self.on_change(gained, lost)
+
+    async def _renew(self) -> set[int]:
+        if not self.held:
+            return set()
+        sent = self.monotonic()
+        held = {p: h.epoch for p, h in self.held.items()}
+        renewed = await self.backend.renew(self.node, self.address, held, self.ttl_ms)
+        until = sent + self.ttl_s - self.margin_s
+        kept = set()
+        for lease in renewed:
+            entry = self.held.get(lease.partition)
+            if entry is not None and entry.epoch == lease.epoch:
+                entry.trusted_until = until
+                kept.add(lease.partition)
+        lost = set(held) - kept
+        if lost:
+            for p in lost:
+                del self.held[p]
+            self.counters.lost += len(lost)
+            log.warning(
+                "%s: stepping down from %d partitions another node took over: %s",
+                self.node,
+                len(lost),
+                _listing(list(lost)),
+            )
+        return lost
+
+    async def _release(self, partitions: list[int]) -> set[int]:
+        # no longer trusted before the database hears of it
+        gone = {p: self.held.pop(p).epoch for p in partitions}
+        released = await self.backend.release(self.node, gone)
+        self.counters.released += released
+        log.info(
+            "%s: handing over %d partitions (fair share of %d nodes): %s",
+            self.node,
+            len(gone),
+            self.live_nodes,
+            _listing(partitions),
+        )
+        return set(gone)
+
+    async def _acquire(self, limit: int) -> set[int]:
+        sent = self.monotonic()
+        got = await self.backend.acquire(self.node, self.address, self.ttl_ms, limit)
+        until = sent + self.ttl_s - self.margin_s
+        for a in got:
+            self.held[a.lease.partition] = Held(a.lease.epoch, until)
+        self.counters.acquired += len(got)
+        self._log_acquired(got)
+        return {a.lease.partition for a in got}
+
+    def _log_acquired(self, got: list[Acquisition]) -> None:
+        by_source: dict[tuple[str, bool], list[int]] = {}
+        for a in got:
+            by_source.setdefault((a.previous_owner, a.is_takeover), []).append(a.lease.partition)
+        for (previous, takeover), parts in sorted(by_source.items()):
+            if takeover:
+                self.counters.takeovers += len(parts)
+                log.warning(
+                    "%s: took over %d partitions from %s, whose lease ran out: %s",
+                    self.node,
+                    len(parts),
+                    previous,
+                    _listing(parts),
+                )
+            else:
+                source = f"handed over by {previous}" if previous else "never owned"
+                log.info(
+                    "%s: took %d partitions (%s): %s",
+                    self.node,
+                    len(parts),
+                    source,
+                    _listing(parts),
+                )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run a first round now, then one about every ``renew_every_s``."""
+        await self.round()
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"forsun-box leases {self.node}"
+        )
+
+    def poke(self) -> None:
+        """Run the next round now (e.g. when told a partition was released)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            # a little jitter keeps nodes started together from renewing in step
+            pause = self.renew_every_s * random.uniform(0.9, 1.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+            self._wake.clear()
+            await self.round()
+
+    async def halt(self) -> None:
+        """Stop the rounds, releasing nothing (as if the process stopped)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self) -> None:
+        """A graceful stop: stop the rounds, release every lease and leave the node table,
+        so the others take the partitions over at once."""
+        await self.halt()
+        gone = {p: h.epoch for p, h in self.held.items()}
+        self.held.clear()
+        try:
+            if gone:
+                self.counters.released += await self.backend.release(self.node, gone)
+                log.info("%s: released %d partitions at stop", self.node, len(gone))
+            await self.backend.leave(self.node)
+        except StoreError as e:
+            log.warning("%s: releasing the leases at stop failed (they expire): %s", self.node, e)
+        if gone and self.on_change is not None:
+            self.on_change(set(), set(gone))
