@@ -278,6 +278,10 @@ def _http(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
     return _s(default, help, flag, section="http", **kw)
 
 
+def _cluster(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
+    return _s(default, help, flag, section="cluster", **kw)
+
+
 _POSITIVE, _NON_NEG, _PORT = _check_positive, _check_non_negative, _check_port
 
 
@@ -303,7 +307,11 @@ class Config:
         metavar="HOST:PORT",
         check=_check_http_bind,
     )
-    server_mode: str = _s("", "Accepted for forsun compatibility; ignored.")
+    server_mode: str = _s(
+        "",
+        "forsun's node role; AGENT on a cluster node (node_id set): serve and store, "
+        "never fire. Otherwise ignored.",
+    )
     log_file: str = _s("", "Log file; empty logs to stderr.", "--log", path=True)
     log_level: str = _s(
         "INFO", "Log level.", "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -497,6 +505,30 @@ class Config:
         path=True,
     )
 
+    # ---- [cluster] (several nodes on one postgres database: docs/CLUSTER.md)
+    node_id: str = _cluster(
+        "",
+        "This node's name in a cluster; set, the node shares the firing with the other "
+        "nodes on the same postgres database by partition leases. Empty: a single node "
+        "fires every plan.",
+        "--node-id",
+        metavar="NAME",
+    )
+    cluster_address: str = _cluster(
+        "",
+        "HOST:PORT the other nodes and operators reach this node's HTTP API at, shown in "
+        "the lease table; empty: the HTTP address.",
+        "--cluster-address",
+        metavar="HOST:PORT",
+    )
+    lease_ttl_seconds: float = _cluster(
+        10.0,
+        "How long a partition lease lasts unrenewed (renewed every third of it); a dead "
+        "node's plans fire elsewhere about this long after it died.",
+        "--lease-ttl-seconds",
+        check=_POSITIVE,
+    )
+
     # ---- [http] (forsun-box's own limits of the HTTP API)
     max_body_bytes: int = _http(
         64 << 20, "Largest request body, bytes (64 MiB).", "--max-body-bytes", check=_POSITIVE
@@ -669,7 +701,7 @@ SETTINGS: tuple[Setting, ...] = _build_table()
 """The settings table, in declaration order."""
 
 _BY_CONF = {(s.section or _GLOBAL, s.key): s for s in SETTINGS}
-_SECTIONS = ("", "store", "action", "extension", "http")
+_SECTIONS = ("", "store", "action", "extension", "http", "cluster")
 
 
 # ---------------------------------------------------------------- paths and zones
@@ -889,6 +921,7 @@ def render_markdown() -> str:
         "action": "[action]",
         "extension": "[extension]",
         "http": "[http]",
+        "cluster": "[cluster]",
     }
     out = [
         "# forsun-box configuration",

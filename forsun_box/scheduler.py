@@ -346,6 +346,10 @@ class Scheduler:
         self._last_meta_ms = 0
         self.caught_up = 0
         self.skipped = 0
+        #: when set, checked before every firing: a plan it refuses is dropped from
+        #: the window unfired (a cluster node that no longer trusts the plan's lease)
+        self.gate: Callable[[Plan], bool] | None = None
+        self.gated = 0
 
     @property
     def executor(self) -> Executor | None:
@@ -536,6 +540,31 @@ class Scheduler:
     def cursor_ms(self) -> int:
         return self._cursor[0]
 
+    async def forget(self, keys: Sequence[str] | None) -> None:
+        """Drop ``keys`` (None: every plan) from the window: another node changed
+        them (a cluster hint).
+
+        A firing under way goes on (its writes are fenced); :meth:`rescan`
+        admits what the store now holds for them.
+        """
+        async with self._io:  # not in the middle of a refill's admissions
+            for key in list(self._window) if keys is None else keys:
+                if key not in self._pending and key not in self._inflight:
+                    self._window.pop(key, None)
+
+    async def rescan(self, from_ms: int | None = None) -> None:
+        """Read the window again from ``from_ms`` (from the start when None).
+
+        For plans the window could not know of: written by another node, or
+        of partitions this node has just taken. Plans already held are kept.
+        """
+        while self._refilling:  # the running refill would move the cursor on again
+            await asyncio.sleep(0.005)
+        back = (0, "") if from_ms is None else (from_ms - 1, _MAX_KEY)
+        if back < self._cursor:
+            self._cursor = back
+        await self._refill()
+
     # ------------------------------------------------------------------ window
 
     def _in_window(self, next_time: int | None, key: str) -> bool:
@@ -702,6 +731,9 @@ class Scheduler:
                 if p is None or p.version != version or p.next_time != due:
                     continue
                 del self._window[key]
+                if self.gate is not None and not self.gate(p):
+                    self.gated += 1
+                    continue
                 self._fire(p, due, now)
                 fired += 1
                 if fired % self.options.slice_size == 0:

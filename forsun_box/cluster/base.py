@@ -6,17 +6,21 @@
 - :class:`FencedStore`: a batch whose firing writes (advances, statuses,
   runs) are applied only for the partitions whose lease still has the
   epoch the writer holds, checked in the same transaction.
+- :class:`ClusterStore`: all a cluster node needs of its store: the
+  above, the window of some partitions and hints of the other nodes'
+  writes.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     # annotations only: the store package imports this module (its drivers implement it)
+    from forsun_box.plan import Plan
     from forsun_box.store.base import Batch
 
 
@@ -132,3 +136,53 @@ class FencedStore(abc.ABC):
         epoch; the others are dropped and counted in the result.
         Raises :class:`~forsun_box.errors.StoreError`.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeHint:
+    """Another node committed API writes: which keys, and from when to look again.
+
+    ``keys`` None: too many to name, any key may have changed. ``from_ms``:
+    the earliest next firing among the plans written (None when none fires,
+    e.g. only removes).
+    """
+
+    node: str
+    keys: tuple[str, ...] | None
+    from_ms: int | None
+
+
+class ClusterStore(FencedStore):
+    """A store that can back a cluster: leases, fenced writes, partition windows, hints."""
+
+    @abc.abstractmethod
+    def lease_backend(self) -> LeaseBackend:
+        """The lease and node tables of this storage (the store is open)."""
+
+    @abc.abstractmethod
+    def partition_of(self, key: str) -> int:
+        """The partition of ``key`` in this storage."""
+
+    @abc.abstractmethod
+    async def due_in_partitions(
+        self, partitions: list[int], after: tuple[int, str] | None, before_ms: int, limit: int
+    ) -> list[Plan]:
+        """As :meth:`~forsun_box.store.base.Store.due`, only the plans of ``partitions``."""
+
+    @abc.abstractmethod
+    async def watch(
+        self,
+        node: str,
+        on_change: Callable[[ChangeHint], None],
+        on_release: Callable[[str], None],
+        on_gap: Callable[[], None],
+    ) -> None:
+        """From now on announce this store's API writes as ``node`` (one hint per
+        commit, never per plan) and deliver the other nodes': ``on_change`` for
+        their writes, ``on_release(node)`` when a node released leases, and
+        ``on_gap()`` when hints may have been missed (the channel was lost and
+        is back)."""
+
+    @abc.abstractmethod
+    async def unwatch(self) -> None:
+        """Stop announcing and delivering hints. Safe to call twice."""

@@ -86,8 +86,10 @@ class LeaseManager:
         monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[int], set[int]], None] | None = None,
     ) -> None:
-        """``on_change(gained, lost)`` is called after a round that changed what this
-        node holds (lost includes what it released)."""
+        """``on_change(gained, lost)`` is called after a round that changed which
+        partitions this node may fire: ``gained`` are newly trusted (taken, or
+        renewed after trust ran out), ``lost`` no longer trusted (released,
+        taken over, or trust ran out since the last round)."""
         if ttl_s <= 0:
             raise ValueError("the lease TTL must be positive")
         self.backend = backend
@@ -106,6 +108,8 @@ class LeaseManager:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failing = False
+        # what the last round left trusted (on_change reports the difference)
+        self._trusted_last: set[int] = set()
 
     @property
     def ttl_ms(self) -> int:
@@ -130,17 +134,16 @@ class LeaseManager:
     async def round(self) -> None:
         """One round: heartbeat, renew, balance. Backend errors are logged, not raised."""
         self.counters.rounds += 1
-        gained: set[int] = set()
-        lost: set[int] = set()
+        before = set(self._trusted_last)
         try:
             nodes = await self.backend.heartbeat(self.node, self.address, self.ttl_ms)
             self.live_nodes = len(nodes)
-            lost |= await self._renew()
+            await self._renew()
             share = fair_share(self.backend.partitions, self.live_nodes)
             if len(self.held) > share:
-                lost |= await self._release(sorted(self.held)[share:])
+                await self._release(sorted(self.held)[share:])
             elif len(self.held) < share:
-                gained = await self._acquire(share - len(self.held))
+                await self._acquire(share - len(self.held))
         except StoreError as e:
             self.counters.failed_rounds += 1
             if not self._failing:
@@ -156,8 +159,10 @@ class LeaseManager:
             if self._failing:
                 log.info("%s: lease rounds work again (%d leases held)", self.node, len(self.held))
             self._failing = False
-        if (gained or lost) and self.on_change is not None:
-            self.on_change(gained, lost)
+        after = set(self.trusted())
+        self._trusted_last = after
+        if after != before and self.on_change is not None:
+            self.on_change(after - before, before - after)
 
     async def _renew(self) -> set[int]:
         if not self.held:
@@ -269,6 +274,7 @@ class LeaseManager:
         await self.halt()
         gone = {p: h.epoch for p, h in self.held.items()}
         self.held.clear()
+        self._trusted_last = set()
         try:
             if gone:
                 self.counters.released += await self.backend.release(self.node, gone)

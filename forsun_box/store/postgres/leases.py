@@ -16,6 +16,7 @@ import asyncpg
 
 from forsun_box.cluster.base import Acquisition, Lease, LeaseBackend, Node
 from forsun_box.errors import StoreError
+from forsun_box.store.postgres import hints
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 # ms since the epoch; 0 for a free lease (-infinity)
@@ -52,10 +53,12 @@ RENEW_SQL = (
     "WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = $1 "
     f"RETURNING l.partition, l.owner, l.address, l.epoch, {_MS.format('l.lease_until')}"
 )
+# ... and tell the other nodes (forsun_box.store.postgres.hints), in the same statement
 RELEASE_SQL = (
-    "UPDATE leases AS l SET lease_until = '-infinity' "
+    "WITH r AS (UPDATE leases AS l SET lease_until = '-infinity' "
     "FROM unnest($2::integer[], $3::bigint[]) AS h(partition, epoch) "
-    "WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = $1"
+    "WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = $1 RETURNING 1) "
+    f"SELECT count(*), pg_notify('{hints.LEASES}', $1) FROM r"
 )
 LEASES_SQL = f"SELECT partition, owner, address, epoch, {_UNTIL} FROM leases ORDER BY partition"
 
@@ -115,10 +118,10 @@ class PostgresLeases(LeaseBackend):
     async def release(self, node: str, held: Mapping[int, int]) -> int:
         if not held:
             return 0
-        status = await self._run(
-            "release leases", "execute", RELEASE_SQL, node, list(held), list(held.values())
+        released = await self._run(
+            "release leases", "fetchval", RELEASE_SQL, node, list(held), list(held.values())
         )
-        return int(str(status).rsplit(" ", 1)[-1])
+        return int(released)
 
     async def leases(self) -> list[Lease]:
         return [_lease(r) for r in await self._run("read the leases", "fetch", LEASES_SQL)]

@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from forsun_box.cluster.base import FencedStore, FenceResult
+from forsun_box.cluster.base import ChangeHint, ClusterStore, FenceResult
 from forsun_box.cluster.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, partition_of
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
 from forsun_box.store.base import Batch, Run, Store
-from forsun_box.store.postgres import rows
+from forsun_box.store.postgres import hints, rows
 from forsun_box.store.postgres.leases import PostgresLeases
 from forsun_box.store.postgres.schema import migrate
 from forsun_box.store.sqlite import prefix_upper_bound
@@ -111,7 +111,7 @@ def _readable(*texts: str) -> bool:
     return True
 
 
-class PostgresStore(Store, FencedStore):
+class PostgresStore(Store, ClusterStore):
     """The store contract on PostgreSQL through an asyncpg pool."""
 
     name = "postgres"
@@ -152,6 +152,9 @@ class PostgresStore(Store, FencedStore):
         self.fenced_refused = 0
         self._pool: asyncpg.Pool | None = None
         self._leases: PostgresLeases | None = None
+        # a cluster node's name once it watches: its API writes are announced
+        self._announce_as: str | None = None
+        self._listener: hints.Listener | None = None
 
     @property
     def where(self) -> str:
@@ -187,6 +190,7 @@ class PostgresStore(Store, FencedStore):
 
     async def close(self) -> None:
         """Close the pool (waiting for statements in progress). Safe to call twice."""
+        await self.unwatch()
         pool, self._pool = self._pool, None
         self._leases = None
         if pool is None:
@@ -206,6 +210,29 @@ class PostgresStore(Store, FencedStore):
     def partition_of(self, key: str) -> int:
         """The partition of ``key`` in this database."""
         return partition_of(key, self.partitions)
+
+    async def watch(
+        self,
+        node: str,
+        on_change: Callable[[ChangeHint], None],
+        on_release: Callable[[str], None],
+        on_gap: Callable[[], None],
+    ) -> None:
+        listener = hints.Listener(
+            self.dsn, node, on_change, on_release, on_gap, self.connect_timeout
+        )
+        try:
+            await listener.start()
+        except DB_ERRORS as e:
+            raise StoreError(f"cannot listen for hints on {self.where}: {e}") from None
+        self._listener = listener
+        self._announce_as = node
+
+    async def unwatch(self) -> None:
+        self._announce_as = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
 
     # -- writes ------------------------------------------------------------
 
@@ -245,6 +272,10 @@ class PostgresStore(Store, FencedStore):
             out.append((rows.TRIM_RUNS, [keys, self.max_runs_per_key]))
         if batch.meta:
             out.append((rows.UPSERT_META, [list(batch.meta), list(batch.meta.values())]))
+        if batch.ops and self._announce_as is not None:
+            # delivered to the other nodes only if the transaction commits
+            payload = hints.change_payload(self._announce_as, batch.ops)
+            out.append(("SELECT pg_notify($1, $2)", [hints.CHANGES, payload]))
         return out
 
     async def apply(self, batch: Batch) -> None:
