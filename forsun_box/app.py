@@ -16,11 +16,12 @@ from forsun_box import actions as actions_pkg
 from forsun_box import errors
 from forsun_box.actions import thrift as thrift_action
 from forsun_box.actions.base import ActionSettings
-from forsun_box.api import access, console, http_v1, http_v2
+from forsun_box.api import access, console, http_v1, http_v2, v2_cluster
 from forsun_box.api.bodies import Worker
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift_server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
+from forsun_box.cluster.metrics import ClusterCollector
 from forsun_box.cluster.node import ClusterNode, make_cluster_node
 from forsun_box.dispatcher import Dispatcher
 from forsun_box.extensions import ExtensionManager, default_extensions_dir
@@ -160,6 +161,7 @@ class App:
         await self.scheduler.start()
         if self.cluster is not None:
             await self.cluster.attach(self.scheduler)
+            self.metrics.registry.register(ClusterCollector(self.cluster, self.scheduler))
         limits = Limits(
             max_key_length=config.max_key_length, max_params_bytes=config.max_params_bytes
         )
@@ -239,6 +241,12 @@ class App:
         app = tornado.web.Application(
             http_v1.routes(
                 self.service, config.max_body_bytes, config.api_token, config.v1_token_required
+            )
+            + v2_cluster.routes(
+                http_v2.V2Context(
+                    self.service, self.metrics, config.max_body_bytes, config.api_token
+                ),
+                self.cluster,
             )
             + http_v2.routes(self.service, self.metrics, config.max_body_bytes, config.api_token)
             + console_routes,

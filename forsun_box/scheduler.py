@@ -536,6 +536,10 @@ class Scheduler:
     def inflight_count(self) -> int:
         return len(self._inflight)
 
+    def inflight_keys(self) -> list[str]:
+        """Keys firing now: their post-firing update is not committed yet."""
+        return list(self._inflight)
+
     @property
     def cursor_ms(self) -> int:
         return self._cursor[0]

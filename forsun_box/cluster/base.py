@@ -74,6 +74,10 @@ class LeaseBackend(abc.ABC):
         """Announce ``node`` alive for ``ttl_ms``; return every live node (``node`` included)."""
 
     @abc.abstractmethod
+    async def nodes(self) -> list[Node]:
+        """Every live node."""
+
+    @abc.abstractmethod
     async def leave(self, node: str) -> None:
         """Forget ``node`` (a graceful stop): the others' fair shares grow at once."""
 

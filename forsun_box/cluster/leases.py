@@ -32,7 +32,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from forsun_box.cluster.base import Acquisition, LeaseBackend
@@ -85,11 +85,17 @@ class LeaseManager:
         renew_every_s: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[int], set[int]], None] | None = None,
+        before_release: Callable[[set[int]], Awaitable[None]] | None = None,
     ) -> None:
         """``on_change(gained, lost)`` is called after a round that changed which
         partitions this node may fire: ``gained`` are newly trusted (taken, or
         renewed after trust ran out), ``lost`` no longer trusted (released,
-        taken over, or trust ran out since the last round)."""
+        taken over, or trust ran out since the last round).
+
+        ``await before_release(partitions)`` runs when balancing gives up
+        partitions: they are no longer trusted (nothing new fires) but still
+        held (:attr:`draining`), so the firings under way can commit their
+        writes under the epoch first."""
         if ttl_s <= 0:
             raise ValueError("the lease TTL must be positive")
         self.backend = backend
@@ -105,6 +111,9 @@ class LeaseManager:
         self.counters = LeaseCounters()
         self.live_nodes = 0
         self.held: dict[int, Held] = {}
+        #: partition -> epoch being handed over: not trusted, still ours in the database
+        self.draining: dict[int, int] = {}
+        self.before_release = before_release
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failing = False
@@ -123,6 +132,14 @@ class LeaseManager:
         if held is None or self.monotonic() >= held.trusted_until:
             return None
         return held.epoch
+
+    def epochs(self) -> dict[int, int]:
+        """partition -> epoch of every lease this node holds in the database as far as
+        it knows, trusted or not, being handed over included: what its writes are
+        fenced with (the database has the last word)."""
+        out = dict(self.draining)
+        out.update((p, h.epoch) for p, h in self.held.items())
+        return out
 
     def trusted(self) -> dict[int, int]:
         """partition -> epoch of every lease this node may fire under right now."""
@@ -193,7 +210,14 @@ class LeaseManager:
     async def _release(self, partitions: list[int]) -> set[int]:
         # no longer trusted before the database hears of it
         gone = {p: self.held.pop(p).epoch for p in partitions}
-        released = await self.backend.release(self.node, gone)
+        self.draining.update(gone)
+        try:
+            if self.before_release is not None:
+                await self.before_release(set(gone))
+            released = await self.backend.release(self.node, gone)
+        finally:
+            for p in gone:
+                self.draining.pop(p, None)
         self.counters.released += released
         log.info(
             "%s: handing over %d partitions (fair share of %d nodes): %s",

@@ -65,8 +65,7 @@ class PartitionedStore(Store):
             await self.inner.apply(batch)
             return
         # The epochs held, trusted or not: the database decides, in the transaction.
-        epochs = {p: h.epoch for p, h in self.leases.held.items()}
-        result = await self.cluster.apply_fenced(batch, self.node, epochs)
+        result = await self.cluster.apply_fenced(batch, self.node, self.leases.epochs())
         self.refused += result.refused
 
     async def due(self, after: tuple[int, str] | None, before_ms: int, limit: int) -> list[Plan]:
@@ -124,7 +123,12 @@ class ClusterNode:
         self.agent = agent
         self.rescan_s = rescan_s
         self.leases = LeaseManager(
-            store.lease_backend(), node, address, ttl_s=ttl_s, on_change=self._on_change
+            store.lease_backend(),
+            node,
+            address,
+            ttl_s=ttl_s,
+            on_change=self._on_change,
+            before_release=self._drain,
         )
         self.view = PartitionedStore(store, self.leases, node)
         self.scheduler: Any = None
@@ -150,6 +154,25 @@ class ClusterNode:
         self._task = asyncio.get_running_loop().create_task(
             self._upkeep(), name=f"forsun-box cluster {self.node}"
         )
+
+    async def _drain(self, partitions: set[int]) -> None:
+        """Wait (a third of the TTL at most) until the firings under way in
+        ``partitions`` committed their writes: handed over with one still
+        running, its write would be refused and the new owner fire it again."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        part = self.cluster.partition_of
+        deadline = asyncio.get_running_loop().time() + self.leases.ttl_s / 3
+        while any(part(k) in partitions for k in scheduler.inflight_keys()):
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning(
+                    "%s: handing partitions over with firings still running "
+                    "(they may fire again on the new owner)",
+                    self.node,
+                )
+                return
+            await asyncio.sleep(0.01)
 
     # -- events ---------------------------------------------------------------
 

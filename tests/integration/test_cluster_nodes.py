@@ -121,6 +121,18 @@ def test_a_graceful_stop_hands_over_at_once(tmp_path: Path, postgres_dsn: str) -
         for srv in nodes.values():
             srv.start()
         assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        # what operators see: /v2/cluster and the metrics
+        status, view = nodes["n1"].call("GET", "/v2/cluster")
+        assert status == 200, view
+        assert (view["mode"], view["node"], view["partitions"]) == ("cluster", "n1", PARTITIONS)
+        shares = {n["node"]: n["partitions"] for n in view["nodes"]}
+        assert set(shares) == {"n1", "n2"}
+        assert sorted(shares["n1"] + shares["n2"]) == list(range(PARTITIONS))
+        assert view["this_node"]["trusted_partitions"] == len(shares["n1"])
+        assert all(0 < lease["expires_in_ms"] <= TTL_S * 1000 for lease in view["leases"])
+        status, text = nodes["n1"].call("GET", "/metrics")
+        assert f"forsun_box_cluster_partitions_owned {float(len(shares['n1']))}" in text
+        assert "forsun_box_cluster_fenced_writes_refused_total 0.0" in text
         assert nodes["n1"].stop() == 0
         stopped_at = time.monotonic()
         assert wait_until(lambda: balanced(postgres_dsn, {"n2"}), 5)
@@ -165,3 +177,46 @@ def test_a_paused_node_steps_down_and_nothing_fires_twice(
         for srv in nodes.values():
             srv.stop()
         sink.close()
+
+
+def test_plans_written_on_any_node_reach_their_owner_at_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """An agent node (server_mode = AGENT) serves and stores but never fires; what it
+    writes reaches the owner by a hint, long before the periodic re-read: a create
+    fires on time, a remove never fires."""
+    sink = Sink()
+    conf = tmp_path / "agent.conf"
+    conf.write_text("server_mode = AGENT\n")
+    worker = node(tmp_path, postgres_dsn, "worker")
+    agent = node(tmp_path, postgres_dsn, "agent", "--conf", str(conf))
+    try:
+        worker.start()
+        agent.start()
+        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 10)
+        keys = [f"a-{i}" for i in range(30)]
+        created = agent.ok("PUT", "/v1/plan", [hook(sink, k, 2) for k in keys])
+        doomed = agent.ok("PUT", "/v1/plan", hook(sink, "removed", 2))
+        agent.ok("DELETE", "/v1/plan?key=removed")
+        assert wait_until(lambda: set(fired(sink)) >= set(keys), 8)
+        due = {p["key"]: p["next_time"] for p in created}
+        with sink.cond:
+            late = [at / 1000 - due[path.lstrip("/")] for at, path, _ in sink.hits]
+        assert max(late) < 1.5, late  # the safety-net re-read is every 10 s
+        time.sleep(max(doomed["next_time"] + 1.0 - time.time(), 0))  # past its due time
+        assert "removed" not in fired(sink)
+        status, view = agent.call("GET", "/v2/cluster")
+        assert view["mode"] == "agent" and view["this_node"]["trusted_partitions"] == 0
+        assert "never fires" in agent.log()
+    finally:
+        agent.stop()
+        worker.stop()
+        sink.close()
+
+
+def test_node_id_on_a_store_that_cannot_cluster_stops_startup(tmp_path: Path) -> None:
+    srv = Server(tmp_path, "--node-id", "n1")
+    srv.start(wait=False)
+    assert srv.proc is not None and srv.proc.wait(30) != 0
+    assert "--node-id needs a store that can back a cluster (--driver postgres)" in srv.log()
+    assert "Traceback" not in srv.log()

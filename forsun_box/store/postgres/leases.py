@@ -35,6 +35,10 @@ HEARTBEAT_SQL = (
     f"SELECT node, address, {_MS.format('alive_until')} FROM nodes "
     "WHERE alive_until > clock_timestamp() AND node <> $1 ORDER BY 1"
 )
+NODES_SQL = (
+    f"SELECT node, address, {_MS.format('alive_until')} FROM nodes "
+    "WHERE alive_until > clock_timestamp() ORDER BY node"
+)
 LEAVE_SQL = "DELETE FROM nodes WHERE node = $1"
 # Free (-infinity) or expired leases, taken with a higher epoch. SKIP LOCKED:
 # rows another node is taking, or that a fenced write holds, are passed by.
@@ -87,6 +91,10 @@ class PostgresLeases(LeaseBackend):
 
     async def heartbeat(self, node: str, address: str, ttl_ms: int) -> list[Node]:
         found = await self._run("announce the node", "fetch", HEARTBEAT_SQL, node, address, ttl_ms)
+        return [Node(r[0], r[1], _ms(r[2])) for r in found]
+
+    async def nodes(self) -> list[Node]:
+        found = await self._run("read the nodes", "fetch", NODES_SQL)
         return [Node(r[0], r[1], _ms(r[2])) for r in found]
 
     async def leave(self, node: str) -> None:
