@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from forsun_box.cluster.base import Acquisition, LeaseBackend
+from forsun_box.cluster.base import Acquisition, LeaseBackend, Node
 from forsun_box.cluster.partitions import fair_share
 from forsun_box.errors import StoreError
 
@@ -44,6 +44,12 @@ log = logging.getLogger("forsun_box.cluster")
 DEFAULT_TTL_S = 10.0
 #: the part of the TTL a lease is not trusted for, at the end
 DEFAULT_MARGIN = 0.1
+#: seconds after another node's announced expiry that a round looks for its leases
+EXPIRY_SLACK_S = 0.05
+#: seconds to the next round while this node holds less than its share, for
+#: EAGER_S seconds after the number of live nodes fell
+UNDER_SHARE_RETRY_S = 0.25
+EAGER_S = 2.0
 
 
 @dataclass(slots=True)
@@ -117,6 +123,8 @@ class LeaseManager:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failing = False
+        self._next_round_s = self.renew_every_s
+        self._eager_until = 0.0
         # what the last round left trusted (on_change reports the difference)
         self._trusted_last: set[int] = set()
 
@@ -154,14 +162,22 @@ class LeaseManager:
         before = set(self._trusted_last)
         try:
             nodes = await self.backend.heartbeat(self.node, self.address, self.ttl_ms)
+            if len(nodes) < self.live_nodes:
+                # a node left or timed out: its leases are free now or in a moment
+                self._eager_until = self.monotonic() + EAGER_S
             self.live_nodes = len(nodes)
+            self._next_round_s = self._until_next_round(nodes)
             await self._renew()
             share = fair_share(self.backend.partitions, self.live_nodes)
             if len(self.held) > share:
                 await self._release(sorted(self.held)[share:])
             elif len(self.held) < share:
                 await self._acquire(share - len(self.held))
+                if len(self.held) < share and self.monotonic() < self._eager_until:
+                    # its leases expire a moment after its announcement: try again soon
+                    self._next_round_s = min(self._next_round_s, UNDER_SHARE_RETRY_S)
         except StoreError as e:
+            self._next_round_s = self.renew_every_s
             self.counters.failed_rounds += 1
             if not self._failing:
                 log.warning(
@@ -180,6 +196,22 @@ class LeaseManager:
         self._trusted_last = after
         if after != before and self.on_change is not None:
             self.on_change(after - before, before - after)
+
+    def _until_next_round(self, nodes: list[Node]) -> float:
+        """Seconds to the next round: the renewal interval, or sooner, right after the
+        first other node would time out unless it announces itself again.
+
+        A dead node's leases expire with its announcement (both are renewed in the
+        same round), so the takeover follows about one TTL after its last round,
+        not up to a renewal interval later.
+        """
+        mine = [n.alive_until_ms for n in nodes if n.node == self.node]
+        others = [n.alive_until_ms for n in nodes if n.node != self.node]
+        if not mine or not others:
+            return self.renew_every_s
+        db_now = mine[0] - self.ttl_ms  # set by the statement that answered
+        first_out_s = (min(others) - db_now) / 1000 + EXPIRY_SLACK_S
+        return max(min(self.renew_every_s, first_out_s), EXPIRY_SLACK_S)
 
     async def _renew(self) -> set[int]:
         if not self.held:
@@ -278,7 +310,7 @@ class LeaseManager:
     async def _loop(self) -> None:
         while True:
             # a little jitter keeps nodes started together from renewing in step
-            pause = self.renew_every_s * random.uniform(0.9, 1.0)
+            pause = self._next_round_s * random.uniform(0.9, 1.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()

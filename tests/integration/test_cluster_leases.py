@@ -152,19 +152,23 @@ def test_a_dead_node_is_taken_over_after_its_lease_and_stopped_trusting_first(
     postgres_dsn: str,
 ) -> None:
     async def main() -> None:
+        ttl = 3.0  # renewals every second: a takeover waiting for one would show
         async with node_store(postgres_dsn) as sa, node_store(postgres_dsn) as sb:
-            a, b = manager(sa, "a"), manager(sb, "b")
+            a, b = manager(sa, "a", ttl), manager(sb, "b", ttl)
             await a.start()
             await b.start()
             await until(lambda: disjoint_cover([a, b]) and len(b.trusted()) > 0, 15, "two shares")
             lost_by_a = a.trusted()
             trust_ends = max(a.held[p].trusted_until for p in lost_by_a)
             await a.halt()  # a stops renewing, as if killed: nothing released
-            await until(lambda: len(b.trusted()) == PARTITIONS, TTL_S * 2 + 5, "b takes all")
+            await until(lambda: len(b.trusted()) == PARTITIONS, ttl * 2 + 5, "b takes all")
             taken_at = time.monotonic()
             # a had stopped trusting every lease before b could take one
             assert all(a.epoch_of(p) is None for p in lost_by_a)
             assert trust_ends < taken_at
+            # ... and b took them right after they expired (trust ends a margin before),
+            # not at its next renewal
+            assert taken_at - (trust_ends + a.margin_s) < 0.6
             assert b.counters.takeovers == len(lost_by_a)
             for p, epoch in lost_by_a.items():
                 assert b.epoch_of(p) == epoch + 1
