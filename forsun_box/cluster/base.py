@@ -70,16 +70,21 @@ class LeaseBackend(abc.ABC):
     partitions: int
 
     @abc.abstractmethod
-    async def heartbeat(self, node: str, address: str, ttl_ms: int) -> list[Node]:
-        """Announce ``node`` alive for ``ttl_ms``; return every live node (``node`` included)."""
+    async def heartbeat(self, node: str, instance: str, address: str, ttl_ms: int) -> list[Node]:
+        """Announce ``node`` alive for ``ttl_ms``; return every live node.
+
+        ``instance`` tells this process from another using the same node name:
+        while another instance's announcement of ``node`` is live, nothing is
+        changed and ``node`` is missing from the answer."""
 
     @abc.abstractmethod
     async def nodes(self) -> list[Node]:
         """Every live node."""
 
     @abc.abstractmethod
-    async def leave(self, node: str) -> None:
-        """Forget ``node`` (a graceful stop): the others' fair shares grow at once."""
+    async def leave(self, node: str, instance: str) -> None:
+        """Forget ``node`` as announced by ``instance`` (a graceful stop): the others'
+        fair shares grow at once."""
 
     @abc.abstractmethod
     async def acquire(self, node: str, address: str, ttl_ms: int, limit: int) -> list[Acquisition]:

@@ -32,12 +32,13 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from forsun_box.cluster.base import Acquisition, LeaseBackend, Node
 from forsun_box.cluster.partitions import fair_share
-from forsun_box.errors import StoreError
+from forsun_box.errors import StartupError, StoreError
 
 log = logging.getLogger("forsun_box.cluster")
 
@@ -117,6 +118,10 @@ class LeaseManager:
         self.counters = LeaseCounters()
         self.live_nodes = 0
         self.held: dict[int, Held] = {}
+        #: tells this process from another started with the same node name
+        self.instance = uuid.uuid4().hex
+        #: another live process holds this node name (see _name_taken)
+        self.name_conflict = False
         #: partition -> epoch being handed over: not trusted, still ours in the database
         self.draining: dict[int, int] = {}
         self.before_release = before_release
@@ -161,21 +166,13 @@ class LeaseManager:
         self.counters.rounds += 1
         before = set(self._trusted_last)
         try:
-            nodes = await self.backend.heartbeat(self.node, self.address, self.ttl_ms)
-            if len(nodes) < self.live_nodes:
-                # a node left or timed out: its leases are free now or in a moment
-                self._eager_until = self.monotonic() + EAGER_S
-            self.live_nodes = len(nodes)
-            self._next_round_s = self._until_next_round(nodes)
-            await self._renew()
-            share = fair_share(self.backend.partitions, self.live_nodes)
-            if len(self.held) > share:
-                await self._release(sorted(self.held)[share:])
-            elif len(self.held) < share:
-                await self._acquire(share - len(self.held))
-                if len(self.held) < share and self.monotonic() < self._eager_until:
-                    # its leases expire a moment after its announcement: try again soon
-                    self._next_round_s = min(self._next_round_s, UNDER_SHARE_RETRY_S)
+            nodes = await self.backend.heartbeat(
+                self.node, self.instance, self.address, self.ttl_ms
+            )
+            if any(n.node == self.node for n in nodes):
+                await self._balance(nodes)
+            else:
+                self._name_taken()
         except StoreError as e:
             self._next_round_s = self.renew_every_s
             self.counters.failed_rounds += 1
@@ -196,6 +193,44 @@ class LeaseManager:
         self._trusted_last = after
         if after != before and self.on_change is not None:
             self.on_change(after - before, before - after)
+
+    async def _balance(self, nodes: list[Node]) -> None:
+        if self.name_conflict:
+            log.info("%s: the node name is ours again", self.node)
+            self.name_conflict = False
+        if len(nodes) < self.live_nodes:
+            # a node left or timed out: its leases are free now or in a moment
+            self._eager_until = self.monotonic() + EAGER_S
+        self.live_nodes = len(nodes)
+        self._next_round_s = self._until_next_round(nodes)
+        await self._renew()
+        share = fair_share(self.backend.partitions, self.live_nodes)
+        if len(self.held) > share:
+            await self._release(sorted(self.held)[share:])
+        elif len(self.held) < share:
+            await self._acquire(share - len(self.held))
+            if len(self.held) < share and self.monotonic() < self._eager_until:
+                # its leases expire a moment after its announcement: try again soon
+                self._next_round_s = min(self._next_round_s, UNDER_SHARE_RETRY_S)
+
+    def _name_taken(self) -> None:
+        """Another live process announces itself under this node's name: fire nothing."""
+        if not self.name_conflict:
+            if self._task is None:  # starting: maybe this node's own last run, killed
+                log.info(
+                    "%s: waiting for the last announcement of this node name to expire", self.node
+                )
+            else:
+                log.error(
+                    "%s: another forsun-box is running under this node name; this one fires "
+                    "nothing (give every node its own --node-id)",
+                    self.node,
+                )
+        self.name_conflict = True
+        if self.held:
+            self.counters.lost += len(self.held)
+            log.warning("%s: stepping down from %d partitions", self.node, len(self.held))
+            self.held.clear()
 
     def _until_next_round(self, nodes: list[Node]) -> float:
         """Seconds to the next round: the renewal interval, or sooner, right after the
@@ -297,8 +332,22 @@ class LeaseManager:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Run a first round now, then one about every ``renew_every_s``."""
+        """Run a first round now, then one about every ``renew_every_s``.
+
+        While another process announces itself under this node's name, wait for
+        its announcement to expire (a process just killed and started again),
+        a TTL at most; raises StartupError when it is still alive then.
+        """
         await self.round()
+        deadline = self.monotonic() + self.ttl_s + 1
+        while self.name_conflict:
+            if self.monotonic() >= deadline:
+                raise StartupError(
+                    f"another forsun-box is running as node {self.node!r} on this database; "
+                    "give every node its own --node-id"
+                )
+            await asyncio.sleep(min(0.25, self.ttl_s / 4))
+            await self.round()
         self._task = asyncio.get_running_loop().create_task(
             self._loop(), name=f"forsun-box leases {self.node}"
         )
@@ -335,7 +384,7 @@ class LeaseManager:
             if gone:
                 self.counters.released += await self.backend.release(self.node, gone)
                 log.info("%s: released %d partitions at stop", self.node, len(gone))
-            await self.backend.leave(self.node)
+            await self.backend.leave(self.node, self.instance)
         except StoreError as e:
             log.warning("%s: releasing the leases at stop failed (they expire): %s", self.node, e)
         if gone and self.on_change is not None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
+import pytest
 
 from forsun_box.cluster.leases import LeaseManager
 from forsun_box.cluster.partitions import fair_share, partition_of
@@ -294,5 +295,30 @@ def test_a_node_cut_off_from_the_database_stops_trusting_its_leases(postgres_dsn
             assert time.monotonic() - cut <= TTL_S + 0.5
             assert len(a.held) == PARTITIONS  # kept: renewed if the database comes back in time
             await a.halt()
+
+    asyncio.run(main())
+
+
+def test_two_processes_under_one_node_name(postgres_dsn: str) -> None:
+    """A second process started with a live node's name refuses to start; once the
+    first is gone (killed: its announcement expires) the name is free again."""
+    from forsun_box.errors import StartupError
+
+    async def main() -> None:
+        async with node_store(postgres_dsn) as s1, node_store(postgres_dsn) as s2:
+            first = manager(s1, "a")
+            await first.start()
+            twin = manager(s2, "a")
+            with pytest.raises(StartupError, match="another forsun-box is running as node 'a'"):
+                await twin.start()
+            assert twin.trusted() == {} and twin.held == {}
+            assert len(first.trusted()) == PARTITIONS  # untouched by the twin
+            await first.halt()  # killed: nothing released, the announcement expires
+            again = manager(s2, "a")
+            began = time.monotonic()
+            await again.start()
+            assert time.monotonic() - began <= TTL_S + 1
+            await until(lambda: len(again.trusted()) == PARTITIONS, TTL_S + 5, "the name's leases")
+            await again.stop()
 
     asyncio.run(main())

@@ -108,6 +108,9 @@ def test_a_killed_node_is_taken_over_and_every_plan_fires_once(
         assert [k for k in keys if counts[k] != 1] == []
         took_over = [srv.log() for name, srv in nodes.items() if name != "n2"]
         assert any("took over" in text and "from n2" in text for text in took_over)
+        # started again under its name, n2 takes a share again
+        nodes["n2"] = node(tmp_path, postgres_dsn, "n2").start()
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
     finally:
         for srv in nodes.values():
             if srv.proc is not None:

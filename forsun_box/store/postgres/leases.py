@@ -25,11 +25,15 @@ _UNTIL = _MS.format("lease_until")
 _NOW = _MS.format("clock_timestamp()")
 _TTL = "clock_timestamp() + $ttl * interval '1 millisecond'"
 
+# The row of another live instance under the same name is left alone: ``me`` is
+# then empty and the node missing from the answer.
 HEARTBEAT_SQL = (
-    "WITH me AS (INSERT INTO nodes (node, address, alive_until) VALUES ($1, $2, "
+    "WITH me AS (INSERT INTO nodes (node, instance, address, alive_until) VALUES ($1, $4, $2, "
     + _TTL.replace("$ttl", "$3")
-    + ") ON CONFLICT (node) DO UPDATE SET address = EXCLUDED.address, "
-    "alive_until = EXCLUDED.alive_until RETURNING node, address, alive_until) "
+    + ") ON CONFLICT (node) DO UPDATE SET instance = EXCLUDED.instance, "
+    "address = EXCLUDED.address, alive_until = EXCLUDED.alive_until "
+    "WHERE nodes.instance = EXCLUDED.instance OR nodes.alive_until <= clock_timestamp() "
+    "RETURNING node, address, alive_until) "
     # the statement's snapshot can't see the row it writes: ``me`` adds it
     f"SELECT node, address, {_MS.format('alive_until')} FROM me UNION ALL "
     f"SELECT node, address, {_MS.format('alive_until')} FROM nodes "
@@ -39,7 +43,7 @@ NODES_SQL = (
     f"SELECT node, address, {_MS.format('alive_until')} FROM nodes "
     "WHERE alive_until > clock_timestamp() ORDER BY node"
 )
-LEAVE_SQL = "DELETE FROM nodes WHERE node = $1"
+LEAVE_SQL = "DELETE FROM nodes WHERE node = $1 AND instance = $2"
 # Free (-infinity) or expired leases, taken with a higher epoch. SKIP LOCKED:
 # rows another node is taking, or that a fenced write holds, are passed by.
 ACQUIRE_SQL = (
@@ -89,16 +93,18 @@ class PostgresLeases(LeaseBackend):
         except _DB_ERRORS as e:
             raise StoreError(f"cannot {what} in {self.where}: {e}") from None
 
-    async def heartbeat(self, node: str, address: str, ttl_ms: int) -> list[Node]:
-        found = await self._run("announce the node", "fetch", HEARTBEAT_SQL, node, address, ttl_ms)
+    async def heartbeat(self, node: str, instance: str, address: str, ttl_ms: int) -> list[Node]:
+        found = await self._run(
+            "announce the node", "fetch", HEARTBEAT_SQL, node, address, ttl_ms, instance
+        )
         return [Node(r[0], r[1], _ms(r[2])) for r in found]
 
     async def nodes(self) -> list[Node]:
         found = await self._run("read the nodes", "fetch", NODES_SQL)
         return [Node(r[0], r[1], _ms(r[2])) for r in found]
 
-    async def leave(self, node: str) -> None:
-        await self._run("remove the node", "execute", LEAVE_SQL, node)
+    async def leave(self, node: str, instance: str) -> None:
+        await self._run("remove the node", "execute", LEAVE_SQL, node, instance)
 
     async def acquire(self, node: str, address: str, ttl_ms: int, limit: int) -> list[Acquisition]:
         if limit <= 0:

@@ -15,8 +15,9 @@ Layout (schema version 1):
 - ``leases``: one row per partition ``(partition, owner, address, epoch,
   lease_until)``; ``lease_until`` is on the database's clock, ``-infinity``
   when free.
-- ``nodes``: ``(node, address, alive_until)`` of the nodes that announced
-  themselves, on the database's clock.
+- ``nodes``: ``(node, instance, address, alive_until)`` of the nodes that
+  announced themselves, on the database's clock; ``instance`` tells two
+  processes started with the same node name apart.
 - ``forsun_box_schema``: the schema version (one row).
 
 :data:`MIGRATIONS` are applied in order, each in its own transaction,
@@ -97,6 +98,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE nodes (
         node text PRIMARY KEY,
+        instance text NOT NULL,
         address text NOT NULL,
         alive_until timestamptz NOT NULL
     )
