@@ -211,3 +211,53 @@ def test_a_create_batch_is_one_statement(postgres_dsn: str) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_watching_stores_announce_each_commit_once_to_the_others(postgres_dsn: str) -> None:
+    from forsun_box.cluster.base import ChangeHint
+
+    async def main() -> None:
+        a = PostgresStore(dsn=postgres_dsn, partitions=8)
+        b = PostgresStore(dsn=postgres_dsn, partitions=8)
+        await a.open()
+        await b.open()
+        heard: list[ChangeHint] = []
+        released: list[str] = []
+        own: list[ChangeHint] = []
+        try:
+            await a.watch("a", own.append, released.append, lambda: None)
+            await b.watch("b", heard.append, released.append, lambda: None)
+            batch = Batch(ops={"x": plan("x", T0 + 5), "y": plan("y", T0 + 2), "gone": None})
+            # announced in the same statement: a create batch stays one round trip
+            assert len(a._statements(Batch(ops={"x": plan("x", T0)}))) == 1
+            assert len(a._statements(batch)) == 3  # a delete, the puts, the hint
+            await a.apply(batch)
+            await a.apply(Batch(ops={f"bulk{i:04d}": plan(f"bulk{i:04d}", T0) for i in range(900)}))
+            await a.apply(Batch(meta={"m": "1"}))  # no API write: no hint
+
+            async def two() -> bool:
+                await asyncio.sleep(0.02)
+                return len(heard) >= 2
+
+            for _ in range(250):
+                if await two():
+                    break
+            assert heard[0] == ChangeHint("a", ("x", "y", "gone"), T0 + 2)
+            # too many keys to name: the hint says so
+            assert heard[1] == ChangeHint("a", None, T0)
+            assert len(heard) == 2 and own == []  # a node does not hear itself
+            await b.lease_backend().release("b", {})  # nothing held: nothing announced
+            leases = a.lease_backend()
+            await leases.heartbeat("a", "i1", "", 5000)
+            got = await leases.acquire("a", "", 5000, 2)
+            assert await leases.release("a", {g.lease.partition: g.lease.epoch for g in got}) == 2
+            for _ in range(250):
+                if released:
+                    break
+                await asyncio.sleep(0.02)
+            assert released == ["a"]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())

@@ -275,7 +275,16 @@ class PostgresStore(Store, ClusterStore):
         if batch.ops and self._announce_as is not None:
             # delivered to the other nodes only if the transaction commits
             payload = hints.change_payload(self._announce_as, batch.ops)
-            out.append(("SELECT pg_notify($1, $2)", [hints.CHANGES, payload]))
+            if len(out) == 1:
+                # still one statement (a create batch): the write in a WITH clause
+                sql, args = out[0]
+                n = len(args)
+                out[0] = (
+                    f"WITH w AS ({sql}) SELECT pg_notify(${n + 1}, ${n + 2})",
+                    [*args, hints.CHANGES, payload],
+                )
+            else:
+                out.append(("SELECT pg_notify($1, $2)", [hints.CHANGES, payload]))
         return out
 
     async def apply(self, batch: Batch) -> None:
