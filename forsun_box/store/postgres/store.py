@@ -13,7 +13,10 @@ disk when answered, and on a synchronous standby too when one is set up.
 Several nodes may use one database: API writes (create, remove) from any
 node go straight to it, and the firing side's writes go through
 :meth:`PostgresStore.apply_fenced`, conditioned on the lease epoch of each
-plan's partition (see :mod:`forsun_box.cluster`).
+plan's partition (see :mod:`forsun_box.cluster`). Once a node
+:meth:`~PostgresStore.watch` es, each batch of API writes carries one
+NOTIFY for the other nodes (:mod:`.hints`), in the same statement when the
+batch is one.
 """
 
 from __future__ import annotations
