@@ -374,17 +374,22 @@ class LeaseManager:
                 await task
 
     async def stop(self) -> None:
-        """A graceful stop: stop the rounds, release every lease and leave the node table,
-        so the others take the partitions over at once."""
+        """A graceful stop: stop the rounds, leave the node table and release every
+        lease, so the others take the partitions over at once.
+
+        Leaving first: the release wakes the others (a hint), and the round it
+        starts must already count one node less, or their shares stay too small
+        to take what was released until a later round.
+        """
         await self.halt()
         gone = {p: h.epoch for p, h in self.held.items()}
         self.held.clear()
         self._trusted_last = set()
         try:
+            await self.backend.leave(self.node, self.instance)
             if gone:
                 self.counters.released += await self.backend.release(self.node, gone)
                 log.info("%s: released %d partitions at stop", self.node, len(gone))
-            await self.backend.leave(self.node, self.instance)
         except StoreError as e:
             log.warning("%s: releasing the leases at stop failed (they expire): %s", self.node, e)
         if gone and self.on_change is not None:
