@@ -182,8 +182,11 @@ class ClusterNode:
 
     def _on_hint(self, hint: ChangeHint) -> None:
         if hint.keys is None:
+            # every plan is dropped: all of them must be read again, not only the new
             self._forget = None
-        elif self._forget is not None:
+            self._request(_FROM_START)
+            return
+        if self._forget is not None:
             self._forget.update(hint.keys)
         self._request(hint.from_ms)
 

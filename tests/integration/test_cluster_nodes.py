@@ -285,3 +285,34 @@ def test_a_node_killed_under_a_load_of_creates_loses_no_acknowledged_plan(
             if srv.proc is not None:
                 srv.stop()
         sink.close()
+
+
+def test_a_bulk_write_elsewhere_keeps_the_owners_window_on_time(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A batch too big to name its keys in a hint makes the owner drop and re-read its
+    whole window: plans already in it still fire on time."""
+    sink = Sink()
+    conf = tmp_path / "agent.conf"
+    conf.write_text("server_mode = AGENT\n")
+    worker = node(tmp_path, postgres_dsn, "worker")
+    agent = node(tmp_path, postgres_dsn, "agent", "--conf", str(conf))
+    try:
+        worker.start()
+        agent.start()
+        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 10)
+        soon = worker.ok("PUT", "/v1/plan", [hook(sink, f"soon-{i}", 3) for i in range(20)])
+        far = [
+            {"key": f"bulk-{i:05d}", "seconds": 3600, "action": "shell", "params": {}}
+            for i in range(2000)
+        ]
+        agent.ok("PUT", "/v1/plan", far)
+        assert wait_until(lambda: len(fired(sink)) >= 20, 10)
+        due = {p["key"]: p["next_time"] for p in soon}
+        with sink.cond:
+            late = [at / 1000 - due[path.lstrip("/")] for at, path, _ in sink.hits]
+        assert max(late) < 1.5, late  # not left for the periodic re-read, 10 s later
+    finally:
+        agent.stop()
+        worker.stop()
+        sink.close()
