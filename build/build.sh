@@ -11,7 +11,7 @@ if ! "$PY" -c "import PyInstaller" 2>/dev/null; then
 fi
 
 # the executable carries every action's library: refuse to build one without them
-if ! "$PY" -c "import redis, aiomysql, pymysql, greenstalk" 2>/dev/null; then
+if ! "$PY" -c "import redis, aiomysql, pymysql, greenstalk, asyncpg" 2>/dev/null; then
   echo "build.sh: the action libraries are missing; install them with: $PY -m pip install -e '.[all,build]'" >&2
   exit 1
 fi

@@ -26,6 +26,8 @@ from forsun_box.api.http import v2_routes
 from forsun_box.api.service import ForsunService, ServiceInfo
 from forsun_box.api.thrift.server import ThriftServer
 from forsun_box.clock import Clock, LoopClock
+from forsun_box.cluster.metrics import ClusterCollector
+from forsun_box.cluster.node import ClusterNode, make_cluster_node
 from forsun_box.config import Config
 from forsun_box.dispatcher import Dispatcher
 from forsun_box.extensions import ExtensionManager, default_extensions_dir
@@ -105,6 +107,7 @@ class App:
         self.extensions = ExtensionManager()
         self.store: Store | None = None
         self.scheduler: Scheduler | None = None
+        self.cluster: ClusterNode | None = None
         self.dispatcher: Dispatcher | None = None
         self.service: ForsunService | None = None
         self.http_server: http_server.CountingHTTPServer | None = None
@@ -137,9 +140,15 @@ class App:
         await self.extensions.init_all()
         self.store = make_store(config)
         await self.store.open()
-        self.metrics.instrument_store(self.store)
+        engine_store: Store = self.store
+        if config.node_id:
+            # a cluster node: the engine fires the partitions it holds leases on
+            self.cluster = make_cluster_node(config, self.store)
+            await self.cluster.start_leases()
+            engine_store = self.cluster.view
+        self.metrics.instrument_store(engine_store)
         self.scheduler = Scheduler(
-            self.store,
+            engine_store,
             self.clock,
             tz,
             options=EngineOptions(
@@ -158,6 +167,9 @@ class App:
         )
         self.scheduler.executor = self.dispatcher
         await self.scheduler.start()
+        if self.cluster is not None:
+            await self.cluster.attach(self.scheduler)
+            self.metrics.registry.register(ClusterCollector(self.cluster, self.scheduler))
         limits = Limits(
             max_key_length=config.max_key_length, max_params_bytes=config.max_params_bytes
         )
@@ -179,6 +191,7 @@ class App:
             max_plans_per_request=config.max_plans_per_request,
             worker=self.worker,
         )
+        self.service.cluster = self.cluster
         await self._start_thrift()
         if config.http_bind:
             self._start_http()
@@ -291,6 +304,9 @@ class App:
             self._prune_task.cancel()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.cluster is not None:
+            # after the last firing's writes: the others take over at once
+            await self.cluster.stop()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         if self.store is not None:

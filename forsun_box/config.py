@@ -296,6 +296,10 @@ def _http(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
     return _s(default, help, flag, section="http", **kw)
 
 
+def _cluster(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
+    return _s(default, help, flag, section="cluster", **kw)
+
+
 _POSITIVE, _NON_NEG, _PORT = _check_positive, _check_non_negative, _check_port
 
 
@@ -324,7 +328,8 @@ class Config:
     server_mode: str = _s(
         "TIMER",
         "TIMER serves the APIs, stores and fires plans; AGENT serves the APIs and stores "
-        "plans but never fires them on their schedule (forsun's API-only node).",
+        "plans but never fires them on their schedule (forsun's API-only node; in a "
+        "cluster, a node that takes no partitions).",
         "--server-mode",
         choices=("TIMER", "AGENT"),
     )
@@ -398,7 +403,7 @@ class Config:
     # ---- [store]
     driver: str = _store(
         "sqlite",
-        "Store driver: sqlite, mem, or one an extension registers.",
+        "Store driver: sqlite, mem, redis, postgres, or one an extension registers.",
         "--driver",
         metavar="NAME",
         check=_check_non_empty,
@@ -437,6 +442,23 @@ class Config:
     store_redis_currenttime_expried: int = _store(2592000, "Redis current-time key expiry, s.")
     store_redis_plan_expried: int = _store(604800, "Redis plan key extra expiry, seconds.")
     store_redis_plantime_expried: int = _store(604800, "Redis plan-time key extra expiry, s.")
+    postgres_dsn: str = _store(
+        "",
+        "PostgreSQL connection string of the postgres driver "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE); what it leaves out comes from "
+        "libpq's PG* environment variables.",
+        "--postgres-dsn",
+        metavar="DSN",
+    )
+    postgres_pool_size: int = _store(
+        8, "Connections the postgres driver opens at most.", "--postgres-pool-size", check=_POSITIVE
+    )
+    postgres_partitions: int = _store(
+        512,
+        "Partitions plans hash into, fixed when the postgres database is created; a "
+        "database created earlier keeps its own number.",
+        check=_POSITIVE,
+    )
 
     # ---- [action]
     retry_delay_seconds: float = _action(
@@ -502,6 +524,30 @@ class Config:
         "--extensions-dir",
         key="dir",
         path=True,
+    )
+
+    # ---- [cluster] (several nodes on one postgres database: docs/CLUSTER.md)
+    node_id: str = _cluster(
+        "",
+        "This node's name in a cluster; set, the node shares the firing with the other "
+        "nodes on the same postgres database by partition leases. Empty: a single node "
+        "fires every plan.",
+        "--node-id",
+        metavar="NAME",
+    )
+    cluster_address: str = _cluster(
+        "",
+        "HOST:PORT the other nodes and operators reach this node's HTTP API at, shown in "
+        "the lease table; empty: the HTTP address.",
+        "--cluster-address",
+        metavar="HOST:PORT",
+    )
+    lease_ttl_seconds: float = _cluster(
+        10.0,
+        "How long a partition lease lasts unrenewed (renewed every third of it); a dead "
+        "node's plans fire elsewhere about this long after it died.",
+        "--lease-ttl-seconds",
+        check=_POSITIVE,
     )
 
     # ---- [http] (forsun-box's own limits of the HTTP API)
@@ -697,7 +743,7 @@ _BY_CONF = {(s.section or _GLOBAL, s.key): s for s in SETTINGS}
 # forsun's own conf files also spell a key as its environment name
 # (``STORE_REDIS_PASSWORD=`` inside ``[store]``); configparser lower-cases keys.
 _BY_ENV_KEY = {s.env.lower(): s for s in SETTINGS}
-_SECTIONS = ("", "store", "action", "extension", "http")
+_SECTIONS = ("", "store", "action", "extension", "http", "cluster")
 
 
 # ---------------------------------------------------------------- paths and zones
@@ -996,6 +1042,7 @@ def render_markdown() -> str:
         "action": "[action]",
         "extension": "[extension]",
         "http": "[http]",
+        "cluster": "[cluster]",
     }
     out = [
         "# forsun-box configuration",

@@ -1,8 +1,9 @@
 """Optional back-ends and the ``pip`` extra that brings each one's library.
 
-The redis, mysql and beanstalk actions (and the redis store) need client
-libraries a plain ``pip install forsun-box`` does not pull in; they come
-with ``forsun-box[redis]``, ``[mysql]``, ``[beanstalk]`` or ``[all]``. A
+The redis, mysql and beanstalk actions (and the redis and postgres stores)
+need client libraries a plain ``pip install forsun-box`` does not pull in;
+they come with ``forsun-box[redis]``, ``[mysql]``, ``[beanstalk]``,
+``[postgres]`` or ``[all]``. A
 back-end whose library is missing still has its name registered, so a plan
 using it is accepted and its firing fails with a message naming the extra
 to install, and ``--driver redis`` stops start-up with the same advice.
@@ -29,6 +30,7 @@ REDIS = Extra("redis", "forsun_box.actions.redis", "redis", ("redis",))
 MYSQL = Extra("mysql", "forsun_box.actions.mysql", "aiomysql", ("aiomysql", "pymysql"))
 BEANSTALK = Extra("beanstalk", "forsun_box.actions.beanstalk", "greenstalk", ("greenstalk",))
 REDIS_STORE = Extra("redis", "forsun_box.store.redis", "redis", ("redis",))
+POSTGRES_STORE = Extra("postgres", "forsun_box.store.postgres", "asyncpg", ("asyncpg",))
 
 
 class MissingExtra(ImportError):

@@ -171,11 +171,17 @@ class Scheduler:
         self._prep_timer: TimerHandle | None = None
         self._prep_at: int | None = None
         self._refilling = False
+        self._refilled = asyncio.Event()  # set while no refill runs
+        self._refilled.set()
         self._running = False
         self._started_ms = 0
         self._last_meta_ms = 0
         self.caught_up = 0
         self.skipped = 0
+        #: when set, checked before every firing: a plan it refuses is dropped from
+        #: the window unfired (a cluster node that no longer trusts the plan's lease)
+        self.gate: Callable[[Plan], bool] | None = None
+        self.gated = 0
 
     @property
     def executor(self) -> Executor | None:
@@ -363,9 +369,38 @@ class Scheduler:
     def inflight_count(self) -> int:
         return len(self._inflight)
 
+    def inflight_keys(self) -> list[str]:
+        """Keys firing now: their post-firing update is not committed yet."""
+        return list(self._inflight)
+
     @property
     def cursor_ms(self) -> int:
         return self._cursor[0]
+
+    async def forget(self, keys: Sequence[str] | None) -> None:
+        """Drop ``keys`` (None: every plan) from the window: another node changed
+        them (a cluster hint).
+
+        A firing under way goes on (its writes are fenced); :meth:`rescan`
+        admits what the store now holds for them.
+        """
+        async with self._io:  # not in the middle of a refill's admissions
+            for key in list(self._window) if keys is None else keys:
+                if key not in self._pending and key not in self._inflight:
+                    self._window.pop(key, None)
+
+    async def rescan(self, from_ms: int | None = None) -> None:
+        """Read the window again from ``from_ms`` (from the start when None).
+
+        For plans the window could not know of: written by another node, or
+        of partitions this node has just taken. Plans already held are kept.
+        """
+        while self._refilling:  # the running refill would move the cursor on again
+            await self._refilled.wait()
+        back = (0, "") if from_ms is None else (from_ms - 1, _MAX_KEY)
+        if back < self._cursor:
+            self._cursor = back
+        await self._refill()
 
     # ------------------------------------------------------------------ window
 
@@ -458,6 +493,7 @@ class Scheduler:
         if self._refilling:
             return
         self._refilling = True
+        self._refilled.clear()
         try:
             while True:
                 horizon = self.clock.now_ms() + self.options.window_ms
@@ -494,6 +530,7 @@ class Scheduler:
             log.error("refill failed: %s", e)
         finally:
             self._refilling = False
+            self._refilled.set()
             if self._running:
                 self._arm()
 
@@ -622,6 +659,9 @@ class Scheduler:
                 if p is None or p.version != version or p.next_time != due:
                     continue
                 del self._window[key]
+                if self.gate is not None and not self.gate(p):
+                    self.gated += 1
+                    continue
                 self._fire(p, due, now)
                 fired += 1
                 if fired % self.options.slice_size == 0:

@@ -1,4 +1,4 @@
-"""Real redis-server, mariadbd and beanstalkd for the tests, on free loopback ports.
+"""Real redis-server, mariadbd, beanstalkd and PostgreSQL for the tests, on free loopback ports.
 
 Each fixture is session-scoped: the server starts once, in a temporary
 directory, and is stopped at the end of the session. When the binary is
@@ -205,3 +205,183 @@ def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
     yield server
     server.stop()
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+def find_postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server program: Debian keeps them in /usr/lib/postgresql/N/bin."""
+    import glob
+
+    found = find_binary(name)
+    if found:
+        return found
+    versions = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return versions[-1] if versions else None
+
+
+def need_postgres_bin(name: str) -> str:
+    path = find_postgres_bin(name)
+    if path is None:
+        reason = f"PostgreSQL's {name} is not installed (apt-get install postgresql)"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must install it (.ci/run)")
+        pytest.skip(reason)
+    return path
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster started by a fixture with initdb + pg_ctl.
+
+    PostgreSQL refuses to run as root, so under root (CI) it runs as the
+    ``postgres`` user Debian's package creates, in a data directory that user
+    owns. It is stopped through pg_ctl on that data directory.
+    """
+
+    port: int
+    workdir: Path
+    pg_ctl: str
+    user_prefix: list[str]
+    host: str = "127.0.0.1"
+    role: str = "forsun"
+    _next_db: int = 0
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.role}@{self.host}:{self.port}/{database}"
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    def log(self) -> str:
+        try:
+            return (self.workdir / "postgres.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def admin(self, sql: str) -> None:
+        """Run one statement as the superuser on the ``postgres`` database."""
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.dsn(), timeout=30)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its name."""
+        self._next_db += 1
+        name = f"t{os.getpid()}_{self._next_db}"
+        self.admin(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def pg_ctl_run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*self.user_prefix, self.pg_ctl, "-D", str(self.data), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses={self.host} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200 "
+            "-c shared_buffers=32MB"
+        )
+        done = self.pg_ctl_run(
+            "-l", str(self.workdir / "postgres.log"), "-o", opts, "-w", "-t", "60", "start"
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout.decode()}\n{self.log()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.pg_ctl_run("-m", mode, "-w", "-t", "60", "stop")
+
+
+def start_postgres() -> PostgresServer:
+    """initdb a fresh cluster in a new directory under the system temp dir and start it.
+
+    Not under pytest's temp dirs: those are private to the user running the
+    tests, and under root the server runs as another user.
+    """
+    import pwd
+    import tempfile
+
+    initdb = need_postgres_bin("initdb")
+    pg_ctl = need_postgres_bin("pg_ctl")
+    workdir = Path(tempfile.mkdtemp(prefix="forsun-box-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            pytest.fail("running as root needs the postgres user (apt-get install postgresql)")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        runuser = find_binary("runuser")
+        if runuser is None:
+            pytest.fail("running PostgreSQL under root needs runuser (util-linux)")
+        prefix = [runuser, "-u", "postgres", "--"]
+    os.chmod(workdir, 0o700)
+    server = PostgresServer(port=free_port(), workdir=workdir, pg_ctl=pg_ctl, user_prefix=prefix)
+    done = subprocess.run(
+        [
+            *prefix,
+            initdb,
+            "-D",
+            str(server.data),
+            "-U",
+            server.role,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {done.stdout.decode(errors='replace')}")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (stopped, and its files removed, at the end)."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh database of the session's server, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.dsn(name)
+    postgres_server.drop_database(name)

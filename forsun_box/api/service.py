@@ -23,6 +23,7 @@ from forsun_box import __version__, errors
 from forsun_box.actions import action_names
 from forsun_box.actions.base import ACTIONS, ALIASES
 from forsun_box.api.formats.bodies import Body, Worker, one_per_key
+from forsun_box.cluster.node import ClusterNode
 from forsun_box.plan import CALENDAR, DELAY, Limits, Plan, build_forsun_plan, build_plan
 from forsun_box.scheduler import Scheduler
 from forsun_box.stats import Stats
@@ -69,6 +70,16 @@ class ForsunService:
         self._process = psutil.Process(os.getpid())
         self._known: frozenset[str] = frozenset()
         self._known_stamp: tuple[int, int] = (-1, -1)
+        #: this node's part in a cluster (``node_id`` set), else None
+        self.cluster: ClusterNode | None = None
+
+    # ------------------------------------------------------------------ cluster
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The cluster's nodes, partitions and leases (``{"mode": "single"}`` alone)."""
+        if self.cluster is None:
+            return {"mode": "single"}
+        return await self.cluster.status()
 
     # ------------------------------------------------------------------ building
 

@@ -18,12 +18,12 @@ def register_driver(name: str, cls: type[Store]) -> None:
     DRIVERS[name] = cls
 
 
-def _without_library(problem: Exception) -> type[Store]:
+def _without_library(problem: Exception, driver: str) -> type[Store]:
     """A driver standing in for one whose library is missing: building it stops start-up."""
     message = str(problem)
 
     class Missing(Store):
-        name = "redis"
+        name = driver
 
         # __new__, not __init__: building an abstract class fails before __init__
         def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -33,17 +33,21 @@ def _without_library(problem: Exception) -> type[Store]:
 
 
 def _register_builtins() -> None:
-    from forsun_box.extras import REDIS_STORE, MissingExtra, load
+    from forsun_box.extras import POSTGRES_STORE, REDIS_STORE, MissingExtra, load
     from forsun_box.store.memory import MemoryStore
     from forsun_box.store.sqlite import SqliteStore
 
     register_driver("sqlite", SqliteStore)
     register_driver("mem", MemoryStore)
-    try:
-        redis_store: type[Store] = load(REDIS_STORE, "the redis store").RedisStore
-    except MissingExtra as e:
-        redis_store = _without_library(e)
-    register_driver("redis", redis_store)
+    for name, extra, cls_name in (
+        ("redis", REDIS_STORE, "RedisStore"),
+        ("postgres", POSTGRES_STORE, "PostgresStore"),
+    ):
+        try:
+            driver: type[Store] = getattr(load(extra, f"the {name} store"), cls_name)
+        except MissingExtra as e:
+            driver = _without_library(e, name)
+        register_driver(name, driver)
 
 
 _register_builtins()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from forsun_box.api.http import v2 as http_v2
+from forsun_box.api.http import v2_cluster
 from forsun_box.api.http.v2_batch import BatchHandler
 from forsun_box.api.service import ForsunService
 from forsun_box.metrics import Metrics
@@ -28,6 +29,7 @@ def routes(
         (key + r"/runs", http_v2.RunsHandler, kw),
         (key + r"/preview", http_v2.PreviewHandler, kw),
         (r"/v2/upcoming", http_v2.UpcomingHandler, kw),
+        (r"/v2/cluster", v2_cluster.ClusterHandler, kw),
         (r"/v2/openapi\.json", http_v2.OpenAPIHandler, kw),
         (r"/metrics", http_v2.MetricsHandler, kw),
         (r"/v2/.*", http_v2.V2NotFound, kw),
