@@ -214,8 +214,8 @@ class Session:
         if self.view == views.JSON:
             self.print(views.to_json([views.plan_dict(p) for p in plans]))
         elif self.view == views.LONG:
-            if plans:
-                self.print("\n\n".join(format_plan(p) for p in plans))
+            # people read this view: say so when there is nothing to show
+            self.print("\n\n".join(format_plan(p) for p in plans) if plans else "no plans")
         else:
             for plan in plans:  # nothing at all when there are none, as forsun
                 self.print(views.plan_line(plan))
@@ -247,6 +247,8 @@ class Session:
         if self.view == views.LONG:
             for key in keys:
                 self.print(key)
+            if not keys:
+                self.print("no plans")
             return
         plans = []
         for key in keys:

@@ -447,3 +447,13 @@ def test_interactive_shell_in_forsuns_layout(server: Server, tmp_path: Path) -> 
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_an_empty_answer_says_so_in_the_long_view_and_prints_nothing_in_forsuns(
+    server: Server,
+) -> None:
+    for command in (("time", "1000"), ("current",), ("ls", "no-such-prefix-")):
+        long = forsun(server.thrift_port, *command)
+        assert (long.returncode, long.stdout) == (0, "no plans\n"), command
+        plain = forsun(server.thrift_port, *command, view=())
+        assert (plain.returncode, plain.stdout) == (0, ""), command
