@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peer-dir",
         type=Path,
-        default=Path("/tmp/forsun-peer"),
+        default=Path(__file__).resolve().parent.parent / "build" / "forsun-peer",
         help="venv holding forsun 0.1.4 (bin/forsund)",
     )
     parser.add_argument(
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s for s in SERVER_NAMES if s in args.server]  # forsun-box first, always
     if FORSUN in servers and not (args.peer_dir / "bin" / "forsund").exists():
         print(
-            f"no forsun at {args.peer_dir}: bash /work/shared/peers/setup_forsun_peer.sh "
+            f"no forsun at {args.peer_dir}: bash ../shared/peers/setup_forsun_peer.sh "
             f"{args.peer_dir}",
             file=sys.stderr,
         )

@@ -5,7 +5,7 @@ accelerated TBinaryProtocol, the generated client) and calls
 ``createTimeout`` with distinct keys, one at a time, for ``--seconds``.
 Reported: creates per second summed over 1 and over 4 client processes.
 
-    python bench/thrift_bench.py [--seconds 5] [--rounds 1] [--forsun-peer /tmp/forsun-peer]
+    python bench/thrift_bench.py [--seconds 5] [--rounds 1] [--forsun-peer build/forsun-peer]
 
 forsun-box runs on its default (durable) SQLite store; forsun runs its
 ``mem`` store. Each server is warmed up before it is measured (forsun answers
@@ -14,7 +14,7 @@ otherwise be counted against its 1-client rate). With ``--rounds N`` the
 servers are measured alternately N times, each on a fresh server, and the
 median is reported: on a shared machine, background load then falls on both
 alike. The forsun peer is installed by
-``bash /work/shared/peers/setup_forsun_peer.sh /tmp/forsun-peer``; without
+``bash ../shared/peers/setup_forsun_peer.sh build/forsun-peer``; without
 it only forsun-box is measured.
 """
 
@@ -170,7 +170,7 @@ def main() -> int:
         default=1,
         help="measure the servers alternately this many times; report the median",
     )
-    ap.add_argument("--forsun-peer", type=Path, default=Path("/tmp/forsun-peer"))
+    ap.add_argument("--forsun-peer", type=Path, default=ROOT / "build" / "forsun-peer")
     args = ap.parse_args()
     names = ["forsun-box"]
     if (args.forsun_peer / "bin" / "forsund").exists():
