@@ -73,13 +73,19 @@ class Readiness:
     starter with an end of file: it exits 1 saying so.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, pid_file: str = "", pid: int = 0) -> None:
         self._fd: int | None = fd
+        self._pid_file = pid_file
+        self._pid = pid
 
     def ready(self) -> None:
         self._say(_READY)
 
     def failed(self, reason: str) -> None:
+        # gone before the starter hears of the failure: whoever runs next finds no
+        # stale pid file (at exit would be after the starter returned)
+        if self._pid_file:
+            _remove_pid_file(self._pid_file, self._pid)
         self._say(reason.replace("\n", " ").encode(errors="replace") or b"start-up failed")
 
     def _say(self, message: bytes) -> None:
@@ -202,7 +208,7 @@ def _become_daemon(pid_file: str, log_file: str, write_end: int) -> Readiness:
         os._exit(1)
     atexit.register(_remove_pid_file, pid_file, pid)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Readiness(write_end)
+    return Readiness(write_end, pid_file, pid)
 
 
 def _read_report(fd: int) -> bytes:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 import pytest
 
 from tests.helpers import ROOT, call, free_port, wait_until
-from tests.servers import in_ci
 
 SETUP_SCRIPT = ROOT.parent / "shared" / "peers" / "setup_forsun_peer.sh"
 PEER_DIR = ROOT / "build" / "forsun-peer"
@@ -119,21 +119,60 @@ print(json.dumps(out))
 """
 
 
-def install_peer(target: Path = PEER_DIR) -> Peer:
-    """Run the setup script into ``target``; skip only when the index is unreachable."""
-    if not SETUP_SCRIPT.exists():
-        reason = f"{SETUP_SCRIPT} is missing: forsun's tools can't be installed"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["bash", str(SETUP_SCRIPT), str(target)],
+# forsun 0.1.4 pins tornado<=5.1 and thrift 0.11, which on Python 3.11 still
+# look for the collections ABCs and asyncio.coroutine where 3.10 removed them
+_SITECUSTOMIZE = """\
+import asyncio, collections, collections.abc, types
+for _name in ("Mapping", "MutableMapping", "Sequence", "MutableSet", "Callable",
+              "Iterable", "Hashable"):
+    if not hasattr(collections, _name):
+        setattr(collections, _name, getattr(collections.abc, _name))
+if not hasattr(asyncio, "coroutine"):
+    asyncio.coroutine = types.coroutine
+"""
+_SMOKE = "import forsun, forsun.forsun, forsun.clients, tornado, msgpack; print(forsun.version)"
+
+
+def _install_here(target: Path) -> subprocess.CompletedProcess[str]:
+    """What the setup script does, for a checkout without ``../shared`` beside it."""
+    py = target / "bin" / "python"
+    steps = []
+    if not py.exists():
+        steps.append([sys.executable, "-m", "venv", str(target)])
+    steps.append([str(py), "-m", "pip", "install", "--quiet", "forsun==0.1.4"])
+    out = ""
+    for argv in steps:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
+        )
+        out += proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    proc = subprocess.run([str(py), "-c", _SMOKE], capture_output=True, text=True, timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out + proc.stdout, proc.stderr)
+
+
+def install_peer(target: Path = PEER_DIR) -> Peer:
+    """Run the setup script into ``target`` (or the same steps here when the checkout
+    has no ``../shared`` beside it); skip only when the index is unreachable."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if SETUP_SCRIPT.exists():
+        proc = subprocess.run(
+            ["bash", str(SETUP_SCRIPT), str(target)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+    else:
+        proc = _install_here(target)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         if any(marker in output for marker in _OFFLINE):
