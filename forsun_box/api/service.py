@@ -39,6 +39,8 @@ class ServiceInfo:
     bind_port: str = ""
     http_bind_port: str = ""
     server_mode: str = "TIMER"
+    #: the cluster node this is ("" on a single node)
+    node_id: str = ""
     extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
     extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
     extension_errors: Callable[[], Iterable[str]] = field(default=lambda: ())
@@ -379,6 +381,7 @@ class ForsunService:
                 "bind_port": facts.bind_port,
                 "http_bind_port": facts.http_bind_port,
                 "server_mode": facts.server_mode,
+                "node_id": facts.node_id,
                 "extensions": ";".join(facts.extensions()),
                 "plan_count": await self.scheduler.count(),
                 "window_plan_count": self.scheduler.window_size(),
