@@ -77,6 +77,11 @@ class ForsunService:
 
     # ------------------------------------------------------------------ cluster
 
+    @property
+    def clustered(self) -> bool:
+        """Whether this service is a cluster node (``--node-id``)."""
+        return self.cluster is not None
+
     async def cluster_status(self) -> dict[str, Any]:
         """The cluster's nodes, partitions and leases (``{"mode": "single"}`` alone)."""
         if self.cluster is None:
