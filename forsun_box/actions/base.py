@@ -20,9 +20,10 @@ meanwhile has another version, so its preparation is dropped, never fired.
 
 Every firing has an idempotency key, :attr:`Action.firing_id`:
 ``EPOCH:DUE_MS:KEY`` -- the same for every attempt of one firing, different
-for every firing; EPOCH is "0" on a single node, on a cluster node the lease
-epoch of the plan's partition that the firing's writes are fenced with -- which the built-in actions hand to their targets where the
+for every firing -- which the built-in actions hand to their targets where the
 target's format has room for it (an HTTP header, an environment variable).
+EPOCH is "0" on a single node; on a cluster node, the epoch of the lease on
+the plan's partition that the firing's writes are fenced with.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 import orjson
@@ -73,6 +73,55 @@ def test_a_cluster_node_fires_under_the_partition_epoch_and_records_itself() -> 
     asyncio.run(main())
     assert Seen.ids == [f"7:{T0}:k1", f"12:{T0}:k2"]
     assert [(r.key, r.node_id) for r in runs] == [("k1", "node-a"), ("k2", "node-a")]
+
+
+class Ready:
+    def __init__(self, fid: str) -> None:
+        self.fid = fid
+        self.discarded = False
+
+    def start(self, done: Any) -> None:
+        Seen.ids.append(self.fid)
+        asyncio.get_running_loop().call_soon(done, None)
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+class Preparing(Action):
+    made: ClassVar[list[Ready]] = []
+
+    def prepare(self) -> Ready:
+        ready = Ready(self.firing_id)
+        Preparing.made.append(ready)
+        return ready
+
+    async def execute(self) -> None:
+        raise AssertionError("a preparing action is started, not executed")
+
+
+register_action("preparing-id", Preparing)
+
+
+def test_a_firing_prepared_under_an_older_epoch_is_made_again() -> None:
+    Seen.ids = []
+    Preparing.made = []
+    d = _dispatcher([])
+    epoch = {"now": "3"}
+    d.epoch_of = lambda p: epoch["now"]
+    plan = Plan(key="k", kind="at", action="preparing-id", params={}, version=1)
+
+    async def main() -> None:
+        assert d.prepare([(plan, T0)]) == 1
+        epoch["now"] = "5"  # lost and taken back before the instant
+        result = d.start_firing(plan, T0)
+        assert not isinstance(result, int)
+        assert await result == 1
+
+    asyncio.run(main())
+    first, second = Preparing.made
+    assert first.discarded and not second.discarded
+    assert Seen.ids == [f"5:{T0}:k"]
 
 
 def test_sqlite_migrates_a_version_3_database_its_runs_fired_by_no_node(tmp_path: Path) -> None:
