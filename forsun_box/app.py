@@ -166,6 +166,10 @@ class App:
             stats=self.stats,
         )
         self.scheduler.executor = self.dispatcher
+        if self.cluster is not None:
+            # its runs say which node fired them; its firing ids carry the lease epoch
+            self.dispatcher.node_id = self.cluster.node
+            self.dispatcher.epoch_of = self.cluster.firing_epoch
         await self.scheduler.start()
         if self.cluster is not None:
             await self.cluster.attach(self.scheduler)
@@ -183,6 +187,7 @@ class App:
                 bind_port=f"{config.bind_address}:{config.port}",
                 http_bind_port=config.http_bind,
                 server_mode=config.server_mode,
+                node_id=config.node_id,
                 extensions=self.extensions.names,
                 extra=self._extension_facts,
                 extension_errors=lambda: [str(e) for e in self.extensions.errors],

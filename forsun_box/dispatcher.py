@@ -191,8 +191,8 @@ class Dispatcher:
         self._plain: dict[type[Action], bool] = {}
         # action class -> it defines prepare
         self._preparable: dict[type[Action], bool] = {}
-        # plan key -> (plan version, due ms, its firing made ready)
-        self._prepared: dict[str, tuple[int, int, Prepared]] = {}
+        # plan key -> (plan version, due ms, its firing made ready, its firing epoch)
+        self._prepared: dict[str, tuple[int, int, Prepared, str]] = {}
         self._swept_ms = 0
         # ended prepared attempts waiting to be settled: (settle, started, error, ended)
         self._later: deque[
@@ -202,6 +202,11 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        #: recorded in every run: the cluster node this is ("" on a single node)
+        self.node_id = ""
+        #: a plan's firing epoch (the first part of its firing ids) on a cluster
+        #: node; None: the settings' ``firing_epoch`` for every plan
+        self.epoch_of: Callable[[Plan], str] | None = None
 
     # -- public -------------------------------------------------------------
 
@@ -240,7 +245,7 @@ class Dispatcher:
             except Exception:
                 continue
             if ready is not None:
-                prepared[plan.key] = (plan.version, due_ms, ready)
+                prepared[plan.key] = (plan.version, due_ms, ready, self._epoch(plan))
                 done += 1
         return done
 
@@ -253,7 +258,7 @@ class Dispatcher:
         """Drop preparations whose due time passed long ago (their plans went)."""
         self._swept_ms = now
         limit = now - STALE_PREPARED_MS
-        stale = [key for key, (_, due, _) in self._prepared.items() if due < limit]
+        stale = [key for key, (_, due, _, _) in self._prepared.items() if due < limit]
         for key in stale:
             self._prepared.pop(key)[2].discard()
 
@@ -263,10 +268,15 @@ class Dispatcher:
             can = self._preparable[cls] = cls.prepare is not Action.prepare
         return can
 
-    @staticmethod
-    def _build(cls: type[Action], plan: Plan, due_ms: int) -> Action:
+    def _epoch(self, plan: Plan) -> str:
+        epoch_of = self.epoch_of
+        return self.settings.firing_epoch if epoch_of is None else epoch_of(plan)
+
+    def _build(self, cls: type[Action], plan: Plan, due_ms: int) -> Action:
         action = cls(due_ms // 1000, plan, plan.action, dict(plan.params))
         action.due_ms = due_ms
+        if self.epoch_of is not None:
+            action.firing_epoch = self.epoch_of(plan)
         return action
 
     def _take_prepared(self, cls: type[Action], plan: Plan, due_ms: int) -> Prepared | None:
@@ -274,9 +284,9 @@ class Dispatcher:
         None when the action cannot prepare it (it then runs :meth:`Action.execute`)."""
         entry = self._prepared.pop(plan.key, None) if self._prepared else None
         if entry is not None:
-            if entry[0] == plan.version and entry[1] == due_ms:
+            if entry[0] == plan.version and entry[1] == due_ms and entry[3] == self._epoch(plan):
                 return entry[2]
-            entry[2].discard()  # made for another version or instant
+            entry[2].discard()  # made for another version, instant or epoch
         if not self._can_prepare(cls) or self.settings.action_timeout_s > 0:
             return None
         try:
@@ -444,7 +454,7 @@ class Dispatcher:
         shared resources. First attempts belong to the caller's tasks: they
         are waited for, never cancelled here."""
         self._closed = True
-        for _, _, ready in self._prepared.values():
+        for _, _, ready, _ in self._prepared.values():
             ready.discard()
         self._prepared.clear()
         for handle in self._timers.values():
@@ -626,6 +636,7 @@ class Dispatcher:
             error,
             plan.action,
             manual,
+            self.node_id,
         )
         try:
             self._on_run(run)

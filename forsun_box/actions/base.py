@@ -22,6 +22,8 @@ Every firing has an idempotency key, :attr:`Action.firing_id`:
 ``EPOCH:DUE_MS:KEY`` -- the same for every attempt of one firing, different
 for every firing -- which the built-in actions hand to their targets where the
 target's format has room for it (an HTTP header, an environment variable).
+EPOCH is "0" on a single node; on a cluster node, the epoch of the lease on
+the plan's partition that the firing's writes are fenced with.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ class Action:
 
     #: shared settings, installed once by the dispatcher (:func:`configure_actions`)
     settings: ClassVar[ActionSettings] = ActionSettings()
+    #: this firing's epoch, set by the dispatcher on a cluster node; None: the
+    #: settings' ``firing_epoch``
+    firing_epoch: str | None = None
 
     def __init__(self, ts: int, plan: Plan, action: str, params: dict[str, str]) -> None:
         self.ts = ts
@@ -140,7 +145,10 @@ class Action:
     @property
     def firing_id(self) -> str:
         """This firing's idempotency key (see :func:`firing_id`)."""
-        return firing_id(self.settings.firing_epoch, self.due_ms, self.plan.key)
+        epoch = self.firing_epoch
+        if epoch is None:
+            epoch = self.settings.firing_epoch
+        return firing_id(epoch, self.due_ms, self.plan.key)
 
     def prepare(self) -> Prepared | None:
         """Do ahead of the instant what does not depend on it; None: nothing to prepare

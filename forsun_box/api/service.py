@@ -39,6 +39,8 @@ class ServiceInfo:
     bind_port: str = ""
     http_bind_port: str = ""
     server_mode: str = "TIMER"
+    #: the cluster node this is ("" on a single node)
+    node_id: str = ""
     extensions: Callable[[], Iterable[str]] = field(default=lambda: ())
     extra: Callable[[], Mapping[str, Any]] = field(default=lambda: {})
     extension_errors: Callable[[], Iterable[str]] = field(default=lambda: ())
@@ -74,6 +76,11 @@ class ForsunService:
         self.cluster: ClusterNode | None = None
 
     # ------------------------------------------------------------------ cluster
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this service is a cluster node (``--node-id``)."""
+        return self.cluster is not None
 
     async def cluster_status(self) -> dict[str, Any]:
         """The cluster's nodes, partitions and leases (``{"mode": "single"}`` alone)."""
@@ -379,6 +386,7 @@ class ForsunService:
                 "bind_port": facts.bind_port,
                 "http_bind_port": facts.http_bind_port,
                 "server_mode": facts.server_mode,
+                "node_id": facts.node_id,
                 "extensions": ";".join(facts.extensions()),
                 "plan_count": await self.scheduler.count(),
                 "window_plan_count": self.scheduler.window_size(),

@@ -73,6 +73,12 @@ class LeaseCounters:
     failed_rounds: int = 0  # the backend could not be reached or refused
 
 
+def _epochs(epochs: list[int]) -> str:
+    """``epoch 4`` or ``epochs 2-9``: the epochs of the leases a log line is about."""
+    lo, hi = min(epochs), max(epochs)
+    return f"epoch {lo}" if lo == hi else f"epochs {lo}-{hi}"
+
+
 def _listing(partitions: list[int], most: int = 12) -> str:
     shown = ", ".join(map(str, sorted(partitions)[:most]))
     return shown + (f" ... ({len(partitions)} in all)" if len(partitions) > most else "")
@@ -132,6 +138,8 @@ class LeaseManager:
         self._eager_until = 0.0
         # what the last round left trusted (on_change reports the difference)
         self._trusted_last: set[int] = set()
+        # the partitions taken in the round under way (logged when taken)
+        self._taken_now: set[int] = set()
 
     @property
     def ttl_ms(self) -> int:
@@ -145,6 +153,13 @@ class LeaseManager:
         if held is None or self.monotonic() >= held.trusted_until:
             return None
         return held.epoch
+
+    def held_epoch(self, partition: int) -> int | None:
+        """The epoch this node holds ``partition`` at in the database as far as it
+        knows, trusted or not, being handed over included (what a write of its
+        would be fenced with); None when it holds no lease on it."""
+        held = self.held.get(partition)
+        return held.epoch if held is not None else self.draining.get(partition)
 
     def epochs(self) -> dict[int, int]:
         """partition -> epoch of every lease this node holds in the database as far as
@@ -164,6 +179,7 @@ class LeaseManager:
     async def round(self) -> None:
         """One round: heartbeat, renew, balance. Backend errors are logged, not raised."""
         self.counters.rounds += 1
+        self._taken_now = set()
         before = set(self._trusted_last)
         try:
             nodes = await self.backend.heartbeat(
@@ -190,9 +206,34 @@ class LeaseManager:
                 log.info("%s: lease rounds work again (%d leases held)", self.node, len(self.held))
             self._failing = False
         after = set(self.trusted())
+        self._log_trust(before, after)
         self._trusted_last = after
         if after != before and self.on_change is not None:
             self.on_change(after - before, before - after)
+
+    def _log_trust(self, before: set[int], after: set[int]) -> None:
+        """Log the partitions whose trust ran out (no renewal got through in time)
+        while still held, and those trusted again by a late renewal; the others
+        that changed were logged where they were taken, lost or handed over."""
+        lapsed = [p for p in before - after if p in self.held]
+        if lapsed:
+            log.warning(
+                "%s: stepping down from %d partitions, their leases not renewed in time "
+                "(%s, still held; another node may take them over): %s",
+                self.node,
+                len(lapsed),
+                _epochs([self.held[p].epoch for p in lapsed]),
+                _listing(lapsed),
+            )
+        back = [p for p in after - before if p not in self._taken_now]
+        if back:
+            log.info(
+                "%s: trusting %d partitions again, renewed at the same %s: %s",
+                self.node,
+                len(back),
+                _epochs([self.held[p].epoch for p in back]),
+                _listing(back),
+            )
 
     async def _balance(self, nodes: list[Node]) -> None:
         if self.name_conflict:
@@ -229,7 +270,13 @@ class LeaseManager:
         self.name_conflict = True
         if self.held:
             self.counters.lost += len(self.held)
-            log.warning("%s: stepping down from %d partitions", self.node, len(self.held))
+            log.warning(
+                "%s: stepping down from %d partitions (%s), the node name being taken: %s",
+                self.node,
+                len(self.held),
+                _epochs([h.epoch for h in self.held.values()]),
+                _listing(list(self.held)),
+            )
             self.held.clear()
 
     def _until_next_round(self, nodes: list[Node]) -> float:
@@ -267,9 +314,10 @@ class LeaseManager:
                 del self.held[p]
             self.counters.lost += len(lost)
             log.warning(
-                "%s: stepping down from %d partitions another node took over: %s",
+                "%s: stepping down from %d partitions another node took over (%s held): %s",
                 self.node,
                 len(lost),
+                _epochs([held[p] for p in lost]),
                 _listing(list(lost)),
             )
         return lost
@@ -287,10 +335,11 @@ class LeaseManager:
                 self.draining.pop(p, None)
         self.counters.released += released
         log.info(
-            "%s: handing over %d partitions (fair share of %d nodes): %s",
+            "%s: stepping down from %d partitions, handed over (fair share of %d nodes, %s): %s",
             self.node,
             len(gone),
             self.live_nodes,
+            _epochs(list(gone.values())),
             _listing(partitions),
         )
         return set(gone)
@@ -301,6 +350,7 @@ class LeaseManager:
         until = sent + self.ttl_s - self.margin_s
         for a in got:
             self.held[a.lease.partition] = Held(a.lease.epoch, until)
+            self._taken_now.add(a.lease.partition)
         self.counters.acquired += len(got)
         self._log_acquired(got)
         return {a.lease.partition for a in got}
@@ -313,19 +363,21 @@ class LeaseManager:
             if takeover:
                 self.counters.takeovers += len(parts)
                 log.warning(
-                    "%s: took over %d partitions from %s, whose lease ran out: %s",
+                    "%s: took over %d partitions from %s, whose lease ran out (now %s): %s",
                     self.node,
                     len(parts),
                     previous,
+                    _epochs([self.held[p].epoch for p in parts]),
                     _listing(parts),
                 )
             else:
                 source = f"handed over by {previous}" if previous else "never owned"
                 log.info(
-                    "%s: took %d partitions (%s): %s",
+                    "%s: took %d partitions (%s, now %s): %s",
                     self.node,
                     len(parts),
                     source,
+                    _epochs([self.held[p].epoch for p in parts]),
                     _listing(parts),
                 )
 
@@ -389,7 +441,13 @@ class LeaseManager:
             await self.backend.leave(self.node, self.instance)
             if gone:
                 self.counters.released += await self.backend.release(self.node, gone)
-                log.info("%s: released %d partitions at stop", self.node, len(gone))
+                log.info(
+                    "%s: stepping down from %d partitions at stop (%s released): %s",
+                    self.node,
+                    len(gone),
+                    _epochs(list(gone.values())),
+                    _listing(list(gone)),
+                )
         except StoreError as e:
             log.warning("%s: releasing the leases at stop failed (they expire): %s", self.node, e)
         if gone and self.on_change is not None:

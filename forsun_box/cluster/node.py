@@ -191,6 +191,13 @@ class ClusterNode:
         """The engine's gate: fire only under a lease this node trusts right now."""
         return self.leases.epoch_of(self.cluster.partition_of(plan.key)) is not None
 
+    def firing_epoch(self, plan: Plan) -> str:
+        """The first part of ``plan``'s firing ids on this node: the epoch of its
+        partition's lease that the firing's writes are fenced with ("0" when this
+        node holds no lease on it, e.g. a "fire now" on a node that doesn't own it)."""
+        epoch = self.leases.held_epoch(self.cluster.partition_of(plan.key))
+        return "0" if epoch is None else str(epoch)
+
     async def start_leases(self) -> None:
         """Take this node's first share (before the engine reads its first window)."""
         if not self.agent:

@@ -46,6 +46,7 @@ class Run:
     error: str = ""
     action: str = ""
     manual: bool = False  # run by "fire now", outside the schedule
+    node_id: str = ""  # the cluster node that fired it; "" on a single node
 
 
 @dataclass(slots=True)

@@ -100,6 +100,7 @@ def _copy_run(r: Run) -> Run:
         r.error,
         r.action,
         r.manual,
+        r.node_id,
     )
 
 
@@ -459,6 +460,7 @@ def _run_values(r: Run) -> tuple[Any, ...]:
         r.error,
         r.action,
         r.manual,
+        r.node_id,
     )
 
 

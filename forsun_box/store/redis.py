@@ -251,17 +251,22 @@ def _plan_json(p: Plan) -> bytes:
 
 def _run_json(r: Run) -> bytes:
     # started_ms first: the scripts read it with a pattern, no JSON parser needed.
-    # a manual run has a 9th element; older records have 8
+    # a manual run has a 9th element (1), a run a cluster node fired a 10th (its
+    # node id, the 9th then 0 or 1); older records have 8 or 9
     row = [r.started_ms, r.key, r.due_ms, r.duration_ms, r.attempt, r.result, r.error, r.action]
-    if r.manual:
-        row.append(1)
+    if r.manual or r.node_id:
+        row.append(1 if r.manual else 0)
+    if r.node_id:
+        row.append(r.node_id)
     return orjson.dumps(row)
 
 
 def _load_run(raw: bytes) -> Run:
     row = orjson.loads(raw)
     started, key, due, duration, attempt, result, error, action = row[:8]
-    return Run(key, due, started, duration, attempt, result, error, action, len(row) > 8)
+    manual = len(row) > 8 and bool(row[8])
+    node_id = row[9] if len(row) > 9 else ""
+    return Run(key, due, started, duration, attempt, result, error, action, manual, node_id)
 
 
 def _opt_int(raw: bytes) -> int | None:

@@ -425,6 +425,23 @@ class StoreContract:
         run(factory, write)
         run(factory, check)
 
+    def test_runs_keep_the_node_that_fired_them(self, factory: Factory) -> None:
+        fired = [
+            Run("n", T0, T0 + 1, 2, 1, 1, "", "http", False, "node-a"),
+            Run("n", T0 + 5, T0 + 6, 1, 1, -1, "boom", "http", True, "node-b"),
+            Run("n", T0 + 9, T0 + 9, 1, 1, 1, "", "http"),
+        ]
+
+        async def write(store: Store) -> None:
+            await store.apply(Batch(runs=fired))
+
+        async def check(store: Store) -> None:
+            # newest first; a single node's run keeps "" and manual survives beside it
+            assert await store.runs("n") == fired[::-1]
+
+        run(factory, write)
+        run(factory, check)
+
     def test_failed_batch_changes_nothing_and_the_store_keeps_working(
         self, factory: Factory
     ) -> None:

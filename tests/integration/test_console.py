@@ -453,7 +453,9 @@ def test_open_console_warns_and_shows_banner(
         cookie_secret="",
         data_dir=str(tmp_path),
     )
-    service = SimpleNamespace(tz=ZoneInfo("UTC"), now_ms=lambda: int(time.time() * 1000))
+    service = SimpleNamespace(
+        tz=ZoneInfo("UTC"), now_ms=lambda: int(time.time() * 1000), clustered=False
+    )
     with caplog.at_level(logging.WARNING, logger="forsun_box.console"):
         routes, settings = console.install(service, config)
     assert "OPEN TO THE NETWORK" in caplog.text

@@ -646,4 +646,4 @@ def test_sqlite_migrates_a_version_2_database_keeping_its_runs(tmp_path: Path) -
         Run("old", 1, 2, 3, 1, 1, "", "shell", False),
     ]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION

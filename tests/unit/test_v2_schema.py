@@ -192,6 +192,7 @@ def test_run_shape() -> None:
         "error": "boom",
         "action": "shell",
         "manual": False,
+        "node_id": None,
     }
     assert v2_schema.run_to_v2(Run("k", NOW, NOW, 1, 1, 1, "", "shell", True))["manual"] is True
 

@@ -41,6 +41,7 @@ import tornado.web
 
 from forsun_box import __version__
 from forsun_box.actions import action_names
+from forsun_box.api.console import cluster as console_cluster
 from forsun_box.api.console import form as console_form
 from forsun_box.api.console import plans as console_plans
 from forsun_box.api.console import text
@@ -328,6 +329,7 @@ def install(service: ForsunService, config: Config) -> tuple[list[Any], dict[str
         (r"/console/api/stats", StatsApiHandler, kw),
         *console_plans.routes(kw),
         *console_form.routes(kw),
+        *console_cluster.routes(kw),
     ]
     settings = {
         "cookie_secret": cookie_secret(config),

@@ -199,6 +199,9 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable("string"),
             "action": _nullable("string"),
             "manual": {"type": "boolean", "description": "run by fire now, outside the schedule"},
+            "node_id": _nullable(
+                "string", description="the cluster node that fired it; null on a single node"
+            ),
         },
     },
     "Runs": {

@@ -319,4 +319,5 @@ def run_to_v2(run: Any) -> dict[str, Any]:
         "error": run.error or None,
         "action": run.action or None,
         "manual": bool(run.manual),
+        "node_id": run.node_id or None,
     }

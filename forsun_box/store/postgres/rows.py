@@ -74,12 +74,14 @@ SET_STATUSES = (
     "UPDATE plans AS p SET status = s.status FROM unnest($1::text[], $2::bigint[], "
     "$3::bigint[]) AS s(key, version, status) WHERE p.key = s.key AND p.version = s.version"
 )
-RUN_COLUMNS = "key, due_ms, started_ms, duration_ms, attempt, result, error, action, manual"
+RUN_COLUMNS = (
+    "key, due_ms, started_ms, duration_ms, attempt, result, error, action, manual, node_id"
+)
 # WITH ORDINALITY: ids follow the batch's order, newest last
 INSERT_RUNS = (
     f"INSERT INTO runs ({RUN_COLUMNS}) SELECT {RUN_COLUMNS} FROM unnest($1::text[], "
     "$2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], "
-    f"$8::text[], $9::boolean[]) WITH ORDINALITY AS r({RUN_COLUMNS}, n) ORDER BY n"
+    f"$8::text[], $9::boolean[], $10::text[]) WITH ORDINALITY AS r({RUN_COLUMNS}, n) ORDER BY n"
 )
 # Keep only the newest $2 runs of each key of $1: per key, the id of its
 # ($2 + 1)-th newest run bounds what goes (NULL, so nothing, while it has fewer).
@@ -172,7 +174,7 @@ def advance_columns(advances: Sequence[Advance]) -> list[list[Any]]:
 
 
 def run_columns(runs: Sequence[Run]) -> list[list[Any]]:
-    """Runs as the nine arrays of :data:`INSERT_RUNS`."""
+    """Runs as the ten arrays of :data:`INSERT_RUNS`."""
     return [
         [r.key for r in runs],
         [r.due_ms for r in runs],
@@ -183,6 +185,7 @@ def run_columns(runs: Sequence[Run]) -> list[list[Any]]:
         [r.error for r in runs],
         [r.action for r in runs],
         [r.manual for r in runs],
+        [r.node_id for r in runs],
     ]
 
 
@@ -219,4 +222,4 @@ def plan_from_row(r: Any, _loads: Any = orjson.loads) -> Plan:
 
 
 def run_from_row(r: Any) -> Run:
-    return Run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+    return Run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])

@@ -1,6 +1,6 @@
 """The postgres driver's schema and its numbered migrations.
 
-Layout (schema version 1):
+Layout (schema version 3):
 
 - ``plans``: one row per plan, one column per :class:`~forsun_box.plan.Plan`
   field (``params`` as JSON text, ``next_time`` NULL when finished) plus its
@@ -106,6 +106,10 @@ MIGRATIONS: list[str] = [
     # 1 -> 2: runs started by "fire now" are marked
     """
     ALTER TABLE runs ADD COLUMN manual boolean NOT NULL DEFAULT false
+    """,
+    # 2 -> 3: the cluster node that fired a run
+    """
+    ALTER TABLE runs ADD COLUMN node_id text NOT NULL DEFAULT ''
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -83,6 +83,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN manual INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3 -> 4: the cluster node that fired a run
+    """
+    ALTER TABLE runs ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
