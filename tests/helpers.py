@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
+import inspect
 import json
 import os
 import signal
@@ -14,12 +16,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -215,13 +218,32 @@ class Sink:
         self.server.server_close()
 
 
-def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> bool:
+def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
+    """Poll ``pred`` until it gives a true value or ``timeout`` s pass; its last value.
+
+    The one way a test waits on a condition (``assert wait_until(...)``); its
+    twin for a coroutine is ``wait_until_async``.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
-    return bool(pred())
+
+
+async def wait_until_async(
+    pred: Callable[[], Awaitable[T] | T], timeout: float, interval: float = 0.02
+) -> T:
+    """``wait_until`` inside an event loop: ``pred`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if inspect.isawaitable(value):
+            value = await value
+        if value or time.monotonic() >= deadline:
+            return value  # type: ignore[return-value]
+        await asyncio.sleep(interval)
 
 
 @contextmanager

@@ -31,13 +31,6 @@ PLAN_FIELDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(tmp_path_factory.mktemp("v1")).start()
-    yield srv
-    assert srv.stop() == 0
-
-
 def delay(key: str, seconds: int = 3600, **kw):
     body = {
         "key": key,
@@ -409,17 +402,17 @@ def test_client_leaving_mid_request_is_counted_and_harmless(server: Server) -> N
         s.sendall(
             b"PUT /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-    deadline = time.monotonic() + 10
-    while server.call("GET", "/v1/plan?key=left-after")[1]["errcode"] != 0:
-        assert time.monotonic() < deadline, "the whole request's plan was not created"
-        time.sleep(0.05)
-    while True:
+    created = wait_until(
+        lambda: server.call("GET", "/v1/plan?key=left-after")[1]["errcode"] == 0, 10
+    )
+    assert created, "the whole request's plan was not created"
+
+    def settled() -> dict | None:
         info = server.ok("GET", "/v1/info")  # this request is the one in flight
         done = int(info["http_requested_count"]) - before
-        if int(info["http_requesting_count"]) == 1 and done >= 4:
-            break
-        assert time.monotonic() < deadline, info
-        time.sleep(0.05)
+        return info if int(info["http_requesting_count"]) == 1 and done >= 4 else None
+
+    assert wait_until(settled, 10), server.ok("GET", "/v1/info")
     assert server.call("GET", "/v1/plan?key=left-early")[1]["errcode"] != 0
 
 
@@ -451,19 +444,13 @@ def test_shell_plan_fires(server: Server, tmp_path) -> None:
         "/v1/plan",
         delay("fire-shell", seconds=1, params={"cmd": f"echo $FORSUN_TIMESTAMP >> {out}"}),
     )
-    deadline = time.time() + 10
     # the shell creates the file (>>) before echo writes the line: wait for the line
-    while time.time() < deadline and not (out.exists() and out.read_text().endswith("\n")):
-        time.sleep(0.05)
-    assert out.exists() and out.read_text().endswith("\n")
+    assert wait_until(lambda: out.exists() and out.read_text().endswith("\n"), 10)
     assert abs(int(out.read_text().split()[0]) - time.time()) < 10
     # A finished one-shot plan is gone; its firing was counted.
-    for _ in range(100):
-        _, reply = server.call("GET", "/v1/plan?key=fire-shell")
-        if reply["errcode"] == 1003:
-            break
-        time.sleep(0.05)
-    assert reply["errcode"] == 1003
+    assert wait_until(
+        lambda: server.call("GET", "/v1/plan?key=fire-shell")[1]["errcode"] == 1003, 5
+    )
     info = server.ok("GET", "/v1/info")
     assert int(info["action_executed_count"]) >= 1
 
@@ -551,12 +538,17 @@ def test_repeating_plan_keeps_count_and_status(server: Server) -> None:
         )
         hits = sink.wait_for(2, timeout=6)
         assert len(hits) >= 2
-        mid = server.ok("GET", "/v1/plan?key=rep")
-        assert mid["current_count"] >= 2 - 1 and mid["status"] in (0, 1)
+
+        def second() -> dict | None:  # its record may trail its request by a moment
+            plan = server.ok("GET", "/v1/plan?key=rep")
+            return plan if plan["current_count"] == 2 else None
+
+        mid = wait_until(second, 0.9)  # before the third, a second after the second
+        assert mid is not None and mid["status"] == 1, mid
         hits = sink.wait_for(3, timeout=6)
         assert len(hits) == 3
-        time.sleep(1.5)
-        assert len(sink.hits) == 3  # exactly count firings
+        # exactly count firings: a fourth, if any, would come within the plan's second
+        assert len(sink.wait_for(4, timeout=1.5)) == 3
         _, reply = server.call("GET", "/v1/plan?key=rep")
         assert reply["errcode"] == 1003
     finally:
@@ -577,13 +569,12 @@ def test_failed_http_sets_status_failed(server: Server) -> None:
                 "params": {"url": "http://127.0.0.1:9/closed"},
             },
         )
-        deadline = time.time() + 8
-        plan = None
-        while time.time() < deadline:
+
+        def failed() -> dict | None:
             plan = server.ok("GET", "/v1/plan?key=fails")
-            if plan["current_count"] >= 1 and plan["status"] == -1:
-                break
-            time.sleep(0.1)
+            return plan if plan["current_count"] >= 1 and plan["status"] == -1 else None
+
+        plan = wait_until(failed, 8)
         assert plan is not None and plan["status"] == -1 and plan["last_timeout"] > 0
         server.ok("DELETE", "/v1/plan?key=fails")
     finally:

@@ -28,6 +28,7 @@ from forsun_box.actions.http import close_clients
 from forsun_box.actions.shell import parse_env
 from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
+from tests.helpers import wait_until
 
 TS = 1_700_000_123
 
@@ -130,10 +131,7 @@ def test_shell_timeout_kills_the_process_group(tmp_path: Path):
         shell({"cmd": cmd, "cwd": str(tmp_path)}, shell_timeout_s=0.5)
     assert time.monotonic() - started < 10
     child = int((tmp_path / "child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while not _gone(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(child), "background child survived the time limit"
+    assert wait_until(lambda: _gone(child), 5), "background child survived the time limit"
 
 
 def test_shell_disabled_refuses_and_does_not_run(tmp_path: Path):
