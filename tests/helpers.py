@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -108,18 +110,18 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 status, body = call(self.http_port, "GET", "/v1/ping", timeout=1)
-                if status == 200 and body["errcode"] == 0:
-                    return
             except OSError:
-                pass
-            time.sleep(0.05)
+                return False
+            return status == 200 and body["errcode"] == 0
+
+        if wait_until(ready, timeout, interval=0.05):
+            return
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -218,6 +220,22 @@ class Sink:
         self.server.server_close()
 
 
+def whole_module_selected(request: pytest.FixtureRequest) -> bool:
+    """Whether every test of the requesting module is in this session's selection.
+
+    A test that checks what the rest of its module did (it runs last, in file
+    order) decides by this, never by what happened to run before it.
+    """
+    module = request.module
+    defined = {name for name in vars(module) if name.startswith("test_")}
+    selected = {
+        item.originalname
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is module
+    }
+    return defined <= selected
+
+
 def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
     """Poll ``pred`` until it gives a true value or ``timeout`` s pass; its last value.
 
@@ -285,7 +303,7 @@ class ThriftTarget:
                     handler.max_active = max(handler.max_active, handler.active)
                 try:
                     if handler.delay_s:
-                        time.sleep(handler.delay_s)
+                        time.sleep(handler.delay_s)  # a slow target
                     if handler.fail:
                         raise RuntimeError("target refuses")
                     with handler.lock:

@@ -296,7 +296,7 @@ CHILD = textwrap.dedent(
             resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
             await store.apply(Batch(ops={{"k99": plan("k99")}}))
         print("acked", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # alive, acked, until the test kills it
 
     asyncio.run(main())
     """

@@ -576,7 +576,7 @@ print("stderr of the daemon", file=sys.stderr, flush=True)
 stop = pid_file + ".stop"
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and not os.path.exists(stop):
-    time.sleep(0.02)
+    time.sleep(0.02)  # the daemon polls for its stop file (no test helpers here)
 """
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import shutil
 import ssl
 import subprocess
 import time
@@ -23,6 +22,7 @@ from forsun_box.actions.http import close_clients, shared_client
 from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
 from tests.helpers import wait_until_async
+from tests.servers import need_binary
 
 TS = 1_700_000_123
 
@@ -75,7 +75,7 @@ class _Slow(RequestHandler):
         state.running += 1
         state.most_running = max(state.most_running, state.running)
         try:
-            await asyncio.sleep(float(self.get_query_argument("s", "0.3")))
+            await asyncio.sleep(float(self.get_query_argument("s", "0.3")))  # a slow server
         finally:
             state.running -= 1
         self.write("slow")
@@ -305,12 +305,12 @@ def test_header_lines():
 # -- https ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_https_is_spoken_and_certificates_are_checked(tmp_path: Path):
+    openssl = need_binary("openssl", "openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
-            "openssl",
+            openssl,
             "req",
             "-x509",
             "-newkey",

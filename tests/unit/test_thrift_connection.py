@@ -85,7 +85,7 @@ def test_pipelined_calls_split_anywhere_are_answered_in_order() -> None:
         for i in range(0, len(data), 7):  # chunks cutting headers and bodies
             writer.write(data[i : i + 7])
             await writer.drain()
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # chunks arrive apart, as from a slow network
         assert await read_replies(reader, 3) == [
             ("ping", TMessageType.REPLY, 1),
             ("noSuchMethod", TMessageType.EXCEPTION, 2),
@@ -189,7 +189,7 @@ def test_client_not_reading_its_answers_stops_being_read() -> None:
             try:
                 sent += sock.send(stream[sent : sent + 65536])
             except BlockingIOError:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the socket is full: let the server read
             await asyncio.sleep(0)
         assert conn._read_paused and conn._write_paused
         assert sent < len(stream)
