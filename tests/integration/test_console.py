@@ -233,7 +233,7 @@ def test_create_with_preview_then_save(client: Client, server: Server) -> None:
     assert "every Monday at 08:00:00" in soup.select_one("#preview-result h2").get_text()
     assert len(soup.select("#preview-firings li")) == 5
     assert soup.select_one("#key")["value"] == "f:cal"  # the form comes back filled in
-    assert server.call("GET", "/v1/plan?key=f:cal")[1]["errcode"] != 0  # not saved
+    assert server.call("GET", "/v1/plan?key=f:cal")[1]["errcode"] == 1003  # not saved
     status, headers, _ = client.post("/plans/new", {**form, "do": "save"})
     assert status == 302 and headers["Location"] == "/plan?key=f%3Acal&done=created"
     plan = server.ok("GET", "/v1/plan?key=f:cal")
@@ -348,7 +348,7 @@ def test_pause_resume_fire_delete(client: Client, server: Server) -> None:
     assert [cells(tr)[5:7] for tr in soup.select("#runs tbody tr")] == [["fire now", "ok"]]
     status, headers, _ = client.post("/plan/delete", {"key": "p:003"})
     assert status == 302 and headers["Location"] == "/plans?done=deleted"
-    assert server.call("GET", "/v1/plan?key=p:003")[1]["errcode"] != 0
+    assert server.call("GET", "/v1/plan?key=p:003")[1]["errcode"] == 1003
     assert client.post("/plan/delete", {"key": "p:003"})[0] == 404
 
 
@@ -372,7 +372,7 @@ def test_v1_pause_and_resume(server: Server) -> None:
     resumed = server.ok("POST", "/v1/plan/resume?key=p:020")
     assert resumed["next_time"] >= ts
     status, reply = server.call("POST", "/v1/plan/pause?key=missing")
-    assert status == 200 and reply["errcode"] != 0 and reply["data"] == {}
+    assert status == 200 and reply["errcode"] == 1003 and reply["data"] == {}
 
 
 # ------------------------------------------------------------------ with a login
