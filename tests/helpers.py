@@ -236,7 +236,7 @@ def whole_module_selected(request: pytest.FixtureRequest) -> bool:
     return defined <= selected
 
 
-def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
+def wait_until(pred: Callable[..., T], timeout: float, interval: float = 0.02) -> T:
     """Poll ``pred`` until it gives a true value or ``timeout`` s pass; its last value.
 
     The one way a test waits on a condition (``assert wait_until(...)``); its
@@ -251,7 +251,7 @@ def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) ->
 
 
 async def wait_until_async(
-    pred: Callable[[], Awaitable[T] | T], timeout: float, interval: float = 0.02
+    pred: Callable[..., Awaitable[T] | T], timeout: float, interval: float = 0.02
 ) -> T:
     """``wait_until`` inside an event loop: ``pred`` may be a coroutine function."""
     deadline = time.monotonic() + timeout
