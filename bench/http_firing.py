@@ -228,7 +228,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     total = args.rate * args.seconds
-    # plan creation costs roughly 15 us/plan here; leave room for a busy machine
+    # the plans are created before the firing starts: a lead time that grows with
+    # their number, with room for a busy machine
     lead = args.lead or max(5.0, total / 20_000)
     budget = 300 if args.micro else lead + args.seconds + GRACE_S + 60
     try:

@@ -35,7 +35,7 @@ from forsun_box.metrics import Metrics
 from forsun_box.plan import Limits
 from forsun_box.scheduler import EngineOptions, Scheduler
 from forsun_box.stats import Stats
-from forsun_box.store import DRIVERS, Store
+from forsun_box.store import DRIVERS, Run, Store
 from forsun_box.thrift import codec
 from forsun_box.watchdog import LoopWatch
 
@@ -210,7 +210,7 @@ class App:
             log.info("server mode AGENT: plans are stored and served, never fired here")
         log.info("forsun-box ready (time zone %s)", tz.key if hasattr(tz, "key") else tz)
 
-    def _on_run(self, run: Any) -> None:
+    def _on_run(self, run: Run) -> None:
         """Dispatcher callback: the console's per-minute series, then the run history."""
         if run.error:
             # an action's message may quote a URL with a password or a token in it

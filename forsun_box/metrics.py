@@ -20,7 +20,7 @@ import bisect
 import functools
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +35,10 @@ from prometheus_client.registry import Collector
 
 from forsun_box.enums import RunResult
 from forsun_box.stats import Stats
+
+if TYPE_CHECKING:
+    from forsun_box.store.base import Batch, Run, Store
+    from forsun_box.watchdog import LoopWatch
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENESS_BUCKETS = (
@@ -196,12 +200,12 @@ class Metrics:
         if stats is not None:
             r.register(_StatsCollector(stats))
 
-    def watch_loop(self, watch: Any) -> None:
-        """Expose the stall counts of ``watch`` (a :class:`~forsun_box.watchdog.LoopWatch`)."""
+    def watch_loop(self, watch: LoopWatch) -> None:
+        """Expose the stall counts of ``watch``."""
         self.registry.register(_LoopWatchCollector(watch))
 
-    def record_run(self, run: Any) -> None:
-        """Count one attempt (a ``store.base.Run``)."""
+    def record_run(self, run: Run) -> None:
+        """Count one attempt."""
         self.runs.record(
             run.action or "unknown",
             RunResult.label_of(run.result),
@@ -213,7 +217,7 @@ class Metrics:
         """Count one request; ``outcome`` is ``ok``, ``client_error`` or ``server_error``."""
         self.api_requests.labels(interface, outcome).inc()
 
-    def instrument_store(self, store: Any) -> None:
+    def instrument_store(self, store: Store) -> None:
         """Time every ``store.apply`` (one per group commit) into the latency histogram.
 
         Wraps the instance's method, so the engine needs no knowledge of
@@ -225,7 +229,7 @@ class Metrics:
         observe = self.commit_latency.observe
 
         @functools.wraps(apply)
-        async def timed(batch: Any) -> None:
+        async def timed(batch: Batch) -> None:
             started = time.perf_counter()
             try:
                 await apply(batch)
@@ -233,7 +237,7 @@ class Metrics:
                 observe(time.perf_counter() - started)
 
         timed._forsun_box_timed = True  # type: ignore[attr-defined]
-        store.apply = timed
+        store.apply = timed  # type: ignore[method-assign]  # this instance's, timed
 
     async def refresh(self, engine: EngineGauges) -> None:
         """Read the engine's gauges (call before :meth:`render`)."""

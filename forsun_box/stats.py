@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forsun_box.store.base import Run
 
 #: forsun's ``info`` counters, in forsun's order
 COUNTER_NAMES: tuple[str, ...] = (
@@ -131,8 +134,8 @@ class MinuteSeries:
         self.keep = keep
         self._buckets: dict[int, _Minute] = {}
 
-    def record_run(self, run: Any) -> None:
-        """Count one attempt (a ``store.base.Run``): a first attempt is a firing
+    def record_run(self, run: Run) -> None:
+        """Count one attempt: a first attempt is a firing
         and gives a lateness sample; any attempt that failed is a failure."""
         minute = run.started_ms // MINUTE_MS
         b = self._buckets.get(minute)

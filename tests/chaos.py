@@ -282,7 +282,7 @@ def run_crash(
             ]
             for t in threads:
                 t.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3, 1.5))  # a random gap between faults
             server.kill()
             kills.append(_now_ms())
             load.stop.set()

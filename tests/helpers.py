@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
+import inspect
 import json
 import os
 import signal
@@ -14,12 +16,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -105,18 +110,18 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 status, body = call(self.http_port, "GET", "/v1/ping", timeout=1)
-                if status == 200 and body["errcode"] == 0:
-                    return
             except OSError:
-                pass
-            time.sleep(0.05)
+                return False
+            return status == 200 and body["errcode"] == 0
+
+        if wait_until(ready, timeout, interval=0.05):
+            return
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -215,13 +220,48 @@ class Sink:
         self.server.server_close()
 
 
-def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> bool:
+def whole_module_selected(request: pytest.FixtureRequest) -> bool:
+    """Whether every test of the requesting module is in this session's selection.
+
+    A test that checks what the rest of its module did (it runs last, in file
+    order) decides by this, never by what happened to run before it.
+    """
+    module = request.module
+    defined = {name for name in vars(module) if name.startswith("test_")}
+    selected = {
+        item.originalname
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is module
+    }
+    return defined <= selected
+
+
+def wait_until(pred: Callable[..., T], timeout: float, interval: float = 0.02) -> T:
+    """Poll ``pred`` until it gives a true value or ``timeout`` s pass; its last value.
+
+    The one way a test waits on a condition (``assert wait_until(...)``); its
+    twin for a coroutine is ``wait_until_async``.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
-    return bool(pred())
+
+
+async def wait_until_async(
+    pred: Callable[..., Awaitable[T] | T], timeout: float, interval: float = 0.02
+) -> T:
+    """``wait_until`` inside an event loop: ``pred`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if inspect.isawaitable(value):
+            value = await value
+        if value or time.monotonic() >= deadline:
+            return value  # type: ignore[return-value]
+        await asyncio.sleep(interval)
 
 
 @contextmanager
@@ -263,7 +303,7 @@ class ThriftTarget:
                     handler.max_active = max(handler.max_active, handler.active)
                 try:
                     if handler.delay_s:
-                        time.sleep(handler.delay_s)
+                        time.sleep(handler.delay_s)  # a slow target
                     if handler.fail:
                         raise RuntimeError("target refuses")
                     with handler.lock:

@@ -86,7 +86,7 @@ def run_load(
         began = time.monotonic()
         for n, start in enumerate(starts):
             # one request per due instant (a delay counts from the request's arrival)
-            time.sleep(max(0.0, began + n / len(starts) - time.monotonic()))
+            time.sleep(max(0.0, began + n / len(starts) - time.monotonic()))  # pacing
             batch = [
                 {"key": f"fire:{i}", "seconds": 1, "count": 0, "action": "probe", "params": {}}
                 for i in range(start, min(plans, start + per_instant))
@@ -177,7 +177,7 @@ def run_load(
         ]
         for t in threads:
             t.start()
-        time.sleep(seconds)
+        time.sleep(seconds)  # the load is held this long: the behaviour measured
         stop.set()
         for t in threads:
             t.join(15)

@@ -17,14 +17,14 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 # mariadbd lives in sbin, which is not on every user's PATH
 _EXTRA_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
@@ -32,6 +32,13 @@ _EXTRA_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for what this machine lacks; under CI, which installs it, fail."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI must install it (.ci/run)")
+    pytest.skip(reason)
 
 
 def find_binary(*names: str) -> str | None:
@@ -48,10 +55,7 @@ def need_binary(package: str, *names: str) -> str:
     """The binary's path; skip the test (fail under CI) when it is missing."""
     path = find_binary(*names)
     if path is None:
-        reason = f"{names[0]} is not installed (apt-get install {package})"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must install it (.ci/run)")
-        pytest.skip(reason)
+        unavailable(f"{names[0]} is not installed (apt-get install {package})")
     return path
 
 
@@ -84,17 +88,20 @@ class ServerProcess:
 
 def wait_port(server: ServerProcess, timeout: float = 30.0) -> None:
     """Wait until ``server`` accepts TCP connections; raise with its log otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if server.proc.poll() is not None:
             raise RuntimeError(
                 f"{server.name} exited with {server.proc.returncode}:\n{server.log()}"
             )
         try:
             with socket.create_connection((server.host, server.port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
+            return False
+
+    if wait_until(listening, timeout, interval=0.05):
+        return
     server.stop()
     raise RuntimeError(f"{server.name} did not listen within {timeout} s:\n{server.log()}")
 
@@ -227,10 +234,7 @@ def find_postgres_bin(name: str) -> str | None:
 def need_postgres_bin(name: str) -> str:
     path = find_postgres_bin(name)
     if path is None:
-        reason = f"PostgreSQL's {name} is not installed (apt-get install postgresql)"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must install it (.ci/run)")
-        pytest.skip(reason)
+        unavailable(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
     return path
 
 

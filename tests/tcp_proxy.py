@@ -35,7 +35,7 @@ async def main(listen: int, target: int, max_seconds: float) -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen, reuse_address=True)
     async with server:
-        await asyncio.sleep(max_seconds)
+        await asyncio.sleep(max_seconds)  # the proxy's lifetime bound
 
 
 if __name__ == "__main__":

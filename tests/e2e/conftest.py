@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers import unavailable
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
     "--headless",
@@ -38,9 +40,7 @@ def _chromium() -> str | None:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser tests cannot run in CI: {reason}")
-    pytest.skip(reason)
+    unavailable(f"browser tests cannot run: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from forsun_box.dispatcher import RUN_FAILED, RUN_OK, RUN_WILL_RETRY, Dispatcher
 from forsun_box.plan import Plan
 from forsun_box.stats import Stats
 from forsun_box.store.base import Run
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_async
 
 if TYPE_CHECKING:
     from tests.servers import ServerProcess
@@ -385,9 +385,7 @@ def run_dispatcher(
         first = await dispatcher.run(plan, int(time.time() * 1000))
         if between is not None:
             await between()
-        deadline = time.monotonic() + 10
-        while (dispatcher.pending_retries or dispatcher.active) and time.monotonic() < deadline:  # noqa: ASYNC110 (two counters, no event to wait on)
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: not (dispatcher.pending_retries or dispatcher.active), 10)
         await dispatcher.close()
         return first
 

@@ -9,20 +9,21 @@ accounted for after the restarts.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.servers import need_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="the ops phase needs wrk")
 def test_scale_harness_quick_mode_runs_every_phase(tmp_path: Path) -> None:
+    need_binary("wrk", "wrk")  # the ops phase
     out = tmp_path / "scale.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick", "--json", str(out)],

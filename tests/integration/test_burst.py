@@ -66,7 +66,7 @@ class SlowTarget:
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
                 try:
-                    await asyncio.sleep(self.delay)
+                    await asyncio.sleep(self.delay)  # a slow target
                 finally:
                     self.active -= 1
                 with self.lock:

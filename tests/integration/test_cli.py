@@ -9,7 +9,6 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,13 +22,6 @@ from forsun_box.cli.client import (
     split_commands,
 )
 from tests.helpers import ROOT, Server, free_port
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("cli")).start()
-    yield srv
-    assert srv.stop() == 0
 
 
 def forsun(

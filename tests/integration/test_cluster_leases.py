@@ -21,6 +21,7 @@ from forsun_box.cluster.partitions import fair_share, partition_of
 from forsun_box.store import Advance, Batch, Run
 from forsun_box.store.postgres import PostgresStore
 from forsun_box.testing.store_contract import T0, plan, put
+from tests.helpers import wait_until_async
 
 pytest_plugins = ["tests.servers"]
 
@@ -29,15 +30,7 @@ TTL_S = 1.2
 
 
 async def until(pred: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = pred()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
+    assert await wait_until_async(pred, timeout), f"not within {timeout} s: {what}"
 
 
 @asynccontextmanager

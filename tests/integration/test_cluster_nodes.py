@@ -171,7 +171,7 @@ def test_a_paused_node_steps_down_and_nothing_fires_twice(
             os.kill(paused.proc.pid, signal.SIGCONT)
         # n1 wakes up: it steps down instead of firing what its window still holds
         assert wait_until(lambda: "stepping down" in paused.log(), 10), paused.log()[-3000:]
-        time.sleep(1.0)
+        time.sleep(1.0)  # a firing from the stale window would arrive within it
         counts = fired(sink)
         assert [k for k in keys if counts[k] != 1] == []
         # and the pair shares the partitions again
@@ -270,7 +270,7 @@ def test_a_node_killed_under_a_load_of_creates_loses_no_acknowledged_plan(
         assert wait_until(lambda: set(fired(sink)) >= set(acked), 20), sorted(
             set(acked) - set(fired(sink))
         )[:20]
-        time.sleep(0.5)
+        time.sleep(0.5)  # a duplicate would arrive right behind
         counts = fired(sink)
         twice = [k for k in acked if counts[k] > 1]
         # at least once: a repeat only for a firing in flight when n2 died

@@ -90,7 +90,7 @@ def test_a_node_cut_off_steps_down_and_comes_back(
         assert wait_until(lambda: "stepping down" in cut.log(), 15), cut.log()[-3000:]
         assert wait_until(lambda: balanced(direct, {"cut", "steady"}), 20), owners(direct)
         assert wait_until(lambda: set(counts(sink)) >= set(keys), 20)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a duplicate would arrive right behind
         fired = counts(sink)
         assert "during-cut" not in fired
         # at least once: only firings caught in flight by the cut may repeat
@@ -121,7 +121,7 @@ def test_nodes_ride_through_a_postgresql_restart(
         own_postgres.stop()
         # both step down: their trust runs out while the database is away
         assert wait_until(lambda: all("lease round failed" in s.log() for s in nodes), 10)
-        time.sleep(TTL_S)
+        time.sleep(TTL_S)  # real downtime: the database stays away past the leases' TTL
         own_postgres.start()
         assert wait_until(lambda: balanced(dsn, {"r1", "r2"}), 20), owners(dsn)
         assert wait_until(lambda: set(counts(sink)) >= set(keys), 30), set(keys) - set(counts(sink))

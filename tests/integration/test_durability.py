@@ -126,7 +126,7 @@ def test_repeating_plan_catch_up_fires_once_then_resumes(tmp_path) -> None:
         sink.wait_for(1, timeout=5)
         srv.kill()
         n = len(sink.hits)
-        time.sleep(3)
+        time.sleep(3)  # real downtime: some three firings come due while it is dead
         srv = Server(tmp_path).start()
         try:
             # fire_once: one catch-up firing for the ~3 missed ones, then one per

@@ -6,7 +6,7 @@ deliberate differences docs/COMPAT.md lists, each asserted here as it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -154,10 +154,8 @@ def _shape(status: int, body: Any) -> tuple[int, int | None]:
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("box-v1"), env=TOOL_ENV).start()
-    yield srv
-    assert srv.stop() == 0
+def box(start_server: Callable[..., Server]) -> Server:
+    return start_server(name="box-v1", env=TOOL_ENV)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,10 +35,8 @@ PLAN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00 (\S+) (.*)$")
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("box"), env=TOOL_ENV).start()
-    yield srv
-    assert srv.stop() == 0
+def box(start_server: Callable[..., Server]) -> Server:
+    return start_server(name="box", env=TOOL_ENV)
 
 
 def ours(port: int, *args: str) -> subprocess.CompletedProcess[str]:

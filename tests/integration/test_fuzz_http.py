@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import Server
+from tests.servers import unavailable
 
 EXAMPLES = os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES_HTTP", "20")
 _S = {"type": "string"}
@@ -83,7 +82,7 @@ SERVER_ARGS = ("--shell-enabled", "false")
 def _schemathesis(schema: str, base: str, workdir: Path, *extra: str) -> tuple[int, str]:
     exe = Path(sys.executable).with_name("schemathesis")
     if not exe.exists():
-        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+        unavailable("schemathesis is not installed (pip install -e '.[test]')")
     argv = [
         str(exe),
         "run",

@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from forsun_box.api.formats import openapi
-from tests.helpers import ROOT, Server
+from tests.helpers import ROOT, Server, wait_until, whole_module_selected
 
 DOC = openapi.document()
 COVERED: set[tuple[str, str]] = set()
@@ -75,15 +75,6 @@ def api(
     schema["components"] = DOC["components"]
     Draft202012Validator(schema).validate(data)
     return data
-
-
-def wait_for(fn: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def iso_ms(text: str) -> int:
@@ -344,8 +335,8 @@ def test_pause_resume_fire_and_runs(server: Server) -> None:
     assert resumed["paused"] is False
     fired = api(server, "POST", "/v2/plans/{key}/fire", "/v2/plans/ops/fire")
     assert fired["result"] == "ok"
-    runs = wait_for(
-        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/ops/runs?limit=5")["runs"]
+    runs = wait_until(
+        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/ops/runs?limit=5")["runs"], 15
     )
     assert runs[0]["result"] == "ok" and runs[0]["attempt"] == 1 and runs[0]["error"] is None
     api(server, "POST", "/v2/plans/{key}/pause", "/v2/plans/nope/pause", expect=404)
@@ -382,18 +373,17 @@ def test_plans_fire_on_schedule_and_history_records_them(server: Server) -> None
         firsts = [r for r in runs if r["attempt"] == 1]
         return firsts if len(firsts) == 2 else []
 
-    runs = wait_for(first_attempts)
+    runs = wait_until(first_attempts, 15)
     assert [r["due_ms"] for r in sorted(runs, key=lambda r: r["due_ms"])] == [start, start + 200]
     # no retry configured: each first attempt failed for good
     assert all(r["result"] == "failed" and r["error"] for r in runs)
     assert all(r["lateness_ms"] == r["started_ms"] - r["due_ms"] for r in runs)
-    once = wait_for(
-        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/once/runs")["runs"]
+    once = wait_until(
+        lambda: api(server, "GET", "/v2/plans/{key}/runs", "/v2/plans/once/runs")["runs"], 15
     )
     assert once[0]["due"] == api_instant(start) and once[0]["result"] == "ok"
     # finished plans are gone; their history stays
-    wait_for(lambda: request(server.http_port, "GET", "/v2/plans/once")[0] == 404)
-    assert request(server.http_port, "GET", "/v2/plans/once")[0] == 404
+    assert wait_until(lambda: request(server.http_port, "GET", "/v2/plans/once")[0] == 404, 15)
     text = request(server.http_port, "GET", "/metrics")[2].decode()
     assert re.search(r'forsun_box_firings_total\{action="shell",result="ok"\} [1-9]', text)
 
@@ -579,9 +569,10 @@ def test_batch_body_sent_in_chunks(server: Server) -> None:
     assert api(server, "DELETE", "/v2/plans", "/v2/plans?prefix=chunk-")["removed"] == 50
 
 
-def test_every_documented_operation_was_exercised() -> None:
-    if not COVERED:
-        pytest.skip("meaningful only after the rest of this module ran")
+def test_every_documented_operation_was_exercised(request: pytest.FixtureRequest) -> None:
+    # runs last in this module (pytest keeps file order): COVERED is the record
+    if not whole_module_selected(request):
+        pytest.skip("checks what the tests above exercised: select the whole module")
     documented = {
         (path, method)
         for path, item in DOC["paths"].items()

@@ -23,13 +23,6 @@ from tests.helpers import Server, Sink, ThriftTarget, thrift_client, wait_until
 NO = None  # an argument left out: the server applies the IDL default
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("thrift")).start()
-    yield srv
-    assert srv.stop() == 0
-
-
 connect = thrift_client
 
 

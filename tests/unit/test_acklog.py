@@ -27,6 +27,7 @@ from forsun_box.store.sqlite import SqliteStore
 from forsun_box.store.sqlite import store as sqlite_driver
 from forsun_box.store.sqlite.acklog import MAGIC, AckLog, AckLogDamaged
 from forsun_box.store.sqlite.rows import Rows
+from tests.helpers import wait_until_async
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,10 +178,7 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(
             store._fold_timer = None
             monkeypatch.setattr(sqlite_driver, "FOLD_DELAY_S", 0.005)
             await store.apply(Batch(ops={"d": plan("d", T0 + 3)}))
-            for _ in range(200):
-                if db_keys(store):
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: db_keys(store), 2)
             assert db_keys(store) == ["a", "c", "d"]
             assert store._overlay.rows == {}
             assert await store.count() == 3
@@ -252,10 +250,7 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
             assert got is not None and got.params == {"x": "y" * 300}
             assert db_keys(store) == []
             await db.fetchall("PRAGMA max_page_count = 1073741823")
-            for _ in range(300):  # the fold is retried by itself
-                if db_keys(store):
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: db_keys(store), 3)  # the fold is retried by itself
             assert db_keys(store) == sorted(big)
             assert await store.count() == 40
 
@@ -301,7 +296,7 @@ CHILD = textwrap.dedent(
             resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
             await store.apply(Batch(ops={{"k99": plan("k99")}}))
         print("acked", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # alive, acked, until the test kills it
 
     asyncio.run(main())
     """

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -21,6 +20,7 @@ from forsun_box.cli import serve as cli_serve
 from forsun_box.config import SETTINGS, Config, load_config, render_markdown, system_zone
 from forsun_box.errors import StartupError
 from forsun_box.logs import setup_logging
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -576,17 +576,8 @@ print("stderr of the daemon", file=sys.stderr, flush=True)
 stop = pid_file + ".stop"
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and not os.path.exists(stop):
-    time.sleep(0.02)
+    time.sleep(0.02)  # the daemon polls for its stop file (no test helpers here)
 """
-
-
-def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _gone(pid: int) -> bool:
@@ -620,7 +611,7 @@ def test_daemonize_detaches_writes_and_removes_pid_file(tmp_path):
         assert os.getsid(pid) != os.getsid(0)  # its own session
         assert os.getsid(pid) != pid  # not a session leader: can't regain a terminal
         assert daemon.cwd() == "/"
-        assert _wait_for(lambda: "stderr of the daemon" in log_file.read_text())
+        assert wait_until(lambda: "stderr of the daemon" in log_file.read_text(), 10)
 
         # a second instance refuses the live pid file
         again = subprocess.run(
@@ -633,8 +624,8 @@ def test_daemonize_detaches_writes_and_removes_pid_file(tmp_path):
         assert again.returncode != 0 and "already running" in again.stderr
 
         (tmp_path / "run" / "sleeper.pid.stop").touch()
-        assert _wait_for(lambda: not pid_file.exists()), "pid file not removed at exit"
-        assert _wait_for(lambda: _gone(pid))
+        assert wait_until(lambda: not pid_file.exists(), 10), "pid file not removed at exit"
+        assert wait_until(lambda: _gone(pid), 10)
     finally:
         if not _gone(pid):
             os.kill(pid, 9)

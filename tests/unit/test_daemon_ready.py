@@ -24,7 +24,7 @@ if mode == "ready":
     stop = pid_file + ".stop"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not os.path.exists(stop):
-        time.sleep(0.02)
+        time.sleep(0.02)  # the daemon polls for its stop file (no test helpers here)
 elif mode == "failed":
     readiness.failed("cannot listen on Thrift 127.0.0.1:1: Address in use")
     sys.exit(1)

@@ -293,7 +293,7 @@ def test_close_cancels_pending_retries():
 def test_close_waits_for_running_attempts():
     class Slowish(Action):
         async def execute(self):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # an attempt that takes a while: the behaviour
 
     register_action("slowish", Slowish)
     h = Harness()

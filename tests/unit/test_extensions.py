@@ -193,7 +193,7 @@ def test_tornado_coroutine_execute_works(tmp_path: Path) -> None:
         class Slow(Action):
             @gen.coroutine
             def execute(self, *args, **kwargs):
-                yield gen.sleep(0.01)
+                yield gen.sleep(0.01)  # an action that takes a while: the behaviour
                 if self.params.get("fail"):
                     raise ActionExecuteRetry()
 

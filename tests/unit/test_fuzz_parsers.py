@@ -11,12 +11,14 @@ import os
 from collections import Counter
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forsun_box import errors
 from forsun_box.api.formats import crontab
 from forsun_box.plan import Limits, build_plan
+from tests.helpers import whole_module_selected
 
 EXAMPLES = int(os.environ.get("FORSUN_BOX_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -154,12 +156,10 @@ def test_plan_fields_raise_only_forsun_errors(
     _only_forsun_errors(build)
 
 
-def test_zz_every_fuzz_test_ran_its_cases() -> None:
+def test_zz_every_fuzz_test_ran_its_cases(request: pytest.FixtureRequest) -> None:
     # runs last in this module (pytest keeps file order): the counts are the record
-    if not RAN:
-        import pytest
-
-        pytest.skip("run with the fuzz tests above: it checks their counts")
+    if not whole_module_selected(request):
+        pytest.skip("checks the counts of the fuzz tests above: select the whole module")
     print("parser fuzz cases:", dict(RAN))
     assert set(RAN) == {"crontab_line", "crontab_body", "params", "plan_fields"}
     assert all(n >= min(EXAMPLES, 50) for n in RAN.values()), RAN

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import shutil
 import ssl
 import subprocess
 import time
@@ -22,6 +21,8 @@ from forsun_box.actions.curl_client import CurlClient, CurlError, Request, heade
 from forsun_box.actions.http import close_clients, shared_client
 from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
+from tests.helpers import wait_until_async
+from tests.servers import need_binary
 
 TS = 1_700_000_123
 
@@ -74,7 +75,7 @@ class _Slow(RequestHandler):
         state.running += 1
         state.most_running = max(state.most_running, state.running)
         try:
-            await asyncio.sleep(float(self.get_query_argument("s", "0.3")))
+            await asyncio.sleep(float(self.get_query_argument("s", "0.3")))  # a slow server
         finally:
             state.running -= 1
         self.write("slow")
@@ -304,12 +305,12 @@ def test_header_lines():
 # -- https ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_https_is_spoken_and_certificates_are_checked(tmp_path: Path):
+    openssl = need_binary("openssl", "openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
-            "openssl",
+            openssl,
             "req",
             "-x509",
             "-newkey",
@@ -357,9 +358,9 @@ def test_max_clients_bounds_requests_and_connections():
 
 
 def test_waiting_for_a_free_slot_times_out():
-    async def body(port, _state):
+    async def body(port, state):
         slow = asyncio.ensure_future(_fire({"url": f"http://127.0.0.1:{port}/slow?s=1"}))
-        await asyncio.sleep(0.1)
+        assert await wait_until_async(lambda: state.running == 1, 5)  # the one slot is taken
         queued = await _fire({"url": f"http://127.0.0.1:{port}/ok", "request_timeout": "0.2"})
         return queued, await slow
 
@@ -371,9 +372,9 @@ def test_waiting_for_a_free_slot_times_out():
 def test_cancelled_request_gives_its_slot_back():
     async def body(port, state):
         slow = asyncio.ensure_future(_fire({"url": f"http://127.0.0.1:{port}/slow?s=5"}))
-        await asyncio.sleep(0.2)
+        assert await wait_until_async(lambda: state.running == 1, 5)
         waiting = asyncio.ensure_future(_fire({"url": f"http://127.0.0.1:{port}/ok"}))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a window for a wrong answer: the waiter must not finish in it
         assert not waiting.done()  # the one slot is taken
         slow.cancel()
         started = time.monotonic()
@@ -386,9 +387,9 @@ def test_cancelled_request_gives_its_slot_back():
 
 
 def test_close_fails_requests_in_flight():
-    async def body(port, _state):
+    async def body(port, state):
         slow = asyncio.ensure_future(_fire({"url": f"http://127.0.0.1:{port}/slow?s=5"}))
-        await asyncio.sleep(0.2)
+        assert await wait_until_async(lambda: state.running == 1, 5)  # in flight
         close_clients()
         return await asyncio.wait_for(slow, 2)
 
@@ -498,7 +499,7 @@ def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
 
 
 def test_close_fails_submitted_requests_queued_and_in_flight():
-    async def body(port, _state):
+    async def body(port, state):
         loop = asyncio.get_running_loop()
         client = shared_client(1)
         errors: list[object] = []
@@ -512,7 +513,7 @@ def test_close_fails_submitted_requests_queued_and_in_flight():
         prepared = client.prepare(Request(f"http://127.0.0.1:{port}/ok"))
         client.submit(Request(f"http://127.0.0.1:{port}/slow?s=5"), record)
         client.submit(Request(f"http://127.0.0.1:{port}/ok"), record, prepared)
-        await asyncio.sleep(0.2)
+        assert await wait_until_async(lambda: state.running == 1, 5)  # one in flight, one queued
         close_clients()
         await asyncio.wait_for(done, 2)
         return errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from forsun_box.store.sqlite import schema as sqlite_schema
 from forsun_box.store.sqlite import store as sqlite_driver
 from forsun_box.store.sqlite.schema import MIGRATIONS
 from forsun_box.testing.store_contract import T0, Factory, StoreContract, plan, put, run
+from tests.helpers import wait_until_async
 
 # real redis-server and PostgreSQL fixtures for the redis and postgres drivers
 pytest_plugins = ["tests.servers"]
@@ -347,10 +347,8 @@ def test_mem_snapshots_periodically(tmp_path: Path) -> None:
         await store.open()
         try:
             await put(store, plan("periodic-key", T0))
-            deadline = time.monotonic() + 10
-            while b"periodic-key" not in path.read_bytes():
-                assert time.monotonic() < deadline, "no snapshot within 10 s"
-                await asyncio.sleep(0.02)
+            snapshot = await wait_until_async(lambda: b"periodic-key" in path.read_bytes(), 10)
+            assert snapshot, "no snapshot within 10 s"
             # What was written periodically reads back on its own.
             plans, _, _ = read_snapshot(str(path))
             assert [p.key for p in plans] == ["periodic-key"]

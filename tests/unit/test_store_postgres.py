@@ -20,7 +20,7 @@ from forsun_box.store.postgres import PostgresStore
 from forsun_box.store.postgres import schema as pg_schema
 from forsun_box.store.postgres.store import redact
 from forsun_box.testing.store_contract import T0, plan, put
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_async
 
 pytest_plugins = ["tests.servers"]
 
@@ -235,13 +235,7 @@ def test_watching_stores_announce_each_commit_once_to_the_others(postgres_dsn: s
             await a.apply(Batch(ops={f"bulk{i:04d}": plan(f"bulk{i:04d}", T0) for i in range(900)}))
             await a.apply(Batch(meta={"m": "1"}))  # no API write: no hint
 
-            async def two() -> bool:
-                await asyncio.sleep(0.02)
-                return len(heard) >= 2
-
-            for _ in range(250):
-                if await two():
-                    break
+            await wait_until_async(lambda: len(heard) >= 2, 5)
             assert heard[0] == ChangeHint("a", ("x", "y", "gone"), T0 + 2)
             # too many keys to name: the hint says so
             assert heard[1] == ChangeHint("a", None, T0)
@@ -251,10 +245,7 @@ def test_watching_stores_announce_each_commit_once_to_the_others(postgres_dsn: s
             await leases.heartbeat("a", "i1", "", 5000)
             got = await leases.acquire("a", "", 5000, 2)
             assert await leases.release("a", {g.lease.partition: g.lease.epoch for g in got}) == 2
-            for _ in range(250):
-                if released:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until_async(lambda: released, 5)
             assert released == ["a"]
         finally:
             await a.close()

@@ -21,6 +21,7 @@ from forsun_box.plan import DELAY, Plan
 from forsun_box.thrift import codec
 from forsun_box.thrift.forsun import Forsun
 from forsun_box.thrift.forsun.ttypes import ForsunPlan
+from tests.helpers import wait_until_async
 
 LIMITS = codec.Limits()
 
@@ -84,7 +85,7 @@ def test_pipelined_calls_split_anywhere_are_answered_in_order() -> None:
         for i in range(0, len(data), 7):  # chunks cutting headers and bodies
             writer.write(data[i : i + 7])
             await writer.drain()
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # chunks arrive apart, as from a slow network
         assert await read_replies(reader, 3) == [
             ("ping", TMessageType.REPLY, 1),
             ("noSuchMethod", TMessageType.EXCEPTION, 2),
@@ -98,8 +99,10 @@ def test_pipelined_calls_split_anywhere_are_answered_in_order() -> None:
 def test_a_slow_call_keeps_later_replies_behind_it() -> None:
     async def test(server: ThriftServer, port: int) -> None:
         release = asyncio.Event()
+        began = asyncio.Event()
 
         async def slow(args: Any) -> int:
+            began.set()
             await release.wait()
             return 0
 
@@ -108,7 +111,8 @@ def test_a_slow_call_keeps_later_replies_behind_it() -> None:
         assert entry[2] is not slow
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(message("getKeys", Forsun.getKeys_args(prefix=""), 1) + ping(2))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(began.wait(), 5)
+        await asyncio.sleep(0.05)  # a window in which a wrong server answers the ping first
         release.set()
         assert [r[2] for r in await read_replies(reader, 2)] == [1, 2]
         writer.close()
@@ -176,7 +180,7 @@ def test_client_not_reading_its_answers_stops_being_read() -> None:
         call = message("x" * 1000, Forsun.ping_args(), 1)
         stream = memoryview(call * ((256 << 20) // len(call)))
         sent = 0
-        await asyncio.sleep(0.05)
+        assert await wait_until_async(lambda: server._connections, 5)  # accepted
         conn = next(iter(server._connections))
         deadline = loop.time() + 20
         # Never reading the answers: the server's write buffer fills up, and
@@ -185,7 +189,7 @@ def test_client_not_reading_its_answers_stops_being_read() -> None:
             try:
                 sent += sock.send(stream[sent : sent + 65536])
             except BlockingIOError:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the socket is full: let the server read
             await asyncio.sleep(0)
         assert conn._read_paused and conn._write_paused
         assert sent < len(stream)

@@ -13,6 +13,7 @@ import pytest
 
 from forsun_box.metrics import Metrics
 from forsun_box.watchdog import LoopWatch
+from tests.helpers import wait_until_async
 
 
 def _hold_the_loop(seconds: float) -> None:
@@ -29,9 +30,10 @@ def test_a_held_loop_is_reported_with_what_holds_it(caplog: pytest.LogCaptureFix
     async def body() -> None:
         watch.start()
         try:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the loop runs free first, as it does before a stall
             _hold_the_loop(0.4)
-            await asyncio.sleep(0.2)  # the watch sees the loop answer again
+            # the watch sees the loop answer again
+            assert await wait_until_async(lambda: watch.stalled_s > 0, 5)
         finally:
             watch.stop()
 
@@ -77,7 +79,7 @@ def test_the_watch_ends_with_its_loop() -> None:
     watch = LoopWatch(threshold_s=0.05, period_s=0.01)
     loop = asyncio.new_event_loop()
     loop.call_soon(watch.start, loop)
-    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.run_until_complete(asyncio.sleep(0.05))  # the loop runs a while, then closes
     thread = watch._thread
     assert thread is not None and thread.is_alive()
     loop.close()
