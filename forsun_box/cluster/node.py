@@ -28,6 +28,7 @@ from typing import Any
 
 from forsun_box.cluster.base import ChangeHint, ClusterStore
 from forsun_box.cluster.leases import LeaseManager
+from forsun_box.config import Config
 from forsun_box.errors import StartupError
 from forsun_box.plan import Plan
 from forsun_box.store.base import Batch, Run, Store
@@ -288,7 +289,7 @@ class ClusterNode:
         await self.cluster.unwatch()
 
 
-def make_cluster_node(config: Any, store: Store) -> ClusterNode:
+def make_cluster_node(config: Config, store: Store) -> ClusterNode:
     """The cluster node the settings ask for (``node_id`` set) on the open ``store``.
 
     Raises StartupError when the store can't back a cluster.

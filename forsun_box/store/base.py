@@ -16,6 +16,9 @@ import abc
 from dataclasses import dataclass, field
 
 from forsun_box.plan import Plan
+from forsun_box.runs import Run
+
+__all__ = ["Advance", "Batch", "Run", "Store"]
 
 
 @dataclass(slots=True)
@@ -31,22 +34,6 @@ class Advance:
     current_count: int
     last_timeout: int
     status: int
-
-
-@dataclass(slots=True)
-class Run:
-    """One attempt of one firing, for the run history."""
-
-    key: str
-    due_ms: int  # the instant the firing was due
-    started_ms: int
-    duration_ms: int
-    attempt: int  # 1 for the first attempt, 2 for the first retry, ...
-    result: int  # 1 ok, -1 failed, 2 failed and will be retried
-    error: str = ""
-    action: str = ""
-    manual: bool = False  # run by "fire now", outside the schedule
-    node_id: str = ""  # the cluster node that fired it; "" on a single node
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ from forsun_box.plan import (
     Plan,
     build_plan,
 )
+from forsun_box.runs import Run
 
 PLAN_FIELDS = frozenset(
     {
@@ -305,7 +306,7 @@ def plan_to_v2(plan: Plan) -> dict[str, Any]:
     }
 
 
-def run_to_v2(run: Any) -> dict[str, Any]:
+def run_to_v2(run: Run) -> dict[str, Any]:
     """One run record (``store.base.Run``) as the v2 API answers it."""
     return {
         "due": format_instant(run.due_ms),

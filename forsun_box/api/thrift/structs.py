@@ -6,10 +6,10 @@ answer never fails to encode for a value it cannot carry.
 
 from __future__ import annotations
 
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from forsun_box.plan import Plan, to_forsun
+from forsun_box.runs import Run
 from forsun_box.thrift.forsun.ttypes import ForsunPlan, ForsunRun
 
 I16_MAX = 32767
@@ -76,7 +76,7 @@ def plan_struct(plan: Plan, tz: ZoneInfo | None = None) -> ForsunPlan:
 _new = object.__new__
 
 
-def run_struct(run: Any) -> ForsunRun:
+def run_struct(run: Run) -> ForsunRun:
     """One run record (``store.base.Run``) as the IDL's ``ForsunRun``."""
     return ForsunRun(
         due_ms=run.due_ms,

@@ -31,6 +31,7 @@ import asyncpg
 
 from forsun_box.cluster.base import ChangeHint, ClusterStore, FenceResult
 from forsun_box.cluster.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, partition_of
+from forsun_box.config import Config
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
 from forsun_box.store.base import Batch, Run, Store
@@ -94,7 +95,7 @@ def redact(dsn: str) -> str:
     return _PASSWORD.sub(r"\1***@", dsn)
 
 
-def _setting(config: Any, name: str, default: Any) -> Any:
+def _setting(config: Config | None, name: str, default: Any) -> Any:
     return getattr(config, name, default) if config is not None else default
 
 
@@ -121,7 +122,7 @@ class PostgresStore(Store, ClusterStore):
 
     def __init__(
         self,
-        config: Any = None,
+        config: Config | None = None,
         *,
         dsn: str | None = None,
         pool_size: int | None = None,
