@@ -141,6 +141,9 @@ class Window:
         inflight = self.inflight
         release = self.release
         cursor = self.cursor
+        window = self.plans
+        heap = self._heap
+        seq = self._seq
         admitted: list[Plan] = []
         for adv, moved in advances:
             key = adv.key
@@ -151,7 +154,8 @@ class Window:
             nt = adv.next_time
             if nt is not None and (nt, key) <= cursor:
                 assert moved is not None
-                self.admit(moved)
+                window[key] = moved
+                heapq.heappush(heap, (nt, next(seq), key, moved.version))
                 admitted.append(moved)
         return admitted
 
