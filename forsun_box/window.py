@@ -29,6 +29,7 @@ from forsun_box.plan import Plan
 from forsun_box.store.base import Store
 from forsun_box.writer import Moved
 
+# The engine's logger: a refill's log lines keep the name they have always had.
 log = logging.getLogger("forsun_box.scheduler")
 
 # Greater than any key a plan may have (keys are at most a few hundred chars).
