@@ -1,15 +1,10 @@
 """The engine: the only owner of timing state.
 
 The store is the source of truth, indexed by next firing time. The engine
-keeps in memory only the plans due up to a *cursor* (a ``(time, key)``
-position a short window ahead of now), in a heap, and refills from the
-store's next-time index before the window runs dry. One timer is armed on
-the clock for the earliest due instant (or the next refill).
-
-Invariant: every stored, unpaused plan whose ``(next_time, key)`` is at or
-before the cursor is in ``_window`` -- unless a mutation of that key is
-queued (it decides membership when it commits) or the plan is firing (its
-advance decides).
+keeps in memory only the plans due up to a cursor a short window ahead of
+now: its window (:class:`forsun_box.window.Window`, which states the
+invariant), refilled from the store before it runs dry. One timer is armed
+on the clock for the earliest due instant (or the next refill).
 
 Durability: every mutation goes through the writer
 (:class:`forsun_box.writer.Writer`), which commits everything queued in one
@@ -39,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import heapq
 import itertools
 import logging
 import time
@@ -55,15 +49,13 @@ from forsun_box.executor import Executor
 from forsun_box.plan import DELAY, Plan, new_key
 from forsun_box.stats import Stats
 from forsun_box.store.base import Advance, Run, Store
+from forsun_box.window import Window
 from forsun_box.writer import Delete, Moved, Mutation, Puts, SetMeta, SetStatus, Writer
 
 log = logging.getLogger("forsun_box.scheduler")
 
 # Short names of the policies (defined in forsun_box.enums).
 FIRE_ONCE, FIRE_ALL, SKIP = Misfire.FIRE_ONCE, Misfire.FIRE_ALL, Misfire.SKIP
-
-# Greater than any key a plan may have (keys are at most a few hundred chars).
-_MAX_KEY = "\U0010ffff" * 1024
 
 
 def _late(ms: int) -> str:
@@ -118,8 +110,6 @@ def tune_gc() -> None:
         gc.set_threshold(g0, g1, GC_FULL_EVERY)
 
 
-# Plans a window refill admits between two yields to the event loop.
-ADMIT_CHUNK = 1000
 # Firings handed to the dispatcher to prepare between two yields to the loop.
 PREPARE_CHUNK = 250
 
@@ -155,12 +145,13 @@ class Scheduler:
             self.options.max_batch,
             self.options.firing_commit_linger_ms / 1000,
         )
-        self._window: dict[str, Plan] = {}
-        self._heap: list[tuple[int, int, str, int]] = []
-        self._seq = itertools.count()
-        self._cursor: tuple[int, str] = (0, "")
-        self._pending: dict[str, int] = {}  # key -> mutations of it not yet committed
-        self._inflight: dict[str, int] = {}
+        self._window = Window(
+            store,
+            self._io,
+            clock.now_ms,
+            self.options.window_ms,
+            self.options.refill_limit,
+        )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
@@ -170,9 +161,6 @@ class Scheduler:
         self._prepared_until = 0
         self._prep_timer: TimerHandle | None = None
         self._prep_at: int | None = None
-        self._refilling = False
-        self._refilled = asyncio.Event()  # set while no refill runs
-        self._refilled.set()
         self._running = False
         self._started_ms = 0
         self._last_meta_ms = 0
@@ -211,7 +199,7 @@ class Scheduler:
                     "was down for %.1f s; catch-up policy %s", down_ms / 1000, self.options.catchup
                 )
         self._running = True
-        self._cursor = (0, "")
+        self._window.cursor = (0, "")
         if not self.options.fire:
             return  # the cursor stays at the start: no plan is ever admitted
         await self._refill()
@@ -248,7 +236,7 @@ class Scheduler:
         """Store ``plans`` (replacing same keys); answered once committed."""
         if not plans:
             return []
-        hold = self._hold
+        hold = self._window.hold
         versions = self._versions
         for p in plans:
             p.version = next(versions)
@@ -266,7 +254,7 @@ class Scheduler:
     async def remove(self, key: str) -> Plan:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
-        self._hold(key)
+        self._window.hold(key)
         await self._writer.commit(Delete(key))
         if self.stats is not None:
             self.stats.incr("removed_count")
@@ -367,15 +355,15 @@ class Scheduler:
         return len(self._window)
 
     def inflight_count(self) -> int:
-        return len(self._inflight)
+        return len(self._window.inflight)
 
     def inflight_keys(self) -> list[str]:
         """Keys firing now: their post-firing update is not committed yet."""
-        return list(self._inflight)
+        return list(self._window.inflight)
 
     @property
     def cursor_ms(self) -> int:
-        return self._cursor[0]
+        return self._window.cursor[0]
 
     async def forget(self, keys: Sequence[str] | None) -> None:
         """Drop ``keys`` (None: every plan) from the window: another node changed
@@ -385,9 +373,7 @@ class Scheduler:
         admits what the store now holds for them.
         """
         async with self._io:  # not in the middle of a refill's admissions
-            for key in list(self._window) if keys is None else keys:
-                if key not in self._pending and key not in self._inflight:
-                    self._window.pop(key, None)
+            self._window.forget(keys)
 
     async def rescan(self, from_ms: int | None = None) -> None:
         """Read the window again from ``from_ms`` (from the start when None).
@@ -395,27 +381,22 @@ class Scheduler:
         For plans the window could not know of: written by another node, or
         of partitions this node has just taken. Plans already held are kept.
         """
-        while self._refilling:  # the running refill would move the cursor on again
-            await self._refilled.wait()
-        back = (0, "") if from_ms is None else (from_ms - 1, _MAX_KEY)
-        if back < self._cursor:
-            self._cursor = back
+        await self._window.rewind(from_ms)
         await self._refill()
 
     # ------------------------------------------------------------------ window
 
-    def _in_window(self, next_time: int | None, key: str) -> bool:
-        return next_time is not None and (next_time, key) <= self._cursor
-
-    def _admit(self, plan: Plan) -> None:
-        assert plan.next_time is not None
-        self._window[plan.key] = plan
-        heapq.heappush(self._heap, (plan.next_time, next(self._seq), plan.key, plan.version))
-        if self._timer_at is None or plan.next_time < self._timer_at:
-            self._arm()
-        if plan.next_time <= self._prepared_until and self._prepare is not None:
-            # (the walk for this stretch is behind us)
-            self._hand_to_prepare([(plan, plan.next_time)])
+    def _admitted(self, plans: list[Plan]) -> None:
+        """``plans`` joined the window: re-arm, and hand on those due for preparing."""
+        prepare = self._prepare
+        for plan in plans:
+            nt = plan.next_time
+            assert nt is not None
+            if self._timer_at is None or nt < self._timer_at:
+                self._arm()
+            if nt <= self._prepared_until and prepare is not None:
+                # (the walk for this stretch is behind us)
+                self._hand_to_prepare([(plan, nt)])
 
     def _committed(self, mutations: list[Mutation], advances: list[Moved], ok: bool) -> None:
         """Runs in the writer right after a commit, before any read can interleave.
@@ -424,113 +405,34 @@ class Scheduler:
         store holds what it held: the window keeps its plans and admits none
         of the failed puts. (Firings happened either way: their records are
         lost, and a restart fires those plans again, at least once.)"""
+        window = self._window
         if advances:
-            self._advanced(advances)
+            admitted = window.advanced(advances)
+            if admitted:
+                self._admitted(admitted)
         if not ok:
             for m in mutations:
                 match m:
                     case Puts(plans):
                         for plan in plans:
-                            self._release(plan.key)
+                            window.release(plan.key)
                     case Delete(key):
-                        self._release(key)
+                        window.release(key)
             return
-        release = self._release
         for m in mutations:
             match m:
                 case Puts(plans):
-                    self._admit_committed(plans)
+                    admitted = window.committed_puts(plans)
+                    if admitted:
+                        self._admitted(admitted)
                 case Delete(key):
-                    release(key)
-                    self._inflight.pop(key, None)
-                    self._window.pop(key, None)
-
-    def _admit_committed(self, plans: list[Plan]) -> None:
-        """Committed puts: the plans replace what the engine held of their keys, and
-        those due before the cursor join the window."""
-        release = self._release
-        cursor = self._cursor
-        edge = cursor[0]
-        forget_inflight = self._inflight.pop
-        forget_window = self._window.pop
-        for plan in plans:  # (bulk creates: per plan)
-            key = plan.key
-            release(key)
-            forget_inflight(key, None)
-            forget_window(key, None)
-            nt = plan.next_time
-            if nt is not None and nt <= edge and not plan.paused and (nt, key) <= cursor:
-                self._admit(plan.copy())
-
-    def _advanced(self, advances: list[Moved]) -> None:
-        """Committed post-firing updates: the plans leave the in-flight set."""
-        inflight = self._inflight
-        release = self._release
-        cursor = self._cursor
-        for adv, moved in advances:
-            key = adv.key
-            release(key)
-            if inflight.get(key) != adv.version:
-                continue  # removed or replaced while firing
-            del inflight[key]
-            nt = adv.next_time
-            if nt is not None and (nt, key) <= cursor:
-                assert moved is not None
-                self._admit(moved)
-
-    def _hold(self, key: str) -> None:
-        self._pending[key] = self._pending.get(key, 0) + 1
-
-    def _release(self, key: str) -> None:
-        n = self._pending.get(key, 0) - 1
-        if n > 0:
-            self._pending[key] = n
-        else:
-            self._pending.pop(key, None)
+                    window.committed_delete(key)
 
     async def _refill(self) -> None:
-        """Load plans between the cursor and now + window from the store."""
-        if self._refilling:
-            return
-        self._refilling = True
-        self._refilled.clear()
+        """Load plans between the cursor and now + window from the store; re-arm."""
         try:
-            while True:
-                horizon = self.clock.now_ms() + self.options.window_ms
-                if self._cursor[0] > horizon - self.options.window_ms // 2:
-                    return
-                limit = self.options.refill_limit
-                async with self._io:
-                    rows = await self.store.due(self._cursor, horizon, limit)
-                    for i, p in enumerate(rows):
-                        if i and not i % ADMIT_CHUNK:
-                            # Tens of thousands of plans take tens of ms to admit:
-                            # let due firings run in between. (No commit can: the
-                            # store lock is held, so no plan changes meanwhile.)
-                            await asyncio.sleep(0)
-                        if (
-                            p.key in self._pending
-                            or p.key in self._inflight
-                            or p.key in self._window
-                        ):
-                            continue
-                        self._window[p.key] = p
-                        assert p.next_time is not None
-                        heapq.heappush(self._heap, (p.next_time, next(self._seq), p.key, p.version))
-                    if len(rows) >= limit:
-                        last = rows[-1]
-                        assert last.next_time is not None
-                        self._cursor = (last.next_time, last.key)
-                    else:
-                        self._cursor = (horizon - 1, _MAX_KEY)
-                if len(rows) >= limit:
-                    # A crowded stretch: fire what's loaded before reading on.
-                    return
-        except errors.ForsunBoxError as e:
-            log.error("refill failed: %s", e)
+            await self._window.refill()
         finally:
-            self._refilling = False
-            self._refilled.set()
             if self._running:
                 self._arm()
 
@@ -539,17 +441,12 @@ class Scheduler:
     def _arm(self) -> None:
         if not self._running:
             return
-        while self._heap:
-            due, _, key, version = self._heap[0]
-            p = self._window.get(key)
-            if p is not None and p.version == version and p.next_time == due:
-                break
-            heapq.heappop(self._heap)
+        window = self._window
+        at = window.next_due()
         if self._prepare is not None:
             self._arm_prepare()
-        at = self._heap[0][0] if self._heap else None
-        refill_at = self._cursor[0] - self.options.window_ms // 2
-        if len(self._window) < self.options.refill_limit and not self._refilling:
+        refill_at = window.cursor[0] - self.options.window_ms // 2
+        if len(window) < self.options.refill_limit and not window.refilling:
             # (a refill under way re-arms when it ends)
             at = refill_at if at is None else min(at, refill_at)
         if at is None:
@@ -564,10 +461,11 @@ class Scheduler:
     def _arm_prepare(self) -> None:
         """Arm the timer of the next walk for firings to prepare."""
         lead = self.options.prepare_ahead_ms
-        if lead <= 0 or not self._heap:
+        earliest = self._window.earliest()
+        if lead <= 0 or earliest is None:
             return
         # when the earliest firing enters the lead, or half a lead after the last walk
-        at = max(self._heap[0][0] - lead, self._prepared_until - lead + max(1, lead // 2))
+        at = max(earliest - lead, self._prepared_until - lead + max(1, lead // 2))
         if self._prep_timer is not None:
             if self._prep_at == at:
                 return
@@ -581,37 +479,12 @@ class Scheduler:
         if not self._running:
             return
         horizon = self.clock.now_ms() + self.options.prepare_ahead_ms
-        firings = self._due_between(self._prepared_until, horizon)
+        firings = self._window.due_between(self._prepared_until, horizon)
         self._prepared_until = horizon
         if firings:
             firings.sort(key=lambda f: f[1])
             self._hand_to_prepare(firings)
         self._arm_prepare()
-
-    def _due_between(self, after: int, until: int) -> list[tuple[Plan, int]]:
-        """The window's firings due in ``(after, until]``: a walk of the heap that
-        skips every subtree whose root is due later (a heap's children never come
-        earlier than their parent)."""
-        heap = self._heap
-        window = self._window
-        n = len(heap)
-        found: list[tuple[Plan, int]] = []
-        stack = [0] if n else []
-        while stack:
-            i = stack.pop()
-            due, _, key, version = heap[i]
-            if due > until:
-                continue
-            if due > after:
-                p = window.get(key)
-                if p is not None and p.version == version and p.next_time == due:
-                    found.append((p, due))
-            child = 2 * i + 1
-            if child < n:
-                stack.append(child)
-                if child + 1 < n:
-                    stack.append(child + 1)
-        return found
 
     def _hand_to_prepare(self, firings: list[tuple[Plan, int]]) -> None:
         """Give ``firings`` to the dispatcher to prepare, a chunk per turn of the loop."""
@@ -652,31 +525,25 @@ class Scheduler:
             self.stats.incr("timer_loop_count")
         try:
             now = self.clock.now_ms()
-            fired = 0
-            while self._heap and self._heap[0][0] <= now and self._running:
-                due, _, key, version = heapq.heappop(self._heap)
-                p = self._window.get(key)
-                if p is None or p.version != version or p.next_time != due:
-                    continue
-                del self._window[key]
-                if self.gate is not None and not self.gate(p):
-                    self.gated += 1
-                    continue
-                self._fire(p, due, now)
-                fired += 1
-                if fired % self.options.slice_size == 0:
-                    # Let API requests and I/O in between slices.
-                    await asyncio.sleep(0)
-                    now = self.clock.now_ms()
+            window = self._window
+            slice_size = self.options.slice_size
+            fire = self._fire
+            while self._running:
+                due_plans = window.pop_due(now, slice_size)
+                for p, due in due_plans:
+                    if self.gate is not None and not self.gate(p):
+                        self.gated += 1
+                        continue
+                    fire(p, due, now)
+                if len(due_plans) < slice_size:
+                    break
+                # Let API requests and I/O in between slices.
+                await asyncio.sleep(0)
+                now = self.clock.now_ms()
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit(SetMeta("processed_until", str(now)), False)
-            if (
-                self._cursor[0] - now <= self.options.window_ms // 2
-                and len(self._window) < self.options.refill_limit
-                and self._running
-                and not self._refilling
-            ):
+            if self._running and window.wants_refill(now):
                 # In its own task: firing goes on while the refill waits for
                 # the store (behind a group commit, then the query).
                 task = asyncio.get_running_loop().create_task(self._refill())
@@ -696,8 +563,7 @@ class Scheduler:
             # A per-plan policy replaces the server's, for downtime and overload alike:
             # within the grace window a firing is on time whatever the cause.
             policy = plan.misfire if now - due > plan.grace_ms else FIRE_ALL
-        self._inflight[plan.key] = plan.version
-        self._hold(plan.key)
+        self._window.start_firing(plan.key, plan.version)
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)

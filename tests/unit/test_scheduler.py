@@ -212,7 +212,7 @@ def test_a_lone_create_or_remove_commits_in_the_callers_turn() -> None:
         with pytest.raises(StoreError):
             await sched.remove("b")
         store.apply = real_apply  # type: ignore[method-assign]
-        assert await store.get("c") is None and sched._pending == {}
+        assert await store.get("c") is None and sched._window.pending == {}
         # the refused plan never fires; the one whose remove failed still does
         await clock.advance(100_000)
         assert [c[0] for c in rec.calls] == ["b"]
@@ -243,7 +243,7 @@ def test_a_cancelled_lone_commit_releases_its_key() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         store.apply = real_apply  # type: ignore[method-assign]
-        assert sched._pending == {} and "a" not in sched._window
+        assert sched._window.pending == {} and "a" not in sched._window
         await sched.create([delay_plan("b", T0, 1)])
         await clock.advance(1000)
         assert [c[0] for c in rec.calls] == ["b"]
