@@ -29,10 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +47,7 @@ from harness.client import V1Client, encode  # noqa: E402
 from harness.firing import running_sink  # noqa: E402
 from harness.load import run_wrk  # noqa: E402
 from harness.metrics import percentile  # noqa: E402
-from harness.servers import HOST, Server, die_with_parent, free_port  # noqa: E402
+from harness.servers import BOX, HOST, Server, ServerConfig, start_server  # noqa: E402
 
 CREATE_CONNECTIONS = 32
 FAILOVER_TTL_S = 10.0
@@ -58,48 +56,8 @@ FAILOVER_TTL_S = 10.0
 def start_node(workdir: Path, *flags: str) -> Server:
     """One forsun-box process with ``flags``; returns once /v1/ping answers."""
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port, thrift_port = free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "forsun_box",
-        "serve",
-        "--http",
-        f"{HOST}:{http_port}",
-        "--port",
-        str(thrift_port),
-        "--bind",
-        HOST,
-        "--data-dir",
-        str(workdir),
-        "--log-level",
-        "WARNING",
-        *flags,
-    ]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with open(workdir / "stdout.log", "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    server = Server("forsun-box", proc, http_port, thrift_port, workdir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"node exited at start-up:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(server.base_url + "/v1/ping", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"node did not start:\n{server.log_tail()}")
+    config = ServerConfig(peer_dir=Path(), box_python=sys.executable)
+    return start_server(config, BOX, workdir=workdir, extra_args=flags)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,8 +237,10 @@ def start_server(
     ready_timeout: float = 30.0,
     keep: bool = False,
     workdir: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Server:
-    """Start ``name`` on fresh ports and return once /v1/ping answers.
+    """Start ``name`` on fresh ports (``extra_args`` after its own flags) and return
+    once /v1/ping answers.
 
     ``workdir`` reuses a stopped server's directory (its data: a restart); by
     default a fresh temp dir. On failure the server is stopped, a fresh temp dir
@@ -255,7 +257,7 @@ def start_server(
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
-    cmd = config.command(name, http_port, thrift_port, workdir)
+    cmd = [*config.command(name, http_port, thrift_port, workdir), *extra_args]
     with open(workdir / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
             cmd,
