@@ -13,29 +13,25 @@ A 2xx answer is success, a 5xx answer asks for a retry
 (:class:`~forsun_box.errors.RetryLater`), anything else (other codes,
 connection errors, time-outs) is a failure, retried by the retry policy.
 
-One client per event loop is shared by every firing, so the number of
-simultaneous requests and connections is bounded by ``http_max_clients``;
-connections are kept alive and reused. A firing prepared ahead
-(:meth:`HttpAction.prepare`) has its params checked and its request and header
-lines built before the instant; at the instant it is only submitted to the
-client, with no task. The client
-(:mod:`forsun_box.actions.curl_client`) drives libcurl's multi interface from
-the event loop, which does the HTTP work in C (keep-alive, TLS, redirects,
-digest auth): a request costs tens of microseconds of CPU, not hundreds.
+Requests go out from the firing process (:mod:`forsun_box.firing`), shared by every
+firing: at most ``http_max_clients`` requests run at once and libcurl keeps at most
+that many connections, alive and reused. libcurl does the HTTP work in C (keep-alive,
+TLS, redirects, digest auth). A firing prepared ahead (:meth:`HttpAction.prepare`) has
+its params checked and its request built and set up in the firing process before the
+instant; at the instant it is only started there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import weakref
 from urllib.parse import quote
 
 from forsun_box.actions.base import Action, ActionFailed, Done
-from forsun_box.actions.curl_client import CurlClient, CurlError, Request, Response, header_lines
 from forsun_box.actions.pools import seconds_param
 from forsun_box.errors import RetryLater
+from forsun_box.firing.client import FiringProcess, close_shared, shared
+from forsun_box.firing.curl import CurlError, Request, Response, header_lines
 
 logger = logging.getLogger("forsun_box.actions")
 
@@ -44,48 +40,6 @@ _BODY_REQUIRED = frozenset({"POST", "PUT", "PATCH"})
 _ERROR_BODY_BYTES = 200
 #: characters a header name or value must not hold (they would end or split the header)
 _HEADER_BREAKS = ("\r", "\n", "\0")
-
-# loop -> its shared client; weak so a finished loop's entry goes away
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlClient] = (
-    weakref.WeakKeyDictionary()
-)
-#: the client most recently handed out (the common case: one loop, one client)
-_last_client: CurlClient | None = None
-
-
-def shared_client(max_clients: int) -> CurlClient:
-    """The running loop's shared client, (re)built when ``max_clients`` changed."""
-    loop = asyncio.get_running_loop()
-    client = _last_client
-    # the weak mapping builds a weakref per look-up: check the last client first
-    if client is None or client.loop is not loop or client.closed:
-        client = _clients.get(loop)
-    if client is not None and client.max_clients == max(1, max_clients) and not client.closed:
-        _remember(client)
-        return client
-    if client is not None:
-        client.close()
-    client = _clients[loop] = CurlClient(loop, max_clients)
-    _remember(client)
-    return client
-
-
-def _remember(client: CurlClient | None) -> None:
-    global _last_client
-    _last_client = client
-
-
-def close_clients() -> None:
-    """Close the running loop's shared client (if any)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    client = _clients.pop(loop, None)
-    if client is not None:
-        client.close()
-    if _last_client is not None and _last_client.loop is loop:
-        _remember(None)
 
 
 def _check_header(name: str, value: str) -> None:
@@ -126,23 +80,20 @@ def _transport_error(request: Request, error: CurlError) -> ActionFailed:
 
 
 class PreparedRequest:
-    """An http firing built ahead, its libcurl handle set up: at the instant it is only
-    handed to the client."""
+    """An http firing built ahead and set up in the firing process: at the instant it is
+    only started there."""
 
-    __slots__ = ("client", "curl", "request")
+    __slots__ = ("client", "id", "request")
 
-    def __init__(self, request: Request, client: CurlClient) -> None:
+    def __init__(self, request: Request, client: FiringProcess) -> None:
         self.request = request
         self.client = client
-        try:
-            self.curl = client.prepare(request)
-        except CurlError as e:
-            raise _transport_error(request, e) from None
+        self.id: int | None = client.prepare(request)
 
     def start(self, done: Done) -> None:
         request = self.request
-        client, curl = self.client, self.curl
-        self.curl = None
+        client, id_ = self.client, self.id
+        self.id = None
 
         def finished(response: Response | None, error: CurlError | None) -> None:
             if error is not None:
@@ -151,20 +102,17 @@ class PreparedRequest:
                 assert response is not None
                 done(outcome(request, response))
 
-        if client.closed:  # (a new client since: the handle goes with the old one)
-            if curl is not None:
-                client.unprepare(curl)
-                curl = None
-            client = shared_client(client.max_clients)
+        if client.closed:  # (a new process since: the preparation went with the old one)
+            client, id_ = shared(client.max_clients), None
         try:
-            client.submit(request, finished, curl)
+            client.submit(request, finished, id_)
         except CurlError as e:
             raise _transport_error(request, e) from None
 
     def discard(self) -> None:
-        curl, self.curl = self.curl, None
-        if curl is not None:
-            self.client.unprepare(curl)
+        id_, self.id = self.id, None
+        if id_ is not None:
+            self.client.unprepare(id_)
 
 
 class HttpAction(Action):
@@ -219,7 +167,7 @@ class HttpAction(Action):
 
     async def execute(self, *args: object, **kwargs: object) -> None:
         request = self.build_request()
-        client = shared_client(self.settings.http_max_clients)
+        client = shared(self.settings.http_max_clients)
         try:
             response = await client.fetch(request)
         except CurlError as e:  # refused, time-outs, TLS, too many redirects...
@@ -231,8 +179,8 @@ class HttpAction(Action):
     def prepare(self) -> PreparedRequest:
         request = self.build_request()
         request.lines = header_lines(request)
-        return PreparedRequest(request, shared_client(self.settings.http_max_clients))
+        return PreparedRequest(request, shared(self.settings.http_max_clients))
 
     @classmethod
     async def close_shared(cls) -> None:
-        close_clients()
+        close_shared()

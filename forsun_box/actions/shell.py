@@ -10,37 +10,28 @@ The command runs in its own process group so that a time limit kills
 everything it started. Only the last few KiB of its output are kept, for
 the error text of a failed run.
 
-A command is started with ``posix_spawn`` (no copy of the service's memory
-is made; every descriptor the service opens is close-on-exec) on a spawning
-thread (:mod:`forsun_box.actions.spawn`), and watched from the event loop:
-its two output pipes and a pidfd that becomes readable when it exits, with no
-thread or task per command. Everything but the spawn
--- the checks, the command line, the environment -- is built ahead by
-:meth:`ShellAction.prepare`. A working directory is entered by the shell
-itself (``cd`` before the command): ``posix_spawn`` here has no chdir.
+Commands are spawned by the firing process (:mod:`forsun_box.firing`): with
+``posix_spawn``, from a process with few descriptors open and nothing else to
+do, so that a spawn costs what it costs a bare program, and watched there (its
+two output pipes, a pidfd that becomes readable when it exits). Everything but
+the spawn -- the checks, the command line, the environment, as C arrays -- is
+done ahead by :meth:`ShellAction.prepare`. A working directory is entered by
+the shell itself (``cd`` before the command): ``posix_spawn`` here has no chdir.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shlex
-import signal
 
 from forsun_box.actions.base import Action, ActionFailed, Done
-from forsun_box.actions.spawn import CommandLine, close_spawner, spawner
+from forsun_box.firing import wire
+from forsun_box.firing.client import FiringProcess, close_shared, shared
+from forsun_box.firing.worker import SHELL
 
 logger = logging.getLogger("forsun_box.actions")
-
-#: bytes of stdout / stderr kept for the error text
-OUTPUT_TAIL_BYTES = 4096
-#: how long output pipes may stay open after the shell exits (a detached
-#: background child can hold them forever)
-_PIPE_GRACE_S = 1.0
-#: how long a process group gets between SIGTERM and SIGKILL
-_KILL_GRACE_S = 2.0
 
 # With an allowlist, a command line must be one simple command: these would
 # let an allowed first word chain or embed any other program.
@@ -79,194 +70,58 @@ def check_allowed(cmd: str, enabled: bool, allow: tuple[str, ...]) -> None:
         raise ActionFailed(f"command refused: {first!r} is not in the shell allowlist")
 
 
-class _Tail:
-    """The last ``limit`` bytes of a stream."""
-
-    __slots__ = ("data", "limit", "truncated")
-
-    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.truncated = False
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.limit:
-            del self.data[: len(self.data) - self.limit]
-            self.truncated = True
-
-    def text(self) -> str:
-        s = self.data.decode("utf-8", "replace").strip()
-        return ("..." + s) if self.truncated and s else s
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-SHELL = "/bin/sh"
-#: how often a command's exit is looked for where there is no pidfd, seconds
-_POLL_S = 0.005
-
-
 class PreparedCommand:
-    """A command line and environment built ahead: at the instant it is only spawned
-    (on the spawning thread, :mod:`forsun_box.actions.spawn`)."""
+    """A command line and environment built ahead and set up in the firing process: at
+    the instant it is only spawned there."""
 
-    __slots__ = ("cancelled", "child", "command", "timeout_s")
-
-    def __init__(self, argv: list[str], env: dict[str, str], timeout_s: float) -> None:
-        self.command = CommandLine(SHELL, argv, env)
-        self.timeout_s = timeout_s
-        self.child: _Child | None = None
-        self.cancelled = False
-
-    def start(self, done: Done) -> None:
-        loop = asyncio.get_running_loop()
-
-        def spawned(pid: int, out_fd: int, err_fd: int, error: BaseException | None) -> None:
-            if error is not None:
-                done(ActionFailed(f"cannot start {SHELL}: {error}"))
-                return
-            self.child = _Child(loop, pid, out_fd, err_fd, done, self.timeout_s)
-            if self.cancelled:
-                self.child.kill(signal.SIGKILL)
-
-        spawner().submit(self.command, spawned)
-
-    def cancel(self) -> None:
-        """Kill the command's process group (now, or as soon as it is spawned)."""
-        self.cancelled = True
-        if self.child is not None:
-            self.child.kill(signal.SIGTERM)
-            asyncio.get_running_loop().call_later(_KILL_GRACE_S, self.child.kill, signal.SIGKILL)
-
-    def discard(self) -> None:
-        """Nothing is held before the instant."""
-
-
-class _Child:
-    """One running command, watched from the loop until it exited and its pipes closed."""
+    __slots__ = ("argv", "client", "env", "id", "started", "timeout_s")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pid: int,
-        out_fd: int,
-        err_fd: int,
-        done: Done,
-        timeout_s: float,
+        self, argv: list[str], env: dict[str, str], timeout_s: float, client: FiringProcess
     ) -> None:
-        self.loop = loop
-        self.pid = pid
-        self.done: Done | None = done
-        self.code: int | None = None
+        self.argv = argv
+        self.env = env
         self.timeout_s = timeout_s
-        self.timed_out = False
-        self.out = _Tail()
-        self.err = _Tail()
-        self.out_fd = out_fd
-        self.open_fds: set[int] = {out_fd, err_fd}
-        self.timers: list[asyncio.TimerHandle] = []
-        for fd in (out_fd, err_fd):
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, self._read, fd)
-        self.pidfd = -1
+        self.client = client
+        self.id: int | None = client.prepare_command(argv, env, timeout_s)
+        self.started: int | None = None
+
+    def start(self, done: Done) -> None:
+        client, id_ = self.client, self.id
+        self.id = None
+        if client.closed or id_ is None:  # (a new process since, or started before)
+            client = self.client = shared(client.max_clients)
+            id_ = client.prepare_command(self.argv, self.env, self.timeout_s)
+        timeout_s = self.timeout_s
+
+        def exited(status: int, output: str, state: int) -> None:
+            suffix = f": {output}" if output else ""
+            if state == wire.NOT_STARTED:
+                done(ActionFailed(output))
+            elif state == wire.LOST:
+                done(ActionFailed(f"{output}; the command's end is unknown"))
+            elif state == wire.TIMED_OUT:
+                done(ActionFailed(f"timed out after {timeout_s:g} s, process group killed{suffix}"))
+            elif status:
+                done(ActionFailed(f"exit status {status}{suffix}"))
+            else:
+                done(None)
+
         try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._poll_exit()  # no pidfd here: look every few milliseconds
-        else:
-            loop.add_reader(self.pidfd, self._exited)
-        if timeout_s > 0:
-            self.timers.append(loop.call_later(timeout_s, self._time_out))
+            client.start_command(id_, exited)
+        except OSError as e:
+            raise ActionFailed(f"cannot start {SHELL}: {e}") from None
+        self.started = id_
 
-    def _read(self, fd: int) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            (self.out if fd == self.out_fd else self.err).add(chunk)
-            return
-        self._close_fd(fd)
-        if self.code is not None and not self.open_fds:
-            self._finish()
+    def cancel(self) -> None:
+        """Kill the command's process group (SIGTERM, SIGKILL two seconds later)."""
+        if self.started is not None:
+            self.client.cancel(self.started)
 
-    def _close_fd(self, fd: int) -> None:
-        if fd in self.open_fds:
-            self.open_fds.discard(fd)
-            self.loop.remove_reader(fd)
-            os.close(fd)
-
-    def _poll_exit(self) -> None:
-        if self._reap():
-            self._after_exit()
-        else:
-            self.timers.append(self.loop.call_later(_POLL_S, self._poll_exit))
-
-    def _exited(self) -> None:
-        if not self._reap():
-            return
-        self.loop.remove_reader(self.pidfd)
-        os.close(self.pidfd)
-        self.pidfd = -1
-        self._after_exit()
-
-    def _reap(self) -> bool:
-        """Collect the exit status if the command ended."""
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # collected by someone else: its status is lost
-            self.code = 255
-            return True
-        if pid == 0:
-            return False
-        self.code = os.waitstatus_to_exitcode(status)
-        return True
-
-    def _after_exit(self) -> None:
-        if not self.open_fds:
-            self._finish()
-        else:
-            # a detached background child may hold the pipes open forever
-            self.timers.append(self.loop.call_later(_PIPE_GRACE_S, self._finish))
-
-    def _time_out(self) -> None:
-        self.timed_out = True
-        self.kill(signal.SIGTERM)
-        self.timers.append(self.loop.call_later(_KILL_GRACE_S, self.kill, signal.SIGKILL))
-
-    def kill(self, sig: int) -> None:
-        """Signal the command's process group (children may outlive the shell)."""
-        _kill_group(self.pid, sig)
-
-    def _finish(self) -> None:
-        done, self.done = self.done, None
-        if done is None or self.code is None:
-            return
-        for timer in self.timers:
-            timer.cancel()
-        for fd in list(self.open_fds):
-            self._close_fd(fd)
-        if self.timed_out:
-            _kill_group(self.pid, signal.SIGKILL)
-            done(
-                ActionFailed(
-                    f"timed out after {self.timeout_s:g} s, process group killed" + self._suffix()
-                )
-            )
-        elif self.code:
-            done(ActionFailed(f"exit status {self.code}" + self._suffix()))
-        else:
-            done(None)
-
-    def _suffix(self) -> str:
-        text = self.err.text() or self.out.text()
-        return f": {text}" if text else ""
+    def discard(self) -> None:
+        id_, self.id = self.id, None
+        if id_ is not None:
+            self.client.drop(id_)
 
 
 class ShellAction(Action):
@@ -284,11 +139,12 @@ class ShellAction(Action):
             if not os.path.isdir(cwd):
                 raise ActionFailed(f"cwd is not a directory: {cwd}")
             script = f"cd -- {shlex.quote(cwd)} || exit 127\n{cmd}"
-        env = dict(os.environ)
-        env.update(parse_env(self.params.get("env", "")))
+        env = parse_env(self.params.get("env", ""))  # on top of the service's environment
         env["FORSUN_TIMESTAMP"] = str(self.ts)
         env["FORSUN_FIRING_ID"] = self.firing_id
-        return PreparedCommand([SHELL, "-c", script], env, settings.shell_timeout_s)
+        return PreparedCommand(
+            [SHELL, "-c", script], env, settings.shell_timeout_s, shared(settings.http_max_clients)
+        )
 
     async def execute(self, *args: object, **kwargs: object) -> None:
         loop = asyncio.get_running_loop()
@@ -311,4 +167,4 @@ class ShellAction(Action):
 
     @classmethod
     async def close_shared(cls) -> None:
-        close_spawner()
+        close_shared()

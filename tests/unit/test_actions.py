@@ -24,7 +24,7 @@ from forsun_box.actions import (
     configure_actions,
     get_action,
 )
-from forsun_box.actions.http import close_clients
+from forsun_box.firing.client import close_shared
 from forsun_box.actions.shell import parse_env
 from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
@@ -226,7 +226,7 @@ def http(params_for_port, **settings):
             error = e
         finally:
             server.stop()
-            close_clients()
+            close_shared()
         return error, seen
 
     return asyncio.run(main())
@@ -382,7 +382,7 @@ def test_shell_cwd_with_odd_characters(tmp_path: Path):
 def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, through_libc: bool):
     """Both ways of spawning: libc's posix_spawn (the interpreter lock let go) and, where
     its functions are missing, os.posix_spawn; own session, stdin /dev/null, two pipes."""
-    from forsun_box.actions import spawn
+    from forsun_box.firing import spawn
 
     if not through_libc:
         monkeypatch.setattr(spawn, "_libc", None)

@@ -17,8 +17,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from forsun_box.actions import ActionFailed, ActionSettings, HttpAction, configure_actions
-from forsun_box.actions.curl_client import CurlClient, CurlError, Request, header_lines
-from forsun_box.actions.http import close_clients, shared_client
+from forsun_box.firing.client import FiringProcess, close_shared, shared
+from forsun_box.firing.curl import CurlError, Request, header_lines
 from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
 from tests.helpers import wait_until_async
@@ -159,7 +159,7 @@ def run_with_server(body, ssl_options: ssl.SSLContext | None = None, **settings)
             return await body(port, state)
         finally:
             server.stop()
-            close_clients()
+            close_shared()
 
     return asyncio.run(main())
 
@@ -379,7 +379,7 @@ def test_cancelled_request_gives_its_slot_back():
         slow.cancel()
         started = time.monotonic()
         error = await asyncio.wait_for(waiting, 2)
-        return error, time.monotonic() - started, shared_client(1)
+        return error, time.monotonic() - started, shared(1)
 
     error, waited, client = run_with_server(body, http_max_clients=1)
     assert error is None and waited < 1
@@ -390,7 +390,7 @@ def test_close_fails_requests_in_flight():
     async def body(port, state):
         slow = asyncio.ensure_future(_fire({"url": f"http://127.0.0.1:{port}/slow?s=5"}))
         assert await wait_until_async(lambda: state.running == 1, 5)  # in flight
-        close_clients()
+        close_shared()
         return await asyncio.wait_for(slow, 2)
 
     error = run_with_server(body)
@@ -399,11 +399,11 @@ def test_close_fails_requests_in_flight():
 
 def test_one_client_per_loop_rebuilt_when_max_clients_changes():
     async def main():
-        first = shared_client(4)
-        assert shared_client(4) is first
-        second = shared_client(8)
+        first = shared(4)
+        assert shared(4) is first
+        second = shared(8)
         assert second is not first and first.closed and second.max_clients == 8
-        close_clients()
+        close_shared()
         assert second.closed
         return second
 
@@ -414,7 +414,7 @@ def test_one_client_per_loop_rebuilt_when_max_clients_changes():
 
 def test_client_directly_reports_connection_errors():
     async def main():
-        client = CurlClient(asyncio.get_running_loop(), 2)
+        client = FiringProcess(asyncio.get_running_loop(), 2)
         try:
             with pytest.raises(CurlError) as info:
                 await client.fetch(Request("http://127.0.0.1:1/", connect_timeout=1))
@@ -471,7 +471,7 @@ def test_prepared_request_is_sent_as_built_and_reports_through_done():
 def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared_client(1)
+        client = shared(1)
         ends: list[tuple[str, object]] = []
         done = loop.create_future()
 
@@ -501,7 +501,7 @@ def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
 def test_close_fails_submitted_requests_queued_and_in_flight():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared_client(1)
+        client = shared(1)
         errors: list[object] = []
         done = loop.create_future()
 
@@ -514,7 +514,7 @@ def test_close_fails_submitted_requests_queued_and_in_flight():
         client.submit(Request(f"http://127.0.0.1:{port}/slow?s=5"), record)
         client.submit(Request(f"http://127.0.0.1:{port}/ok"), record, prepared)
         assert await wait_until_async(lambda: state.running == 1, 5)  # one in flight, one queued
-        close_clients()
+        close_shared()
         await asyncio.wait_for(done, 2)
         return errors
 

@@ -1,39 +1,24 @@
-"""Starting commands off the event loop: ``posix_spawn`` on a thread of its own.
+"""Starting a command: libc's ``posix_spawn``, its own session, output to two pipes.
 
 A spawn holds its caller until the new process has called ``exec`` (glibc spawns
 with ``CLONE_VFORK``): a millisecond or more, longer the more descriptors the
-service has open (the child copies the table and closes them at ``exec``).
-``os.posix_spawn`` keeps the interpreter lock for all that time, so a burst of
-commands spawned from the loop would stop the loop and every other thread. Here
-libc's ``posix_spawn`` is called through ctypes, which lets go of the lock, from
-one spawning thread: the loop only queues the command and later learns the pid
-and the read ends of the two output pipes. Where libc's functions cannot be
-found the spawn falls back to ``os.posix_spawn`` on the same thread.
-
-The command line and environment are turned into C arrays once, ahead of the
-instant (:class:`CommandLine`).
+caller has open (the child copies the table and closes them at ``exec``). The
+firing process (:mod:`forsun_box.firing.worker`), which holds few descriptors,
+spawns; libc's function is called through ctypes, and where it cannot be found
+``os.posix_spawn`` does the same. The command line and environment are turned
+into C arrays once, ahead of the instant (:class:`CommandLine`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
-import logging
 import os
-import queue
-import threading
-from collections.abc import Callable
-
-logger = logging.getLogger("forsun_box.actions")
 
 #: glibc's and musl's value of POSIX_SPAWN_SETSID (the child starts its own session)
 _POSIX_SPAWN_SETSID = 0x80
 #: bytes reserved for the opaque posix_spawn_file_actions_t / posix_spawnattr_t
 _OPAQUE_BYTES = 512
-
-Spawned = Callable[[int, int, int, BaseException | None], None]
-
 
 def _load_libc() -> ctypes.CDLL | None:
     try:
@@ -130,67 +115,3 @@ def _spawn(command: CommandLine, out_w: int, err_w: int) -> int:
     if err:
         raise OSError(err, os.strerror(err))
     return pid.value
-
-
-class Spawner:
-    """One spawning thread per event loop; see the module docstring."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._queue: queue.SimpleQueue[tuple[CommandLine, Spawned] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="forsun-box-spawn", daemon=True)
-        self._thread.start()
-
-    def submit(self, command: CommandLine, spawned: Spawned) -> None:
-        """Spawn ``command`` soon; ``spawned(pid, out_fd, err_fd, error)`` is then called
-        on the loop (``error`` set and the rest -1 when it could not be spawned)."""
-        self._queue.put((command, spawned))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        call = self.loop.call_soon_threadsafe
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            command, spawned = item
-            try:
-                pid, out_fd, err_fd = spawn_now(command)
-            except OSError as e:
-                result: tuple[int, int, int, BaseException | None] = (-1, -1, -1, e)
-            else:
-                result = (pid, out_fd, err_fd, None)
-            try:
-                call(spawned, *result)
-            except RuntimeError:  # the loop is closed: nobody will watch this command
-                if result[3] is None:
-                    os.close(result[1])
-                    os.close(result[2])
-                return
-
-
-_spawners: dict[asyncio.AbstractEventLoop, Spawner] = {}
-
-
-def spawner() -> Spawner:
-    """The running loop's spawner (started on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _spawners.get(loop)
-    if found is None:
-        for old in [other for other in _spawners if other.is_closed()]:
-            _spawners.pop(old).close()
-        found = _spawners[loop] = Spawner(loop)
-    return found
-
-
-def close_spawner() -> None:
-    """Stop the running loop's spawning thread (if any)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    found = _spawners.pop(loop, None)
-    if found is not None:
-        found.close()

@@ -1,0 +1,344 @@
+"""The service's side of the firing process (:mod:`forsun_box.firing.worker`).
+
+:class:`FiringProcess` starts the process, sends it requests and commands (batched: one
+write for every few dozen messages, or one per turn of the loop) and hands their ends to
+callbacks on the event loop. :func:`shared` is the running loop's one process, which the
+http and shell actions use; it is started on first use and rebuilt when
+``http_max_clients`` changes or the process died.
+
+If the process dies, every request and command it had started ends with an error (the
+retry policy applies) and the next use starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pycurl
+
+from forsun_box.firing import wire
+from forsun_box.firing.curl import CurlError, Request, Response, to_wire
+
+logger = logging.getLogger("forsun_box.actions")
+
+#: messages gathered before they are written at once (else at the end of the loop's turn)
+FLUSH_AT = 32
+#: socket buffer asked for on both ends, bytes
+_SOCKET_BUFFER = 4 << 20
+#: the frozen executable's argument that makes it the firing process
+FROZEN_FLAG = "--firing-process"
+
+#: how a request ends: the answer, or the error (exactly one of them is None)
+OnDone = Callable[[Response | None, CurlError | None], None]
+#: how a command ends: (exit status, the end of its output, state: wire.EXITED...)
+OnExit = Callable[[int, str, int], None]
+
+
+def _command(fd: int, max_clients: int) -> list[str]:
+    if getattr(sys, "frozen", False):
+        return [sys.executable, FROZEN_FLAG, str(fd), str(max_clients)]
+    # the package's own directory first: it is importable even where only the service's
+    # sys.path knew it (the environment is left as it is: commands inherit it)
+    home = str(Path(__file__).resolve().parents[2])
+    code = (
+        f"import sys; sys.path.insert(0, {home!r}); "
+        "from forsun_box.firing.worker import main; sys.exit(main())"
+    )
+    return [sys.executable, "-c", code, str(fd), str(max_clients)]
+
+
+class FiringProcess:
+    """One firing process and what it was asked to do; see the module docstring."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_clients: int) -> None:
+        self.loop = loop
+        self.max_clients = max(1, max_clients)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        try:
+            self._process = subprocess.Popen(
+                _command(theirs.fileno(), self.max_clients),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._fd = ours.fileno()
+        self._ids = itertools.count(1)
+        #: started ids -> who learns their end
+        self._waiting: dict[int, Callable[[tuple[Any, ...]], None]] = {}
+        self._messages: list[tuple[Any, ...]] = []
+        self._flush_soon = False
+        self._unsent = bytearray()
+        self._inbox = bytearray()
+        self._environment: dict[str, str] | None = None
+        self._closed = False
+        self._why = "the http client is closed"
+        loop.add_reader(self._fd, self._receive)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran or the process died."""
+        return self._closed
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    # -- http -------------------------------------------------------------------------------
+
+    def prepare(self, request: Request) -> int:
+        """Have ``request`` set up ahead; the id to :meth:`submit` it with later (or to
+        :meth:`unprepare`)."""
+        id_ = next(self._ids)
+        self._send((wire.PREPARE_HTTP, id_, to_wire(request)))
+        return id_
+
+    def unprepare(self, id_: int) -> None:
+        """A request from :meth:`prepare` that will not be sent."""
+        if not self._closed:
+            self._send((wire.DROP, id_))
+
+    def submit(self, request: Request, on_done: OnDone, id_: int | None = None) -> int:
+        """Send ``request`` (``id_``: as prepared); ``on_done(response, error)`` is called
+        once, later, from the loop. Returns its id (for :meth:`cancel`). Raises
+        :class:`CurlError` when the process is closed (``on_done`` is then not called)."""
+        if self._closed:
+            raise CurlError(pycurl.E_FAILED_INIT, self._why)
+        if id_ is None:
+            id_ = self.prepare(request)
+
+        def ended(end: tuple[Any, ...]) -> None:
+            _, code, payload, curl_code = end
+            if code is None:  # closed before its end came
+                on_done(None, CurlError(pycurl.E_FAILED_INIT, payload))
+            elif curl_code:
+                on_done(None, CurlError(curl_code, payload))
+            else:
+                on_done(Response(code, payload), None)
+
+        self._waiting[id_] = ended
+        self._send((wire.START, id_))
+        return id_
+
+    async def fetch(self, request: Request) -> Response:
+        """Send ``request``; the final answer, whatever its code. Raises :class:`CurlError`."""
+        future: asyncio.Future[Response] = self.loop.create_future()
+
+        def on_done(response: Response | None, error: CurlError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(response)  # type: ignore[arg-type]
+
+        id_ = self.submit(request, on_done)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancel(id_)  # (a no-op once it ended)
+            raise
+
+    # -- shell ------------------------------------------------------------------------------
+
+    def prepare_command(self, argv: list[str], env: dict[str, str], timeout_s: float) -> int:
+        """Have a command set up ahead: ``/bin/sh`` with ``argv`` and the service's
+        environment with ``env`` on top, killed after ``timeout_s`` (0: never)."""
+        environment = dict(os.environ)
+        if environment != self._environment:
+            self._environment = environment
+            self._send((wire.ENVIRONMENT, environment))
+        id_ = next(self._ids)
+        self._send((wire.PREPARE_SHELL, id_, (argv, env, timeout_s)))
+        return id_
+
+    def start_command(self, id_: int, on_exit: OnExit) -> None:
+        """Spawn the command ``id_`` prepared; ``on_exit(status, output, state)`` is called
+        once, later, from the loop. Raises :class:`OSError` when the process is closed."""
+        if self._closed:
+            raise OSError(self._why)
+
+        def ended(end: tuple[Any, ...]) -> None:
+            _, status, output, state = end
+            if status is None:  # closed before its end came
+                on_exit(-1, output, wire.LOST)
+            else:
+                on_exit(status, output, state)
+
+        self._waiting[id_] = ended
+        self._send((wire.START, id_))
+
+    def drop(self, id_: int) -> None:
+        """A command from :meth:`prepare_command` that will not be started."""
+        self.unprepare(id_)
+
+    # -- both -------------------------------------------------------------------------------
+
+    def cancel(self, id_: int) -> None:
+        """Stop a started request or command; its callback is not called."""
+        if self._waiting.pop(id_, None) is not None and not self._closed:
+            self._send((wire.CANCEL, id_))
+
+    def close(self, why: str = "the http client is closed") -> None:
+        """Stop the process; what it had started ends with an error saying ``why``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._why = why
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._fd)
+            if self._unsent:
+                self.loop.remove_writer(self._fd)
+        self._sock.close()
+        waiting, self._waiting = self._waiting, {}
+        if not self.loop.is_closed():
+            for id_, ended in waiting.items():
+                self.loop.call_soon(_closing_end, ended, (id_, None, why, None))
+        try:
+            self._process.wait(2)  # it ends as soon as it sees the socket closed
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+
+    # -- the socket ---------------------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        messages = self._messages
+        messages.append(message)
+        if len(messages) >= FLUSH_AT:
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self._closed or not self._messages:
+            return
+        data = wire.frame(self._messages)
+        self._messages = []
+        if self._unsent:
+            self._unsent += data  # the writer callback sends it after what waits already
+            return
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost()
+            return
+        if sent < len(data):
+            self._unsent += data[sent:]
+            self.loop.add_writer(self._fd, self._send_unsent)
+
+    def _send_unsent(self) -> None:
+        try:
+            sent = self._sock.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lost()
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self.loop.remove_writer(self._fd)
+
+    def _receive(self) -> None:
+        try:
+            chunk = self._sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._lost()
+            return
+        inbox = self._inbox
+        inbox += chunk
+        waiting = self._waiting
+        for end in wire.unframe(inbox):
+            ended = waiting.pop(end[0], None)
+            if ended is None:
+                continue
+            try:
+                ended(end)
+            except Exception:
+                logger.exception("reporting the end of a firing failed")
+
+    def _lost(self) -> None:
+        code = self._process.poll()
+        in_flight = len(self._waiting)
+        logger.warning(
+            "the firing process %d exited (status %s); %d request(s) and command(s) in flight "
+            "fail",
+            self._process.pid,
+            code,
+            in_flight,
+        )
+        self.close(f"the firing process exited (status {code})")
+
+
+def _closing_end(ended: Callable[[tuple[Any, ...]], None], end: tuple[Any, ...]) -> None:
+    try:
+        ended(end)
+    except Exception:
+        logger.exception("reporting the end of a firing failed")
+
+
+# loop -> its process; weak so a finished loop's entry goes away
+_processes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FiringProcess] = (
+    weakref.WeakKeyDictionary()
+)
+#: the process most recently handed out (the common case: one loop, one process)
+_last: FiringProcess | None = None
+
+
+def shared(max_clients: int) -> FiringProcess:
+    """The running loop's firing process, (re)started when ``max_clients`` changed or it
+    is closed."""
+    global _last
+    loop = asyncio.get_running_loop()
+    found = _last
+    # the weak mapping builds a weakref per look-up: check the last one first
+    if found is None or found.loop is not loop or found.closed:
+        found = _processes.get(loop)
+    if found is not None and found.max_clients == max(1, max_clients) and not found.closed:
+        _last = found
+        return found
+    if found is not None:
+        found.close()
+    found = _processes[loop] = FiringProcess(loop, max_clients)
+    _last = found
+    return found
+
+
+def close_shared() -> None:
+    """Stop the running loop's firing process (if any)."""
+    global _last
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    found = _processes.pop(loop, None)
+    if found is not None:
+        found.close()
+    if _last is not None and _last.loop is loop:
+        _last = None

@@ -1,0 +1,578 @@
+"""The firing process: it sends the http requests and spawns the shell commands of firings.
+
+The service starts one (:mod:`forsun_box.firing.client`) and keeps it for its lifetime;
+they talk over one Unix socket (:mod:`forsun_box.firing.wire`). Requests and commands
+arrive ahead of their instant and are set up then -- easy handles with every option set,
+command lines and environments as C arrays -- so that at the instant a start is one
+``curl_multi_add_handle`` or one ``posix_spawn``.
+
+Why a process of its own: at the instant of a burst, the service still answers its APIs,
+commits its records and runs its store's thread, all under one interpreter lock; here
+nothing else runs. It has one thread and one loop, the loop of a bare libcurl multi
+client: wait on libcurl's sockets (``curl_multi_fdset``), the service's socket and the
+commands' pipes and pidfds, then one ``curl_multi_perform`` for every transfer at once.
+Few descriptors are open here, so a spawn costs what it costs a bare program.
+
+At most ``max_clients`` transfers run at once (more wait in order, and give up when they
+waited longer than their ``request_timeout``) and libcurl keeps at most ``max_clients``
+connections. The process ends when the service's end of the socket closes (the service
+stopped or died); commands still running go on in their own sessions.
+
+Run as ``python -m forsun_box.firing.worker FD MAX_CLIENTS`` (the frozen executable:
+``forsun-box --firing-process FD MAX_CLIENTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pycurl
+
+from forsun_box.firing import wire
+from forsun_box.firing.curl import (
+    BODY_KEEP,
+    MAX_FREE_HANDLES,
+    MAX_PREPARED_HANDLES,
+    Wire,
+    from_wire,
+    setup_handle,
+)
+from forsun_box.firing.spawn import CommandLine, spawn_now
+
+SHELL = "/bin/sh"
+#: bytes of a command's stdout / stderr kept for the error text
+OUTPUT_TAIL_BYTES = 4096
+#: how long output pipes may stay open after the shell exits (a detached background
+#: child can hold them forever)
+PIPE_GRACE_S = 1.0
+#: how long a process group gets between SIGTERM and SIGKILL
+KILL_GRACE_S = 2.0
+#: the longest wait for anything, seconds (where there is no pidfd: 5 ms)
+_IDLE_S = 1.0
+_NO_PIDFD_POLL_S = 0.005
+#: descriptors at or above this are waited on with poll (select's limit)
+_SELECT_LIMIT = 1024
+
+Send = Callable[[tuple[Any, ...]], None]
+
+
+class _Body:
+    """The first bytes of an answer's body (the rest is read and dropped)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) < BODY_KEEP:
+            self.data += chunk[: BODY_KEEP - len(self.data)]
+
+
+class Http:
+    """The transfers: prepared, waiting for a slot, running."""
+
+    def __init__(self, max_clients: int, send: Send) -> None:
+        self.max_clients = max(1, max_clients)
+        self.send = send
+        self.multi = pycurl.CurlMulti()
+        # the connection bound: libcurl closes an idle connection to make room for a new one
+        self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, self.max_clients)
+        self.multi.setopt(pycurl.M_MAXCONNECTS, self.max_clients)
+        self.prepared: dict[int, tuple[Wire, pycurl.Curl | None]] = {}
+        self.handles = 0  # prepared with their handle set up
+        self.queue: deque[tuple[int, Wire, pycurl.Curl | None, float]] = deque()
+        self.running: dict[pycurl.Curl, tuple[int, _Body]] = {}
+        self.by_id: dict[int, pycurl.Curl] = {}
+        self.free: list[pycurl.Curl] = []
+
+    def prepare(self, id_: int, request: Wire) -> None:
+        curl = None
+        if self.handles < MAX_PREPARED_HANDLES:
+            curl = self._set_up(request)
+            if curl is not None:
+                self.handles += 1
+        self.prepared[id_] = (request, curl)
+
+    def owns(self, id_: int) -> bool:
+        return id_ in self.prepared
+
+    def start(self, id_: int) -> None:
+        request, curl = self.prepared.pop(id_)
+        if curl is not None:
+            self.handles -= 1
+        if len(self.running) < self.max_clients and not self.queue:
+            self._launch(id_, request, curl)
+        else:
+            self.queue.append((id_, request, curl, time.monotonic()))
+
+    def drop(self, id_: int) -> bool:
+        entry = self.prepared.pop(id_, None)
+        if entry is None:
+            return False
+        if entry[1] is not None:
+            self.handles -= 1
+            self._recycle(entry[1])
+        return True
+
+    def cancel(self, id_: int) -> bool:
+        if self.drop(id_):
+            return True
+        curl = self.by_id.pop(id_, None)
+        if curl is not None:
+            del self.running[curl]
+            self.multi.remove_handle(curl)
+            self._recycle(curl)
+            return True
+        for i, queued in enumerate(self.queue):
+            if queued[0] == id_:
+                del self.queue[i]
+                if queued[2] is not None:
+                    self._recycle(queued[2])
+                return True
+        return False
+
+    def drive(self) -> None:
+        """Let libcurl work on every transfer, report those that ended, start waiting ones."""
+        multi = self.multi
+        while True:
+            ret, _ = multi.perform()
+            while ret == pycurl.E_CALL_MULTI_PERFORM:
+                ret, _ = multi.perform()
+            while True:
+                queued, ok, failed = multi.info_read()
+                for curl in ok:
+                    self._finish(curl, 0, "")
+                for curl, code, message in failed:
+                    self._finish(curl, code, message)
+                if not queued:
+                    break
+            if not (self.queue and len(self.running) < self.max_clients and self._grant()):
+                return
+
+    def timeout_s(self) -> float | None:
+        ms = self.multi.timeout()
+        return None if ms < 0 else ms / 1000
+
+    def _grant(self) -> bool:
+        """Start waiting transfers in the free slots; True when one started."""
+        started = False
+        now = time.monotonic()
+        while self.queue and len(self.running) < self.max_clients:
+            id_, request, curl, since = self.queue.popleft()
+            if now - since > request[7]:
+                if curl is not None:
+                    self._recycle(curl)
+                self.send(
+                    (
+                        id_,
+                        0,
+                        "timed out waiting for a free connection "
+                        f"(http_max_clients {self.max_clients})",
+                        pycurl.E_OPERATION_TIMEDOUT,
+                    )
+                )
+                continue
+            started = self._launch(id_, request, curl) or started
+        return started
+
+    def _set_up(self, request: Wire) -> pycurl.Curl | None:
+        curl = self.free.pop() if self.free else pycurl.Curl()
+        try:
+            setup_handle(curl, from_wire(request))
+        except pycurl.error:
+            self._recycle(curl)
+            return None  # set up again at the start, which reports the error
+        return curl
+
+    def _launch(self, id_: int, request: Wire, curl: pycurl.Curl | None) -> bool:
+        if curl is None:
+            curl = self.free.pop() if self.free else pycurl.Curl()
+            try:
+                setup_handle(curl, from_wire(request))
+            except pycurl.error as e:
+                self._recycle(curl)
+                self.send((id_, 0, str(e.args[-1]), e.args[0]))
+                return False
+        body = _Body()
+        curl.setopt(pycurl.WRITEFUNCTION, body.write)
+        self.running[curl] = (id_, body)
+        self.by_id[id_] = curl
+        self.multi.add_handle(curl)
+        return True
+
+    def _finish(self, curl: pycurl.Curl, code: int, message: str) -> None:
+        entry = self.running.pop(curl, None)
+        status = curl.getinfo(pycurl.RESPONSE_CODE) if not code else 0
+        self.multi.remove_handle(curl)
+        self._recycle(curl)
+        if entry is None:
+            return
+        id_, body = entry
+        self.by_id.pop(id_, None)
+        if code:
+            self.send((id_, 0, message, code))
+        else:
+            self.send((id_, status, body.data, 0))
+
+    def _recycle(self, curl: pycurl.Curl) -> None:
+        if len(self.free) >= MAX_FREE_HANDLES:
+            curl.close()
+            return
+        curl.reset()  # drops the options and the Python callbacks they hold
+        self.free.append(curl)
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream."""
+
+    __slots__ = ("data", "limit", "truncated")
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+            self.truncated = True
+
+    def text(self) -> str:
+        s = self.data.decode("utf-8", "replace").strip()
+        return ("..." + s) if self.truncated and s else s
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class _Command:
+    """One running command: its pipes, its pidfd, its output so far."""
+
+    __slots__ = ("code", "err", "err_fd", "id", "out", "out_fd", "pid", "pidfd", "timed_out")
+
+    def __init__(self, id_: int, pid: int, out_fd: int, err_fd: int) -> None:
+        self.id = id_
+        self.pid = pid
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.out = _Tail()
+        self.err = _Tail()
+        self.code: int | None = None
+        self.timed_out = False
+        self.pidfd = -1
+
+
+class Shell:
+    """The commands: prepared, running, and the timers of those running."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.environment: dict[str, str] = dict(os.environ)
+        self.prepared: dict[int, tuple[CommandLine, float]] = {}
+        self.running: dict[int, _Command] = {}
+        self.fds: dict[int, _Command] = {}  # pipe or pidfd -> its command
+        self.unwatched: list[_Command] = []  # no pidfd: their exit is polled
+        self.timers: list[tuple[float, int, int, int]] = []  # (when, seq, id, what)
+        self._seq = 0
+        self.doomed: dict[int, int] = {}  # id -> pid, for the SIGKILL after a SIGTERM
+        self.orphans: list[int] = []  # pids of commands nobody waits for, to be reaped
+
+    def prepare(self, id_: int, spec: tuple[list[str], dict[str, str], float]) -> None:
+        argv, extra, timeout_s = spec
+        env = dict(self.environment)
+        env.update(extra)
+        self.prepared[id_] = (CommandLine(SHELL, argv, env), timeout_s)
+
+    def owns(self, id_: int) -> bool:
+        return id_ in self.prepared
+
+    def start(self, id_: int) -> None:
+        command, timeout_s = self.prepared.pop(id_)
+        try:
+            pid, out_fd, err_fd = spawn_now(command)
+        except OSError as e:
+            self.send((id_, 0, f"cannot start {SHELL}: {e}", wire.NOT_STARTED))
+            return
+        child = _Command(id_, pid, out_fd, err_fd)
+        for fd in (out_fd, err_fd):
+            os.set_blocking(fd, False)
+            self.fds[fd] = child
+        try:
+            child.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.unwatched.append(child)
+        else:
+            self.fds[child.pidfd] = child
+        self.running[id_] = child
+        if timeout_s > 0:
+            self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
+
+    def drop(self, id_: int) -> bool:
+        return self.prepared.pop(id_, None) is not None
+
+    def cancel(self, id_: int) -> bool:
+        if self.drop(id_):
+            return True
+        child = self.running.get(id_)
+        if child is None:
+            return False
+        _kill_group(child.pid, signal.SIGTERM)
+        self.doomed[id_] = child.pid
+        self._at(time.monotonic() + KILL_GRACE_S, id_, _KILL)
+        self._forget(child)  # nobody waits for its end
+        return True
+
+    def ready(self, fd: int) -> None:
+        child = self.fds.get(fd)
+        if child is None:
+            return
+        if fd == child.pidfd:
+            if self._reap(child):
+                self._close(fd)
+                child.pidfd = -1
+                self._exited(child)
+            return
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            (child.out if fd == child.out_fd else child.err).add(chunk)
+            return
+        self._close(fd)
+        if fd == child.out_fd:
+            child.out_fd = -1
+        else:
+            child.err_fd = -1
+        if child.code is not None and child.out_fd < 0 and child.err_fd < 0:
+            self._finish(child)
+
+    def poll_exits(self) -> None:
+        """Reap the commands watched without a pidfd, and those nobody waits for."""
+        for child in list(self.unwatched):
+            if self._reap(child):
+                self.unwatched.remove(child)
+                self._exited(child)
+        for pid in list(self.orphans):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass
+            self.orphans.remove(pid)
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, id_, what = heapq.heappop(timers)
+            if what == _KILL:
+                pid = self.doomed.pop(id_, 0)
+                if pid:
+                    _kill_group(pid, signal.SIGKILL)
+                continue
+            child = self.running.get(id_)
+            if child is None:
+                continue
+            if what == _TIME_OUT:
+                child.timed_out = True
+                _kill_group(child.pid, signal.SIGTERM)
+                self.doomed[id_] = child.pid
+                self._at(now + KILL_GRACE_S, id_, _KILL)
+            elif what == _PIPES:
+                self._finish(child)
+
+    def timeout_s(self) -> float | None:
+        waits = []
+        if self.timers:
+            waits.append(max(0.0, self.timers[0][0] - time.monotonic()))
+        if self.unwatched or self.orphans:
+            waits.append(_NO_PIDFD_POLL_S)
+        return min(waits) if waits else None
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _at(self, when: float, id_: int, what: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.timers, (when, self._seq, id_, what))
+
+    def _reap(self, child: _Command) -> bool:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # collected already: its status is lost
+            child.code = 255
+            return True
+        if pid == 0:
+            return False
+        child.code = os.waitstatus_to_exitcode(status)
+        return True
+
+    def _exited(self, child: _Command) -> None:
+        if child.out_fd < 0 and child.err_fd < 0:
+            self._finish(child)
+        else:
+            self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
+
+    def _close(self, fd: int) -> None:
+        if self.fds.pop(fd, None) is not None:
+            os.close(fd)
+
+    def _forget(self, child: _Command) -> None:
+        self.running.pop(child.id, None)
+        for fd in (child.out_fd, child.err_fd, child.pidfd):
+            if fd >= 0:
+                self._close(fd)
+        child.out_fd = child.err_fd = child.pidfd = -1
+        if child in self.unwatched:
+            self.unwatched.remove(child)
+        if child.code is None:
+            self.orphans.append(child.pid)
+
+    def _finish(self, child: _Command) -> None:
+        if self.running.get(child.id) is not child:
+            return
+        code = child.code
+        self._forget(child)
+        text = child.err.text() or child.out.text()
+        if child.timed_out:
+            self.send((child.id, code or 0, text, wire.TIMED_OUT))
+            _kill_group(child.pid, signal.SIGKILL)
+        else:
+            self.send((child.id, code or 0, text, wire.EXITED))
+
+
+_TIME_OUT, _KILL, _PIPES = 1, 2, 3
+
+
+def _wait(readers: list[int], writers: list[int], timeout: float | None) -> list[int]:
+    """The readable ones of ``readers`` once something is ready or ``timeout`` passed."""
+    if max(readers, default=0) < _SELECT_LIMIT and max(writers, default=0) < _SELECT_LIMIT:
+        try:
+            return select.select(readers, writers, [], timeout)[0]
+        except InterruptedError:
+            return []
+    poller = select.poll()
+    for fd in readers:
+        poller.register(fd, select.POLLIN)
+    for fd in writers:
+        poller.register(fd, select.POLLOUT | (select.POLLIN if fd in readers else 0))
+    ready = poller.poll(None if timeout is None else timeout * 1000)
+    return [fd for fd, events in ready if events & (select.POLLIN | select.POLLHUP | select.POLLERR)]
+
+
+class Worker:
+    """The loop: the service's messages in, ends out, libcurl and the commands between."""
+
+    def __init__(self, sock: socket.socket, max_clients: int) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.ends: list[tuple[Any, ...]] = []
+        self.out = bytearray()
+        self.inbox = bytearray()
+        self.http = Http(max_clients, self.ends.append)
+        self.shell = Shell(self.ends.append)
+        self.open = True
+
+    def run(self) -> None:
+        http, shell = self.http, self.shell
+        while self.open:
+            reads, writes, _ = http.multi.fdset()
+            readers = [self.fd, *reads, *shell.fds]
+            if self.out:
+                writes = [*writes, self.fd]
+            timeouts = [t for t in (http.timeout_s(), shell.timeout_s()) if t is not None]
+            timeout = min(timeouts) if timeouts else _IDLE_S
+            readable = _wait(readers, writes, min(timeout, _IDLE_S))
+            for fd in readable:
+                if fd == self.fd:
+                    self._receive()
+                else:
+                    shell.ready(fd)
+            if shell.unwatched or shell.orphans:
+                shell.poll_exits()
+            if shell.timers:
+                shell.run_timers()
+            http.drive()
+            self._flush()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.open = False  # the service is gone
+                return
+            self.inbox += chunk
+        for message in wire.unframe(self.inbox):
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        http, shell = self.http, self.shell
+        if kind == wire.START:
+            id_ = message[1]
+            if http.owns(id_):
+                http.start(id_)
+            elif shell.owns(id_):
+                shell.start(id_)
+        elif kind == wire.PREPARE_HTTP:
+            http.prepare(message[1], message[2])
+        elif kind == wire.PREPARE_SHELL:
+            shell.prepare(message[1], message[2])
+        elif kind == wire.DROP:
+            http.drop(message[1]) or shell.drop(message[1])
+        elif kind == wire.CANCEL:
+            http.cancel(message[1]) or shell.cancel(message[1])
+        elif kind == wire.ENVIRONMENT:
+            shell.environment = message[1]
+
+    def _flush(self) -> None:
+        if self.ends:
+            self.out += wire.frame(self.ends)
+            self.ends.clear()
+        if not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.open = False
+            return
+        del self.out[:sent]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    fd, max_clients = int(args[0]), int(args[1])
+    # a terminal's Ctrl-C or hang-up is for the service, which stops this process itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    Worker(sock, max_clients).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
