@@ -55,7 +55,7 @@ from typing import Any
 import pycurl
 
 from forsun_box.actions.base import ActionSettings
-from forsun_box.actions.curl_client import CurlClient, Request
+from forsun_box.firing.curl import Request, setup_handle
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -159,7 +159,7 @@ def _curl_handle(url: str, ts: int, key: str) -> pycurl.Curl:
         user_agent=ActionSettings().http_user_agent,
     )
     curl = pycurl.Curl()
-    CurlClient._setup(None, curl, request)  # type: ignore[arg-type]  # (uses no state)
+    setup_handle(curl, request)
     curl.setopt(pycurl.WRITEFUNCTION, lambda data: None)
     return curl
 

@@ -32,7 +32,9 @@ it under the plan's key with the plan's version and due time. At the instant,
 replaced meanwhile has a new version; a removed one never fires, and its
 preparation is dropped after its due time) and starts it with no task: the
 engine gets a future, and a firing waiting for a concurrency slot is an entry
-in a queue, not a suspended coroutine. An action that can prepare but was not
+in a queue, not a suspended coroutine. A preparation that says it is ``bounded``
+(the http and shell actions': the firing process bounds how many run at once)
+holds no slot here: it starts at once and waits there. An action that can prepare but was not
 told in time is prepared at the instant, the same way. (Not while an overall
 ``action_timeout`` is set: those firings run as coroutines, under the limit.)
 """
@@ -365,23 +367,28 @@ class Dispatcher:
             if not result.done():
                 result.set_result(STATUS_OK if ok else STATUS_FAILED)
 
-        def launch() -> bool:
-            """Holding a slot: send. False when it ended at once (the slot goes back)."""
+        def launch(holds_slot: bool = True) -> bool:
+            """Send (holding a slot, unless the preparation is bounded where it is sent).
+            False when it ended at once (the slot goes back)."""
             started = self._clock.now_ms()
             stats.record_lateness(started - due_ms)
             if self._closed:
                 finish(started, ActionFailed("cancelled"), False)
                 return False
-            stats.incr("action_executing_count")
+            if holds_slot:
+                stats.incr("action_executing_count")
             try:
-                ready.start(lambda error: finish(started, error, True))
+                ready.start(lambda error: finish(started, error, holds_slot))
             except Exception as e:
-                stats.decr("action_executing_count")
+                if holds_slot:
+                    stats.decr("action_executing_count")
                 finish(started, e, False)
                 return False
             return True
 
-        if slots.take():
+        if getattr(ready, "bounded", False):
+            launch(False)
+        elif slots.take():
             if not launch():
                 slots.release()
         else:

@@ -109,7 +109,12 @@ Done = Callable[[BaseException | None], None]
 
 
 class Prepared(Protocol):
-    """A firing made ready ahead of its instant by :meth:`Action.prepare`."""
+    """A firing made ready ahead of its instant by :meth:`Action.prepare`.
+
+    It may also have a true ``bounded`` attribute: where it is started bounds how many
+    run at once by the action's concurrency limit, so the dispatcher holds no slot of
+    that limit for it.
+    """
 
     def start(self, done: Done) -> None:
         """Send it now. ``done`` is called exactly once, later, from the event loop

@@ -84,6 +84,8 @@ class PreparedRequest:
     only started there."""
 
     __slots__ = ("client", "id", "request")
+    #: the firing process bounds how many run at once
+    bounded = True
 
     def __init__(self, request: Request, client: FiringProcess) -> None:
         self.request = request
@@ -103,7 +105,7 @@ class PreparedRequest:
                 done(outcome(request, response))
 
         if client.closed:  # (a new process since: the preparation went with the old one)
-            client, id_ = shared(client.max_clients), None
+            client, id_ = shared(), None
         try:
             client.submit(request, finished, id_)
         except CurlError as e:
@@ -167,7 +169,7 @@ class HttpAction(Action):
 
     async def execute(self, *args: object, **kwargs: object) -> None:
         request = self.build_request()
-        client = shared(self.settings.http_max_clients)
+        client = shared(self.settings)
         try:
             response = await client.fetch(request)
         except CurlError as e:  # refused, time-outs, TLS, too many redirects...
@@ -179,7 +181,7 @@ class HttpAction(Action):
     def prepare(self) -> PreparedRequest:
         request = self.build_request()
         request.lines = header_lines(request)
-        return PreparedRequest(request, shared(self.settings.http_max_clients))
+        return PreparedRequest(request, shared(self.settings))
 
     @classmethod
     async def close_shared(cls) -> None:

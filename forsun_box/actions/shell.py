@@ -75,6 +75,8 @@ class PreparedCommand:
     the instant it is only spawned there."""
 
     __slots__ = ("argv", "client", "env", "id", "started", "timeout_s")
+    #: the firing process bounds how many run at once
+    bounded = True
 
     def __init__(
         self, argv: list[str], env: dict[str, str], timeout_s: float, client: FiringProcess
@@ -90,7 +92,7 @@ class PreparedCommand:
         client, id_ = self.client, self.id
         self.id = None
         if client.closed or id_ is None:  # (a new process since, or started before)
-            client = self.client = shared(client.max_clients)
+            client = self.client = shared()
             id_ = client.prepare_command(self.argv, self.env, self.timeout_s)
         timeout_s = self.timeout_s
 
@@ -143,7 +145,7 @@ class ShellAction(Action):
         env["FORSUN_TIMESTAMP"] = str(self.ts)
         env["FORSUN_FIRING_ID"] = self.firing_id
         return PreparedCommand(
-            [SHELL, "-c", script], env, settings.shell_timeout_s, shared(settings.http_max_clients)
+            [SHELL, "-c", script], env, settings.shell_timeout_s, shared(settings)
         )
 
     async def execute(self, *args: object, **kwargs: object) -> None:

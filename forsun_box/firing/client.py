@@ -3,8 +3,13 @@
 :class:`FiringProcess` starts the process, sends it requests and commands (batched: one
 write for every few dozen messages, or one per turn of the loop) and hands their ends to
 callbacks on the event loop. :func:`shared` is the running loop's one process, which the
-http and shell actions use; it is started on first use and rebuilt when
-``http_max_clients`` changes or the process died.
+http and shell actions use; it is started on first use and rebuilt when its limits
+change (``http_max_clients``, the http and shell concurrency) or the process died.
+
+The process bounds how many requests and commands run at once: at most
+``http_max_clients`` connections, at most the http action's concurrency of requests and
+the shell action's of commands. Starts beyond that wait there, in order, not here: a
+burst's starts all go out at once.
 
 If the process dies, every request and command it had started ends with an error (the
 retry policy applies) and the next use starts a new one.
@@ -26,6 +31,7 @@ from typing import Any
 
 import pycurl
 
+from forsun_box.actions.base import Action, ActionSettings
 from forsun_box.firing import wire
 from forsun_box.firing.curl import CurlError, Request, Response, to_wire
 
@@ -44,9 +50,10 @@ OnDone = Callable[[Response | None, CurlError | None], None]
 OnExit = Callable[[int, str, int], None]
 
 
-def _command(fd: int, max_clients: int) -> list[str]:
+def _command(fd: int, limits: Limits) -> list[str]:
+    numbers = [str(fd), *(str(n) for n in limits)]
     if getattr(sys, "frozen", False):
-        return [sys.executable, FROZEN_FLAG, str(fd), str(max_clients)]
+        return [sys.executable, FROZEN_FLAG, *numbers]
     # the package's own directory first: it is importable even where only the service's
     # sys.path knew it (the environment is left as it is: commands inherit it)
     home = str(Path(__file__).resolve().parents[2])
@@ -54,22 +61,37 @@ def _command(fd: int, max_clients: int) -> list[str]:
         f"import sys; sys.path.insert(0, {home!r}); "
         "from forsun_box.firing.worker import main; sys.exit(main())"
     )
-    return [sys.executable, "-c", code, str(fd), str(max_clients)]
+    return [sys.executable, "-c", code, *numbers]
+
+
+#: connections, requests and commands running at once, at most
+Limits = tuple[int, int, int]
+
+
+def limits_of(settings: ActionSettings) -> Limits:
+    """The limits ``settings`` give a firing process."""
+    max_clients = max(1, settings.http_max_clients)
+    return (
+        max_clients,
+        min(max_clients, settings.concurrency_for("http")),
+        settings.concurrency_for("shell"),
+    )
 
 
 class FiringProcess:
     """One firing process and what it was asked to do; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_clients: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits) -> None:
         self.loop = loop
-        self.max_clients = max(1, max_clients)
+        self.limits = limits
+        self.max_clients = limits[0]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for end in (ours, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         try:
             self._process = subprocess.Popen(
-                _command(theirs.fileno(), self.max_clients),
+                _command(theirs.fileno(), limits),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -311,21 +333,22 @@ _processes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FiringProcess] 
 _last: FiringProcess | None = None
 
 
-def shared(max_clients: int) -> FiringProcess:
-    """The running loop's firing process, (re)started when ``max_clients`` changed or it
-    is closed."""
+def shared(settings: ActionSettings | None = None) -> FiringProcess:
+    """The running loop's firing process for ``settings`` (default: the actions'), (re)started
+    when its limits changed or it is closed."""
     global _last
+    limits = limits_of(Action.settings if settings is None else settings)
     loop = asyncio.get_running_loop()
     found = _last
     # the weak mapping builds a weakref per look-up: check the last one first
     if found is None or found.loop is not loop or found.closed:
         found = _processes.get(loop)
-    if found is not None and found.max_clients == max(1, max_clients) and not found.closed:
+    if found is not None and found.limits == limits and not found.closed:
         _last = found
         return found
     if found is not None:
         found.close()
-    found = _processes[loop] = FiringProcess(loop, max_clients)
+    found = _processes[loop] = FiringProcess(loop, limits)
     _last = found
     return found
 

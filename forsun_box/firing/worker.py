@@ -13,13 +13,13 @@ client: wait on libcurl's sockets (``curl_multi_fdset``), the service's socket a
 commands' pipes and pidfds, then one ``curl_multi_perform`` for every transfer at once.
 Few descriptors are open here, so a spawn costs what it costs a bare program.
 
-At most ``max_clients`` transfers run at once (more wait in order, and give up when they
-waited longer than their ``request_timeout``) and libcurl keeps at most ``max_clients``
-connections. The process ends when the service's end of the socket closes (the service
+At most ``HTTP_LIMIT`` transfers run at once (more wait in order, and give up when they
+waited longer than their ``request_timeout``), libcurl keeps at most ``MAX_CLIENTS``
+connections, and at most ``SHELL_LIMIT`` commands run at once (more wait in order). The process ends when the service's end of the socket closes (the service
 stopped or died); commands still running go on in their own sessions.
 
-Run as ``python -m forsun_box.firing.worker FD MAX_CLIENTS`` (the frozen executable:
-``forsun-box --firing-process FD MAX_CLIENTS``).
+Run as ``python -m forsun_box.firing.worker FD MAX_CLIENTS HTTP_LIMIT SHELL_LIMIT`` (the
+frozen executable: ``forsun-box --firing-process FD ...``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ _NO_PIDFD_POLL_S = 0.005
 _SELECT_LIMIT = 1024
 
 Send = Callable[[tuple[Any, ...]], None]
+#: what a command's timer does
+_TIME_OUT, _KILL, _PIPES = 1, 2, 3
 
 
 class _Body:
@@ -82,8 +84,9 @@ class _Body:
 class Http:
     """The transfers: prepared, waiting for a slot, running."""
 
-    def __init__(self, max_clients: int, send: Send) -> None:
+    def __init__(self, max_clients: int, limit: int, send: Send) -> None:
         self.max_clients = max(1, max_clients)
+        self.limit = max(1, limit)
         self.send = send
         self.multi = pycurl.CurlMulti()
         # the connection bound: libcurl closes an idle connection to make room for a new one
@@ -111,7 +114,7 @@ class Http:
         request, curl = self.prepared.pop(id_)
         if curl is not None:
             self.handles -= 1
-        if len(self.running) < self.max_clients and not self.queue:
+        if len(self.running) < self.limit and not self.queue:
             self._launch(id_, request, curl)
         else:
             self.queue.append((id_, request, curl, time.monotonic()))
@@ -157,7 +160,7 @@ class Http:
                     self._finish(curl, code, message)
                 if not queued:
                     break
-            if not (self.queue and len(self.running) < self.max_clients and self._grant()):
+            if not (self.queue and len(self.running) < self.limit and self._grant()):
                 return
 
     def timeout_s(self) -> float | None:
@@ -168,7 +171,7 @@ class Http:
         """Start waiting transfers in the free slots; True when one started."""
         started = False
         now = time.monotonic()
-        while self.queue and len(self.running) < self.max_clients:
+        while self.queue and len(self.running) < self.limit:
             id_, request, curl, since = self.queue.popleft()
             if now - since > request[7]:
                 if curl is not None:
@@ -279,10 +282,12 @@ class _Command:
 class Shell:
     """The commands: prepared, running, and the timers of those running."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, limit: int, send: Send) -> None:
+        self.limit = max(1, limit)
         self.send = send
         self.environment: dict[str, str] = dict(os.environ)
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
+        self.queue: deque[tuple[int, CommandLine, float]] = deque()
         self.running: dict[int, _Command] = {}
         self.fds: dict[int, _Command] = {}  # pipe or pidfd -> its command
         self.unwatched: list[_Command] = []  # no pidfd: their exit is polled
@@ -302,6 +307,12 @@ class Shell:
 
     def start(self, id_: int) -> None:
         command, timeout_s = self.prepared.pop(id_)
+        if len(self.running) < self.limit and not self.queue:
+            self._spawn(id_, command, timeout_s)
+        else:
+            self.queue.append((id_, command, timeout_s))
+
+    def _spawn(self, id_: int, command: CommandLine, timeout_s: float) -> None:
         try:
             pid, out_fd, err_fd = spawn_now(command)
         except OSError as e:
@@ -329,6 +340,10 @@ class Shell:
             return True
         child = self.running.get(id_)
         if child is None:
+            for i, queued in enumerate(self.queue):
+                if queued[0] == id_:
+                    del self.queue[i]
+                    return True
             return False
         _kill_group(child.pid, signal.SIGTERM)
         self.doomed[id_] = child.pid
@@ -435,6 +450,8 @@ class Shell:
 
     def _forget(self, child: _Command) -> None:
         self.running.pop(child.id, None)
+        while self.queue and len(self.running) < self.limit:
+            self._spawn(*self.queue.popleft())
         for fd in (child.out_fd, child.err_fd, child.pidfd):
             if fd >= 0:
                 self._close(fd)
@@ -457,8 +474,6 @@ class Shell:
             self.send((child.id, code or 0, text, wire.EXITED))
 
 
-_TIME_OUT, _KILL, _PIPES = 1, 2, 3
-
 
 def _wait(readers: list[int], writers: list[int], timeout: float | None) -> list[int]:
     """The readable ones of ``readers`` once something is ready or ``timeout`` passed."""
@@ -479,15 +494,17 @@ def _wait(readers: list[int], writers: list[int], timeout: float | None) -> list
 class Worker:
     """The loop: the service's messages in, ends out, libcurl and the commands between."""
 
-    def __init__(self, sock: socket.socket, max_clients: int) -> None:
+    def __init__(
+        self, sock: socket.socket, max_clients: int, http_limit: int, shell_limit: int
+    ) -> None:
         self.sock = sock
         sock.setblocking(False)
         self.fd = sock.fileno()
         self.ends: list[tuple[Any, ...]] = []
         self.out = bytearray()
         self.inbox = bytearray()
-        self.http = Http(max_clients, self.ends.append)
-        self.shell = Shell(self.ends.append)
+        self.http = Http(max_clients, http_limit, self.ends.append)
+        self.shell = Shell(shell_limit, self.ends.append)
         self.open = True
 
     def run(self) -> None:
@@ -565,12 +582,12 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    fd, max_clients = int(args[0]), int(args[1])
+    fd, max_clients, http_limit, shell_limit = (int(arg) for arg in args[:4])
     # a terminal's Ctrl-C or hang-up is for the service, which stops this process itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
-    Worker(sock, max_clients).run()
+    Worker(sock, max_clients, http_limit, shell_limit).run()
     return 0
 
 

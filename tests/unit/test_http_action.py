@@ -379,7 +379,7 @@ def test_cancelled_request_gives_its_slot_back():
         slow.cancel()
         started = time.monotonic()
         error = await asyncio.wait_for(waiting, 2)
-        return error, time.monotonic() - started, shared(1)
+        return error, time.monotonic() - started, shared()
 
     error, waited, client = run_with_server(body, http_max_clients=1)
     assert error is None and waited < 1
@@ -399,9 +399,9 @@ def test_close_fails_requests_in_flight():
 
 def test_one_client_per_loop_rebuilt_when_max_clients_changes():
     async def main():
-        first = shared(4)
-        assert shared(4) is first
-        second = shared(8)
+        first = shared(ActionSettings(http_max_clients=4))
+        assert shared(ActionSettings(http_max_clients=4)) is first
+        second = shared(ActionSettings(http_max_clients=8))
         assert second is not first and first.closed and second.max_clients == 8
         close_shared()
         assert second.closed
@@ -414,7 +414,7 @@ def test_one_client_per_loop_rebuilt_when_max_clients_changes():
 
 def test_client_directly_reports_connection_errors():
     async def main():
-        client = FiringProcess(asyncio.get_running_loop(), 2)
+        client = FiringProcess(asyncio.get_running_loop(), (2, 2, 2))
         try:
             with pytest.raises(CurlError) as info:
                 await client.fetch(Request("http://127.0.0.1:1/", connect_timeout=1))
@@ -471,7 +471,7 @@ def test_prepared_request_is_sent_as_built_and_reports_through_done():
 def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared(1)
+        client = shared()
         ends: list[tuple[str, object]] = []
         done = loop.create_future()
 
@@ -501,7 +501,7 @@ def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
 def test_close_fails_submitted_requests_queued_and_in_flight():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared(1)
+        client = shared()
         errors: list[object] = []
         done = loop.create_future()
 
@@ -518,6 +518,6 @@ def test_close_fails_submitted_requests_queued_and_in_flight():
         await asyncio.wait_for(done, 2)
         return errors
 
-    errors = run_with_server(body)
+    errors = run_with_server(body, http_max_clients=1)
     assert len(errors) == 2
     assert all(isinstance(e, CurlError) and "closed" in str(e) for e in errors)
