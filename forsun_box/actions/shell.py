@@ -13,7 +13,7 @@ the error text of a failed run.
 Commands are spawned by the firing process (:mod:`forsun_box.firing`): with
 ``posix_spawn``, from a process with few descriptors open and nothing else to
 do, so that a spawn costs what it costs a bare program, and watched there (its
-two output pipes, a pidfd that becomes readable when it exits). Everything but
+two output pipes and its exit). Everything but
 the spawn -- the checks, the command line, the environment, as C arrays -- is
 done ahead by :meth:`ShellAction.prepare`. A working directory is entered by
 the shell itself (``cd`` before the command): ``posix_spawn`` here has no chdir.

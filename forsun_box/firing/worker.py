@@ -10,7 +10,7 @@ Why a process of its own: at the instant of a burst, the service still answers i
 commits its records and runs its store's thread, all under one interpreter lock; here
 nothing else runs. It has one thread and one loop, the loop of a bare libcurl multi
 client: wait on libcurl's sockets (``curl_multi_fdset``), the service's socket and the
-commands' pipes and pidfds, then one ``curl_multi_perform`` for every transfer at once.
+commands' pipes and exits, then one ``curl_multi_perform`` for every transfer at once.
 Few descriptors are open here, so a spawn costs what it costs a bare program.
 
 At most ``HTTP_LIMIT`` transfers run at once (more wait in order, and give up when they
@@ -57,9 +57,8 @@ OUTPUT_TAIL_BYTES = 4096
 PIPE_GRACE_S = 1.0
 #: how long a process group gets between SIGTERM and SIGKILL
 KILL_GRACE_S = 2.0
-#: the longest wait for anything, seconds (where there is no pidfd: 5 ms)
+#: the longest wait for anything, seconds
 _IDLE_S = 1.0
-_NO_PIDFD_POLL_S = 0.005
 #: descriptors at or above this are waited on with poll (select's limit)
 _SELECT_LIMIT = 1024
 
@@ -263,9 +262,9 @@ def _kill_group(pid: int, sig: int) -> None:
 
 
 class _Command:
-    """One running command: its pipes, its pidfd, its output so far."""
+    """One running command: its pipes and its output so far."""
 
-    __slots__ = ("code", "err", "err_fd", "id", "out", "out_fd", "pid", "pidfd", "timed_out")
+    __slots__ = ("code", "err", "err_fd", "id", "out", "out_fd", "pid", "timed_out")
 
     def __init__(self, id_: int, pid: int, out_fd: int, err_fd: int) -> None:
         self.id = id_
@@ -276,11 +275,16 @@ class _Command:
         self.err = _Tail()
         self.code: int | None = None
         self.timed_out = False
-        self.pidfd = -1
 
 
 class Shell:
-    """The commands: prepared, running, and the timers of those running."""
+    """The commands: prepared, waiting for a slot, running, and their timers.
+
+    Output pipes are watched through an epoll set of their own (one descriptor in the
+    loop's wait, however many commands run), exits through SIGCHLD written to a wake-up
+    pipe; every child of this process is a command, so each wake-up reaps them all. A
+    command holds two descriptors while it runs (a spawn costs more the more are open).
+    """
 
     def __init__(self, limit: int, send: Send) -> None:
         self.limit = max(1, limit)
@@ -289,12 +293,15 @@ class Shell:
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
         self.queue: deque[tuple[int, CommandLine, float]] = deque()
         self.running: dict[int, _Command] = {}
-        self.fds: dict[int, _Command] = {}  # pipe or pidfd -> its command
-        self.unwatched: list[_Command] = []  # no pidfd: their exit is polled
+        self.by_pid: dict[int, _Command] = {}
+        self.pipes: dict[int, _Command] = {}  # pipe -> its command
+        self.epoll = select.epoll()
         self.timers: list[tuple[float, int, int, int]] = []  # (when, seq, id, what)
         self._seq = 0
         self.doomed: dict[int, int] = {}  # id -> pid, for the SIGKILL after a SIGTERM
-        self.orphans: list[int] = []  # pids of commands nobody waits for, to be reaped
+        self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _nothing)  # (the wake-up byte is what matters)
 
     def prepare(self, id_: int, spec: tuple[list[str], dict[str, str], float]) -> None:
         argv, extra, timeout_s = spec
@@ -311,26 +318,6 @@ class Shell:
             self._spawn(id_, command, timeout_s)
         else:
             self.queue.append((id_, command, timeout_s))
-
-    def _spawn(self, id_: int, command: CommandLine, timeout_s: float) -> None:
-        try:
-            pid, out_fd, err_fd = spawn_now(command)
-        except OSError as e:
-            self.send((id_, 0, f"cannot start {SHELL}: {e}", wire.NOT_STARTED))
-            return
-        child = _Command(id_, pid, out_fd, err_fd)
-        for fd in (out_fd, err_fd):
-            os.set_blocking(fd, False)
-            self.fds[fd] = child
-        try:
-            child.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self.unwatched.append(child)
-        else:
-            self.fds[child.pidfd] = child
-        self.running[id_] = child
-        if timeout_s > 0:
-            self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
 
     def drop(self, id_: int) -> bool:
         return self.prepared.pop(id_, None) is not None
@@ -351,46 +338,51 @@ class Shell:
         self._forget(child)  # nobody waits for its end
         return True
 
-    def ready(self, fd: int) -> None:
-        child = self.fds.get(fd)
-        if child is None:
-            return
-        if fd == child.pidfd:
-            if self._reap(child):
-                self._close(fd)
-                child.pidfd = -1
-                self._exited(child)
-            return
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            (child.out if fd == child.out_fd else child.err).add(chunk)
-            return
-        self._close(fd)
-        if fd == child.out_fd:
-            child.out_fd = -1
-        else:
-            child.err_fd = -1
-        if child.code is not None and child.out_fd < 0 and child.err_fd < 0:
-            self._finish(child)
-
-    def poll_exits(self) -> None:
-        """Reap the commands watched without a pidfd, and those nobody waits for."""
-        for child in list(self.unwatched):
-            if self._reap(child):
-                self.unwatched.remove(child)
-                self._exited(child)
-        for pid in list(self.orphans):
+    def read_pipes(self) -> None:
+        """Read what the commands wrote; a pipe at its end is closed."""
+        pipes = self.pipes
+        for fd, _ in self.epoll.poll(0):
+            child = pipes.get(fd)
+            if child is None:
+                continue
             try:
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            except ChildProcessError:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                (child.out if fd == child.out_fd else child.err).add(chunk)
+                continue
+            self._close(fd)
+            if fd == child.out_fd:
+                child.out_fd = -1
+            else:
+                child.err_fd = -1
+            if child.code is not None and child.out_fd < 0 and child.err_fd < 0:
+                self._finish(child)
+
+    def reap(self) -> None:
+        """Collect every command that exited (after SIGCHLD woke the loop)."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_fd, 4096):
                 pass
-            self.orphans.remove(pid)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # no children left
+            if pid == 0:
+                return
+            child = self.by_pid.pop(pid, None)
+            if child is None:
+                continue  # cancelled: nobody waits for it
+            child.code = os.waitstatus_to_exitcode(status)
+            if child.out_fd < 0 and child.err_fd < 0:
+                self._finish(child)
+            else:
+                # a detached background child may hold the pipes open forever
+                self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
 
     def run_timers(self) -> None:
         now = time.monotonic()
@@ -414,52 +406,47 @@ class Shell:
                 self._finish(child)
 
     def timeout_s(self) -> float | None:
-        waits = []
-        if self.timers:
-            waits.append(max(0.0, self.timers[0][0] - time.monotonic()))
-        if self.unwatched or self.orphans:
-            waits.append(_NO_PIDFD_POLL_S)
-        return min(waits) if waits else None
+        if not self.timers:
+            return None
+        return max(0.0, self.timers[0][0] - time.monotonic())
 
     # -- inside ---------------------------------------------------------------------------
+
+    def _spawn(self, id_: int, command: CommandLine, timeout_s: float) -> None:
+        try:
+            pid, out_fd, err_fd = spawn_now(command)
+        except OSError as e:
+            self.send((id_, 0, f"cannot start {SHELL}: {e}", wire.NOT_STARTED))
+            return
+        child = _Command(id_, pid, out_fd, err_fd)
+        for fd in (out_fd, err_fd):
+            os.set_blocking(fd, False)
+            self.pipes[fd] = child
+            self.epoll.register(fd, select.EPOLLIN)
+        self.running[id_] = child
+        self.by_pid[pid] = child
+        if timeout_s > 0:
+            self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
 
     def _at(self, when: float, id_: int, what: int) -> None:
         self._seq += 1
         heapq.heappush(self.timers, (when, self._seq, id_, what))
 
-    def _reap(self, child: _Command) -> bool:
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-        except ChildProcessError:  # collected already: its status is lost
-            child.code = 255
-            return True
-        if pid == 0:
-            return False
-        child.code = os.waitstatus_to_exitcode(status)
-        return True
-
-    def _exited(self, child: _Command) -> None:
-        if child.out_fd < 0 and child.err_fd < 0:
-            self._finish(child)
-        else:
-            self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
-
     def _close(self, fd: int) -> None:
-        if self.fds.pop(fd, None) is not None:
+        if self.pipes.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
             os.close(fd)
 
     def _forget(self, child: _Command) -> None:
         self.running.pop(child.id, None)
-        while self.queue and len(self.running) < self.limit:
-            self._spawn(*self.queue.popleft())
-        for fd in (child.out_fd, child.err_fd, child.pidfd):
+        if child.code is None:
+            self.by_pid.pop(child.pid, None)  # reaped when it exits, unreported
+        for fd in (child.out_fd, child.err_fd):
             if fd >= 0:
                 self._close(fd)
-        child.out_fd = child.err_fd = child.pidfd = -1
-        if child in self.unwatched:
-            self.unwatched.remove(child)
-        if child.code is None:
-            self.orphans.append(child.pid)
+        child.out_fd = child.err_fd = -1
+        while self.queue and len(self.running) < self.limit:
+            self._spawn(*self.queue.popleft())
 
     def _finish(self, child: _Command) -> None:
         if self.running.get(child.id) is not child:
@@ -473,6 +460,9 @@ class Shell:
         else:
             self.send((child.id, code or 0, text, wire.EXITED))
 
+
+def _nothing(signum: int, frame: object) -> None:
+    """SIGCHLD's handler: the wake-up pipe has its byte already."""
 
 
 def _wait(readers: list[int], writers: list[int], timeout: float | None) -> list[int]:
@@ -511,7 +501,9 @@ class Worker:
         http, shell = self.http, self.shell
         while self.open:
             reads, writes, _ = http.multi.fdset()
-            readers = [self.fd, *reads, *shell.fds]
+            readers = [self.fd, shell.wake_fd, *reads]
+            if shell.pipes:
+                readers.append(shell.epoll.fileno())
             if self.out:
                 writes = [*writes, self.fd]
             timeouts = [t for t in (http.timeout_s(), shell.timeout_s()) if t is not None]
@@ -520,10 +512,10 @@ class Worker:
             for fd in readable:
                 if fd == self.fd:
                     self._receive()
-                else:
-                    shell.ready(fd)
-            if shell.unwatched or shell.orphans:
-                shell.poll_exits()
+                elif fd == shell.wake_fd:
+                    shell.reap()
+                elif fd == shell.epoll.fileno():
+                    shell.read_pipes()
             if shell.timers:
                 shell.run_timers()
             http.drive()
