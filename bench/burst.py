@@ -312,6 +312,7 @@ def profiled(server: Server, out: Path | None, seconds: float) -> Iterator[None]
         [
             *(spy, "record", "--pid", str(server.pid), "--rate", "250", "--format", "raw"),
             *("--duration", str(int(seconds) + 1), "--output", str(out), "--nonblocking"),
+            "--subprocesses",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
