@@ -105,7 +105,7 @@ class PreparedRequest:
                 done(outcome(request, response))
 
         if client.closed:  # (a new process since: the preparation went with the old one)
-            client, id_ = shared(), None
+            client, id_ = shared(Action.settings), None
         try:
             client.submit(request, finished, id_)
         except CurlError as e:

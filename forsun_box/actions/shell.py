@@ -92,7 +92,7 @@ class PreparedCommand:
         client, id_ = self.client, self.id
         self.id = None
         if client.closed or id_ is None:  # (a new process since, or started before)
-            client = self.client = shared()
+            client = self.client = shared(Action.settings)
             id_ = client.prepare_command(self.argv, self.env, self.timeout_s)
         timeout_s = self.timeout_s
 

@@ -27,13 +27,15 @@ import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pycurl
 
-from forsun_box.actions.base import Action, ActionSettings
 from forsun_box.firing import wire
 from forsun_box.firing.curl import CurlError, Request, Response, to_wire
+
+if TYPE_CHECKING:
+    from forsun_box.actions.base import ActionSettings
 
 logger = logging.getLogger("forsun_box.actions")
 
@@ -229,6 +231,7 @@ class FiringProcess:
             self.loop.remove_reader(self._fd)
             if self._unsent:
                 self.loop.remove_writer(self._fd)
+        self._last_words()
         self._sock.close()
         waiting, self._waiting = self._waiting, {}
         if not self.loop.is_closed():
@@ -241,6 +244,20 @@ class FiringProcess:
             self._process.wait(5)
 
     # -- the socket ---------------------------------------------------------------------------
+
+    def _last_words(self) -> None:
+        """Send what is not sent yet (a cancel, say) before the socket closes."""
+        if self._messages:
+            self._unsent += wire.frame(self._messages)
+            self._messages = []
+        if not self._unsent or self._process.poll() is not None:
+            return
+        try:
+            self._sock.settimeout(1.0)
+            self._sock.sendall(self._unsent)
+        except OSError:
+            pass  # it is gone or stuck: what it had is lost either way
+        self._unsent.clear()
 
     def _send(self, message: tuple[Any, ...]) -> None:
         messages = self._messages
@@ -309,8 +326,7 @@ class FiringProcess:
         code = self._process.poll()
         in_flight = len(self._waiting)
         logger.warning(
-            "the firing process %d exited (status %s); %d request(s) and command(s) in flight "
-            "fail",
+            "the firing process %d exited (status %s); %d request(s) and command(s) in flight fail",
             self._process.pid,
             code,
             in_flight,
@@ -333,11 +349,11 @@ _processes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FiringProcess] 
 _last: FiringProcess | None = None
 
 
-def shared(settings: ActionSettings | None = None) -> FiringProcess:
-    """The running loop's firing process for ``settings`` (default: the actions'), (re)started
-    when its limits changed or it is closed."""
+def shared(settings: ActionSettings) -> FiringProcess:
+    """The running loop's firing process for ``settings``, (re)started when its limits
+    changed or it is closed."""
     global _last
-    limits = limits_of(Action.settings if settings is None else settings)
+    limits = limits_of(settings)
     loop = asyncio.get_running_loop()
     found = _last
     # the weak mapping builds a weakref per look-up: check the last one first

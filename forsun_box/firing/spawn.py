@@ -1,4 +1,4 @@
-"""Starting a command: libc's ``posix_spawn``, its own session, output to two pipes.
+"""Starting a command: libc's ``posix_spawn``, its own process group, output to two pipes.
 
 A spawn holds its caller until the new process has called ``exec`` (glibc spawns
 with ``CLONE_VFORK``): a millisecond or more, longer the more descriptors the
@@ -7,6 +7,13 @@ firing process (:mod:`forsun_box.firing.worker`), which holds few descriptors,
 spawns; libc's function is called through ctypes, and where it cannot be found
 ``os.posix_spawn`` does the same. The command line and environment are turned
 into C arrays once, ahead of the instant (:class:`CommandLine`).
+
+A command gets a process group of its own (a time limit kills the whole group) but
+stays in the service's session: the scheduler shares the cores between sessions
+(autogroups), so a burst of commands each in a session of its own would leave the
+service, and everything else on the machine, a sliver of them. Signals the service
+ignores (SIGPIPE, SIGXFSZ, the firing process's SIGINT and SIGHUP) are back to their
+defaults in the command.
 """
 
 from __future__ import annotations
@@ -14,11 +21,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 
-#: glibc's and musl's value of POSIX_SPAWN_SETSID (the child starts its own session)
-_POSIX_SPAWN_SETSID = 0x80
-#: bytes reserved for the opaque posix_spawn_file_actions_t / posix_spawnattr_t
+#: glibc's and musl's POSIX_SPAWN_SETPGROUP and POSIX_SPAWN_SETSIGDEF
+_POSIX_SPAWN_SETPGROUP = 0x02
+_POSIX_SPAWN_SETSIGDEF = 0x04
+#: bytes reserved for the opaque posix_spawn_file_actions_t / posix_spawnattr_t / sigset_t
 _OPAQUE_BYTES = 512
+#: signals a command starts with at their default disposition
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP)
+
 
 def _load_libc() -> ctypes.CDLL | None:
     try:
@@ -31,7 +43,11 @@ def _load_libc() -> ctypes.CDLL | None:
             "posix_spawn_file_actions_destroy",
             "posix_spawnattr_init",
             "posix_spawnattr_setflags",
+            "posix_spawnattr_setpgroup",
+            "posix_spawnattr_setsigdefault",
             "posix_spawnattr_destroy",
+            "sigemptyset",
+            "sigaddset",
         ):
             getattr(libc, name)
     except (OSError, AttributeError):
@@ -40,6 +56,19 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _libc = _load_libc()
+
+
+def _default_signals() -> ctypes.Array[ctypes.c_char] | None:
+    if _libc is None:
+        return None
+    sigset = ctypes.create_string_buffer(_OPAQUE_BYTES)
+    _libc.sigemptyset(sigset)
+    for sig in DEFAULT_SIGNALS:
+        _libc.sigaddset(sigset, int(sig))
+    return sigset
+
+
+_sigdefault = _default_signals()
 
 
 def _c_strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
@@ -65,7 +94,7 @@ class CommandLine:
 
 
 def spawn_now(command: CommandLine) -> tuple[int, int, int]:
-    """Spawn ``command`` (own session, stdin /dev/null, stdout and stderr to two new
+    """Spawn ``command`` (own process group, stdin /dev/null, stdout and stderr to two new
     pipes); returns (pid, stdout read end, stderr read end). Raises OSError."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -93,7 +122,8 @@ def _spawn(command: CommandLine, out_w: int, err_w: int) -> int:
                 (os.POSIX_SPAWN_DUP2, out_w, 1),
                 (os.POSIX_SPAWN_DUP2, err_w, 2),
             ],
-            setsid=True,
+            setpgroup=0,
+            setsigdef=DEFAULT_SIGNALS,
         )
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
@@ -104,8 +134,11 @@ def _spawn(command: CommandLine, out_w: int, err_w: int) -> int:
         libc.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0)
         libc.posix_spawn_file_actions_adddup2(actions, out_w, 1)
         libc.posix_spawn_file_actions_adddup2(actions, err_w, 2)
-        libc.posix_spawnattr_setflags(attr, ctypes.c_short(_POSIX_SPAWN_SETSID))
-        # (ctypes releases the interpreter lock for the call)
+        libc.posix_spawnattr_setflags(
+            attr, ctypes.c_short(_POSIX_SPAWN_SETPGROUP | _POSIX_SPAWN_SETSIGDEF)
+        )
+        libc.posix_spawnattr_setpgroup(attr, 0)
+        libc.posix_spawnattr_setsigdefault(attr, _sigdefault)
         err = libc.posix_spawn(
             ctypes.byref(pid), command.c_path, actions, attr, command.c_argv, command.c_env
         )

@@ -16,7 +16,7 @@ Few descriptors are open here, so a spawn costs what it costs a bare program.
 At most ``HTTP_LIMIT`` transfers run at once (more wait in order, and give up when they
 waited longer than their ``request_timeout``), libcurl keeps at most ``MAX_CLIENTS``
 connections, and at most ``SHELL_LIMIT`` commands run at once (more wait in order). The process ends when the service's end of the socket closes (the service
-stopped or died); commands still running go on in their own sessions.
+stopped or died); commands still running go on.
 
 Run as ``python -m forsun_box.firing.worker FD MAX_CLIENTS HTTP_LIMIT SHELL_LIMIT`` (the
 frozen executable: ``forsun-box --firing-process FD ...``).
@@ -57,6 +57,10 @@ OUTPUT_TAIL_BYTES = 4096
 PIPE_GRACE_S = 1.0
 #: how long a process group gets between SIGTERM and SIGKILL
 KILL_GRACE_S = 2.0
+#: commands spawned less than this ago and still running are "starting"...
+STARTING_S = 0.05
+#: ... and at most this many per core start at once (more wait for them to exit or age)
+STARTING_PER_CPU = 8
 #: the longest wait for anything, seconds
 _IDLE_S = 1.0
 #: descriptors at or above this are waited on with poll (select's limit)
@@ -264,9 +268,20 @@ def _kill_group(pid: int, sig: int) -> None:
 class _Command:
     """One running command: its pipes and its output so far."""
 
-    __slots__ = ("code", "err", "err_fd", "id", "out", "out_fd", "pid", "timed_out")
+    __slots__ = (
+        "code",
+        "err",
+        "err_fd",
+        "id",
+        "out",
+        "out_fd",
+        "pid",
+        "spawned",
+        "starting",
+        "timed_out",
+    )
 
-    def __init__(self, id_: int, pid: int, out_fd: int, err_fd: int) -> None:
+    def __init__(self, id_: int, pid: int, out_fd: int, err_fd: int, spawned: float) -> None:
         self.id = id_
         self.pid = pid
         self.out_fd = out_fd
@@ -275,6 +290,8 @@ class _Command:
         self.err = _Tail()
         self.code: int | None = None
         self.timed_out = False
+        self.spawned = spawned
+        self.starting = True
 
 
 class Shell:
@@ -282,12 +299,21 @@ class Shell:
 
     Output pipes are watched through an epoll set of their own (one descriptor in the
     loop's wait, however many commands run), exits through SIGCHLD written to a wake-up
-    pipe; every child of this process is a command, so each wake-up reaps them all. A
-    command holds two descriptors while it runs (a spawn costs more the more are open).
+    pipe; every child of this process is a command, so each wake-up reaps them all.
+
+    Besides the limit, commands start no faster than the machine runs them: at most
+    :data:`STARTING_PER_CPU` per core are in their first :data:`STARTING_S` at once. A
+    burst of short commands then runs a few at a time per core instead of hundreds at
+    once competing for the cores (which made the whole burst slower), and a long command
+    stops counting after its first moments.
     """
 
-    def __init__(self, limit: int, send: Send) -> None:
+    def __init__(self, limit: int, send: Send, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = max(1, limit)
+        self.clock = clock
+        self.starting_limit = STARTING_PER_CPU * (os.cpu_count() or 1)
+        self.starting: deque[_Command] = deque()  # in the order spawned
+        self.starting_count = 0
         self.send = send
         self.environment: dict[str, str] = dict(os.environ)
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
@@ -314,10 +340,22 @@ class Shell:
 
     def start(self, id_: int) -> None:
         command, timeout_s = self.prepared.pop(id_)
-        if len(self.running) < self.limit and not self.queue:
-            self._spawn(id_, command, timeout_s)
-        else:
-            self.queue.append((id_, command, timeout_s))
+        self.queue.append((id_, command, timeout_s))
+        self.pump()
+
+    def pump(self) -> None:
+        """Spawn waiting commands while the limits allow."""
+        queue = self.queue
+        if not queue:
+            return
+        now = self.clock()
+        starting = self.starting
+        while starting and now - starting[0].spawned >= STARTING_S:
+            self._started(starting.popleft())
+        while (
+            queue and len(self.running) < self.limit and self.starting_count < self.starting_limit
+        ):
+            self._spawn(*queue.popleft())
 
     def drop(self, id_: int) -> bool:
         return self.prepared.pop(id_, None) is not None
@@ -378,11 +416,18 @@ class Shell:
             if child is None:
                 continue  # cancelled: nobody waits for it
             child.code = os.waitstatus_to_exitcode(status)
+            self._started(child)
             if child.out_fd < 0 and child.err_fd < 0:
                 self._finish(child)
             else:
                 # a detached background child may hold the pipes open forever
                 self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
+
+    def kill_doomed(self) -> None:
+        """SIGKILL now the process groups that were to get it later (this process ends)."""
+        for pid in self.doomed.values():
+            _kill_group(pid, signal.SIGKILL)
+        self.doomed.clear()
 
     def run_timers(self) -> None:
         now = time.monotonic()
@@ -406,9 +451,12 @@ class Shell:
                 self._finish(child)
 
     def timeout_s(self) -> float | None:
-        if not self.timers:
-            return None
-        return max(0.0, self.timers[0][0] - time.monotonic())
+        waits = []
+        if self.timers:
+            waits.append(self.timers[0][0] - time.monotonic())
+        if self.queue and self.starting:
+            waits.append(self.starting[0].spawned + STARTING_S - self.clock())
+        return max(0.0, min(waits)) if waits else None
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -418,7 +466,9 @@ class Shell:
         except OSError as e:
             self.send((id_, 0, f"cannot start {SHELL}: {e}", wire.NOT_STARTED))
             return
-        child = _Command(id_, pid, out_fd, err_fd)
+        child = _Command(id_, pid, out_fd, err_fd, self.clock())
+        self.starting.append(child)
+        self.starting_count += 1
         for fd in (out_fd, err_fd):
             os.set_blocking(fd, False)
             self.pipes[fd] = child
@@ -437,16 +487,20 @@ class Shell:
             self.epoll.unregister(fd)
             os.close(fd)
 
+    def _started(self, child: _Command) -> None:
+        if child.starting:
+            child.starting = False
+            self.starting_count -= 1
+
     def _forget(self, child: _Command) -> None:
         self.running.pop(child.id, None)
+        self._started(child)
         if child.code is None:
             self.by_pid.pop(child.pid, None)  # reaped when it exits, unreported
         for fd in (child.out_fd, child.err_fd):
             if fd >= 0:
                 self._close(fd)
         child.out_fd = child.err_fd = -1
-        while self.queue and len(self.running) < self.limit:
-            self._spawn(*self.queue.popleft())
 
     def _finish(self, child: _Command) -> None:
         if self.running.get(child.id) is not child:
@@ -478,7 +532,9 @@ def _wait(readers: list[int], writers: list[int], timeout: float | None) -> list
     for fd in writers:
         poller.register(fd, select.POLLOUT | (select.POLLIN if fd in readers else 0))
     ready = poller.poll(None if timeout is None else timeout * 1000)
-    return [fd for fd, events in ready if events & (select.POLLIN | select.POLLHUP | select.POLLERR)]
+    return [
+        fd for fd, events in ready if events & (select.POLLIN | select.POLLHUP | select.POLLERR)
+    ]
 
 
 class Worker:
@@ -518,8 +574,10 @@ class Worker:
                     shell.read_pipes()
             if shell.timers:
                 shell.run_timers()
+            shell.pump()
             http.drive()
             self._flush()
+        shell.kill_doomed()
 
     def _receive(self) -> None:
         while True:
@@ -530,8 +588,8 @@ class Worker:
             except OSError:
                 chunk = b""
             if not chunk:
-                self.open = False  # the service is gone
-                return
+                self.open = False  # the service is gone (what it sent last is still done)
+                break
             self.inbox += chunk
         for message in wire.unframe(self.inbox):
             self._handle(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ from forsun_box.actions import (
     configure_actions,
     get_action,
 )
-from forsun_box.firing.client import close_shared
 from forsun_box.actions.shell import parse_env
 from forsun_box.errors import RetryLater
+from forsun_box.firing.client import close_shared
 from forsun_box.plan import Plan
 from tests.helpers import wait_until
 from tests.servers import unavailable
@@ -381,7 +382,8 @@ def test_shell_cwd_with_odd_characters(tmp_path: Path):
 @pytest.mark.parametrize("through_libc", [True, False])
 def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, through_libc: bool):
     """Both ways of spawning: libc's posix_spawn (the interpreter lock let go) and, where
-    its functions are missing, os.posix_spawn; own session, stdin /dev/null, two pipes."""
+    its functions are missing, os.posix_spawn; its own process group in the spawner's
+    session, the signals the spawner ignores at their defaults, stdin /dev/null, two pipes."""
     from forsun_box.firing import spawn
 
     if not through_libc:
@@ -389,7 +391,7 @@ def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, thro
     elif spawn._libc is None:
         unavailable("no libc posix_spawn here")  # glibc has it: CI's does
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "X_ONE": "1"}
-    cmd = 'read -r line; echo "out:$X_ONE:${line:-none}"; echo err >&2; cut -d" " -f6 /proc/$$/stat > sid'
+    cmd = 'read -r line; echo "out:$X_ONE:${line:-none}"; echo err >&2; cut -d" " -f5,6 /proc/$$/stat > ids; grep SigIgn /proc/$$/status > ign'
     command = spawn.CommandLine("/bin/sh", ["/bin/sh", "-c", f"cd {tmp_path} && {cmd}"], env)
     pid, out_fd, err_fd = spawn.spawn_now(command)
     _, status = os.waitpid(pid, 0)
@@ -397,7 +399,11 @@ def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, thro
         assert out.read() == b"out:1:none\n"  # stdin is /dev/null: nothing read
         assert err.read() == b"err\n"
     assert os.waitstatus_to_exitcode(status) == 0
-    assert int((tmp_path / "sid").read_text()) == pid  # its own session
+    group, session = (int(n) for n in (tmp_path / "ids").read_text().split())
+    assert group == pid and session == os.getsid(0)  # its own group, the same session
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # (Python's own, here)
+    ignored = int((tmp_path / "ign").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))  # not for the command
 
 
 def test_shell_commands_of_a_burst_all_run(tmp_path: Path):

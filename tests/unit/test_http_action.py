@@ -16,10 +16,10 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from forsun_box.actions import ActionFailed, ActionSettings, HttpAction, configure_actions
+from forsun_box.actions import Action, ActionFailed, ActionSettings, HttpAction, configure_actions
+from forsun_box.errors import RetryLater
 from forsun_box.firing.client import FiringProcess, close_shared, shared
 from forsun_box.firing.curl import CurlError, Request, header_lines
-from forsun_box.errors import RetryLater
 from forsun_box.plan import Plan
 from tests.helpers import wait_until_async
 from tests.servers import need_binary
@@ -379,7 +379,7 @@ def test_cancelled_request_gives_its_slot_back():
         slow.cancel()
         started = time.monotonic()
         error = await asyncio.wait_for(waiting, 2)
-        return error, time.monotonic() - started, shared()
+        return error, time.monotonic() - started, shared(Action.settings)
 
     error, waited, client = run_with_server(body, http_max_clients=1)
     assert error is None and waited < 1
@@ -471,7 +471,7 @@ def test_prepared_request_is_sent_as_built_and_reports_through_done():
 def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared()
+        client = shared(Action.settings)
         ends: list[tuple[str, object]] = []
         done = loop.create_future()
 
@@ -501,7 +501,7 @@ def test_submitted_requests_wait_for_a_slot_in_order_and_time_out_waiting():
 def test_close_fails_submitted_requests_queued_and_in_flight():
     async def body(port, state):
         loop = asyncio.get_running_loop()
-        client = shared()
+        client = shared(Action.settings)
         errors: list[object] = []
         done = loop.create_future()
 

@@ -51,6 +51,18 @@ class _Ready:
         _Log.discarded.append((self.action.plan.key, self.v))
 
 
+class _Held(_Ready):
+    """A preparation bounded where it is sent; it ends when the test says so."""
+
+    bounded = True
+    ends: list[Done] = []  # noqa: RUF012
+
+    def start(self, done: Done) -> None:
+        a = self.action
+        _Log.started.append((a.plan.key, self.v, a.due_ms, a.clock_ms(), a.firing_id))
+        _Held.ends.append(done)
+
+
 class Recording(Action):
     clock: FakeClock | None = None
 
@@ -62,7 +74,7 @@ class Recording(Action):
         if self.params.get("bad"):
             raise ActionFailed("bad params")
         _Log.prepared.append((self.plan.key, self.params.get("v", ""), self.due_ms))
-        return _Ready(self)
+        return _Held(self) if self.params.get("held") else _Ready(self)
 
     async def execute(self, *args: object, **kwargs: object) -> None:
         _Log.executed.append((self.plan.key, self.params.get("v", "")))
@@ -76,6 +88,7 @@ def _registry():
     register_action("rec", Recording)
     _Log.prepared, _Log.started, _Log.discarded, _Log.executed = [], [], [], []
     _Log.fail_with = ""
+    _Held.ends = []
     yield
     ACTIONS.clear()
     ACTIONS.update(saved)
@@ -282,6 +295,30 @@ def test_prepared_firings_wait_for_a_slot_in_order_and_failures_are_recorded() -
         assert sorted((r.key, r.result, r.error) for r in e.runs) == [
             (f"p{i}", -1, "target said no") for i in range(5)
         ]
+        await e.stop()
+
+    run(main())
+
+
+def test_bounded_preparations_start_at_once_and_hold_no_slot() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, default_concurrency=1)
+        await e.start()
+        due = T0 + 2000
+        await e.sched.create([e.plan(f"h{i}", due, v=str(i), held="1") for i in range(3)])
+        await clock.advance(2000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # one slot, none ended: all three started anyway (the sender bounds them)
+        assert sorted(k for k, *_ in _Log.started) == ["h0", "h1", "h2"]
+        assert e.stats.get("action_executing_count") == 0
+        for done in _Held.ends:
+            asyncio.get_running_loop().call_soon(done, None)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert sorted((r.key, r.result) for r in e.runs) == [("h0", 1), ("h1", 1), ("h2", 1)]
         await e.stop()
 
     run(main())
