@@ -30,7 +30,10 @@ log = logging.getLogger("forsun_box.scheduler")
 T = TypeVar("T")
 
 #: most advances (and most run records) in one commit
-FIRING_BATCH = 20_000
+FIRING_BATCH = 4_000
+#: ... in a commit someone waits for (a create during a burst answers without waiting
+#: behind the burst's records)
+URGENT_FIRING_BATCH = 256
 
 
 @dataclass(slots=True)
@@ -226,9 +229,13 @@ class Writer:
             items, self._queue = _take(self._queue, max_batch)
             # Firing records go in smaller slices: a backlog then drains as
             # several short commits, and a window refill waiting for the
-            # store lock gets its turn between two of them.
-            advances, self.advances = _take(self.advances, FIRING_BATCH)
-            runs, self.runs = _take(self.runs, FIRING_BATCH)
+            # store lock gets its turn between two of them; fewer still go with
+            # the mutations of callers who wait.
+            cap = FIRING_BATCH
+            if any(fut is not None for _, fut in items):
+                cap = URGENT_FIRING_BATCH
+            advances, self.advances = _take(self.advances, cap)
+            runs, self.runs = _take(self.runs, cap)
             self._busy = True
             try:
                 error = await self._commit([m for m, _ in items], advances, runs)

@@ -72,3 +72,33 @@ def test_commits_share_a_transaction_and_report_what_committed(fails: bool) -> N
         [Puts([plan("a")])],
         [Delete("a"), Puts([plan("b")])],
     ]
+
+
+def test_a_caller_waits_behind_few_firing_records_and_the_rest_follow() -> None:
+    from forsun_box.writer import FIRING_BATCH, URGENT_FIRING_BATCH
+
+    sizes: list[tuple[int, bool]] = []  # (run records, carried a caller's mutation)
+
+    class Recording(MemoryStore):
+        async def apply(self, batch: Batch) -> None:
+            sizes.append((len(batch.runs), bool(batch.ops)))
+            await super().apply(batch)
+
+    async def main() -> None:
+        store = Recording(path=None)
+        await store.open()
+        writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
+        # a burst's records are queued before the writer runs, then a create waits
+        backlog = FIRING_BATCH + 3 * URGENT_FIRING_BATCH
+        for i in range(backlog):
+            writer.submit_run(Run(f"k{i}", T0, T0, 1, 1, 1))
+        waiting = writer.submit(Puts([plan("new")]), True)
+        writer.start()
+        assert waiting is not None
+        await asyncio.wait_for(waiting, 5)
+        await writer.close()
+
+    asyncio.run(main())
+    # the caller's commit came first, with few records; the rest in full slices after it
+    assert sizes[0] == (URGENT_FIRING_BATCH, True)
+    assert sizes[1:] == [(FIRING_BATCH, False), (2 * URGENT_FIRING_BATCH, False)]
