@@ -336,9 +336,7 @@ class Scheduler:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        fut = self._writer.submit(SetMeta("processed_until", str(self.clock.now_ms())), True)
-        assert fut is not None
-        await fut
+        await self._writer.barrier(SetMeta("processed_until", str(self.clock.now_ms())))
 
     def record_run(self, run: Run) -> None:
         """Dispatcher callback: persist one attempt's record."""

@@ -29,10 +29,12 @@ log = logging.getLogger("forsun_box.scheduler")
 
 T = TypeVar("T")
 
-#: most advances (and most run records) in one commit
-FIRING_BATCH = 4_000
-#: ... in a commit someone waits for (a create during a burst answers without waiting
-#: behind the burst's records)
+#: most advances (and most run records) in one commit: a caller's commit waits for the
+#: one under way, so this bounds how long a create waits during a burst
+FIRING_BATCH = 1_000
+#: a commit someone waits for carries the records queued if there are at most this many;
+#: more (a burst's), and it carries none: it stays a small write (on sqlite, the ack
+#: log's) and they follow it
 URGENT_FIRING_BATCH = 256
 
 
@@ -123,6 +125,11 @@ class Writer:
         # The two records of every firing skip the queue (they commit in any order).
         self.advances: list[Moved] = []
         self.runs: list[Run] = []
+        # records queued, and records taken by a commit that ended, since the start
+        self._records_in = 0
+        self._records_out = 0
+        # (records_out to reach, who waits for it): callers of barrier()
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         # set by mutations someone may wait for: ends a linger at once
         self._urgent = asyncio.Event()
@@ -185,11 +192,26 @@ class Writer:
 
     def submit_advance(self, adv: Advance, moved: Plan | None) -> None:
         self.advances.append((adv, moved))
+        self._records_in += 1
         self._wake.set()
 
     def submit_run(self, run: Run) -> None:
         self.runs.append(run)
+        self._records_in += 1
         self._wake.set()
+
+    async def barrier(self, mutation: Mutation) -> None:
+        """Commit ``mutation`` and wait until every record queued before it committed
+        too (a waited-for commit carries few of them: they may follow it)."""
+        target = self._records_in
+        fut = self.submit(mutation, True)
+        assert fut is not None
+        await fut
+        if self._records_out < target:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._barriers.append((target, waiter))
+            self._urgent.set()  # (no lingering while someone waits)
+            await waiter
 
     def __len__(self) -> int:
         return len(self._queue) + len(self.advances) + len(self.runs)
@@ -214,6 +236,7 @@ class Writer:
                 self._linger_s > 0
                 and not any(fut is not None for _, fut in self._queue)
                 and not self._closing
+                and not self._barriers
                 and len(self.advances) + len(self.runs) < FIRING_BATCH
             ):
                 # Only firing records: let more of them gather for one commit
@@ -232,8 +255,10 @@ class Writer:
             # store lock gets its turn between two of them; fewer still go with
             # the mutations of callers who wait.
             cap = FIRING_BATCH
-            if any(fut is not None for _, fut in items):
-                cap = URGENT_FIRING_BATCH
+            if len(self.advances) + len(self.runs) > URGENT_FIRING_BATCH and any(
+                fut is not None for _, fut in items
+            ):
+                cap = 0
             advances, self.advances = _take(self.advances, cap)
             runs, self.runs = _take(self.runs, cap)
             self._busy = True
@@ -241,6 +266,9 @@ class Writer:
                 error = await self._commit([m for m, _ in items], advances, runs)
             finally:
                 self._busy = False
+            self._records_out += len(advances) + len(runs)
+            if self._barriers:
+                self._release_barriers()
             if error is not None:
                 log.error("commit of %d mutations failed: %s", len(items), error)
             for _, fut in items:
@@ -249,6 +277,17 @@ class Writer:
                         fut.set_result(None)
                     else:
                         fut.set_exception(error)
+
+    def _release_barriers(self) -> None:
+        done = self._records_out
+        still = []
+        for target, waiter in self._barriers:
+            if target <= done:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._barriers = still
 
     async def _commit(
         self, mutations: list[Mutation], advances: list[Moved], runs: list[Run]

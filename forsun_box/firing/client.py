@@ -43,6 +43,8 @@ logger = logging.getLogger("forsun_box.actions")
 FLUSH_AT = 32
 #: socket buffer asked for on both ends, bytes
 _SOCKET_BUFFER = 4 << 20
+#: bytes of ends read per turn of the loop (~1,000 ends: the loop answers in between)
+READ_CHUNK = 32 << 10
 #: the frozen executable's argument that makes it the firing process
 FROZEN_FLAG = "--firing-process"
 
@@ -302,7 +304,7 @@ class FiringProcess:
 
     def _receive(self) -> None:
         try:
-            chunk = self._sock.recv(1 << 20)
+            chunk = self._sock.recv(READ_CHUNK)
         except BlockingIOError:
             return
         except OSError:

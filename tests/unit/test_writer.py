@@ -89,7 +89,8 @@ def test_a_caller_waits_behind_few_firing_records_and_the_rest_follow() -> None:
         await store.open()
         writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
         # a burst's records are queued before the writer runs, then a create waits
-        backlog = FIRING_BATCH + 3 * URGENT_FIRING_BATCH
+        backlog = 2 * FIRING_BATCH + 100
+        assert backlog > URGENT_FIRING_BATCH
         for i in range(backlog):
             writer.submit_run(Run(f"k{i}", T0, T0, 1, 1, 1))
         waiting = writer.submit(Puts([plan("new")]), True)
@@ -100,5 +101,28 @@ def test_a_caller_waits_behind_few_firing_records_and_the_rest_follow() -> None:
 
     asyncio.run(main())
     # the caller's commit came first, with few records; the rest in full slices after it
-    assert sizes[0] == (URGENT_FIRING_BATCH, True)
-    assert sizes[1:] == [(FIRING_BATCH, False), (2 * URGENT_FIRING_BATCH, False)]
+    assert sizes[0] == (0, True)
+    assert sizes[1:] == [(FIRING_BATCH, False), (FIRING_BATCH, False), (100, False)]
+
+
+def test_a_barrier_waits_for_every_record_queued_before_it() -> None:
+    from forsun_box.writer import FIRING_BATCH
+
+    async def main() -> tuple[int, int]:
+        store = MemoryStore(path=None)
+        await store.open()
+        committed: list[int] = []
+        writer = Writer(store, asyncio.Lock(), lambda m, a, ok: committed.append(len(a)), 100, 60.0)
+        backlog = 3 * FIRING_BATCH + 7
+        for i in range(backlog):
+            writer.submit_advance(Advance(f"k{i}", 1, None, 1, T0, 1), None)
+        writer.start()
+        # its own commit carries none of them; it returns once they all committed,
+        # though the writer would linger 60 s over firing records alone
+        await asyncio.wait_for(writer.barrier(SetMeta("processed_until", "1")), 5)
+        done = sum(committed)
+        await writer.close()
+        return done, backlog
+
+    done, backlog = asyncio.run(main())
+    assert done == backlog
