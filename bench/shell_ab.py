@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forsun_box.actions.base import ActionSettings  # noqa: E402
-from forsun_box.firing.client import FiringProcess, limits_of  # noqa: E402
+from forsun_box.actions.base import ActionSettings
+from forsun_box.firing.client import FiringProcess, limits_of
 
 
 class FifoReader(threading.Thread):
