@@ -350,14 +350,15 @@ class Dispatcher:
         self._active += 1
         self._idle.clear()
 
-        def finish(started: int, error: BaseException | None, holds_slot: bool) -> None:
+        def finish(started: int, error: BaseException | None, running: bool) -> None:
             # The slot passes on at once (the next request goes out); the records
             # of the attempt wait their turn behind the sends (see _drain).
-            if holds_slot:
+            if running:
                 stats.decr("action_executing_count")
-                slots.release()
-            elif bounded:
-                self._sending[name] -= 1
+                if bounded:
+                    self._sending[name] -= 1
+                else:
+                    slots.release()
             self._later.append((settle, started, error, self._clock.now_ms()))
             if not self._draining:
                 self._draining = True
@@ -375,28 +376,26 @@ class Dispatcher:
             if not result.done():
                 result.set_result(STATUS_OK if ok else STATUS_FAILED)
 
-        def launch(holds_slot: bool = True) -> bool:
+        def launch() -> bool:
             """Send (holding a slot, unless the preparation is bounded where it is sent).
-            False when it ended at once (the slot goes back)."""
+            False when it ended at once (a slot goes back)."""
             started = self._clock.now_ms()
             stats.record_lateness(started - due_ms)
             if self._closed:
                 finish(started, ActionFailed("cancelled"), False)
                 return False
-            if holds_slot:
-                stats.incr("action_executing_count")
             try:
-                ready.start(lambda error: finish(started, error, holds_slot))
+                ready.start(lambda error: finish(started, error, True))
             except Exception as e:
-                if holds_slot:
-                    stats.decr("action_executing_count")
                 finish(started, e, False)
                 return False
+            stats.incr("action_executing_count")
+            if bounded:
+                self._sending[name] = self._sending.get(name, 0) + 1
             return True
 
         if bounded:
-            self._sending[name] = self._sending.get(name, 0) + 1
-            launch(False)
+            launch()
         elif slots.take():
             if not launch():
                 slots.release()

@@ -312,13 +312,14 @@ def test_bounded_preparations_start_at_once_and_hold_no_slot() -> None:
             await asyncio.sleep(0)
         # one slot, none ended: all three started anyway (the sender bounds them)
         assert sorted(k for k, *_ in _Log.started) == ["h0", "h1", "h2"]
-        assert e.stats.get("action_executing_count") == 0
+        assert e.stats.get("action_executing_count") == 3
         for done in _Held.ends:
             asyncio.get_running_loop().call_soon(done, None)
         for _ in range(20):
             await asyncio.sleep(0)
         await e.sched.flush()
         assert sorted((r.key, r.result) for r in e.runs) == [("h0", 1), ("h1", 1), ("h2", 1)]
+        assert e.stats.get("action_executing_count") == 0
         await e.stop()
 
     run(main())
