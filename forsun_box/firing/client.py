@@ -262,6 +262,8 @@ class FiringProcess:
         self._unsent.clear()
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        if self._closed:
+            return  # (a preparation on a closed process: started elsewhere, or never)
         messages = self._messages
         messages.append(message)
         if len(messages) >= FLUSH_AT:
