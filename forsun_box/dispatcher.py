@@ -86,9 +86,6 @@ MAX_PREPARED = 50_000
 SETTLE_CHUNK = 64
 #: while firings wait for a slot, the pause between two chunks of settling, seconds
 BACKLOG_SETTLE_S = 0.002
-#: while more bounded firings are in flight than run at once (the rest of a burst waits
-#: where they are sent), the pause between two chunks of settling, seconds
-SENDING_SETTLE_S = 0.02
 #: a preparation not taken this long after its due time is dropped (its plan went)
 STALE_PREPARED_MS = 10_000
 
@@ -204,8 +201,6 @@ class Dispatcher:
             tuple[Callable[[int, BaseException | None, int], None], int, BaseException | None, int]
         ] = deque()
         self._draining = False
-        # action name -> bounded prepared firings started and not yet ended
-        self._sending: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -355,9 +350,7 @@ class Dispatcher:
             # of the attempt wait their turn behind the sends (see _drain).
             if running:
                 stats.decr("action_executing_count")
-                if bounded:
-                    self._sending[name] -= 1
-                else:
+                if not bounded:
                     slots.release()
             self._later.append((settle, started, error, self._clock.now_ms()))
             if not self._draining:
@@ -390,8 +383,6 @@ class Dispatcher:
                 finish(started, e, False)
                 return False
             stats.incr("action_executing_count")
-            if bounded:
-                self._sending[name] = self._sending.get(name, 0) + 1
             return True
 
         if bounded:
@@ -415,11 +406,6 @@ class Dispatcher:
                 logger.exception("settling a firing failed")
         if not later:
             self._draining = False
-        elif self._still_sending():
-            # Most of a burst is still to go out where it is sent: its records
-            # (and the commits they bring about, on the cores the burst needs)
-            # mostly wait until it is.
-            asyncio.get_running_loop().call_later(SENDING_SETTLE_S, self._drain)
         elif any(slots.waiting for slots in self._slots.values()):
             # Firings still wait to be sent: the records (and the commits they bring
             # about on the store's thread, which competes for the interpreter lock)
@@ -427,11 +413,6 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(BACKLOG_SETTLE_S, self._drain)
         else:
             asyncio.get_running_loop().call_soon(self._drain)
-
-    def _still_sending(self) -> bool:
-        """More bounded firings of an action are in flight than may run at once."""
-        concurrency_for = self.settings.concurrency_for
-        return any(n > concurrency_for(name) for name, n in self._sending.items() if n)
 
     async def _finish_inline(
         self, plan: Plan, due_ms: int, name: str, started: int, result: Awaitable[Any]

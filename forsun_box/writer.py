@@ -33,8 +33,8 @@ T = TypeVar("T")
 #: one under way, so this bounds how long a create waits during a burst
 FIRING_BATCH = 1_000
 #: a commit someone waits for carries the records queued if there are at most this many;
-#: more (a burst's), and it carries none: it stays a small write (on sqlite, the ack
-#: log's) and they follow it
+#: with more (a burst's), callers' commits and records' commits take turns: a caller's
+#: stays a small write (on sqlite, the ack log's) and waits for one slice of records at most
 URGENT_FIRING_BATCH = 256
 
 
@@ -130,6 +130,8 @@ class Writer:
         self._records_out = 0
         # (records_out to reach, who waits for it): callers of barrier()
         self._barriers: list[tuple[int, asyncio.Future[None]]] = []
+        # with callers waiting and many records queued: the next commit is the records'
+        self._records_turn = False
         self._wake = asyncio.Event()
         # set by mutations someone may wait for: ends a linger at once
         self._urgent = asyncio.Event()
@@ -249,16 +251,23 @@ class Writer:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            items, self._queue = _take(self._queue, max_batch)
             # Firing records go in smaller slices: a backlog then drains as
             # several short commits, and a window refill waiting for the
-            # store lock gets its turn between two of them; fewer still go with
-            # the mutations of callers who wait.
+            # store lock gets its turn between two of them. With callers waiting
+            # behind many records, their commits and the records' take turns.
             cap = FIRING_BATCH
+            take_items = True
             if len(self.advances) + len(self.runs) > URGENT_FIRING_BATCH and any(
-                fut is not None for _, fut in items
+                fut is not None for _, fut in self._queue[:max_batch]
             ):
-                cap = 0
+                if self._records_turn:
+                    take_items = False
+                else:
+                    cap = 0
+                self._records_turn = not self._records_turn
+            items: list[_Queued] = []
+            if take_items:
+                items, self._queue = _take(self._queue, max_batch)
             advances, self.advances = _take(self.advances, cap)
             runs, self.runs = _take(self.runs, cap)
             self._busy = True

@@ -126,3 +126,29 @@ def test_a_barrier_waits_for_every_record_queued_before_it() -> None:
 
     done, backlog = asyncio.run(main())
     assert done == backlog
+
+
+def test_callers_that_keep_coming_never_starve_a_burst_of_records() -> None:
+    from forsun_box.writer import FIRING_BATCH
+
+    async def main() -> tuple[int, int, int]:
+        store = MemoryStore(path=None)
+        await store.open()
+        committed: list[int] = []
+        writer = Writer(store, asyncio.Lock(), lambda m, a, ok: committed.append(len(a)), 100)
+        backlog = 3 * FIRING_BATCH
+        for i in range(backlog):
+            writer.submit_advance(Advance(f"k{i}", 1, None, 1, T0, 1), None)
+        writer.start()
+        # one caller always waiting, as under steady API load
+        rounds = 0
+        while sum(committed) < backlog and rounds < 20:
+            waiting = writer.submit(Puts([plan(f"p{rounds}")]), True)
+            assert waiting is not None
+            await asyncio.wait_for(waiting, 5)
+            rounds += 1
+        await writer.close()
+        return sum(committed), backlog, rounds
+
+    done, backlog, rounds = asyncio.run(main())
+    assert done == backlog and rounds <= 4  # a slice of records between two callers' commits
