@@ -141,6 +141,8 @@ class Writer:
         self._busy = False
         # a commit_alone ran in this turn of the event loop
         self._alone = False
+        # a commit without puts or deletes holds the lock, waiting for the store
+        self._records_applying = False
         self.commits = 0
         self.last_commit_ms = 0.0
 
@@ -184,10 +186,36 @@ class Writer:
     def _next_turn(self) -> None:
         self._alone = False
 
+    def commit_now(self, mutation: Mutation) -> bool:
+        """Commit one mutation without awaiting while a commit of firing records
+        waits for the store, if the store can (:meth:`Store.apply_now`); False
+        (nothing done) otherwise.
+
+        A burst's records take tens of milliseconds to commit; a create need
+        not wait for them. Nothing else reads or writes meanwhile (the records'
+        commit holds the lock), and the records leave alone what this commits:
+        an advance applies only to the version it fired, and the window lets a
+        committed put or delete end the key's firing. Raises ForsunBoxError
+        when the commit fails.
+        """
+        if not self._records_applying:
+            return False
+        batch = batch_of([mutation], [], [])
+        try:
+            done = self._store.apply_now(batch)
+        except errors.ForsunBoxError:
+            self._on_commit([mutation], [], False)
+            raise
+        if done:
+            self.commits += 1
+            self._on_commit([mutation], [], True)
+        return done
+
     async def commit(self, mutation: Mutation) -> None:
         """Commit one mutation for a caller who waits for it: alone if it can
-        (:meth:`commit_alone`), else with whatever the writer's task takes next."""
-        if not await self.commit_alone(mutation):
+        (:meth:`commit_alone`), at once beside firing records under way
+        (:meth:`commit_now`), else with whatever the writer's task takes next."""
+        if not (await self.commit_alone(mutation) or self.commit_now(mutation)):
             fut = self.submit(mutation, True)
             assert fut is not None
             await fut
@@ -306,6 +334,7 @@ class Writer:
         error: errors.ForsunBoxError | None = None
         started = time.perf_counter()
         async with self._lock:
+            self._records_applying = not batch.ops
             try:
                 await self._store.apply(batch)
             except errors.ForsunBoxError as e:
@@ -318,6 +347,8 @@ class Writer:
                 # committed is unknown; release its keys, admit nothing
                 self._on_commit(mutations, advances, False)
                 raise
+            finally:
+                self._records_applying = False
             self.last_commit_ms = (time.perf_counter() - started) * 1000
             self.commits += 1
             # Membership decisions happen before any read can interleave.

@@ -7,7 +7,7 @@ and ``deletes`` (one final operation per key), then ``advances``, then
 ``statuses``, ``runs`` and ``meta``.
 
 Reads may run concurrently with nothing else: the engine never overlaps a
-read with an ``apply``.
+read with an ``apply``. An ``apply`` may overlap only :meth:`Store.apply_now`.
 """
 
 from __future__ import annotations
@@ -80,6 +80,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def apply(self, batch: Batch) -> None:
         """Commit ``batch`` atomically. Raises :class:`forsun_box.errors.StoreError`."""
+
+    def apply_now(self, batch: Batch) -> bool:
+        """Commit ``batch`` at once, without awaiting, if the driver can (sqlite:
+        a caller's small write, into its ack log); False when nothing was done
+        (use :meth:`apply`). Raises :class:`forsun_box.errors.StoreError`.
+
+        It may be called while an :meth:`apply` is under way: ``batch`` then
+        commits after that one, and reads see it at once.
+        """
+        return False
 
     @abc.abstractmethod
     async def get(self, key: str) -> Plan | None:

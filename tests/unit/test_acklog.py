@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from forsun_box.errors import StartupError, StoreError
 from forsun_box.plan import Plan
-from forsun_box.store.base import Batch
+from forsun_box.store.base import Advance, Batch
 from forsun_box.store.sqlite import SqliteStore
 from forsun_box.store.sqlite import store as sqlite_driver
 from forsun_box.store.sqlite.acklog import MAGIC, AckLog, AckLogDamaged
@@ -264,7 +265,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from forsun_box.plan import Plan
     from forsun_box.store.sqlite import store as driver
-    from forsun_box.store.base import Batch
+    from forsun_box.store.base import Advance, Batch
     from forsun_box.errors import StoreError
 
     driver.FOLD_DELAY_S = 3600.0  # nothing folded in: all of it only in the log
@@ -478,6 +479,56 @@ def test_a_fold_cancelled_in_flight_keeps_the_logged_writes(
 
     asyncio.run(body())
     assert [k for k in db_keys(path) if k.startswith("k")] == [f"k{i}" for i in range(10)]
+
+
+def test_a_write_acked_at_once_while_a_fold_runs_is_kept_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``apply_now`` while a fold of firing records runs in the store's thread: acked
+    at once, read at once, ordered after the fold, and still in the log once the
+    fold has cut the log back (what a crash then replays)."""
+    monkeypatch.setattr(sqlite_driver, "FOLD_DELAY_S", 3600.0)
+    monkeypatch.setattr(sqlite_driver, "LOG_TRUNCATE_BYTES", 0)
+    path = tmp_path / "plans.db"
+    in_thread, go = threading.Event(), threading.Event()
+
+    class Held(SqliteStore):
+        def _apply_rows(self, conn: sqlite3.Connection, rows: Rows) -> None:
+            if rows.advances:
+                in_thread.set()
+                go.wait(10)
+            super()._apply_rows(conn, rows)
+
+    async def body() -> None:
+        store = Held(str(path))
+        await store.open()
+        try:
+            await store.apply(Batch(ops={"x": plan("x", version=1), "old": plan("old")}))
+            fired = Advance("x", 1, T0 + 5, 1, T0, 1)
+            task = asyncio.create_task(store.apply(Batch(advances=[fired])))
+            assert await asyncio.to_thread(in_thread.wait, 10)
+            assert store._lock.locked() and store._overlay.pending == []
+            # a caller's write goes in the log at once; firing records never do
+            assert not store.apply_now(Batch(advances=[fired]))
+            replaced = plan("x", T0 + 99, version=2)
+            assert store.apply_now(Batch(ops={"x": replaced, "y": plan("y"), "old": None}))
+            assert store._get("x") == replaced and store._get("old") is None
+            go.set()
+            await task
+            assert db_keys(store) == ["old", "x"]  # the fold had only what came before
+            assert await store.get("x") == replaced
+            assert await store.keys() == ["x", "y"]
+            logged = tmp_path / "copy.log"
+            logged.write_bytes(Path(str(path) + sqlite_driver.ACKLOG_SUFFIX).read_bytes())
+            assert [seq for seq, _ in AckLog(str(logged)).open()] == [2]
+        finally:
+            go.set()
+            await store.close()
+        async with opened(str(path)) as again:
+            assert await again.keys() == ["x", "y"]
+            assert await again.get("x") == replaced
+
+    asyncio.run(body())
 
 
 def test_full_folds_in_what_a_normal_run_left_in_the_log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +14,9 @@ from forsun_box.errors import StoreError
 from forsun_box.executor import CoroutineExecutor
 from forsun_box.plan import CALENDAR, DELAY, Plan, build_plan
 from forsun_box.scheduler import EngineOptions, Scheduler
+from forsun_box.store.base import Batch
 from forsun_box.store.memory import MemoryStore
+from forsun_box.store.sqlite import SqliteStore
 from forsun_box.testing import FakeClock
 
 UTC = ZoneInfo("UTC")
@@ -300,6 +303,53 @@ def test_remove_while_firing_does_not_resurrect() -> None:
         await sched.flush()
         assert await store.get("z") is None
         assert len(rec.calls) == 1
+        await sched.stop()
+
+    run(main())
+
+
+class HeldRecords(SqliteStore):
+    """A sqlite store whose commits of firing records wait until ``go`` is set."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.go = asyncio.Event()
+        self.go.set()
+        self.waiting = asyncio.Event()
+
+    async def apply(self, batch: Batch) -> None:
+        if batch.advances and not self.go.is_set():
+            self.waiting.set()
+            await self.go.wait()
+        await super().apply(batch)
+
+
+def test_creates_commit_while_firing_records_wait_for_the_store(tmp_path: Path) -> None:
+    """A burst's records commit for tens of ms; a create meanwhile is answered
+    without waiting for them, and wins over the record of its key's firing."""
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        store = HeldRecords(str(tmp_path / "s.db"))
+        sched, rec, _ = await make(clock, store)  # type: ignore[arg-type]
+        await sched.create([delay_plan("k", T0, 1, count=0)])  # every second
+        store.go.clear()
+        await clock.advance(1000)
+        await asyncio.wait_for(store.waiting.wait(), 5)  # k's record holds the lock
+        commits = sched._writer.commits
+        await asyncio.wait_for(sched.create([delay_plan("k", clock.now_ms(), 10)]), 1)
+        await asyncio.wait_for(sched.create([delay_plan("n", clock.now_ms(), 3)]), 1)
+        assert not store.go.is_set() and sched._writer.commits == commits + 2
+        replaced = await store.get("k")
+        assert replaced is not None and replaced.count == 1
+        store.go.set()
+        await sched.flush()
+        await clock.advance(10_000)
+        await sched.flush()
+        # the fired version never came back; the new one fired once, at its time
+        fired = [(key, due - T0) for key, due, _ in rec.calls]
+        assert fired == [("k", 1000), ("n", 4000), ("k", 11_000)]
+        assert await store.get("k") is None and await store.get("n") is None
         await sched.stop()
 
     run(main())

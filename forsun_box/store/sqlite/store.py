@@ -243,26 +243,48 @@ class SqliteStore(_Store):
     async def apply(self, batch: Batch) -> None:
         db = self._conn()
         if self._log is not None and _loggable(batch):
-            try:
-                rows = Rows(batch)
-                payload = rows.encode()
-            except (ValueError, TypeError, OverflowError) as e:
-                raise StoreError(f"cannot write to {self.path}: {e}") from None
-            try:
-                seq = self._log.append(payload)
-            except OSError as e:
-                raise StoreError(f"cannot write to {self.path}{ACKLOG_SUFFIX}: {e}") from None
-            self._overlay.add(seq, rows, payload)
-            if len(self._overlay.rows) < FOLD_MAX_KEYS and self._log.size < FOLD_MAX_LOG_BYTES:
-                if self._fold_timer is None and self._fold_task is None:
-                    self._fold_timer = asyncio.get_running_loop().call_later(
-                        FOLD_DELAY_S, self._start_fold
-                    )
+            self._log_batch(batch)
+            if self._log_room():
+                self._fold_soon()
                 return
             # too much waiting: fold it in now (and make the caller wait)
             batch = Batch()
         async with self._lock:
             await self._fold(db, batch)
+
+    def apply_now(self, batch: Batch) -> bool:
+        """A caller's small write is acknowledged once in the ack log, without
+        awaiting: so also while a fold runs in the store's thread."""
+        if self._log is None or not _loggable(batch) or not self._log_room():
+            return False
+        self._conn()
+        self._log_batch(batch)
+        self._fold_soon()
+        return True
+
+    def _log_room(self) -> bool:
+        """The overlay and the log may take more before a fold must run."""
+        assert self._log is not None
+        return len(self._overlay.rows) < FOLD_MAX_KEYS and self._log.size < FOLD_MAX_LOG_BYTES
+
+    def _log_batch(self, batch: Batch) -> None:
+        """Append ``batch`` to the ack log (durable from then on) and lay it over
+        the database."""
+        assert self._log is not None
+        try:
+            rows = Rows(batch)
+            payload = rows.encode()
+        except (ValueError, TypeError, OverflowError) as e:
+            raise StoreError(f"cannot write to {self.path}: {e}") from None
+        try:
+            seq = self._log.append(payload)
+        except OSError as e:
+            raise StoreError(f"cannot write to {self.path}{ACKLOG_SUFFIX}: {e}") from None
+        self._overlay.add(seq, rows, payload)
+
+    def _fold_soon(self) -> None:
+        if self._fold_timer is None and self._fold_task is None:
+            self._fold_timer = asyncio.get_running_loop().call_later(FOLD_DELAY_S, self._start_fold)
 
     def _start_fold(self) -> None:
         self._fold_timer = None
