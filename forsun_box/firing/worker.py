@@ -8,9 +8,11 @@ command lines and environments as C arrays -- so that at the instant a start is 
 
 Why a process of its own: at the instant of a burst, the service still answers its APIs,
 commits its records and runs its store's thread, all under one interpreter lock; here
-nothing else runs. It has one thread and one loop, the loop of a bare libcurl multi
+nothing else runs. It has one loop, the loop of a bare libcurl multi
 client: wait on libcurl's sockets (``curl_multi_fdset``), the service's socket and the
 commands' pipes and exits, then one ``curl_multi_perform`` for every transfer at once.
+Spawns alone run on threads of their own (:class:`Shell`): a spawn holds its thread until
+the child's ``exec``, and meanwhile the loop goes on.
 Few descriptors are open here, so a spawn costs what it costs a bare program.
 
 At most ``HTTP_LIMIT`` transfers run at once (more wait in order, and give up when they
@@ -31,9 +33,11 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import pycurl
@@ -61,12 +65,17 @@ KILL_GRACE_S = 2.0
 STARTING_S = 0.05
 #: ... and at most this many per core start at once (more wait for them to exit or age)
 STARTING_PER_CPU = 8
+#: threads that spawn, at most one per core (a spawn holds its thread until the exec)
+SPAWN_THREADS = 2
 #: the longest wait for anything, seconds
 _IDLE_S = 1.0
 #: descriptors at or above this are waited on with poll (select's limit)
 _SELECT_LIMIT = 1024
 
 Send = Callable[[tuple[Any, ...]], None]
+Spawn = Callable[[CommandLine], tuple[int, int, int]]
+#: a spawner's answer: (id, timeout, (pid, stdout, stderr) or the error)
+_Spawned = tuple[int, float, tuple[int, int, int] | OSError]
 #: what a command's timer does
 _TIME_OUT, _KILL, _PIPES = 1, 2, 3
 
@@ -295,11 +304,17 @@ class _Command:
 
 
 class Shell:
-    """The commands: prepared, waiting for a slot, running, and their timers.
+    """The commands: prepared, waiting for a slot, spawning, running, and their timers.
 
     Output pipes are watched through an epoll set of their own (one descriptor in the
     loop's wait, however many commands run), exits through SIGCHLD written to a wake-up
     pipe; every child of this process is a command, so each wake-up reaps them all.
+
+    Spawns happen on :data:`SPAWN_THREADS` threads (at most one per core): a spawn holds
+    its caller until the child has called ``exec``, and meanwhile another thread spawns
+    the next command and the loop reads pipes, reaps and reports ends. A spawned child
+    reaches the loop through the same wake-up pipe; one that exited before the loop knew
+    its pid waits in ``exited`` for it.
 
     Besides the limit, commands start no faster than the machine runs them: at most
     :data:`STARTING_PER_CPU` per core are in their first :data:`STARTING_S` at once. A
@@ -308,18 +323,30 @@ class Shell:
     stops counting after its first moments.
     """
 
-    def __init__(self, limit: int, send: Send, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int,
+        send: Send,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Spawn = spawn_now,
+    ) -> None:
         self.limit = max(1, limit)
         self.clock = clock
-        self.starting_limit = STARTING_PER_CPU * (os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+        self.starting_limit = STARTING_PER_CPU * cpus
         self.starting: deque[_Command] = deque()  # in the order spawned
         self.starting_count = 0
         self.send = send
         self.environment: dict[str, str] = dict(os.environ)
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
         self.queue: deque[tuple[int, CommandLine, float]] = deque()
+        self.spawning: set[int] = set()  # ids handed to the spawners
+        self.unwanted: set[int] = set()  # ... of which cancelled meanwhile
+        self.spawned: deque[_Spawned] = deque()  # the spawners' answers
         self.running: dict[int, _Command] = {}
         self.by_pid: dict[int, _Command] = {}
+        self.orphans: set[int] = set()  # pids nobody waits for (cancelled), not yet reaped
+        self.exited: dict[int, int] = {}  # pid -> exit code, reaped before it was known
         self.pipes: dict[int, _Command] = {}  # pipe -> its command
         self.epoll = select.epoll()
         self.timers: list[tuple[float, int, int, int]] = []  # (when, seq, id, what)
@@ -328,6 +355,13 @@ class Shell:
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _nothing)  # (the wake-up byte is what matters)
+        self._jobs: SimpleQueue[tuple[int, CommandLine, float] | None] = SimpleQueue()
+        self._spawners = [
+            threading.Thread(target=self._spawner, args=(spawn,), name="spawner", daemon=True)
+            for _ in range(max(1, min(SPAWN_THREADS, cpus)))
+        ]
+        for thread in self._spawners:
+            thread.start()
 
     def prepare(self, id_: int, spec: tuple[list[str], dict[str, str], float]) -> None:
         argv, extra, timeout_s = spec
@@ -344,7 +378,7 @@ class Shell:
         self.pump()
 
     def pump(self) -> None:
-        """Spawn waiting commands while the limits allow."""
+        """Hand waiting commands to the spawners while the limits allow."""
         queue = self.queue
         if not queue:
             return
@@ -352,16 +386,24 @@ class Shell:
         starting = self.starting
         while starting and now - starting[0].spawned >= STARTING_S:
             self._started(starting.popleft())
+        spawning = self.spawning
         while (
-            queue and len(self.running) < self.limit and self.starting_count < self.starting_limit
+            queue
+            and len(self.running) + len(spawning) < self.limit
+            and self.starting_count + len(spawning) < self.starting_limit
         ):
-            self._spawn(*queue.popleft())
+            job = queue.popleft()
+            spawning.add(job[0])
+            self._jobs.put(job)
 
     def drop(self, id_: int) -> bool:
         return self.prepared.pop(id_, None) is not None
 
     def cancel(self, id_: int) -> bool:
         if self.drop(id_):
+            return True
+        if id_ in self.spawning:
+            self.unwanted.add(id_)
             return True
         child = self.running.get(id_)
         if child is None:
@@ -370,9 +412,7 @@ class Shell:
                     del self.queue[i]
                     return True
             return False
-        _kill_group(child.pid, signal.SIGTERM)
-        self.doomed[id_] = child.pid
-        self._at(time.monotonic() + KILL_GRACE_S, id_, _KILL)
+        self._doom(id_, child.pid)
         self._forget(child)  # nobody waits for its end
         return True
 
@@ -401,10 +441,14 @@ class Shell:
                 self._finish(child)
 
     def reap(self) -> None:
-        """Collect every command that exited (after SIGCHLD woke the loop)."""
+        """Take the spawners' children and collect every command that exited (the
+        wake-up pipe said one of them happened)."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_fd, 4096):
                 pass
+        spawned = self.spawned
+        while spawned:
+            self._arrived(*spawned.popleft())
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -413,21 +457,28 @@ class Shell:
             if pid == 0:
                 return
             child = self.by_pid.pop(pid, None)
-            if child is None:
-                continue  # cancelled: nobody waits for it
-            child.code = os.waitstatus_to_exitcode(status)
-            self._started(child)
-            if child.out_fd < 0 and child.err_fd < 0:
-                self._finish(child)
-            else:
-                # a detached background child may hold the pipes open forever
-                self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
+            if child is not None:
+                self._exited(child, os.waitstatus_to_exitcode(status))
+            elif pid in self.orphans:
+                self.orphans.discard(pid)
+            else:  # its spawner has not answered yet
+                self.exited[pid] = os.waitstatus_to_exitcode(status)
 
     def kill_doomed(self) -> None:
         """SIGKILL now the process groups that were to get it later (this process ends)."""
         for pid in self.doomed.values():
             _kill_group(pid, signal.SIGKILL)
         self.doomed.clear()
+
+    def close(self) -> None:
+        """Stop the spawners: what waits for them is dropped, a spawn under way ends."""
+        with contextlib.suppress(Empty):
+            while True:
+                self._jobs.get_nowait()
+        for _ in self._spawners:
+            self._jobs.put(None)
+        for thread in self._spawners:
+            thread.join()
 
     def run_timers(self) -> None:
         now = time.monotonic()
@@ -444,9 +495,7 @@ class Shell:
                 continue
             if what == _TIME_OUT:
                 child.timed_out = True
-                _kill_group(child.pid, signal.SIGTERM)
-                self.doomed[id_] = child.pid
-                self._at(now + KILL_GRACE_S, id_, _KILL)
+                self._doom(id_, child.pid)
             elif what == _PIPES:
                 self._finish(child)
 
@@ -460,23 +509,62 @@ class Shell:
 
     # -- inside ---------------------------------------------------------------------------
 
-    def _spawn(self, id_: int, command: CommandLine, timeout_s: float) -> None:
-        try:
-            pid, out_fd, err_fd = spawn_now(command)
-        except OSError as e:
-            self.send((id_, 0, f"cannot start {SHELL}: {e}", wire.NOT_STARTED))
+    def _spawner(self, spawn: Spawn) -> None:
+        jobs, answer, wake = self._jobs, self.spawned.append, self._wake_w
+        while (job := jobs.get()) is not None:
+            id_, command, timeout_s = job
+            result: tuple[int, int, int] | OSError
+            try:
+                result = spawn(command)
+                os.set_blocking(result[1], False)
+                os.set_blocking(result[2], False)
+            except OSError as e:
+                result = e
+            answer((id_, timeout_s, result))
+            with contextlib.suppress(BlockingIOError):
+                os.write(wake, b"\0")
+
+    def _arrived(self, id_: int, timeout_s: float, result: tuple[int, int, int] | OSError) -> None:
+        self.spawning.discard(id_)
+        if isinstance(result, OSError):
+            self.unwanted.discard(id_)
+            self.send((id_, 0, f"cannot start {SHELL}: {result}", wire.NOT_STARTED))
             return
+        pid, out_fd, err_fd = result
         child = _Command(id_, pid, out_fd, err_fd, self.clock())
         self.starting.append(child)
         self.starting_count += 1
         for fd in (out_fd, err_fd):
-            os.set_blocking(fd, False)
             self.pipes[fd] = child
             self.epoll.register(fd, select.EPOLLIN)
         self.running[id_] = child
         self.by_pid[pid] = child
-        if timeout_s > 0:
+        if id_ in self.unwanted:
+            self.unwanted.discard(id_)
+            self._doom(id_, pid)
+            self._forget(child)
+        elif timeout_s > 0:
             self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
+        code = self.exited.pop(pid, None)
+        if code is not None:
+            self.orphans.discard(pid)
+            self.by_pid.pop(pid, None)
+            self._exited(child, code)
+
+    def _exited(self, child: _Command, code: int) -> None:
+        child.code = code
+        self._started(child)
+        if child.out_fd < 0 and child.err_fd < 0:
+            self._finish(child)
+        else:
+            # a detached background child may hold the pipes open forever
+            self._at(time.monotonic() + PIPE_GRACE_S, child.id, _PIPES)
+
+    def _doom(self, id_: int, pid: int) -> None:
+        """SIGTERM to the group now, SIGKILL after the grace."""
+        _kill_group(pid, signal.SIGTERM)
+        self.doomed[id_] = pid
+        self._at(time.monotonic() + KILL_GRACE_S, id_, _KILL)
 
     def _at(self, when: float, id_: int, what: int) -> None:
         self._seq += 1
@@ -495,8 +583,8 @@ class Shell:
     def _forget(self, child: _Command) -> None:
         self.running.pop(child.id, None)
         self._started(child)
-        if child.code is None:
-            self.by_pid.pop(child.pid, None)  # reaped when it exits, unreported
+        if child.code is None and self.by_pid.pop(child.pid, None) is not None:
+            self.orphans.add(child.pid)  # reaped when it exits, unreported
         for fd in (child.out_fd, child.err_fd):
             if fd >= 0:
                 self._close(fd)
@@ -577,6 +665,7 @@ class Worker:
             shell.pump()
             http.drive()
             self._flush()
+        shell.close()
         shell.kill_doomed()
 
     def _receive(self) -> None:

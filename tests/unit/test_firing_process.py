@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,8 @@ from forsun_box.actions import ActionFailed, ActionSettings, ShellAction, config
 from forsun_box.firing import wire
 from forsun_box.firing.client import close_shared, shared
 from forsun_box.firing.curl import CurlError, Request
+from forsun_box.firing.spawn import CommandLine, spawn_now
+from forsun_box.firing.worker import SPAWN_THREADS, Shell
 from forsun_box.plan import Plan
 from tests.helpers import wait_until, wait_until_async
 
@@ -226,3 +232,122 @@ def test_a_command_that_cannot_start_says_why(tmp_path: Path) -> None:
 
     error = asyncio.run(main())
     assert isinstance(error, ActionFailed) and str(error).startswith("cannot start /bin/sh: ")
+
+
+class _Shells:
+    """Firing processes' ``Shell``s in this process, and the ends they sent."""
+
+    def __init__(self) -> None:
+        self.made: list[Shell] = []
+        self.ends: list[tuple[object, ...]] = []
+
+    def make(self, spawn: Callable[[CommandLine], tuple[int, int, int]]) -> Shell:
+        shell = Shell(4, self.ends.append, spawn=spawn)
+        self.made.append(shell)
+        return shell
+
+
+@pytest.fixture
+def shells() -> Iterator[_Shells]:
+    """Shells made here, and their signal set-up undone after."""
+    old_handler = signal.getsignal(signal.SIGCHLD)
+    made = _Shells()
+    try:
+        yield made
+    finally:
+        for shell in made.made:
+            shell.close()
+            shell.kill_doomed()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, old_handler)
+
+
+def _pump_until(shell: Shell, done: Callable[[], bool], timeout: float = 10) -> bool:
+    """The firing process's loop, for a shell alone, until ``done()``."""
+
+    def turn() -> bool:
+        select.select([shell.wake_fd, shell.epoll.fileno()], [], [], 0.05)
+        shell.reap()
+        shell.read_pipes()
+        shell.run_timers()
+        shell.pump()
+        return done()
+
+    return wait_until(turn, timeout)
+
+
+def test_a_command_that_exits_before_its_spawner_answers_is_reported(
+    shells: _Shells,
+) -> None:
+    exited, reaped = threading.Event(), threading.Event()
+
+    def spawn(command: CommandLine) -> tuple[int, int, int]:
+        child = spawn_now(command)
+        os.waitid(os.P_PID, child[0], os.WEXITED | os.WNOWAIT)  # exited, not collected
+        exited.set()
+        reaped.wait(10)  # the loop collects it before this answer arrives
+        return child
+
+    shell = shells.make(spawn)
+    shell.prepare(7, (["/bin/sh", "-c", "echo oops >&2; exit 3"], {}, 0.0))
+    shell.start(7)
+    assert exited.wait(10)
+    shell.reap()
+    assert list(shell.exited.values()) == [3]
+    reaped.set()
+    assert _pump_until(shell, lambda: bool(shells.ends))
+    assert shells.ends == [(7, 3, "oops", wire.EXITED)]
+    assert not shell.exited and not shell.running and not shell.by_pid
+
+
+def test_a_command_cancelled_while_it_spawns_is_killed_and_not_reported(
+    shells: _Shells, tmp_path: Path
+) -> None:
+    entered, go = threading.Event(), threading.Event()
+    pids: list[int] = []
+
+    def spawn(command: CommandLine) -> tuple[int, int, int]:
+        entered.set()
+        go.wait(10)
+        child = spawn_now(command)
+        pids.append(child[0])
+        return child
+
+    shell = shells.make(spawn)
+    shell.prepare(8, (["/bin/sh", "-c", "sleep 30"], {}, 0.0))
+    shell.start(8)
+    assert entered.wait(10)
+    assert shell.cancel(8)
+    go.set()
+    assert _pump_until(shell, lambda: bool(pids) and not shell.spawning and not shell.orphans)
+    assert _gone(pids[0])
+    assert shells.ends == []
+    assert not shell.running and not shell.by_pid and not shell.exited
+
+
+def test_commands_spawn_beside_each_other(shells: _Shells) -> None:
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def spawn(command: CommandLine) -> tuple[int, int, int]:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        try:
+            deadline = time.monotonic() + 2
+            while most < min(SPAWN_THREADS, os.cpu_count() or 1) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return spawn_now(command)
+        finally:
+            with lock:
+                inside -= 1
+
+    shell = shells.make(spawn)
+    for i in range(6):
+        shell.prepare(i, (["/bin/sh", "-c", f"exit {i}"], {}, 0.0))
+        shell.start(i)
+    assert _pump_until(shell, lambda: len(shells.ends) == 6)
+    assert sorted(e[:2] for e in shells.ends) == [(i, i) for i in range(6)]
+    assert most == min(SPAWN_THREADS, os.cpu_count() or 1)
