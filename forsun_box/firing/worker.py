@@ -75,7 +75,7 @@ _SELECT_LIMIT = 1024
 Send = Callable[[tuple[Any, ...]], None]
 Spawn = Callable[[CommandLine], tuple[int, int, int]]
 #: a spawner's answer: (id, timeout, (pid, stdout, stderr) or the error)
-_Spawned = tuple[int, float, tuple[int, int, int] | OSError]
+_Spawned = tuple[int, float, tuple[int, int, int] | Exception]
 #: what a command's timer does
 _TIME_OUT, _KILL, _PIPES = 1, 2, 3
 
@@ -513,20 +513,22 @@ class Shell:
         jobs, answer, wake = self._jobs, self.spawned.append, self._wake_w
         while (job := jobs.get()) is not None:
             id_, command, timeout_s = job
-            result: tuple[int, int, int] | OSError
+            result: tuple[int, int, int] | Exception
             try:
                 result = spawn(command)
                 os.set_blocking(result[1], False)
                 os.set_blocking(result[2], False)
-            except OSError as e:
+            except Exception as e:  # the command fails, not the spawner
                 result = e
             answer((id_, timeout_s, result))
             with contextlib.suppress(BlockingIOError):
                 os.write(wake, b"\0")
 
-    def _arrived(self, id_: int, timeout_s: float, result: tuple[int, int, int] | OSError) -> None:
+    def _arrived(
+        self, id_: int, timeout_s: float, result: tuple[int, int, int] | Exception
+    ) -> None:
         self.spawning.discard(id_)
-        if isinstance(result, OSError):
+        if isinstance(result, Exception):
             self.unwanted.discard(id_)
             self.send((id_, 0, f"cannot start {SHELL}: {result}", wire.NOT_STARTED))
             return

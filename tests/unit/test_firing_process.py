@@ -351,3 +351,26 @@ def test_commands_spawn_beside_each_other(shells: _Shells) -> None:
     assert _pump_until(shell, lambda: len(shells.ends) == 6)
     assert sorted(e[:2] for e in shells.ends) == [(i, i) for i in range(6)]
     assert most == min(SPAWN_THREADS, os.cpu_count() or 1)
+
+
+def test_a_spawn_that_raises_fails_its_command_and_the_next_still_runs(shells: _Shells) -> None:
+    calls = 0
+
+    def spawn(command: CommandLine) -> tuple[int, int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise MemoryError("no room")
+        return spawn_now(command)
+
+    shell = shells.make(spawn)
+    shell.prepare(1, (["/bin/sh", "-c", "exit 0"], {}, 0.0))
+    shell.start(1)
+    assert _pump_until(shell, lambda: len(shells.ends) == 1)
+    shell.prepare(2, (["/bin/sh", "-c", "exit 5"], {}, 0.0))
+    shell.start(2)
+    assert _pump_until(shell, lambda: len(shells.ends) == 2)
+    assert shells.ends == [
+        (1, 0, "cannot start /bin/sh: no room", wire.NOT_STARTED),
+        (2, 5, "", wire.EXITED),
+    ]
