@@ -541,17 +541,17 @@ class Shell:
             self.epoll.register(fd, select.EPOLLIN)
         self.running[id_] = child
         self.by_pid[pid] = child
+        code = self.exited.pop(pid, None)
         if id_ in self.unwanted:
             self.unwanted.discard(id_)
+            child.code = code  # None: reaped when it exits, unreported
             self._doom(id_, pid)
             self._forget(child)
-        elif timeout_s > 0:
-            self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
-        code = self.exited.pop(pid, None)
-        if code is not None:
-            self.orphans.discard(pid)
+        elif code is not None:
             self.by_pid.pop(pid, None)
             self._exited(child, code)
+        elif timeout_s > 0:
+            self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)
 
     def _exited(self, child: _Command, code: int) -> None:
         child.code = code
@@ -585,7 +585,7 @@ class Shell:
     def _forget(self, child: _Command) -> None:
         self.running.pop(child.id, None)
         self._started(child)
-        if child.code is None and self.by_pid.pop(child.pid, None) is not None:
+        if self.by_pid.pop(child.pid, None) is not None and child.code is None:
             self.orphans.add(child.pid)  # reaped when it exits, unreported
         for fd in (child.out_fd, child.err_fd):
             if fd >= 0:
