@@ -74,8 +74,10 @@ _SELECT_LIMIT = 1024
 
 Send = Callable[[tuple[Any, ...]], None]
 Spawn = Callable[[CommandLine], tuple[int, int, int]]
-#: a spawner's answer: (id, timeout, (pid, stdout, stderr) or the error)
-_Spawned = tuple[int, float, tuple[int, int, int] | Exception]
+#: what a spawn gave: (pid, stdout, stderr), or the error
+_Result = tuple[int, int, int] | Exception
+#: a spawner's answer: (id, timeout, result)
+_Spawned = tuple[int, float, _Result]
 #: what a command's timer does
 _TIME_OUT, _KILL, _PIPES = 1, 2, 3
 
@@ -513,7 +515,7 @@ class Shell:
         jobs, answer, wake = self._jobs, self.spawned.append, self._wake_w
         while (job := jobs.get()) is not None:
             id_, command, timeout_s = job
-            result: tuple[int, int, int] | Exception
+            result: _Result
             try:
                 result = spawn(command)
                 os.set_blocking(result[1], False)
@@ -524,9 +526,7 @@ class Shell:
             with contextlib.suppress(BlockingIOError):
                 os.write(wake, b"\0")
 
-    def _arrived(
-        self, id_: int, timeout_s: float, result: tuple[int, int, int] | Exception
-    ) -> None:
+    def _arrived(self, id_: int, timeout_s: float, result: _Result) -> None:
         self.spawning.discard(id_)
         if isinstance(result, Exception):
             self.unwanted.discard(id_)
@@ -540,15 +540,15 @@ class Shell:
             self.pipes[fd] = child
             self.epoll.register(fd, select.EPOLLIN)
         self.running[id_] = child
-        self.by_pid[pid] = child
         code = self.exited.pop(pid, None)
+        if code is None:
+            self.by_pid[pid] = child
         if id_ in self.unwanted:
             self.unwanted.discard(id_)
             child.code = code  # None: reaped when it exits, unreported
             self._doom(id_, pid)
             self._forget(child)
         elif code is not None:
-            self.by_pid.pop(pid, None)
             self._exited(child, code)
         elif timeout_s > 0:
             self._at(time.monotonic() + timeout_s, id_, _TIME_OUT)

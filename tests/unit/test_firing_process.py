@@ -28,7 +28,7 @@ from forsun_box.firing import wire
 from forsun_box.firing.client import close_shared, shared
 from forsun_box.firing.curl import CurlError, Request
 from forsun_box.firing.spawn import CommandLine, spawn_now
-from forsun_box.firing.worker import SPAWN_THREADS, Shell
+from forsun_box.firing.worker import SPAWN_THREADS, Shell, Spawn
 from forsun_box.plan import Plan
 from tests.helpers import wait_until, wait_until_async
 
@@ -241,7 +241,7 @@ class _Shells:
         self.made: list[Shell] = []
         self.ends: list[tuple[object, ...]] = []
 
-    def make(self, spawn: Callable[[CommandLine], tuple[int, int, int]]) -> Shell:
+    def make(self, spawn: Spawn) -> Shell:
         shell = Shell(4, self.ends.append, spawn=spawn)
         self.made.append(shell)
         return shell
