@@ -64,6 +64,7 @@ from forsun_box.enums import PlanStatus, RunResult
 from forsun_box.errors import RetryLater
 from forsun_box.stats import Stats
 from forsun_box.store.base import Run
+from forsun_box.turns import Turn
 
 if TYPE_CHECKING:
     from forsun_box.plan import Plan
@@ -82,7 +83,8 @@ RUN_WILL_RETRY = RunResult.RETRYING.value
 MAX_ERROR_CHARS = 2000
 #: most firings kept prepared at once (each holds its built request)
 MAX_PREPARED = 50_000
-#: ended prepared attempts settled per turn of the event loop
+#: most ended prepared attempts settled per turn of the event loop (fewer once the
+#: turn is over: :mod:`forsun_box.turns`)
 SETTLE_CHUNK = 64
 #: while firings wait for a slot, the pause between two chunks of settling, seconds
 BACKLOG_SETTLE_S = 0.002
@@ -398,12 +400,15 @@ class Dispatcher:
         """Settle ended prepared attempts, a chunk per turn of the loop, so that a burst's
         sends are not held up behind the bookkeeping of the answers already in."""
         later = self._later
+        turn = Turn()
         for _ in range(min(len(later), SETTLE_CHUNK)):
             settle, started, error, ended = later.popleft()
             try:
                 settle(started, error, ended)
             except Exception:
                 logger.exception("settling a firing failed")
+            if turn.over():
+                break
         if not later:
             self._draining = False
         elif any(slots.waiting for slots in self._slots.values()):

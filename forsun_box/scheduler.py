@@ -49,6 +49,7 @@ from forsun_box.executor import Executor
 from forsun_box.plan import DELAY, Plan, new_key
 from forsun_box.stats import Stats
 from forsun_box.store.base import Advance, Run, Store
+from forsun_box.turns import Turn
 from forsun_box.window import Window
 from forsun_box.writer import Delete, Moved, Mutation, Puts, SetMeta, SetStatus, Writer
 
@@ -110,8 +111,10 @@ def tune_gc() -> None:
         gc.set_threshold(g0, g1, GC_FULL_EVERY)
 
 
-# Firings handed to the dispatcher to prepare between two yields to the loop.
-PREPARE_CHUNK = 250
+#: firings taken from the window at a time within a slice (the turn is checked between)
+FIRE_CHUNK = 32
+#: firings handed to the dispatcher to prepare at a time (the turn is checked between)
+PREPARE_CHUNK = 32
 
 
 class Scheduler:
@@ -485,7 +488,7 @@ class Scheduler:
         self._arm_prepare()
 
     def _hand_to_prepare(self, firings: list[tuple[Plan, int]]) -> None:
-        """Give ``firings`` to the dispatcher to prepare, a chunk per turn of the loop."""
+        """Give ``firings`` to the dispatcher to prepare, a turn's worth at a time."""
         if len(firings) <= PREPARE_CHUNK:
             self._call_prepare(firings)
             return
@@ -494,9 +497,11 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _prepare_chunks(self, firings: list[tuple[Plan, int]]) -> None:
+        turn = Turn()
         for i in range(0, len(firings), PREPARE_CHUNK):
-            if i:
+            if turn.over():
                 await asyncio.sleep(0)
+                turn = Turn()
             if not self._running:
                 return
             self._call_prepare(firings[i : i + PREPARE_CHUNK])
@@ -525,15 +530,24 @@ class Scheduler:
             now = self.clock.now_ms()
             window = self._window
             slice_size = self.options.slice_size
+            chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
             while self._running:
-                due_plans = window.pop_due(now, slice_size)
-                for p, due in due_plans:
-                    if self.gate is not None and not self.gate(p):
-                        self.gated += 1
-                        continue
-                    fire(p, due, now)
-                if len(due_plans) < slice_size:
+                # A slice: up to slice_size firings, no longer than a turn.
+                turn = Turn()
+                fired = 0
+                while True:
+                    due_plans = window.pop_due(now, chunk)
+                    for p, due in due_plans:
+                        if self.gate is not None and not self.gate(p):
+                            self.gated += 1
+                            continue
+                        fire(p, due, now)
+                    more = len(due_plans) == chunk
+                    fired += chunk
+                    if not more or fired >= slice_size or turn.over():
+                        break
+                if not more:
                     break
                 # Let API requests and I/O in between slices.
                 await asyncio.sleep(0)

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import weakref
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ import pycurl
 
 from forsun_box.firing import wire
 from forsun_box.firing.curl import CurlError, Request, Response, to_wire
+from forsun_box.turns import Turn
 
 if TYPE_CHECKING:
     from forsun_box.actions.base import ActionSettings
@@ -43,7 +45,8 @@ logger = logging.getLogger("forsun_box.actions")
 FLUSH_AT = 32
 #: socket buffer asked for on both ends, bytes
 _SOCKET_BUFFER = 4 << 20
-#: bytes of ends read per turn of the loop (~1,000 ends: the loop answers in between)
+#: bytes of ends read per turn of the loop (~1,000 ends; they are handed on a turn's
+#: worth at a time: :mod:`forsun_box.turns`)
 READ_CHUNK = 32 << 10
 #: the frozen executable's argument that makes it the firing process
 FROZEN_FLAG = "--firing-process"
@@ -114,6 +117,9 @@ class FiringProcess:
         self._flush_soon = False
         self._unsent = bytearray()
         self._inbox = bytearray()
+        #: ends read, not yet handed to their callbacks
+        self._ends: deque[tuple[Any, ...]] = deque()
+        self._reporting = False
         self._environment: dict[str, str] | None = None
         self._closed = False
         self._why = "the http client is closed"
@@ -236,7 +242,12 @@ class FiringProcess:
         self._last_words()
         self._sock.close()
         waiting, self._waiting = self._waiting, {}
+        ends, self._ends = self._ends, deque()
         if not self.loop.is_closed():
+            for end in ends:  # (read already: they ended as they say)
+                known = waiting.pop(end[0], None)
+                if known is not None:
+                    self.loop.call_soon(_closing_end, known, end)
             for id_, ended in waiting.items():
                 self.loop.call_soon(_closing_end, ended, (id_, None, why, None))
         try:
@@ -316,8 +327,17 @@ class FiringProcess:
             return
         inbox = self._inbox
         inbox += chunk
+        self._ends.extend(wire.unframe(inbox))
+        if not self._reporting:
+            self._report()
+
+    def _report(self) -> None:
+        """Hand the ends read to their callbacks, a turn's worth; the rest next turn."""
+        ends = self._ends
         waiting = self._waiting
-        for end in wire.unframe(inbox):
+        turn = Turn()
+        while ends:
+            end = ends.popleft()
             ended = waiting.pop(end[0], None)
             if ended is None:
                 continue
@@ -325,6 +345,11 @@ class FiringProcess:
                 ended(end)
             except Exception:
                 logger.exception("reporting the end of a firing failed")
+            if turn.over():
+                break
+        self._reporting = bool(ends)
+        if ends:
+            self.loop.call_soon(self._report)
 
     def _lost(self) -> None:
         code = self._process.poll()

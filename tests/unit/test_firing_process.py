@@ -7,9 +7,12 @@ real loopback HTTP server.
 from __future__ import annotations
 
 import asyncio
+import http.server
+import itertools
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,10 +26,11 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from forsun_box import turns
 from forsun_box.actions import ActionFailed, ActionSettings, ShellAction, configure_actions
 from forsun_box.firing import wire
 from forsun_box.firing.client import close_shared, shared
-from forsun_box.firing.curl import CurlError, Request
+from forsun_box.firing.curl import CurlError, Request, Response
 from forsun_box.firing.spawn import CommandLine, spawn_now
 from forsun_box.firing.worker import SPAWN_THREADS, Shell, Spawn
 from forsun_box.plan import Plan
@@ -105,6 +109,79 @@ def test_a_dead_firing_process_fails_what_it_had_and_the_next_use_starts_another
     error, old, new, code = asyncio.run(main())
     assert isinstance(error, CurlError) and "firing process exited" in str(error)
     assert new != old and code == 200
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Threaded(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # (a burst's connections all at once)
+    daemon_threads = True
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[int]:
+    """A loopback HTTP server on its own threads (it answers while the loop is held)."""
+    server = _Threaded(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _ends_unread(sock: socket.socket) -> int:
+    try:
+        data = sock.recv(1 << 20, socket.MSG_PEEK)
+    except BlockingIOError:
+        return 0
+    return len(wire.unframe(bytearray(data)))
+
+
+def test_ends_read_at_once_are_handed_on_a_turn_at_a_time(
+    threaded_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_actions(ActionSettings())
+    seconds = itertools.count()  # a second passes at every look at the clock
+    monkeypatch.setattr(turns, "clock", lambda: float(next(seconds)))
+    n = 50
+
+    async def main() -> list[tuple[int, int]]:
+        process = shared(ActionSettings())
+        try:
+            url = f"http://127.0.0.1:{threaded_server}/ok"
+            turn = 0
+            ended: list[tuple[int, int]] = []
+
+            def on_done(response: Response | None, error: CurlError | None) -> None:
+                ended.append((turn, response.code if response is not None else -1))
+
+            for _ in range(n):
+                process.submit(Request(url), on_done)
+            await asyncio.sleep(0)  # (they go out at the end of a turn)
+            # the loop held until every end waits on the socket: one read takes them all
+            assert wait_until(lambda: _ends_unread(process._sock) >= n, 10)
+            while len(ended) < n and turn < 10 * n:
+                turn += 1
+                await asyncio.sleep(0)
+            return ended
+        finally:
+            close_shared()
+
+    ended = asyncio.run(main())
+    assert [code for _, code in ended] == [200] * n
+    assert len({turn for turn, _ in ended}) == n  # one per turn: each report spent a turn
 
 
 def test_ctrl_c_is_for_the_service_not_the_firing_process() -> None:

@@ -9,15 +9,17 @@ removed after its preparation never fires stale.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from forsun_box import turns
 from forsun_box.actions import ACTIONS, Action, ActionFailed, ActionSettings, register_action
 from forsun_box.actions.base import Done
 from forsun_box.dispatcher import STALE_PREPARED_MS, Dispatcher
 from forsun_box.plan import AT, Plan, build_plan
-from forsun_box.scheduler import EngineOptions, Scheduler
+from forsun_box.scheduler import FIRE_CHUNK, PREPARE_CHUNK, EngineOptions, Scheduler
 from forsun_box.stats import Stats
 from forsun_box.store.base import Run
 from forsun_box.store.memory import MemoryStore
@@ -382,3 +384,40 @@ def test_the_walk_hands_over_exactly_the_firings_within_the_lead() -> None:
         await e.stop()
 
     run(main())
+
+
+def test_a_bursts_work_lets_the_loop_turn_once_it_held_it_a_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Preparing, starting and settling a burst each stop once a turn's budget is spent
+    (here: at once), so what else waits on the loop (an API request) gets in between."""
+    seconds = itertools.count()  # a second passes at every look at the clock
+    monkeypatch.setattr(turns, "clock", lambda: float(next(seconds)))
+    n = 200
+
+    async def main() -> list[tuple[int, int, int]]:
+        clock = FakeClock(T0)
+        e = Engine(clock)
+        await e.start()
+        due = T0 + 2000
+        await e.sched.create([e.plan(f"b{i}", due, v=str(i)) for i in range(n)])
+        seen: list[tuple[int, int, int]] = []  # (prepared, started, settled) at each turn
+
+        async def watch() -> None:
+            while len(e.runs) < n:
+                seen.append((len(_Log.prepared), len(_Log.started), len(e.runs)))
+                await asyncio.sleep(0)
+            seen.append((len(_Log.prepared), len(_Log.started), len(e.runs)))
+
+        watcher = asyncio.ensure_future(watch())
+        await clock.advance(2000)
+        await asyncio.wait_for(watcher, 10)
+        await e.stop()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[-1] == (n, n, n)
+    steps = [tuple(b - a for a, b in zip(x, y, strict=True)) for x, y in itertools.pairwise(seen)]
+    assert max(s[0] for s in steps) <= PREPARE_CHUNK
+    assert max(s[1] for s in steps) <= FIRE_CHUNK
+    assert max(s[2] for s in steps) == 1

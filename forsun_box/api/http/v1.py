@@ -211,24 +211,23 @@ class CreateDelegate(HTTPMessageDelegate):
             )
             return
         request = self._request
-        router = self._router
+        tasks = self._router.tasks
         task = asyncio.ensure_future(
-            answer(
-                create,
-                router.service,
+            self._create(
                 b"".join(self._chunks),
                 request.headers.get("Content-Type", "application/json"),
                 request.method == "PUT",
             )
         )
-        router.tasks.add(task)
-        task.add_done_callback(self._done)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
-    def _done(self, task: asyncio.Task[tuple[int, int, str, Any]]) -> None:
-        self._router.tasks.discard(task)
-        if not task.cancelled():
-            status, errcode, errmsg, data = task.result()
-            self._answer(status, errcode, errmsg, data)
+    async def _create(self, body: bytes, content_type: str, put: bool) -> None:
+        # answered in the task's own last step, not a turn of the loop later
+        status, errcode, errmsg, data = await answer(
+            create, self._router.service, body, content_type, put
+        )
+        self._answer(status, errcode, errmsg, data)
 
     def on_connection_close(self) -> None:
         if not self._answered:  # the client left before its answer
