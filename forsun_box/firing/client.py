@@ -121,6 +121,7 @@ class FiringProcess:
         self._ends: deque[tuple[Any, ...]] = deque()
         self._reporting = False
         self._environment: dict[str, str] | None = None
+        self._environment_read = False
         self._closed = False
         self._why = "the http client is closed"
         loop.add_reader(self._fd, self._receive)
@@ -193,14 +194,23 @@ class FiringProcess:
 
     def prepare_command(self, argv: list[str], env: dict[str, str], timeout_s: float) -> int:
         """Have a command set up ahead: ``/bin/sh`` with ``argv`` and the service's
-        environment with ``env`` on top, killed after ``timeout_s`` (0: never)."""
-        environment = dict(os.environ)
-        if environment != self._environment:
-            self._environment = environment
-            self._send((wire.ENVIRONMENT, environment))
+        environment with ``env`` on top, killed after ``timeout_s`` (0: never).
+
+        The service's environment is read at the first preparation of a turn of the
+        loop (a burst prepares thousands in one): the turn's others share it."""
+        if not self._environment_read:
+            self._environment_read = True
+            self.loop.call_soon(self._read_environment_again)
+            environment = dict(os.environ)
+            if environment != self._environment:
+                self._environment = environment
+                self._send((wire.ENVIRONMENT, environment))
         id_ = next(self._ids)
         self._send((wire.PREPARE_SHELL, id_, (argv, env, timeout_s)))
         return id_
+
+    def _read_environment_again(self) -> None:
+        self._environment_read = False
 
     def start_command(self, id_: int, on_exit: OnExit) -> None:
         """Spawn the command ``id_`` prepared; ``on_exit(status, output, state)`` is called

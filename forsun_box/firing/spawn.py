@@ -72,25 +72,54 @@ _sigdefault = _default_signals()
 
 
 def _c_strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
-    array = (ctypes.c_char_p * (len(items) + 1))()
-    for i, item in enumerate(items):
-        array[i] = item
-    array[len(items)] = None
-    return array
+    return (ctypes.c_char_p * (len(items) + 1))(*items)  # (the last stays NULL)
+
+
+def _entry(name: str, value: str) -> bytes:
+    return os.fsencode(name) + b"=" + os.fsencode(value)
+
+
+class Environment:
+    """The variables every command starts with, each encoded once as ``NAME=value``: a
+    command's own few go on top (:meth:`CommandLine.__init__`)."""
+
+    __slots__ = ("encoded", "variables")
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self.variables = variables
+        self.encoded = {name: _entry(name, value) for name, value in variables.items()}
+
+    def entries(self, extra: dict[str, str]) -> list[bytes]:
+        """The ``NAME=value`` entries of these variables with ``extra`` on top."""
+        encoded = self.encoded
+        if encoded.keys().isdisjoint(extra):
+            return [*encoded.values(), *(_entry(k, v) for k, v in extra.items())]
+        merged = dict(encoded)
+        merged.update((k, _entry(k, v)) for k, v in extra.items())
+        return list(merged.values())
 
 
 class CommandLine:
-    """``path``, ``argv`` and ``env``, as Python and as the C arrays libc takes."""
+    """``path``, ``argv`` and an environment (``base`` with ``extra`` on top), as Python
+    and as the C arrays libc takes."""
 
-    __slots__ = ("argv", "c_argv", "c_env", "c_path", "env", "path")
+    __slots__ = ("argv", "base", "c_argv", "c_env", "c_path", "extra", "path")
 
-    def __init__(self, path: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, argv: list[str], base: Environment, extra: dict[str, str] | None = None
+    ) -> None:
         self.path = path
         self.argv = argv
-        self.env = env
+        self.base = base
+        self.extra = extra or {}
         self.c_path = os.fsencode(path)
         self.c_argv = _c_strings([os.fsencode(a) for a in argv])
-        self.c_env = _c_strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
+        self.c_env = _c_strings(base.entries(self.extra))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The whole environment, as a dict."""
+        return {**self.base.variables, **self.extra}
 
 
 def spawn_now(command: CommandLine) -> tuple[int, int, int]:

@@ -51,7 +51,7 @@ from forsun_box.firing.curl import (
     from_wire,
     setup_handle,
 )
-from forsun_box.firing.spawn import CommandLine, spawn_now
+from forsun_box.firing.spawn import CommandLine, Environment, spawn_now
 
 SHELL = "/bin/sh"
 #: bytes of a command's stdout / stderr kept for the error text
@@ -176,6 +176,10 @@ class Http:
                     break
             if not (self.queue and len(self.running) < self.limit and self._grant()):
                 return
+
+    def busy(self) -> bool:
+        """True while transfers run or wait for a slot (else libcurl has nothing to do)."""
+        return bool(self.running or self.queue)
 
     def timeout_s(self) -> float | None:
         ms = self.multi.timeout()
@@ -339,7 +343,7 @@ class Shell:
         self.starting: deque[_Command] = deque()  # in the order spawned
         self.starting_count = 0
         self.send = send
-        self.environment: dict[str, str] = dict(os.environ)
+        self.environment = Environment(dict(os.environ))
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
         self.queue: deque[tuple[int, CommandLine, float]] = deque()
         self.spawning: set[int] = set()  # ids handed to the spawners
@@ -367,9 +371,7 @@ class Shell:
 
     def prepare(self, id_: int, spec: tuple[list[str], dict[str, str], float]) -> None:
         argv, extra, timeout_s = spec
-        env = dict(self.environment)
-        env.update(extra)
-        self.prepared[id_] = (CommandLine(SHELL, argv, env), timeout_s)
+        self.prepared[id_] = (CommandLine(SHELL, argv, self.environment, extra), timeout_s)
 
     def owns(self, id_: int) -> bool:
         return id_ in self.prepared
@@ -646,15 +648,18 @@ class Worker:
     def run(self) -> None:
         http, shell = self.http, self.shell
         while self.open:
-            reads, writes, _ = http.multi.fdset()
+            transfers = http.busy()
+            reads, writes, _ = http.multi.fdset() if transfers else ([], [], [])
             readers = [self.fd, shell.wake_fd, *reads]
             if shell.pipes:
                 readers.append(shell.epoll.fileno())
             if self.out:
                 writes = [*writes, self.fd]
-            timeouts = [t for t in (http.timeout_s(), shell.timeout_s()) if t is not None]
-            timeout = min(timeouts) if timeouts else _IDLE_S
-            readable = _wait(readers, writes, min(timeout, _IDLE_S))
+            timeout = _IDLE_S
+            for t in (http.timeout_s() if transfers else None, shell.timeout_s()):
+                if t is not None and t < timeout:
+                    timeout = t
+            readable = _wait(readers, writes, timeout)
             for fd in readable:
                 if fd == self.fd:
                     self._receive()
@@ -665,7 +670,8 @@ class Worker:
             if shell.timers:
                 shell.run_timers()
             shell.pump()
-            http.drive()
+            if http.busy():
+                http.drive()
             self._flush()
         shell.close()
         shell.kill_doomed()
@@ -703,7 +709,7 @@ class Worker:
         elif kind == wire.CANCEL:
             http.cancel(message[1]) or shell.cancel(message[1])
         elif kind == wire.ENVIRONMENT:
-            shell.environment = message[1]
+            shell.environment = Environment(message[1])
 
     def _flush(self) -> None:
         if self.ends:

@@ -392,7 +392,8 @@ def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, thro
         unavailable("no libc posix_spawn here")  # glibc has it: CI's does
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "X_ONE": "1"}
     cmd = 'read -r line; echo "out:$X_ONE:${line:-none}"; echo err >&2; cut -d" " -f5,6 /proc/$$/stat > ids; grep SigIgn /proc/$$/status > ign'
-    command = spawn.CommandLine("/bin/sh", ["/bin/sh", "-c", f"cd {tmp_path} && {cmd}"], env)
+    argv = ["/bin/sh", "-c", f"cd {tmp_path} && {cmd}"]
+    command = spawn.CommandLine("/bin/sh", argv, spawn.Environment(env))
     pid, out_fd, err_fd = spawn.spawn_now(command)
     _, status = os.waitpid(pid, 0)
     with os.fdopen(out_fd, "rb") as out, os.fdopen(err_fd, "rb") as err:
@@ -404,6 +405,21 @@ def test_spawn_with_and_without_libc_functions(tmp_path: Path, monkeypatch, thro
     assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # (Python's own, here)
     ignored = int((tmp_path / "ign").read_text().split()[1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1))  # not for the command
+
+
+def test_a_commands_own_variables_go_on_top_of_the_shared_ones():
+    from forsun_box.firing import spawn
+
+    base = spawn.Environment({"PATH": "/bin", "SHARED": "base"})
+    alone = spawn.CommandLine("/bin/sh", ["/bin/sh"], base)
+    assert list(alone.c_env) == [b"PATH=/bin", b"SHARED=base", None]
+    added = spawn.CommandLine("/bin/sh", ["/bin/sh"], base, {"OWN": "1"})
+    assert list(added.c_env) == [b"PATH=/bin", b"SHARED=base", b"OWN=1", None]
+    over = spawn.CommandLine("/bin/sh", ["/bin/sh"], base, {"SHARED": "own", "OWN": "é"})
+    assert sorted(over.c_env[:3]) == [b"OWN=\xc3\xa9", b"PATH=/bin", b"SHARED=own"]
+    assert over.c_env[3] is None
+    assert over.env == {"PATH": "/bin", "SHARED": "own", "OWN": "é"}
+    assert base.variables == {"PATH": "/bin", "SHARED": "base"}  # the shared ones stay
 
 
 def test_shell_commands_of_a_burst_all_run(tmp_path: Path):

@@ -297,6 +297,7 @@ def test_a_command_that_cannot_start_says_why(tmp_path: Path) -> None:
             ready = _shell(tmp_path, "k", "true").prepare()
             os.environ["FORSUN_TEST_HUGE"] = "x" * (4 << 20)  # beyond what exec takes
             try:
+                await asyncio.sleep(0)  # (the environment is read once per turn)
                 ready.discard()
                 ready = _shell(tmp_path, "k", "true").prepare()
             finally:
