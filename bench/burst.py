@@ -3,6 +3,7 @@
     .venv/bin/python bench/burst.py                       # all scenarios, 3 rounds, ~8 minutes
     .venv/bin/python bench/burst.py --sizes 2000 --kinds http-close --rounds 1
     .venv/bin/python bench/burst.py --profile DIR         # py-spy of forsun-box's bursts
+    .venv/bin/python bench/burst.py --cpu DIR             # perf: where each burst's CPU went
 
 Every scenario fires N plans (``--sizes``, default 2,000 and 10,000) due at the same whole
 second, once through a bare client that is the machine's limit and once through a running
@@ -60,6 +61,7 @@ from forsun_box.firing.curl import Request, setup_handle
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from harness import cpu_split  # noqa: E402
 from harness.client import V1Client, encode, far_plan  # noqa: E402
 from harness.servers import (  # noqa: E402
     BOX,
@@ -96,8 +98,9 @@ def _sleep_until(at_s: float) -> None:
 class Sink:
     """A fast_sink process; records are read from where the last read stopped."""
 
-    def __init__(self, port: int, fifo: str = "") -> None:
+    def __init__(self, port: int, pid: int, fifo: str = "") -> None:
         self.port = port
+        self.pid = pid
         self.fifo = fifo
         self.seen = 0
 
@@ -123,8 +126,8 @@ def sink(budget_s: float, close: bool = False, fifo: str = "") -> Iterator[Sink]
         args.append("--close")
     if fifo:
         args += ["--fifo", fifo]
-    with running_process(args, port, "/count", "the sink", ready_timeout=15):
-        yield Sink(port, fifo)
+    with running_process(args, port, "/count", "the sink", ready_timeout=15) as proc:
+        yield Sink(port, proc.pid, fifo)
 
 
 def lateness(records: list[list[Any]], keys: set[str]) -> tuple[list[float], int]:
@@ -201,7 +204,7 @@ def bare_http(sink: Sink, n: int, tag: str, keepalive: bool) -> dict[str, Any]:
     _drive(multi, handles)
     multi.close()
     sink.wait(n, due_s + GRACE_S)
-    return summary(*lateness(sink.take(), set(keys)))
+    return {**summary(*lateness(sink.take(), set(keys))), "due_s": due_s}
 
 
 def bare_shell(sink: Sink, n: int, tag: str) -> dict[str, Any]:
@@ -216,7 +219,7 @@ def bare_shell(sink: Sink, n: int, tag: str) -> dict[str, Any]:
     for pid in pids:
         os.waitpid(pid, 0)
     sink.wait(n, due_s + GRACE_S)
-    return summary(*lateness(sink.take(), set(keys)))
+    return {**summary(*lateness(sink.take(), set(keys))), "due_s": due_s}
 
 
 def bare_inproc(n: int) -> dict[str, Any]:
@@ -231,7 +234,7 @@ def bare_inproc(n: int) -> dict[str, Any]:
     _sleep_until(due_s)
     for _ in range(n):
         action()
-    return summary(sorted(samples), 0)
+    return {**summary(sorted(samples), 0), "due_s": due_s}
 
 
 # -- forsun-box ------------------------------------------------------------------------
@@ -394,6 +397,7 @@ def box_burst(
     result["create_errors"] = probe.errors
     result["creates"] = len(probe.samples)
     result["created_s_before_due"] = round(margin, 2)
+    result["due_s"] = due_s
     result["loadavg"] = [round(v, 2) for v in load0]
     return result
 
@@ -410,6 +414,28 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
+@contextlib.contextmanager
+def cpu_recorded(directory: Path | None, name: str) -> Iterator[None]:
+    """``perf record -a`` of the block into DIRECTORY/NAME.data, if asked."""
+    if directory is None:
+        yield
+        return
+    with cpu_split.recorded(directory / f"{name}.data"):
+        yield
+
+
+def cpu_of(
+    path: Path, result: dict[str, Any], roles: dict[int, str], before_s: float = 0.0
+) -> dict[str, float]:
+    """The CPU split of a burst from its due instant to its last arrival, or of the
+    ``before_s`` seconds before the instant."""
+    due = result["due_s"] - time.time() + time.monotonic()
+    start, end = due, due + (result["max"] or GRACE_S * 1000) / 1000
+    if before_s:
+        start, end = due - before_s, due
+    return cpu_split.split(path, start, end, {**roles, os.getpid(): "bench"})
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # unwinds through the `finally` blocks that stop the server and the sinks
     raise SystemExit(128 + signum)
@@ -422,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR", help="py-spy output")
+    ap.add_argument(
+        "--cpu", type=Path, default=None, metavar="DIR", help="perf record -a of every burst"
+    )
     ap.add_argument("--json", type=Path, default=None, help="results file")
     ap.add_argument("--keep", action="store_true", help="keep the server's temp dir")
     args = ap.parse_args(argv)
@@ -434,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     fifo = str(workdir / "shell.fifo")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
+    if args.cpu:
+        why = cpu_split.available()
+        if why is not None:
+            ap.error(f"--cpu needs perf record -a: {why}")
+        args.cpu.mkdir(parents=True, exist_ok=True)
     config = ServerConfig(peer_dir=Path("/nonexistent"), box_python=sys.executable)
     started = datetime.datetime.now(datetime.UTC)
     budget = 3600.0
@@ -448,16 +482,35 @@ def main(argv: list[str] | None = None) -> int:
                     for r in range(args.rounds):
                         tag = f"{kind}-{n}-{r}"
                         print(f"[{time.strftime('%H:%M:%S')}] {tag}", flush=True)
-                        if kind == "inproc":
-                            bare = bare_inproc(n)
-                        elif kind == "shell":
-                            bare = bare_shell(target, n, "bare-" + tag)
-                        else:
-                            bare = bare_http(target, n, "bare-" + tag, kind == "http-keepalive")
+                        with cpu_recorded(args.cpu, f"bare-{tag}"):
+                            if kind == "inproc":
+                                bare = bare_inproc(n)
+                            elif kind == "shell":
+                                bare = bare_shell(target, n, "bare-" + tag)
+                            else:
+                                bare = bare_http(target, n, "bare-" + tag, kind == "http-keepalive")
                         out = None
                         if args.profile:
                             out = args.profile / f"box-{tag}.txt"
-                        box = box_burst(server, kind, n, "box-" + tag, target, samples_file, out)
+                        with cpu_recorded(args.cpu, f"box-{tag}"):
+                            box = box_burst(
+                                server, kind, n, "box-" + tag, target, samples_file, out
+                            )
+                        if args.cpu:
+                            sinks = {close_sink.pid: "sink", keep_sink.pid: "sink"}
+                            bare["cpu"] = cpu_of(args.cpu / f"bare-{tag}.data", bare, sinks)
+                            firing = {p: "firing process" for p in cpu_split.children(server.pid)}
+                            roles = {**sinks, **firing, server.pid: "service"}
+                            box_data = args.cpu / f"box-{tag}.data"
+                            box["cpu"] = cpu_of(box_data, box, roles)
+                            box["cpu_lead"] = cpu_of(box_data, box, roles, before_s=1.0)
+                            for side, split in (
+                                ("limit", bare["cpu"]),
+                                ("forsun-box", box["cpu"]),
+                                ("forsun-box, the second before", box["cpu_lead"]),
+                            ):
+                                shares = ", ".join(f"{k} {v}" for k, v in split.items())
+                                print(f"  cpu % {side}: {shares}", flush=True)
                         ratio = box["p99"] / bare["p99"] if box["p99"] and bare["p99"] else None
                         print(
                             f"  limit p99 {_fmt(bare['p99'])} ms, forsun-box p99 "
