@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pycurl
 
 from forsun_box.actions.base import ActionSettings
@@ -499,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
                         if args.cpu:
                             sinks = {close_sink.pid: "sink", keep_sink.pid: "sink"}
                             bare["cpu"] = cpu_of(args.cpu / f"bare-{tag}.data", bare, sinks)
-                            firing = {p: "firing process" for p in cpu_split.children(server.pid)}
+                            firing = {
+                                c.pid: "firing process"
+                                for c in psutil.Process(server.pid).children()
+                            }
                             roles = {**sinks, **firing, server.pid: "service"}
                             box_data = args.cpu / f"box-{tag}.data"
                             box["cpu"] = cpu_of(box_data, box, roles)

@@ -60,16 +60,6 @@ def recorded(path: Path) -> Iterator[None]:
             proc.wait(10)
 
 
-def children(pid: int) -> list[int]:
-    """The pids of ``pid``'s children (Linux)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    return found
-
-
 def split(path: Path, start: float, end: float, roles: dict[int, str]) -> dict[str, float]:
     """Shares (%) of the samples in ``path`` between ``start`` and ``end`` (monotonic
     seconds) by role, largest first; ``samples`` holds their count."""
