@@ -91,10 +91,7 @@ class Environment:
 
     def entries(self, extra: dict[str, str]) -> list[bytes]:
         """The ``NAME=value`` entries of these variables with ``extra`` on top."""
-        encoded = self.encoded
-        if encoded.keys().isdisjoint(extra):
-            return [*encoded.values(), *(_entry(k, v) for k, v in extra.items())]
-        merged = dict(encoded)
+        merged = dict(self.encoded)
         merged.update((k, _entry(k, v)) for k, v in extra.items())
         return list(merged.values())
 
