@@ -166,6 +166,8 @@ class App:
             stats=self.stats,
         )
         self.scheduler.executor = self.dispatcher
+        # prepared http and shell firings start in the firing process at their instant
+        self.dispatcher.arming = isinstance(self.clock, LoopClock) and self.cluster is None
         if self.cluster is not None:
             # its runs say which node fired them; its firing ids carry the lease epoch
             self.dispatcher.node_id = self.cluster.node

@@ -195,8 +195,9 @@ class Dispatcher:
         self._plain: dict[type[Action], bool] = {}
         # action class -> it defines prepare
         self._preparable: dict[type[Action], bool] = {}
-        # plan key -> (plan version, due ms, its firing made ready, its firing epoch)
-        self._prepared: dict[str, tuple[int, int, Prepared, str]] = {}
+        # plan key -> (plan version, due ms, its firing made ready, its firing epoch,
+        # armed: it starts by itself at its instant)
+        self._prepared: dict[str, tuple[int, int, Prepared, str, bool]] = {}
         self._swept_ms = 0
         # ended prepared attempts waiting to be settled: (settle, started, error, ended)
         self._later: deque[
@@ -211,6 +212,10 @@ class Dispatcher:
         #: a plan's firing epoch (the first part of its firing ids) on a cluster
         #: node; None: the settings' ``firing_epoch`` for every plan
         self.epoch_of: Callable[[Plan], str] | None = None
+        #: arm the preparations that can be (they start by themselves at their
+        #: instant): only where the clock is the wall clock and nothing but this
+        #: engine decides whether a firing happens (not on a cluster node)
+        self.arming = False
 
     # -- public -------------------------------------------------------------
 
@@ -235,6 +240,7 @@ class Dispatcher:
         if self._closed or self.settings.action_timeout_s > 0:
             return 0
         done = 0
+        arming = self.arming
         for plan, due_ms in firings:
             cls = ACTIONS.get(canonical_name(plan.action))
             if cls is None or not self._can_prepare(cls):
@@ -248,10 +254,41 @@ class Dispatcher:
                 ready = self._build(cls, plan, due_ms).prepare()
             except Exception:
                 continue
-            if ready is not None:
-                prepared[plan.key] = (plan.version, due_ms, ready, self._epoch(plan))
-                done += 1
+            if ready is None:
+                continue
+            # A plan with a misfire policy of its own is left to the engine: at the
+            # instant it may decide to skip the firing.
+            armed = arming and due_ms > now and not plan.misfire and hasattr(ready, "arm")
+            if armed:
+                ready.arm(due_ms)  # type: ignore[attr-defined]
+            prepared[plan.key] = (plan.version, due_ms, ready, self._epoch(plan), armed)
+            done += 1
         return done
+
+    def disarm(self, keys: Iterable[str]) -> list[tuple[str, int, int, Awaitable[bool]]]:
+        """Take back the arming of the prepared firings of ``keys`` (their plans are about
+        to change or go). For each that was armed: its key, its plan's version, its due
+        time and an awaitable of whether its instant came first and it went out already
+        -- the engine then still fires it, to learn its end."""
+        prepared = self._prepared
+        if not prepared:
+            return []
+        taken = []
+        for key in [key for key in keys if key in prepared]:
+            version, due_ms, ready, epoch, armed = prepared[key]
+            if not armed:
+                continue
+            prepared[key] = (version, due_ms, ready, epoch, False)
+            answer = ready.disarm()  # type: ignore[attr-defined]
+            if answer is not None:
+                taken.append((key, version, due_ms, answer))
+        return taken
+
+    def disarm_all(self) -> None:
+        """Drop every armed preparation: the engine stops, nothing starts by itself."""
+        prepared = self._prepared
+        for key in [key for key, entry in prepared.items() if entry[4]]:
+            prepared.pop(key)[2].discard()
 
     @property
     def prepared_count(self) -> int:
@@ -262,7 +299,7 @@ class Dispatcher:
         """Drop preparations whose due time passed long ago (their plans went)."""
         self._swept_ms = now
         limit = now - STALE_PREPARED_MS
-        stale = [key for key, (_, due, _, _) in self._prepared.items() if due < limit]
+        stale = [key for key, (_, due, *_) in self._prepared.items() if due < limit]
         for key in stale:
             self._prepared.pop(key)[2].discard()
 
@@ -465,8 +502,8 @@ class Dispatcher:
         shared resources. First attempts belong to the caller's tasks: they
         are waited for, never cancelled here."""
         self._closed = True
-        for _, _, ready, _ in self._prepared.values():
-            ready.discard()
+        for entry in self._prepared.values():
+            entry[2].discard()
         self._prepared.clear()
         for handle in self._timers.values():
             handle.cancel()

@@ -36,6 +36,16 @@ class Executor(Protocol):
         were. A firing prepared for another version or instant of its plan is not used."""
         ...
 
+    def disarm(self, keys: Iterable[str]) -> list[tuple[str, int, int, Awaitable[bool]]]:
+        """Take back the arming of the prepared firings of ``keys``: for each that was
+        armed, its key, version, due time and whether it went out already (see
+        :meth:`forsun_box.dispatcher.Dispatcher.disarm`)."""
+        ...
+
+    def disarm_all(self) -> None:
+        """No prepared firing starts by itself any more (the engine stops)."""
+        ...
+
 
 class CoroutineExecutor:
     """An :class:`Executor` made of ``fn(plan, due_ms) -> awaitable status``."""
@@ -53,3 +63,9 @@ class CoroutineExecutor:
 
     def prepare(self, firings: Iterable[tuple[Plan, int]]) -> int:
         return 0
+
+    def disarm(self, keys: Iterable[str]) -> list[tuple[str, int, int, Awaitable[bool]]]:
+        return []
+
+    def disarm_all(self) -> None:
+        pass

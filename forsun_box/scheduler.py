@@ -37,7 +37,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -184,6 +184,7 @@ class Scheduler:
         self._executor = executor
         self._start = None if executor is None else executor.start_firing
         self._prepare = executor.prepare if executor is not None and executor.prepares else None
+        self._disarm = executor.disarm if executor is not None and executor.prepares else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,6 +212,8 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop firing, wait (bounded) for running firings, flush every mutation."""
         self._running = False
+        if self._prepare is not None:
+            self.executor.disarm_all()  # type: ignore[union-attr]
         if self._timer:
             self._timer.cancel()
             self._timer = None
@@ -244,6 +247,7 @@ class Scheduler:
         for p in plans:
             p.version = next(versions)
             hold(p.key)
+        await self._disarm_keys(p.key for p in plans)
         batch = list(plans)
         await self._writer.commit(Puts(batch))
         if self.stats is not None:
@@ -258,6 +262,7 @@ class Scheduler:
         """Remove ``key``; returns the removed plan. Raises PlanNotFound."""
         plan = await self.get(key)
         self._window.hold(key)
+        await self._disarm_keys((key,))
         await self._writer.commit(Delete(key))
         if self.stats is not None:
             self.stats.incr("removed_count")
@@ -436,6 +441,24 @@ class Scheduler:
         finally:
             if self._running:
                 self._arm()
+
+    async def _disarm_keys(self, keys: Iterable[str]) -> None:
+        """Before the plans of ``keys`` change or go: take back their armed firings (so
+        that none goes out once the change is answered). One whose instant came first
+        went out: it is fired here now, as a firing under way when its plan changed."""
+        disarm = self._disarm
+        if disarm is None:
+            return
+        for key, version, due, answer in disarm(keys):
+            try:
+                went_out = await answer
+            except Exception:
+                went_out = False
+            plan = self._window.get(key)
+            if not went_out or plan is None or plan.version != version:
+                continue
+            if self._window.take(key, due):
+                self._fire(plan, due, self.clock.now_ms())
 
     # ------------------------------------------------------------------ firing
 

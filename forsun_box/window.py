@@ -203,6 +203,15 @@ class Window:
                 break
         return taken
 
+    def take(self, key: str, due: int) -> bool:
+        """Take out ``key``'s plan if it is due at ``due`` (as :meth:`pop_due` would at
+        that instant); False when it is not."""
+        p = self.plans.get(key)
+        if p is None or p.next_time != due:
+            return False
+        del self.plans[key]  # (its heap entry is skipped from now on)
+        return True
+
     def due_between(self, after: int, until: int) -> list[tuple[Plan, int]]:
         """The window's plans due in ``(after, until]``: a walk of the heap that
         skips every subtree whose root is due later (a heap's children never come

@@ -114,6 +114,11 @@ class Prepared(Protocol):
     It may also have a true ``bounded`` attribute: where it is started bounds how many
     run at once by the action's concurrency limit, so the dispatcher holds no slot of
     that limit for it.
+
+    It may also be *armable*, with two more methods: ``arm(at_ms)`` has it start by
+    itself at the wall-clock instant ``at_ms`` (its :meth:`start` then only learns its
+    end), and ``disarm()`` takes that back, returning an awaitable of whether the
+    instant came first and it went out already (None: it was not armed).
     """
 
     def start(self, done: Done) -> None:

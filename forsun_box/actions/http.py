@@ -23,6 +23,7 @@ instant; at the instant it is only started there.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from urllib.parse import quote
@@ -104,12 +105,19 @@ class PreparedRequest:
                 assert response is not None
                 done(outcome(request, response))
 
-        if client.closed:  # (a new process since: the preparation went with the old one)
+        if not client.usable(id_):  # (a new process since: the preparation went with it)
             client, id_ = shared(Action.settings), None
         try:
             client.submit(request, finished, id_)
         except CurlError as e:
             raise _transport_error(request, e) from None
+
+    def arm(self, at_ms: int) -> None:
+        if self.id is not None:
+            self.client.arm(self.id, at_ms)
+
+    def disarm(self) -> asyncio.Future[bool] | None:
+        return None if self.id is None else self.client.disarm(self.id)
 
     def discard(self) -> None:
         id_, self.id = self.id, None

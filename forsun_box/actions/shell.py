@@ -91,7 +91,7 @@ class PreparedCommand:
     def start(self, done: Done) -> None:
         client, id_ = self.client, self.id
         self.id = None
-        if client.closed or id_ is None:  # (a new process since, or started before)
+        if id_ is None or not client.usable(id_):  # (started before, or a new process since)
             client = self.client = shared(Action.settings)
             id_ = client.prepare_command(self.argv, self.env, self.timeout_s)
         timeout_s = self.timeout_s
@@ -119,6 +119,13 @@ class PreparedCommand:
         """Kill the command's process group (SIGTERM, SIGKILL two seconds later)."""
         if self.started is not None:
             self.client.cancel(self.started)
+
+    def arm(self, at_ms: int) -> None:
+        if self.id is not None:
+            self.client.arm(self.id, at_ms)
+
+    def disarm(self) -> asyncio.Future[bool] | None:
+        return None if self.id is None else self.client.disarm(self.id)
 
     def discard(self) -> None:
         id_, self.id = self.id, None

@@ -119,6 +119,12 @@ class FiringProcess:
         self._inbox = bytearray()
         #: ends read, not yet handed to their callbacks
         self._ends: deque[tuple[Any, ...]] = deque()
+        #: armed ids not started here yet (the process starts them at their instant)
+        self._armed: set[int] = set()
+        #: ... of which the end came before they were started here
+        self._early: dict[int, tuple[Any, ...]] = {}
+        #: ids disarmed, waiting for the process's answer
+        self._disarming: dict[int, asyncio.Future[bool]] = {}
         self._reporting = False
         self._environment: dict[str, str] | None = None
         self._environment_read = False
@@ -146,14 +152,57 @@ class FiringProcess:
 
     def unprepare(self, id_: int) -> None:
         """A request from :meth:`prepare` that will not be sent."""
+        self._armed.discard(id_)
+        if self._early.pop(id_, None) is not None:
+            logger.warning("a firing that was dropped had gone out at its instant already")
         if not self._closed:
             self._send((wire.DROP, id_))
+
+    # -- armed: started by the process at their instant ------------------------------------
+
+    def arm(self, id_: int, at_ms: int) -> None:
+        """Have the process start the request or command ``id_`` prepared by itself at the
+        wall-clock instant ``at_ms``. Its start here (:meth:`submit`,
+        :meth:`start_command`) then sends nothing: it only learns the end."""
+        if not self._closed:
+            self._armed.add(id_)
+            self._send((wire.ARM, id_, at_ms))
+
+    def disarm(self, id_: int) -> asyncio.Future[bool]:
+        """Take back an :meth:`arm`; the future says whether the instant came first and
+        the process started it already (it then still wants its start here, to learn its
+        end). Once the process is gone: False, as nothing of it runs."""
+        future: asyncio.Future[bool] = self.loop.create_future()
+        if self._closed or id_ not in self._armed:
+            future.set_result(id_ in self._early)
+            return future
+        self._armed.discard(id_)
+        self._disarming[id_] = future
+        self._send((wire.DISARM, id_))
+        return future
+
+    def usable(self, id_: int | None) -> bool:
+        """True when what ``id_`` prepared can be started here (its process runs, or it
+        went out already and its end is known)."""
+        return not self._closed or id_ in self._early
+
+    def _wait_for(self, id_: int, ended: Callable[[tuple[Any, ...]], None]) -> None:
+        """Start ``id_`` (or, armed, only wait for its end)."""
+        early = self._early.pop(id_, None)
+        if early is not None:
+            self.loop.call_soon(ended, early)
+            return
+        self._waiting[id_] = ended
+        if id_ in self._armed:
+            self._armed.discard(id_)
+        else:
+            self._send((wire.START, id_))
 
     def submit(self, request: Request, on_done: OnDone, id_: int | None = None) -> int:
         """Send ``request`` (``id_``: as prepared); ``on_done(response, error)`` is called
         once, later, from the loop. Returns its id (for :meth:`cancel`). Raises
         :class:`CurlError` when the process is closed (``on_done`` is then not called)."""
-        if self._closed:
+        if not self.usable(id_):
             raise CurlError(pycurl.E_FAILED_INIT, self._why)
         if id_ is None:
             id_ = self.prepare(request)
@@ -167,8 +216,7 @@ class FiringProcess:
             else:
                 on_done(Response(code, payload), None)
 
-        self._waiting[id_] = ended
-        self._send((wire.START, id_))
+        self._wait_for(id_, ended)
         return id_
 
     async def fetch(self, request: Request) -> Response:
@@ -215,7 +263,7 @@ class FiringProcess:
     def start_command(self, id_: int, on_exit: OnExit) -> None:
         """Spawn the command ``id_`` prepared; ``on_exit(status, output, state)`` is called
         once, later, from the loop. Raises :class:`OSError` when the process is closed."""
-        if self._closed:
+        if not self.usable(id_):
             raise OSError(self._why)
 
         def ended(end: tuple[Any, ...]) -> None:
@@ -225,8 +273,7 @@ class FiringProcess:
             else:
                 on_exit(status, output, state)
 
-        self._waiting[id_] = ended
-        self._send((wire.START, id_))
+        self._wait_for(id_, ended)
 
     def drop(self, id_: int) -> None:
         """A command from :meth:`prepare_command` that will not be started."""
@@ -253,11 +300,18 @@ class FiringProcess:
         self._sock.close()
         waiting, self._waiting = self._waiting, {}
         ends, self._ends = self._ends, deque()
+        disarming, self._disarming = self._disarming, {}
+        self._armed.clear()
         if not self.loop.is_closed():
             for end in ends:  # (read already: they ended as they say)
+                if len(end) == 2:
+                    _answer(disarming.pop(end[0], None), end[1])
+                    continue
                 known = waiting.pop(end[0], None)
                 if known is not None:
                     self.loop.call_soon(_closing_end, known, end)
+            for future in disarming.values():
+                _answer(future, False)
             for id_, ended in waiting.items():
                 self.loop.call_soon(_closing_end, ended, (id_, None, why, None))
         try:
@@ -348,8 +402,13 @@ class FiringProcess:
         turn = Turn()
         while ends:
             end = ends.popleft()
+            if len(end) == 2:  # a DISARM's answer
+                _answer(self._disarming.pop(end[0], None), end[1])
+                continue
             ended = waiting.pop(end[0], None)
             if ended is None:
+                if end[0] in self._armed or end[0] in self._disarming:
+                    self._early[end[0]] = end  # it went out at its instant
                 continue
             try:
                 ended(end)
@@ -371,6 +430,11 @@ class FiringProcess:
             in_flight,
         )
         self.close(f"the firing process exited (status {code})")
+
+
+def _answer(future: asyncio.Future[bool] | None, started: bool) -> None:
+    if future is not None and not future.done():
+        future.set_result(started)
 
 
 def _closing_end(ended: Callable[[tuple[Any, ...]], None], end: tuple[Any, ...]) -> None:

@@ -9,11 +9,18 @@ tuple whose first item is its kind. The service sends:
   the service's environment with ``env`` on top, killed after ``timeout_s``; 0: never);
 - ``(ENVIRONMENT, env)``: the service's environment, sent again whenever it changed;
 - ``(START, id)``: send or spawn what ``id`` prepared, now;
+- ``(ARM, id, at_ms)``: start what ``id`` prepared by itself at the wall-clock instant
+  ``at_ms`` (unix ms), unless a START, DROP, CANCEL or DISARM of it comes first;
+- ``(DISARM, id)``: do not start it by itself after all (it stays prepared, for a START
+  or a DROP);
 - ``(DROP, id)``: it will not be started;
 - ``(CANCEL, id)``: stop it (a transfer is dropped, a command's process group gets
   SIGTERM, SIGKILL two seconds later); no end is reported for it.
 
-The process answers, once for every started id, with its end:
+The process answers every DISARM with ``(id, started)``: ``started`` is true when the
+instant came first and it was started (its end follows as for any other).
+
+It answers, once for every started id, with its end:
 
 - http: ``(id, code, body, 0)`` for an answer (the body's first bytes), or
   ``(id, 0, message, curl_code)`` when there was none;
@@ -33,6 +40,8 @@ ENVIRONMENT = 3
 START = 4
 DROP = 5
 CANCEL = 6
+ARM = 7
+DISARM = 8
 
 EXITED = 0
 TIMED_OUT = 1

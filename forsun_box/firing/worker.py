@@ -4,7 +4,9 @@ The service starts one (:mod:`forsun_box.firing.client`) and keeps it for its li
 they talk over one Unix socket (:mod:`forsun_box.firing.wire`). Requests and commands
 arrive ahead of their instant and are set up then -- easy handles with every option set,
 command lines and environments as C arrays -- so that at the instant a start is one
-``curl_multi_add_handle`` or one ``posix_spawn``.
+``curl_multi_add_handle`` or one ``posix_spawn``. Those the service *arms* start here by
+themselves at their instant, on this process's reading of the wall clock: a burst's
+sends do not wait for the service to come round to them.
 
 Why a process of its own: at the instant of a burst, the service still answers its APIs,
 commits its records and runs its store's thread, all under one interpreter lock; here
@@ -643,6 +645,9 @@ class Worker:
         self.inbox = bytearray()
         self.http = Http(max_clients, http_limit, self.ends.append)
         self.shell = Shell(shell_limit, self.ends.append)
+        #: armed ids -> their instant (unix s); the heap holds (instant, id), stale or not
+        self.arms: dict[int, float] = {}
+        self.arm_heap: list[tuple[float, int]] = []
         self.open = True
 
     def run(self) -> None:
@@ -656,9 +661,13 @@ class Worker:
             if self.out:
                 writes = [*writes, self.fd]
             timeout = _IDLE_S
-            for t in (http.timeout_s() if transfers else None, shell.timeout_s()):
+            for t in (
+                http.timeout_s() if transfers else None,
+                shell.timeout_s(),
+                self.arm_heap[0][0] - time.time() if self.arm_heap else None,
+            ):
                 if t is not None and t < timeout:
-                    timeout = t
+                    timeout = max(0.0, t)
             readable = _wait(readers, writes, timeout)
             for fd in readable:
                 if fd == self.fd:
@@ -667,6 +676,8 @@ class Worker:
                     shell.reap()
                 elif fd == shell.epoll.fileno():
                     shell.read_pipes()
+            if self.arm_heap and self.arm_heap[0][0] <= time.time():
+                self._start_armed()
             if shell.timers:
                 shell.run_timers()
             shell.pump()
@@ -695,21 +706,45 @@ class Worker:
         kind = message[0]
         http, shell = self.http, self.shell
         if kind == wire.START:
-            id_ = message[1]
-            if http.owns(id_):
-                http.start(id_)
-            elif shell.owns(id_):
-                shell.start(id_)
+            self.arms.pop(message[1], None)
+            self._start(message[1])
         elif kind == wire.PREPARE_HTTP:
             http.prepare(message[1], message[2])
         elif kind == wire.PREPARE_SHELL:
             shell.prepare(message[1], message[2])
+        elif kind == wire.ARM:
+            id_, at = message[1], message[2] / 1000
+            if http.owns(id_) or shell.owns(id_):
+                self.arms[id_] = at
+                heapq.heappush(self.arm_heap, (at, id_))
+        elif kind == wire.DISARM:
+            id_ = message[1]
+            armed = self.arms.pop(id_, None) is not None
+            self.ends.append((id_, not armed and not (http.owns(id_) or shell.owns(id_))))
         elif kind == wire.DROP:
+            self.arms.pop(message[1], None)
             http.drop(message[1]) or shell.drop(message[1])
         elif kind == wire.CANCEL:
+            self.arms.pop(message[1], None)
             http.cancel(message[1]) or shell.cancel(message[1])
         elif kind == wire.ENVIRONMENT:
             shell.environment = Environment(message[1])
+
+    def _start(self, id_: int) -> None:
+        if self.http.owns(id_):
+            self.http.start(id_)
+        elif self.shell.owns(id_):
+            self.shell.start(id_)
+
+    def _start_armed(self) -> None:
+        """Start the armed ids whose instant came."""
+        now = time.time()
+        heap, arms = self.arm_heap, self.arms
+        while heap and heap[0][0] <= now:
+            at, id_ = heapq.heappop(heap)
+            if arms.get(id_) == at:
+                del arms[id_]
+                self._start(id_)
 
     def _flush(self) -> None:
         if self.ends:

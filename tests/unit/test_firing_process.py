@@ -141,6 +141,86 @@ def threaded_server() -> Iterator[int]:
         thread.join(10)
 
 
+class _Arrivals(http.server.BaseHTTPRequestHandler):
+    """Answers 200 and notes when each path arrived (wall clock)."""
+
+    arrived: dict[str, float] = {}  # noqa: RUF012
+
+    def do_GET(self) -> None:
+        _Arrivals.arrived[self.path] = time.time()
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_armed_requests_and_commands_start_by_themselves_at_their_instant(
+    tmp_path: Path,
+) -> None:
+    configure_actions(ActionSettings())
+    _Arrivals.arrived = {}
+    server = _Threaded(("127.0.0.1", 0), _Arrivals)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    arrived = _Arrivals.arrived
+
+    async def main() -> None:
+        process = shared(ActionSettings())
+        loop = asyncio.get_running_loop()
+        try:
+            at = int(time.time() * 1000) + 300
+            ids = {}
+            for name in ("early", "taken-back", "late"):
+                ids[name] = process.prepare(Request(f"{url}/{name}"))
+                process.arm(ids[name], at + (300 if name == "late" else 0))
+            out = tmp_path / "out"
+            shell_id = process.prepare_command(["/bin/sh", "-c", f"echo x >'{out}'"], {}, 0)
+            process.arm(shell_id, at)
+            assert await process.disarm(ids["taken-back"]) is False
+            # nothing is started from here: they go out at their instants by themselves
+            assert await wait_until_async(lambda: "/late" in arrived, 10)
+            assert arrived["/early"] >= at / 1000 and arrived["/late"] >= (at + 300) / 1000
+            assert "/taken-back" not in arrived  # (its instant came before the late one's)
+            assert await wait_until_async(out.exists, 10)
+            # a start here only learns the end, which may have come already
+            assert await process.disarm(ids["late"]) is True
+            for name in ("early", "late"):
+                answer: asyncio.Future[int] = loop.create_future()
+                process.submit(
+                    Request(f"{url}/{name}"),
+                    lambda r, e, f=answer: f.set_result(r.code if r else -1),
+                    ids[name],
+                )
+                assert await asyncio.wait_for(answer, 10) == 200
+            exited: asyncio.Future[tuple[int, int]] = loop.create_future()
+            process.start_command(
+                shell_id, lambda status, _, state: exited.set_result((status, state))
+            )
+            assert await asyncio.wait_for(exited, 10) == (0, wire.EXITED)
+            # the one taken back is still prepared: started now, it goes out now
+            taken: asyncio.Future[int] = loop.create_future()
+            process.submit(
+                Request(f"{url}/taken-back"),
+                lambda r, e: taken.set_result(r.code if r else -1),
+                ids["taken-back"],
+            )
+            assert await asyncio.wait_for(taken, 10) == 200
+            assert list(arrived).count("/taken-back") == 1
+        finally:
+            close_shared()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 def _ends_unread(sock: socket.socket) -> int:
     try:
         data = sock.recv(1 << 20, socket.MSG_PEEK)

@@ -33,6 +33,8 @@ class _Log:  # one shared record, reset by each test
     prepared: list[tuple[str, str, int]] = []  # noqa: RUF012  # (key, param v, due) at each prepare
     started: list[tuple[str, str, int, int, str]] = []  # noqa: RUF012  # (key, v, due, clock, firing id)
     discarded: list[tuple[str, str]] = []  # noqa: RUF012
+    armed: list[tuple[str, str, int]] = []  # noqa: RUF012  # (key, v, instant)
+    disarmed: list[tuple[str, str, bool]] = []  # noqa: RUF012  # (key, v, it went out)
     executed: list[tuple[str, str]] = []  # noqa: RUF012  # firings that went through execute instead
     fail_with: str = ""
 
@@ -65,6 +67,52 @@ class _Held(_Ready):
         _Held.ends.append(done)
 
 
+class _Armable(_Ready):
+    """Armed, it goes out by itself at its instant (``lead`` ms early: a firing process
+    whose reading of the clock is ahead of the engine's), as the firing process does."""
+
+    def __init__(self, action: Recording) -> None:
+        super().__init__(action)
+        self.out = False
+        self.timer: object = None
+        self.done: Done | None = None
+
+    def arm(self, at_ms: int) -> None:
+        a = self.action
+        _Log.armed.append((a.plan.key, self.v, at_ms))
+        assert Recording.clock is not None
+        lead = int(a.params.get("lead", "0"))
+        self.timer = Recording.clock.call_at(at_ms - lead, self._go)
+
+    def _go(self) -> None:
+        self.out = True
+        a = self.action
+        _Log.started.append((a.plan.key, self.v, a.due_ms, a.clock_ms(), a.firing_id))
+        if self.done is not None:
+            asyncio.get_running_loop().call_soon(self.done, None)
+
+    def disarm(self) -> asyncio.Future[bool]:
+        self.timer.cancel()  # type: ignore[attr-defined]
+        answer = asyncio.get_running_loop().create_future()
+        answer.set_result(self.out)
+        _Log.disarmed.append((self.action.plan.key, self.v, self.out))
+        self.timer = None
+        return answer
+
+    def start(self, done: Done) -> None:
+        if self.out:  # it went out: only its end is learnt here
+            asyncio.get_running_loop().call_soon(done, None)
+        elif self.timer is not None:  # it goes out at its instant by itself
+            self.done = done
+        else:
+            super().start(done)
+
+    def discard(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()  # type: ignore[attr-defined]
+        super().discard()
+
+
 class Recording(Action):
     clock: FakeClock | None = None
 
@@ -76,7 +124,9 @@ class Recording(Action):
         if self.params.get("bad"):
             raise ActionFailed("bad params")
         _Log.prepared.append((self.plan.key, self.params.get("v", ""), self.due_ms))
-        return _Held(self) if self.params.get("held") else _Ready(self)
+        if self.params.get("held"):
+            return _Held(self)
+        return _Armable(self) if self.params.get("armable") else _Ready(self)
 
     async def execute(self, *args: object, **kwargs: object) -> None:
         _Log.executed.append((self.plan.key, self.params.get("v", "")))
@@ -89,6 +139,7 @@ def _registry():
     saved, saved_settings = dict(ACTIONS), Action.settings
     register_action("rec", Recording)
     _Log.prepared, _Log.started, _Log.discarded, _Log.executed = [], [], [], []
+    _Log.armed, _Log.disarmed = [], []
     _Log.fail_with = ""
     _Held.ends = []
     yield
@@ -98,7 +149,7 @@ def _registry():
 
 
 class Engine:
-    def __init__(self, clock: FakeClock, **settings: object) -> None:
+    def __init__(self, clock: FakeClock, arming: bool = False, **settings: object) -> None:
         self.clock = clock
         Recording.clock = clock
         self.runs: list[Run] = []
@@ -111,6 +162,7 @@ class Engine:
             lambda *a: None,
             self.stats,
         )
+        self.dispatcher.arming = arming
         self.sched = Scheduler(
             self.store,
             clock,
@@ -131,7 +183,7 @@ class Engine:
         await self.sched.stop()
         await self.dispatcher.close()
 
-    def plan(self, key: str, at_ms: int, **params: str) -> Plan:
+    def plan(self, key: str, at_ms: int, misfire: str = "", **params: str) -> Plan:
         return build_plan(
             key=key,
             kind=AT,
@@ -140,6 +192,7 @@ class Engine:
             default_tz=UTC,
             action="rec",
             params=params,
+            misfire=misfire,
         )
 
 
@@ -421,3 +474,99 @@ def test_a_bursts_work_lets_the_loop_turn_once_it_held_it_a_turn(
     assert max(s[0] for s in steps) <= PREPARE_CHUNK
     assert max(s[1] for s in steps) <= FIRE_CHUNK
     assert max(s[2] for s in steps) == 1
+
+
+def test_armed_firings_go_out_by_themselves_and_the_engine_learns_their_end() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan(k, due, v=k, armable="1") for k in ("a", "b")])
+        await clock.advance(4500)
+        assert sorted(_Log.armed) == [("a", "a", due), ("b", "b", due)]
+        await clock.advance(500)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # each went out once, at its instant, and nothing was sent again at the start
+        assert sorted((k, at) for k, _, _, at, _ in _Log.started) == [("a", due), ("b", due)]
+        await e.sched.flush()
+        assert sorted((r.key, r.result) for r in e.runs) == [("a", 1), ("b", 1)]
+        assert await e.store.get("a") is None
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_removed_or_replaced_before_its_instant_never_goes_out_armed() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create([e.plan(k, due, v="old", armable="1") for k in ("gone", "moved")])
+        await clock.advance(4500)
+        assert len(_Log.armed) == 2
+        await e.sched.remove("gone")
+        await e.sched.create([e.plan("moved", due + 2000, v="new", armable="1")])
+        assert sorted(_Log.disarmed) == [("gone", "old", False), ("moved", "old", False)]
+        await clock.advance(3000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [(k, v, at) for k, v, _, at, _ in _Log.started] == [("moved", "new", due + 2000)]
+        await e.sched.flush()
+        assert [(r.key, r.due_ms) for r in e.runs] == [("moved", due + 2000)]
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_changed_as_its_armed_firing_went_out_is_fired_and_recorded_once() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        # its firing process goes 50 ms ahead of the engine's instant
+        await e.sched.create([e.plan(k, due, v="old", armable="1", lead="50") for k in "ab"])
+        await clock.advance(4960)
+        assert len(_Log.started) == 2  # out, and the engine's instant not come yet
+        await e.sched.create([e.plan("a", due + 1000, v="new", armable="1")])
+        await e.sched.remove("b")
+        assert sorted(_Log.disarmed) == [("a", "old", True), ("b", "old", True)]
+        await clock.advance(2000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        sent = sorted((k, v, at) for k, v, _, at, _ in _Log.started)
+        assert sent == [("a", "new", due + 1000), ("a", "old", due - 50), ("b", "old", due - 50)]
+        await e.sched.flush()
+        # what went out is recorded, once; the changes stand
+        runs = sorted((r.key, r.due_ms, r.result) for r in e.runs)
+        assert runs == [("a", due, 1), ("a", due + 1000, 1), ("b", due, 1)]
+        assert await e.store.get("a") is None and await e.store.get("b") is None
+        await e.stop()
+
+    run(main())
+
+
+def test_a_stop_drops_what_is_armed_and_a_misfire_policy_is_never_armed() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        await e.sched.create(
+            [
+                e.plan("armed", due, v="1", armable="1"),
+                e.plan("own-policy", due, misfire="skip", v="2", armable="1"),
+            ]
+        )
+        await clock.advance(4500)
+        assert [k for k, *_ in _Log.armed] == ["armed"]  # the other waits for the engine
+        assert e.dispatcher.prepared_count == 2
+        await e.stop()
+        assert ("armed", "1") in _Log.discarded
+        await clock.advance(1000)
+        assert _Log.started == []
+
+    run(main())
