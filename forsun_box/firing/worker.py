@@ -676,7 +676,7 @@ class Worker:
                     shell.reap()
                 elif fd == shell.epoll.fileno():
                     shell.read_pipes()
-            if self.arm_heap and self.arm_heap[0][0] <= time.time():
+            if self.open and self.arm_heap and self.arm_heap[0][0] <= time.time():
                 self._start_armed()
             if shell.timers:
                 shell.run_timers()

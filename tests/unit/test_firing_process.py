@@ -284,7 +284,8 @@ def test_ctrl_c_is_for_the_service_not_the_firing_process() -> None:
 
 
 def test_the_firing_process_ends_with_the_service(tmp_path: Path) -> None:
-    # a service killed outright: its firing process sees the socket close and ends
+    # a service killed outright: its firing process sees the socket close and ends,
+    # starting nothing it had armed
     script = textwrap.dedent(
         """
         import asyncio, sys, time
@@ -292,14 +293,23 @@ def test_the_firing_process_ends_with_the_service(tmp_path: Path) -> None:
         from forsun_box.firing.client import shared
 
         async def main():
-            print(shared(ActionSettings()).pid, flush=True)
+            process = shared(ActionSettings())
+            at = int(sys.argv[1])
+            process.arm(process.prepare_command(["/bin/sh", "-c", "touch armed"], {}, 0), at)
+            await asyncio.sleep(0)  # (it goes out at the end of the turn)
+            print(process.pid, flush=True)
             await asyncio.sleep(60)
 
         asyncio.run(main())
         """
     )
+    at = int(time.time() * 1000) + 5000
     service = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+        [sys.executable, "-c", script, str(at)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     try:
         assert service.stdout is not None
@@ -308,6 +318,8 @@ def test_the_firing_process_ends_with_the_service(tmp_path: Path) -> None:
         service.kill()
         service.wait(10)
         assert wait_until(lambda: _gone(worker), 10)
+        # gone before the instant: the armed command can never start
+        assert time.time() * 1000 < at and not (tmp_path / "armed").exists()
     finally:
         if service.poll() is None:
             service.kill()
