@@ -391,7 +391,12 @@ class Dispatcher:
                 stats.decr("action_executing_count")
                 if not bounded:
                     slots.release()
-            self._later.append((settle, started, error, self._clock.now_ms()))
+            ended = self._clock.now_ms()
+            went_out = getattr(ready, "went_out", None)
+            if went_out is not None:  # started at its instant by itself, out of here
+                started, ended = went_out
+            stats.record_lateness(started - due_ms)
+            self._later.append((settle, started, error, ended))
             if not self._draining:
                 self._draining = True
                 asyncio.get_running_loop().call_soon(self._drain)
@@ -412,7 +417,6 @@ class Dispatcher:
             """Send (holding a slot, unless the preparation is bounded where it is sent).
             False when it ended at once (a slot goes back)."""
             started = self._clock.now_ms()
-            stats.record_lateness(started - due_ms)
             if self._closed:
                 finish(started, ActionFailed("cancelled"), False)
                 return False

@@ -84,7 +84,7 @@ class PreparedRequest:
     """An http firing built ahead and set up in the firing process: at the instant it is
     only started there."""
 
-    __slots__ = ("client", "id", "request")
+    __slots__ = ("client", "id", "request", "went_out")
     #: the firing process bounds how many run at once
     bounded = True
 
@@ -92,6 +92,7 @@ class PreparedRequest:
         self.request = request
         self.client = client
         self.id: int | None = client.prepare(request)
+        self.went_out: tuple[int, int] | None = None
 
     def start(self, done: Done) -> None:
         request = self.request
@@ -108,9 +109,12 @@ class PreparedRequest:
         if not client.usable(id_):  # (a new process since: the preparation went with it)
             client, id_ = shared(Action.settings), None
         try:
-            client.submit(request, finished, id_)
+            client.submit(request, finished, id_, self._went_out)
         except CurlError as e:
             raise _transport_error(request, e) from None
+
+    def _went_out(self, started_ms: int, ended_ms: int) -> None:
+        self.went_out = (started_ms, ended_ms)
 
     def arm(self, at_ms: int) -> None:
         if self.id is not None:

@@ -74,7 +74,7 @@ class PreparedCommand:
     """A command line and environment built ahead and set up in the firing process: at
     the instant it is only spawned there."""
 
-    __slots__ = ("argv", "client", "env", "id", "started", "timeout_s")
+    __slots__ = ("argv", "client", "env", "id", "started", "timeout_s", "went_out")
     #: the firing process bounds how many run at once
     bounded = True
 
@@ -87,6 +87,7 @@ class PreparedCommand:
         self.client = client
         self.id: int | None = client.prepare_command(argv, env, timeout_s)
         self.started: int | None = None
+        self.went_out: tuple[int, int] | None = None
 
     def start(self, done: Done) -> None:
         client, id_ = self.client, self.id
@@ -110,7 +111,7 @@ class PreparedCommand:
                 done(None)
 
         try:
-            client.start_command(id_, exited)
+            client.start_command(id_, exited, self._went_out)
         except OSError as e:
             raise ActionFailed(f"cannot start {SHELL}: {e}") from None
         self.started = id_
@@ -119,6 +120,9 @@ class PreparedCommand:
         """Kill the command's process group (SIGTERM, SIGKILL two seconds later)."""
         if self.started is not None:
             self.client.cancel(self.started)
+
+    def _went_out(self, started_ms: int, ended_ms: int) -> None:
+        self.went_out = (started_ms, ended_ms)
 
     def arm(self, at_ms: int) -> None:
         if self.id is not None:

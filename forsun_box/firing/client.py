@@ -55,6 +55,8 @@ FROZEN_FLAG = "--firing-process"
 OnDone = Callable[[Response | None, CurlError | None], None]
 #: how a command ends: (exit status, the end of its output, state: wire.EXITED...)
 OnExit = Callable[[int, str, int], None]
+#: when what an arm started started and ended (unix ms)
+WentOut = Callable[[int, int], None]
 
 
 def _command(fd: int, limits: Limits) -> list[str]:
@@ -198,17 +200,26 @@ class FiringProcess:
         else:
             self._send((wire.START, id_))
 
-    def submit(self, request: Request, on_done: OnDone, id_: int | None = None) -> int:
+    def submit(
+        self,
+        request: Request,
+        on_done: OnDone,
+        id_: int | None = None,
+        on_went_out: WentOut | None = None,
+    ) -> int:
         """Send ``request`` (``id_``: as prepared); ``on_done(response, error)`` is called
-        once, later, from the loop. Returns its id (for :meth:`cancel`). Raises
-        :class:`CurlError` when the process is closed (``on_done`` is then not called)."""
+        once, later, from the loop (just after ``on_went_out(started_ms, ended_ms)`` when
+        its arm started it). Returns its id (for :meth:`cancel`). Raises :class:`CurlError` when the
+        process is closed (``on_done`` is then not called)."""
         if not self.usable(id_):
             raise CurlError(pycurl.E_FAILED_INIT, self._why)
         if id_ is None:
             id_ = self.prepare(request)
 
         def ended(end: tuple[Any, ...]) -> None:
-            _, code, payload, curl_code = end
+            _, code, payload, curl_code, *times = end
+            if times and on_went_out is not None:
+                on_went_out(times[0], times[1])
             if code is None:  # closed before its end came
                 on_done(None, CurlError(pycurl.E_FAILED_INIT, payload))
             elif curl_code:
@@ -260,14 +271,17 @@ class FiringProcess:
     def _read_environment_again(self) -> None:
         self._environment_read = False
 
-    def start_command(self, id_: int, on_exit: OnExit) -> None:
+    def start_command(self, id_: int, on_exit: OnExit, on_went_out: WentOut | None = None) -> None:
         """Spawn the command ``id_`` prepared; ``on_exit(status, output, state)`` is called
-        once, later, from the loop. Raises :class:`OSError` when the process is closed."""
+        once, later, from the loop (``on_went_out`` as for :meth:`submit`). Raises
+        :class:`OSError` when the process is closed."""
         if not self.usable(id_):
             raise OSError(self._why)
 
         def ended(end: tuple[Any, ...]) -> None:
-            _, status, output, state = end
+            _, status, output, state, *times = end
+            if times and on_went_out is not None:
+                on_went_out(times[0], times[1])
             if status is None:  # closed before its end came
                 on_exit(-1, output, wire.LOST)
             else:

@@ -18,7 +18,8 @@ tuple whose first item is its kind. The service sends:
   SIGTERM, SIGKILL two seconds later); no end is reported for it.
 
 The process answers every DISARM with ``(id, started)``: ``started`` is true when the
-instant came first and it was started (its end follows as for any other).
+instant came first and it was started (its end follows as for any other). The end of an
+id its ARM started has two more items: when it was started and when it ended (unix ms).
 
 It answers, once for every started id, with its end:
 

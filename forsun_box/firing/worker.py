@@ -643,11 +643,13 @@ class Worker:
         self.ends: list[tuple[Any, ...]] = []
         self.out = bytearray()
         self.inbox = bytearray()
-        self.http = Http(max_clients, http_limit, self.ends.append)
-        self.shell = Shell(shell_limit, self.ends.append)
+        self.http = Http(max_clients, http_limit, self._ended)
+        self.shell = Shell(shell_limit, self._ended)
         #: armed ids -> their instant (unix s); the heap holds (instant, id), stale or not
         self.arms: dict[int, float] = {}
         self.arm_heap: list[tuple[float, int]] = []
+        #: ids started by their arm -> when (unix ms), for their end to say
+        self.armed_started: dict[int, int] = {}
         self.open = True
 
     def run(self) -> None:
@@ -726,6 +728,7 @@ class Worker:
             http.drop(message[1]) or shell.drop(message[1])
         elif kind == wire.CANCEL:
             self.arms.pop(message[1], None)
+            self.armed_started.pop(message[1], None)
             http.cancel(message[1]) or shell.cancel(message[1])
         elif kind == wire.ENVIRONMENT:
             shell.environment = Environment(message[1])
@@ -739,12 +742,19 @@ class Worker:
     def _start_armed(self) -> None:
         """Start the armed ids whose instant came."""
         now = time.time()
-        heap, arms = self.arm_heap, self.arms
+        now_ms = int(now * 1000)
+        heap, arms, started = self.arm_heap, self.arms, self.armed_started
         while heap and heap[0][0] <= now:
             at, id_ = heapq.heappop(heap)
             if arms.get(id_) == at:
                 del arms[id_]
+                started[id_] = now_ms
                 self._start(id_)
+
+    def _ended(self, end: tuple[Any, ...]) -> None:
+        """An end to send; one of an id its arm started says when it started and ended."""
+        started = self.armed_started.pop(end[0], None) if self.armed_started else None
+        self.ends.append(end if started is None else (*end, started, int(time.time() * 1000)))
 
     def _flush(self) -> None:
         if self.ends:
