@@ -284,6 +284,18 @@ class Dispatcher:
                 taken.append((key, version, due_ms, answer))
         return taken
 
+    def is_armed(self, plan: Plan, due_ms: int) -> bool:
+        """Whether the firing of ``plan`` due at ``due_ms`` was prepared and armed."""
+        entry = self._prepared.get(plan.key)
+        return entry is not None and entry[4] and entry[0] == plan.version and entry[1] == due_ms
+
+    def went_out_ended(self, key: str) -> bool:
+        """Whether the end of ``key``'s prepared firing, which went out by itself, has
+        come already (True when there is none: nothing to wait for)."""
+        entry = self._prepared.get(key)
+        ended = None if entry is None else getattr(entry[2], "ended", None)
+        return ended is None or bool(ended())
+
     def disarm_all(self) -> None:
         """Drop every armed preparation: the engine stops, nothing starts by itself."""
         prepared = self._prepared

@@ -46,6 +46,16 @@ class Executor(Protocol):
         """No prepared firing starts by itself any more (the engine stops)."""
         ...
 
+    def is_armed(self, plan: Plan, due_ms: int) -> bool:
+        """Whether the firing of ``plan`` due at ``due_ms`` is armed (it goes out at its
+        instant by itself; the engine then only takes up its end)."""
+        ...
+
+    def went_out_ended(self, key: str) -> bool:
+        """Whether the end of ``key``'s armed firing, which went out, is known already
+        (True when there is no such firing)."""
+        ...
+
 
 class CoroutineExecutor:
     """An :class:`Executor` made of ``fn(plan, due_ms) -> awaitable status``."""
@@ -69,3 +79,9 @@ class CoroutineExecutor:
 
     def disarm_all(self) -> None:
         pass
+
+    def is_armed(self, plan: Plan, due_ms: int) -> bool:
+        return False
+
+    def went_out_ended(self, key: str) -> bool:
+        return True

@@ -90,6 +90,12 @@ class EngineOptions:
     #: how long before their instant firings are handed to the dispatcher to
     #: prepare (0: never)
     prepare_ahead_ms: int = 1_000
+    #: armed firings (the firing process starts them at their instant by itself)
+    #: due together from this many on are taken up here once their ends are in, or
+    #: at most ``take_up_after_ms`` after their instant: meanwhile the burst has the
+    #: cores to itself
+    take_up_from: int = 64
+    take_up_after_ms: int = 500
 
 
 #: least number of young collections between two full ones (CPython's default: 10)
@@ -115,6 +121,8 @@ def tune_gc() -> None:
 FIRE_CHUNK = 32
 #: firings handed to the dispatcher to prepare at a time (the turn is checked between)
 PREPARE_CHUNK = 32
+#: how often a burst's armed firings are looked at for their ends, seconds
+TAKE_UP_LOOK_S = 0.01
 
 
 class Scheduler:
@@ -156,6 +164,8 @@ class Scheduler:
             self.options.refill_limit,
         )
         self._tasks: set[asyncio.Future[Any]] = set()
+        # armed firings that went out, each list waiting to be taken up
+        self._went_out: list[list[tuple[Plan, int]]] = []
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
         self._timer_at: int | None = None
@@ -185,6 +195,7 @@ class Scheduler:
         self._start = None if executor is None else executor.start_firing
         self._prepare = executor.prepare if executor is not None and executor.prepares else None
         self._disarm = executor.disarm if executor is not None and executor.prepares else None
+        self._is_armed = executor.is_armed if executor is not None and executor.prepares else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -212,6 +223,9 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop firing, wait (bounded) for running firings, flush every mutation."""
         self._running = False
+        for went_out in self._went_out:
+            self._take_up(went_out, len(went_out))
+        self._went_out.clear()
         if self._prepare is not None:
             self.executor.disarm_all()  # type: ignore[union-attr]
         if self._timer:
@@ -555,6 +569,8 @@ class Scheduler:
             slice_size = self.options.slice_size
             chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
+            is_armed = self._is_armed
+            went_out: list[tuple[Plan, int]] = []
             while self._running:
                 # A slice: up to slice_size firings, no longer than a turn.
                 turn = Turn()
@@ -564,6 +580,11 @@ class Scheduler:
                     for p, due in due_plans:
                         if self.gate is not None and not self.gate(p):
                             self.gated += 1
+                            continue
+                        if is_armed is not None and is_armed(p, due):
+                            # it went out at its instant: in flight from now on
+                            window.start_firing(p.key, p.version)
+                            went_out.append((p, due))
                             continue
                         fire(p, due, now)
                     more = len(due_plans) == chunk
@@ -575,6 +596,13 @@ class Scheduler:
                 # Let API requests and I/O in between slices.
                 await asyncio.sleep(0)
                 now = self.clock.now_ms()
+            if len(went_out) >= self.options.take_up_from:
+                self._went_out.append(went_out)
+                task = asyncio.get_running_loop().create_task(self._take_up_later(went_out))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif went_out:
+                self._take_up(went_out, len(went_out))
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit(SetMeta("processed_until", str(now)), False)
@@ -592,13 +620,42 @@ class Scheduler:
             self._processing = False
             self._arm()
 
-    def _fire(self, plan: Plan, due: int, now: int) -> None:
+    async def _take_up_later(self, went_out: list[tuple[Plan, int]]) -> None:
+        """Take up the armed firings of a burst once the firing process has reported all
+        their ends, or ``take_up_after_ms`` after the instant: until then the burst has the
+        cores to itself. Then a turn's worth at a time."""
+        clock = self.clock
+        ended = self.executor.went_out_ended  # type: ignore[union-attr]
+        deadline = went_out[0][1] + self.options.take_up_after_ms
+        seen = 0  # (ends come about in order: each look goes on from the last one)
+        while self._running and seen < len(went_out) and clock.now_ms() < deadline:
+            while seen < len(went_out) and ended(went_out[seen][0].key):
+                seen += 1
+            if seen < len(went_out):
+                await clock.sleep(TAKE_UP_LOOK_S)
+        while self._running and went_out:
+            turn = Turn()
+            while went_out and not turn.over():
+                self._take_up(went_out, FIRE_CHUNK)
+            await asyncio.sleep(0)
+        if not went_out and went_out in self._went_out:
+            self._went_out.remove(went_out)
+
+    def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
+        """Fire the last ``n`` of ``went_out`` (already in flight), taking them out."""
+        now = self.clock.now_ms()
+        for plan, due in went_out[-n:]:
+            self._fire(plan, due, now, marked=True)
+        del went_out[-n:]
+
+    def _fire(self, plan: Plan, due: int, now: int, marked: bool = False) -> None:
         policy = self.options.catchup if due < self._started_ms else FIRE_ALL
         if plan.misfire:
             # A per-plan policy replaces the server's, for downtime and overload alike:
             # within the grace window a firing is on time whatever the cause.
             policy = plan.misfire if now - due > plan.grace_ms else FIRE_ALL
-        self._window.start_firing(plan.key, plan.version)
+        if not marked:
+            self._window.start_firing(plan.key, plan.version)
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)

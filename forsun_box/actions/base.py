@@ -118,7 +118,8 @@ class Prepared(Protocol):
     It may also be *armable*, with two more methods: ``arm(at_ms)`` has it start by
     itself at the wall-clock instant ``at_ms`` (its :meth:`start` then only learns its
     end), and ``disarm()`` takes that back, returning an awaitable of whether the
-    instant came first and it went out already (None: it was not armed). When the end of
+    instant came first and it went out already (None: it was not armed); ``ended()``
+    says whether the end of one that went out came already. When the end of
     one its arm started is reported, its ``went_out`` says when it started and when it
     ended there (unix ms); else it is None.
     """

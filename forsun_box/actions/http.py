@@ -116,6 +116,10 @@ class PreparedRequest:
     def _went_out(self, started_ms: int, ended_ms: int) -> None:
         self.went_out = (started_ms, ended_ms)
 
+    def ended(self) -> bool:
+        """Armed: its end came already (it went out at its instant)."""
+        return self.id is not None and self.client.has_end(self.id)
+
     def arm(self, at_ms: int) -> None:
         if self.id is not None:
             self.client.arm(self.id, at_ms)

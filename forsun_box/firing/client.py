@@ -183,6 +183,10 @@ class FiringProcess:
         self._send((wire.DISARM, id_))
         return future
 
+    def has_end(self, id_: int) -> bool:
+        """True when the end of the armed ``id_`` came before it was started here."""
+        return id_ in self._early
+
     def usable(self, id_: int | None) -> bool:
         """True when what ``id_`` prepared can be started here (its process runs, or it
         went out already and its end is known)."""
