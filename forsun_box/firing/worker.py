@@ -71,6 +71,8 @@ STARTING_PER_CPU = 8
 SPAWN_THREADS = 2
 #: the longest wait for anything, seconds
 _IDLE_S = 1.0
+#: armed ids started per turn of the loop at most
+ARMED_PER_TURN = 512
 #: descriptors at or above this are waited on with poll (select's limit)
 _SELECT_LIMIT = 1024
 
@@ -114,6 +116,8 @@ class Http:
         self.running: dict[pycurl.Curl, tuple[int, _Body]] = {}
         self.by_id: dict[int, pycurl.Curl] = {}
         self.free: list[pycurl.Curl] = []
+        #: handles of ended transfers, recycled once no transfer runs (not in a burst)
+        self.spent: list[pycurl.Curl] = []
 
     def prepare(self, id_: int, request: Wire) -> None:
         curl = None
@@ -126,14 +130,15 @@ class Http:
     def owns(self, id_: int) -> bool:
         return id_ in self.prepared
 
-    def start(self, id_: int) -> None:
+    def start(self, id_: int, now: float | None = None) -> None:
+        """Send what ``id_`` prepared, or queue it (``now``: the monotonic clock)."""
         request, curl = self.prepared.pop(id_)
         if curl is not None:
             self.handles -= 1
         if len(self.running) < self.limit and not self.queue:
             self._launch(id_, request, curl)
         else:
-            self.queue.append((id_, request, curl, time.monotonic()))
+            self.queue.append((id_, request, curl, time.monotonic() if now is None else now))
 
     def drop(self, id_: int) -> bool:
         entry = self.prepared.pop(id_, None)
@@ -182,6 +187,11 @@ class Http:
     def busy(self) -> bool:
         """True while transfers run or wait for a slot (else libcurl has nothing to do)."""
         return bool(self.running or self.queue)
+
+    def recycle_spent(self) -> None:
+        spent, self.spent = self.spent, []
+        for curl in spent:
+            self._recycle(curl)
 
     def timeout_s(self) -> float | None:
         ms = self.multi.timeout()
@@ -238,7 +248,7 @@ class Http:
         entry = self.running.pop(curl, None)
         status = curl.getinfo(pycurl.RESPONSE_CODE) if not code else 0
         self.multi.remove_handle(curl)
-        self._recycle(curl)
+        self.spent.append(curl)
         if entry is None:
             return
         id_, body = entry
@@ -685,6 +695,8 @@ class Worker:
             shell.pump()
             if http.busy():
                 http.drive()
+            elif http.spent:
+                http.recycle_spent()
             self._flush()
         shell.close()
         shell.kill_doomed()
@@ -740,16 +752,26 @@ class Worker:
             self.shell.start(id_)
 
     def _start_armed(self) -> None:
-        """Start the armed ids whose instant came."""
+        """Start armed ids whose instant came, :data:`ARMED_PER_TURN` at most: the others
+        wait for the next turn of the loop, after libcurl has had the first (starting
+        10,000 at once would hold every transfer for milliseconds)."""
         now = time.time()
         now_ms = int(now * 1000)
+        since = time.monotonic()
         heap, arms, started = self.arm_heap, self.arms, self.armed_started
-        while heap and heap[0][0] <= now:
+        http, shell = self.http, self.shell
+        left = ARMED_PER_TURN
+        while left and heap and heap[0][0] <= now:
             at, id_ = heapq.heappop(heap)
-            if arms.get(id_) == at:
-                del arms[id_]
-                started[id_] = now_ms
-                self._start(id_)
+            if arms.get(id_) != at:
+                continue
+            del arms[id_]
+            left -= 1
+            started[id_] = now_ms
+            if http.owns(id_):
+                http.start(id_, since)
+            elif shell.owns(id_):
+                shell.start(id_)
 
     def _ended(self, end: tuple[Any, ...]) -> None:
         """An end to send; one of an id its arm started says when it started and ended."""
