@@ -19,7 +19,13 @@ from forsun_box.actions import ACTIONS, Action, ActionFailed, ActionSettings, re
 from forsun_box.actions.base import Done
 from forsun_box.dispatcher import STALE_PREPARED_MS, Dispatcher
 from forsun_box.plan import AT, Plan, build_plan
-from forsun_box.scheduler import FIRE_CHUNK, PREPARE_CHUNK, EngineOptions, Scheduler
+from forsun_box.scheduler import (
+    FIRE_CHUNK,
+    PREPARE_CHUNK,
+    TAKE_UP_LOOK_S,
+    EngineOptions,
+    Scheduler,
+)
 from forsun_box.stats import Stats
 from forsun_box.store.base import Run
 from forsun_box.store.memory import MemoryStore
@@ -76,6 +82,8 @@ class _Armable(_Ready):
         self.out = False
         self.timer: object = None
         self.done: Done | None = None
+        #: (started, ended) there, once its end came
+        self.went_out: tuple[int, int] | None = None
 
     def arm(self, at_ms: int) -> None:
         a = self.action
@@ -87,9 +95,20 @@ class _Armable(_Ready):
     def _go(self) -> None:
         self.out = True
         a = self.action
-        _Log.started.append((a.plan.key, self.v, a.due_ms, a.clock_ms(), a.firing_id))
+        started = a.clock_ms()
+        _Log.started.append((a.plan.key, self.v, a.due_ms, started, a.firing_id))
+        assert Recording.clock is not None
+        # its end comes ``takes`` ms later
+        takes = int(a.params.get("takes", "0"))
+        Recording.clock.call_at(started + takes, lambda: self._end(started, started + takes))
+
+    def _end(self, started: int, ended: int) -> None:
+        self.went_out = (started, ended)
         if self.done is not None:
             asyncio.get_running_loop().call_soon(self.done, None)
+
+    def ended(self) -> bool:
+        return self.went_out is not None
 
     def disarm(self) -> asyncio.Future[bool]:
         self.timer.cancel()  # type: ignore[attr-defined]
@@ -100,10 +119,10 @@ class _Armable(_Ready):
         return answer
 
     def start(self, done: Done) -> None:
-        if self.out:  # it went out: only its end is learnt here
+        if self.went_out is not None:  # it went out and ended: only its end is learnt
             asyncio.get_running_loop().call_soon(done, None)
-        elif self.timer is not None:  # it goes out at its instant by itself
-            self.done = done
+        elif self.timer is not None:  # it goes out (or went out) by itself: its end is
+            self.done = done  # learnt when it comes
         else:
             super().start(done)
 
@@ -568,5 +587,82 @@ def test_a_stop_drops_what_is_armed_and_a_misfire_policy_is_never_armed() -> Non
         assert ("armed", "1") in _Log.discarded
         await clock.advance(1000)
         assert _Log.started == []
+
+    run(main())
+
+
+def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        n = e.sched.options.take_up_from
+        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="100") for i in range(n)])
+        await clock.advance(5000)
+        assert len(_Log.started) == n  # all out at the instant, by themselves
+        await clock.advance(90)
+        # their ends are not in: the engine has not taken them up yet
+        assert e.dispatcher.prepared_count == n and e.sched.inflight_count() == n
+        assert e.stats.get("timeout_handling_count") == 0
+        await clock.advance(10 + int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == 0
+        await e.sched.flush()
+        # recorded as they went out there: started at the instant, 100 ms long
+        assert sorted({(r.started_ms, r.duration_ms, r.result) for r in e.runs}) == [(due, 100, 1)]
+        assert len(e.runs) == n
+        assert e.sched.inflight_count() == 0
+        await e.stop()
+
+    run(main())
+
+
+def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        n = e.sched.options.take_up_from
+        after = e.sched.options.take_up_after_ms
+        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="3000") for i in range(n)])
+        await clock.advance(5000 + after - 20)
+        assert e.dispatcher.prepared_count == n  # still out there, ends not in
+        await clock.advance(20 + int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == 0  # taken up: they wait for their ends here
+        assert e.runs == []
+        await clock.advance(3000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert len(e.runs) == n and {(r.started_ms, r.duration_ms) for r in e.runs} == {(due, 3000)}
+        assert len(_Log.started) == n  # none went out twice
+        await e.stop()
+
+    run(main())
+
+
+def test_a_stop_takes_up_what_went_out_and_sends_nothing_again() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        await e.start()
+        due = T0 + 5000
+        n = e.sched.options.take_up_from
+        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="50") for i in range(n)])
+        await clock.advance(5010)
+        assert e.dispatcher.prepared_count == n
+        stopping = asyncio.get_running_loop().create_task(e.stop())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == 0  # taken up at once, not dropped
+        await clock.advance(100)
+        await stopping
+        assert len(_Log.started) == n and _Log.discarded == []
+        assert len(e.runs) == n
 
     run(main())
