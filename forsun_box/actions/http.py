@@ -23,7 +23,6 @@ instant; at the instant it is only started there.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from urllib.parse import quote
@@ -31,7 +30,7 @@ from urllib.parse import quote
 from forsun_box.actions.base import Action, ActionFailed, Done
 from forsun_box.actions.pools import seconds_param
 from forsun_box.errors import RetryLater
-from forsun_box.firing.client import FiringProcess, close_shared, shared
+from forsun_box.firing.client import Armable, FiringProcess, close_shared, shared
 from forsun_box.firing.curl import CurlError, Request, Response, header_lines
 
 logger = logging.getLogger("forsun_box.actions")
@@ -80,11 +79,11 @@ def _transport_error(request: Request, error: CurlError) -> ActionFailed:
     return ActionFailed(f"{request.method} {request.url}: HTTP 599: {error}")
 
 
-class PreparedRequest:
+class PreparedRequest(Armable):
     """An http firing built ahead and set up in the firing process: at the instant it is
     only started there."""
 
-    __slots__ = ("client", "id", "request", "went_out")
+    __slots__ = ("request",)
     #: the firing process bounds how many run at once
     bounded = True
 
@@ -112,20 +111,6 @@ class PreparedRequest:
             client.submit(request, finished, id_, self._went_out)
         except CurlError as e:
             raise _transport_error(request, e) from None
-
-    def _went_out(self, started_ms: int, ended_ms: int) -> None:
-        self.went_out = (started_ms, ended_ms)
-
-    def ended(self) -> bool:
-        """Armed: its end came already (it went out at its instant)."""
-        return self.id is not None and self.client.has_end(self.id)
-
-    def arm(self, at_ms: int) -> None:
-        if self.id is not None:
-            self.client.arm(self.id, at_ms)
-
-    def disarm(self) -> asyncio.Future[bool] | None:
-        return None if self.id is None else self.client.disarm(self.id)
 
     def discard(self) -> None:
         id_, self.id = self.id, None

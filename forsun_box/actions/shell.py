@@ -28,7 +28,7 @@ import shlex
 
 from forsun_box.actions.base import Action, ActionFailed, Done
 from forsun_box.firing import wire
-from forsun_box.firing.client import FiringProcess, close_shared, shared
+from forsun_box.firing.client import Armable, FiringProcess, close_shared, shared
 from forsun_box.firing.worker import SHELL
 
 logger = logging.getLogger("forsun_box.actions")
@@ -70,11 +70,11 @@ def check_allowed(cmd: str, enabled: bool, allow: tuple[str, ...]) -> None:
         raise ActionFailed(f"command refused: {first!r} is not in the shell allowlist")
 
 
-class PreparedCommand:
+class PreparedCommand(Armable):
     """A command line and environment built ahead and set up in the firing process: at
     the instant it is only spawned there."""
 
-    __slots__ = ("argv", "client", "env", "id", "started", "timeout_s", "went_out")
+    __slots__ = ("argv", "env", "started", "timeout_s")
     #: the firing process bounds how many run at once
     bounded = True
 
@@ -120,20 +120,6 @@ class PreparedCommand:
         """Kill the command's process group (SIGTERM, SIGKILL two seconds later)."""
         if self.started is not None:
             self.client.cancel(self.started)
-
-    def _went_out(self, started_ms: int, ended_ms: int) -> None:
-        self.went_out = (started_ms, ended_ms)
-
-    def ended(self) -> bool:
-        """Armed: its end came already (it went out at its instant)."""
-        return self.id is not None and self.client.has_end(self.id)
-
-    def arm(self, at_ms: int) -> None:
-        if self.id is not None:
-            self.client.arm(self.id, at_ms)
-
-    def disarm(self) -> asyncio.Future[bool] | None:
-        return None if self.id is None else self.client.disarm(self.id)
 
     def discard(self) -> None:
         id_, self.id = self.id, None

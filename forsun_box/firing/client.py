@@ -450,6 +450,31 @@ class FiringProcess:
         self.close(f"the firing process exited (status {code})")
 
 
+class Armable:
+    """What a preparation in the firing process does to be armed (see
+    :class:`forsun_box.actions.base.Prepared`): it holds ``client``, the id its
+    preparation has there (``id``, None once started here or dropped) and ``went_out``."""
+
+    __slots__ = ("client", "id", "went_out")
+    client: FiringProcess
+    id: int | None
+    went_out: tuple[int, int] | None
+
+    def arm(self, at_ms: int) -> None:
+        if self.id is not None:
+            self.client.arm(self.id, at_ms)
+
+    def disarm(self) -> asyncio.Future[bool] | None:
+        return None if self.id is None else self.client.disarm(self.id)
+
+    def ended(self) -> bool:
+        """Armed: its end came already (it went out at its instant)."""
+        return self.id is not None and self.client.has_end(self.id)
+
+    def _went_out(self, started_ms: int, ended_ms: int) -> None:
+        self.went_out = (started_ms, ended_ms)
+
+
 def _answer(future: asyncio.Future[bool] | None, started: bool) -> None:
     if future is not None and not future.done():
         future.set_result(started)

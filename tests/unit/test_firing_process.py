@@ -112,7 +112,12 @@ def test_a_dead_firing_process_fails_what_it_had_and_the_next_use_starts_another
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
+    """Answers 200 and notes each request's path and arrival (wall clock)."""
+
+    arrivals: list[tuple[str, float]] = []  # noqa: RUF012
+
     def do_GET(self) -> None:
+        _Ok.arrivals.append((self.path, time.time()))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -130,6 +135,7 @@ class _Threaded(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def threaded_server() -> Iterator[int]:
     """A loopback HTTP server on its own threads (it answers while the loop is held)."""
+    _Ok.arrivals = []
     server = _Threaded(("127.0.0.1", 0), _Ok)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -141,32 +147,16 @@ def threaded_server() -> Iterator[int]:
         thread.join(10)
 
 
-class _Arrivals(http.server.BaseHTTPRequestHandler):
-    """Answers 200 and notes when each path arrived (wall clock)."""
-
-    arrived: dict[str, float] = {}  # noqa: RUF012
-
-    def do_GET(self) -> None:
-        _Arrivals.arrived[self.path] = time.time()
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_armed_requests_and_commands_start_by_themselves_at_their_instant(
-    tmp_path: Path,
+    tmp_path: Path, threaded_server: int
 ) -> None:
     configure_actions(ActionSettings())
-    _Arrivals.arrived = {}
-    server = _Threaded(("127.0.0.1", 0), _Arrivals)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    arrived = _Arrivals.arrived
+    url = f"http://127.0.0.1:{threaded_server}"
+    arrived: dict[str, float] = {}
+
+    def seen(path: str) -> bool:
+        arrived.update((p, at) for p, at in _Ok.arrivals if p not in arrived)
+        return path in arrived
 
     async def main() -> None:
         process = shared(ActionSettings())
@@ -182,7 +172,7 @@ def test_armed_requests_and_commands_start_by_themselves_at_their_instant(
             process.arm(shell_id, at)
             assert await process.disarm(ids["taken-back"]) is False
             # nothing is started from here: they go out at their instants by themselves
-            assert await wait_until_async(lambda: "/late" in arrived, 10)
+            assert await wait_until_async(lambda: seen("/late"), 10)
             assert arrived["/early"] >= at / 1000 and arrived["/late"] >= (at + 300) / 1000
             assert "/taken-back" not in arrived  # (its instant came before the late one's)
             assert await wait_until_async(out.exists, 10)
@@ -209,16 +199,13 @@ def test_armed_requests_and_commands_start_by_themselves_at_their_instant(
                 ids["taken-back"],
             )
             assert await asyncio.wait_for(taken, 10) == 200
-            assert list(arrived).count("/taken-back") == 1
+            # every request went out once
+            paths = sorted(path for path, _ in _Ok.arrivals)
+            assert paths == ["/early", "/late", "/taken-back"]
         finally:
             close_shared()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    asyncio.run(main())
 
 
 def _ends_unread(sock: socket.socket) -> int:

@@ -591,14 +591,21 @@ def test_a_stop_drops_what_is_armed_and_a_misfire_policy_is_never_armed() -> Non
     run(main())
 
 
+async def _burst(takes: int) -> tuple[FakeClock, Engine, int, int]:
+    """An engine with a burst's worth of armed firings due in 5 s, each ending ``takes``
+    ms after it went out."""
+    clock = FakeClock(T0)
+    e = Engine(clock, arming=True)
+    await e.start()
+    due = T0 + 5000
+    n = e.sched.options.take_up_from
+    await e.sched.create([e.plan(f"k{i}", due, armable="1", takes=str(takes)) for i in range(n)])
+    return clock, e, due, n
+
+
 def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
     async def main() -> None:
-        clock = FakeClock(T0)
-        e = Engine(clock, arming=True)
-        await e.start()
-        due = T0 + 5000
-        n = e.sched.options.take_up_from
-        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="100") for i in range(n)])
+        clock, e, due, n = await _burst(takes=100)
         await clock.advance(5000)
         assert len(_Log.started) == n  # all out at the instant, by themselves
         await clock.advance(90)
@@ -621,13 +628,8 @@ def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
 
 def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> None:
     async def main() -> None:
-        clock = FakeClock(T0)
-        e = Engine(clock, arming=True)
-        await e.start()
-        due = T0 + 5000
-        n = e.sched.options.take_up_from
+        clock, e, due, n = await _burst(takes=3000)
         after = e.sched.options.take_up_after_ms
-        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="3000") for i in range(n)])
         await clock.advance(5000 + after - 20)
         assert e.dispatcher.prepared_count == n  # still out there, ends not in
         await clock.advance(20 + int(TAKE_UP_LOOK_S * 1000))
@@ -648,12 +650,7 @@ def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> 
 
 def test_a_stop_takes_up_what_went_out_and_sends_nothing_again() -> None:
     async def main() -> None:
-        clock = FakeClock(T0)
-        e = Engine(clock, arming=True)
-        await e.start()
-        due = T0 + 5000
-        n = e.sched.options.take_up_from
-        await e.sched.create([e.plan(f"k{i}", due, armable="1", takes="50") for i in range(n)])
+        clock, e, _, n = await _burst(takes=50)
         await clock.advance(5010)
         assert e.dispatcher.prepared_count == n
         stopping = asyncio.get_running_loop().create_task(e.stop())
