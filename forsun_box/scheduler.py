@@ -468,11 +468,24 @@ class Scheduler:
                 went_out = await answer
             except Exception:
                 went_out = False
-            plan = self._window.get(key)
-            if not went_out or plan is None or plan.version != version:
+            if not went_out:
                 continue
-            if self._window.take(key, due):
-                self._fire(plan, due, self.clock.now_ms())
+            plan = self._window.get(key)
+            if plan is not None and plan.version == version:
+                if self._window.take(key, due):
+                    self._fire(plan, due, self.clock.now_ms())
+            else:
+                self._take_up_now(key, version, due)
+
+    def _take_up_now(self, key: str, version: int, due: int) -> None:
+        """Take up at once the firing of ``key`` that went out with a burst, if it waits
+        to be (before the change of its plan prepares another version in its place)."""
+        for went_out in self._went_out:
+            for i, (plan, at) in enumerate(went_out):
+                if plan.key == key and plan.version == version and at == due:
+                    del went_out[i]
+                    self._fire(plan, due, self.clock.now_ms(), marked=True)
+                    return
 
     # ------------------------------------------------------------------ firing
 
@@ -638,8 +651,7 @@ class Scheduler:
             while went_out and not turn.over():
                 self._take_up(went_out, FIRE_CHUNK)
             await asyncio.sleep(0)
-        if not went_out and went_out in self._went_out:
-            self._went_out.remove(went_out)
+        self._went_out = [other for other in self._went_out if other is not went_out]
 
     def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
         """Fire the last ``n`` of ``went_out`` (already in flight), taking them out."""

@@ -121,8 +121,8 @@ class _Armable(_Ready):
     def start(self, done: Done) -> None:
         if self.went_out is not None:  # it went out and ended: only its end is learnt
             asyncio.get_running_loop().call_soon(done, None)
-        elif self.timer is not None:  # it goes out (or went out) by itself: its end is
-            self.done = done  # learnt when it comes
+        elif self.out or self.timer is not None:  # it went out or goes out by itself:
+            self.done = done  # its end is learnt when it comes (a start sends nothing)
         else:
             super().start(done)
 
@@ -661,5 +661,26 @@ def test_a_stop_takes_up_what_went_out_and_sends_nothing_again() -> None:
         await stopping
         assert len(_Log.started) == n and _Log.discarded == []
         assert len(e.runs) == n
+
+    run(main())
+
+
+def test_a_plan_replaced_while_its_burst_waits_to_be_taken_up_fires_once_each() -> None:
+    async def main() -> None:
+        clock, e, due, n = await _burst(takes=300)
+        await clock.advance(5100)  # out, ends not in, not taken up
+        assert e.dispatcher.prepared_count == n
+        await e.sched.create([e.plan("k0", due + 1000, v="new", armable="1")])
+        await clock.advance(2000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        sent = sorted((k, v, at) for k, v, _, at, _ in _Log.started if k == "k0")
+        assert sent == [("k0", "", due), ("k0", "new", due + 1000)]
+        assert len(_Log.started) == n + 1
+        runs = sorted((r.key, r.due_ms) for r in e.runs if r.key == "k0")
+        assert runs == [("k0", due), ("k0", due + 1000)]
+        assert len(e.runs) == n + 1
+        await e.stop()
 
     run(main())
