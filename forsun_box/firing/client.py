@@ -192,13 +192,24 @@ class FiringProcess:
         went out already and its end is known)."""
         return not self._closed or id_ in self._early
 
-    def _wait_for(self, id_: int, ended: Callable[[tuple[Any, ...]], None]) -> None:
-        """Start ``id_`` (or, armed, only wait for its end)."""
+    def _wait_for(
+        self, id_: int, ended: Callable[[tuple[Any, ...]], None], on_went_out: WentOut | None
+    ) -> None:
+        """Start ``id_`` (or, armed, only wait for its end). ``ended`` gets the end's first
+        four items; the two more of an end its arm started go to ``on_went_out`` first."""
+
+        def deliver(end: tuple[Any, ...]) -> None:
+            if len(end) > 4:
+                if on_went_out is not None:
+                    on_went_out(end[4], end[5])
+                end = end[:4]
+            ended(end)
+
         early = self._early.pop(id_, None)
         if early is not None:
-            self.loop.call_soon(ended, early)
+            self.loop.call_soon(deliver, early)
             return
-        self._waiting[id_] = ended
+        self._waiting[id_] = deliver
         if id_ in self._armed:
             self._armed.discard(id_)
         else:
@@ -213,17 +224,15 @@ class FiringProcess:
     ) -> int:
         """Send ``request`` (``id_``: as prepared); ``on_done(response, error)`` is called
         once, later, from the loop (just after ``on_went_out(started_ms, ended_ms)`` when
-        its arm started it). Returns its id (for :meth:`cancel`). Raises :class:`CurlError` when the
-        process is closed (``on_done`` is then not called)."""
+        its arm started it). Returns its id (for :meth:`cancel`). Raises
+        :class:`CurlError` when the process is closed (``on_done`` is then not called)."""
         if not self.usable(id_):
             raise CurlError(pycurl.E_FAILED_INIT, self._why)
         if id_ is None:
             id_ = self.prepare(request)
 
         def ended(end: tuple[Any, ...]) -> None:
-            _, code, payload, curl_code, *times = end
-            if times and on_went_out is not None:
-                on_went_out(times[0], times[1])
+            _, code, payload, curl_code = end
             if code is None:  # closed before its end came
                 on_done(None, CurlError(pycurl.E_FAILED_INIT, payload))
             elif curl_code:
@@ -231,7 +240,7 @@ class FiringProcess:
             else:
                 on_done(Response(code, payload), None)
 
-        self._wait_for(id_, ended)
+        self._wait_for(id_, ended, on_went_out)
         return id_
 
     async def fetch(self, request: Request) -> Response:
@@ -283,15 +292,13 @@ class FiringProcess:
             raise OSError(self._why)
 
         def ended(end: tuple[Any, ...]) -> None:
-            _, status, output, state, *times = end
-            if times and on_went_out is not None:
-                on_went_out(times[0], times[1])
+            _, status, output, state = end
             if status is None:  # closed before its end came
                 on_exit(-1, output, wire.LOST)
             else:
                 on_exit(status, output, state)
 
-        self._wait_for(id_, ended)
+        self._wait_for(id_, ended, on_went_out)
 
     def drop(self, id_: int) -> None:
         """A command from :meth:`prepare_command` that will not be started."""

@@ -745,9 +745,10 @@ class Worker:
         elif kind == wire.ENVIRONMENT:
             shell.environment = Environment(message[1])
 
-    def _start(self, id_: int) -> None:
+    def _start(self, id_: int, since: float | None = None) -> None:
+        """Start what ``id_`` prepared (``since``: the monotonic clock, read already)."""
         if self.http.owns(id_):
-            self.http.start(id_)
+            self.http.start(id_, since)
         elif self.shell.owns(id_):
             self.shell.start(id_)
 
@@ -759,7 +760,6 @@ class Worker:
         now_ms = int(now * 1000)
         since = time.monotonic()
         heap, arms, started = self.arm_heap, self.arms, self.armed_started
-        http, shell = self.http, self.shell
         left = ARMED_PER_TURN
         while left and heap and heap[0][0] <= now:
             at, id_ = heapq.heappop(heap)
@@ -768,10 +768,7 @@ class Worker:
             del arms[id_]
             left -= 1
             started[id_] = now_ms
-            if http.owns(id_):
-                http.start(id_, since)
-            elif shell.owns(id_):
-                shell.start(id_)
+            self._start(id_, since)
 
     def _ended(self, end: tuple[Any, ...]) -> None:
         """An end to send; one of an id its arm started says when it started and ended."""
