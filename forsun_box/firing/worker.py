@@ -71,7 +71,7 @@ STARTING_PER_CPU = 8
 SPAWN_THREADS = 2
 #: the longest wait for anything, seconds
 _IDLE_S = 1.0
-#: armed ids started per turn of the loop at most
+#: armed commands queued per turn of the loop at most (armed transfers start as slots free)
 ARMED_PER_TURN = 512
 #: descriptors at or above this are waited on with poll (select's limit)
 _SELECT_LIMIT = 1024
@@ -99,8 +99,57 @@ class _Body:
             self.data += chunk[: BODY_KEEP - len(self.data)]
 
 
+class Arms:
+    """Armed ids by their instant (unix ms), in the order armed at each instant: a
+    burst's ids come out of one list instead of one by one off a heap."""
+
+    __slots__ = ("at", "by_instant", "instants")
+
+    def __init__(self) -> None:
+        #: armed id -> its instant; an id taken back is dropped here and skipped later
+        self.at: dict[int, int] = {}
+        self.by_instant: dict[int, deque[int]] = {}
+        self.instants: list[int] = []  # a heap of the keys of by_instant
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def add(self, id_: int, at_ms: int) -> None:
+        self.at[id_] = at_ms
+        ids = self.by_instant.get(at_ms)
+        if ids is None:
+            ids = self.by_instant[at_ms] = deque()
+            heapq.heappush(self.instants, at_ms)
+        ids.append(id_)
+
+    def discard(self, id_: int) -> bool:
+        """Take back the arm of ``id_``; True when it was armed."""
+        return self.at.pop(id_, None) is not None
+
+    def next_ms(self) -> int | None:
+        """The earliest instant still holding ids (some may have been taken back)."""
+        return self.instants[0] if self.instants else None
+
+    def due(self, now_ms: int, n: int) -> list[tuple[int, int]]:
+        """Up to ``n`` armed ``(id, instant)`` whose instant came, earliest first, taken out."""
+        taken: list[tuple[int, int]] = []
+        at, by_instant, instants = self.at, self.by_instant, self.instants
+        while instants and instants[0] <= now_ms and len(taken) < n:
+            instant = instants[0]
+            ids = by_instant[instant]
+            while ids and len(taken) < n:
+                id_ = ids.popleft()
+                if at.get(id_) == instant:
+                    del at[id_]
+                    taken.append((id_, instant))
+            if not ids:
+                heapq.heappop(instants)
+                del by_instant[instant]
+        return taken
+
+
 class Http:
-    """The transfers: prepared, waiting for a slot, running."""
+    """The transfers: prepared, armed, waiting for a slot, running."""
 
     def __init__(self, max_clients: int, limit: int, send: Send) -> None:
         self.max_clients = max(1, max_clients)
@@ -110,37 +159,51 @@ class Http:
         # the connection bound: libcurl closes an idle connection to make room for a new one
         self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, self.max_clients)
         self.multi.setopt(pycurl.M_MAXCONNECTS, self.max_clients)
-        self.prepared: dict[int, tuple[Wire, pycurl.Curl | None]] = {}
+        #: id -> (request, its handle set up with its body, or None: set up at the start)
+        self.prepared: dict[int, tuple[Wire, pycurl.Curl | None, _Body | None]] = {}
         self.handles = 0  # prepared with their handle set up
-        self.queue: deque[tuple[int, Wire, pycurl.Curl | None, float]] = deque()
-        self.running: dict[pycurl.Curl, tuple[int, _Body]] = {}
-        self.by_id: dict[int, pycurl.Curl] = {}
+        #: prepared ids to start at their instant, when a slot is free
+        self.arms = Arms()
+        #: started, waiting for a slot: (id, request, handle, body, since monotonic)
+        self.queue: deque[tuple[int, Wire, pycurl.Curl | None, _Body | None, float]] = deque()
+        #: handle -> (id, body, when its arm started it (unix ms) or 0)
+        self.running: dict[pycurl.Curl, tuple[int, _Body, int]] = {}
         self.free: list[pycurl.Curl] = []
         #: handles of ended transfers, recycled once no transfer runs (not in a burst)
         self.spent: list[pycurl.Curl] = []
 
     def prepare(self, id_: int, request: Wire) -> None:
-        curl = None
+        curl = body = None
         if self.handles < MAX_PREPARED_HANDLES:
             curl = self._set_up(request)
             if curl is not None:
                 self.handles += 1
-        self.prepared[id_] = (request, curl)
+                body = _Body()
+                curl.setopt(pycurl.WRITEFUNCTION, body.write)
+        self.prepared[id_] = (request, curl, body)
 
     def owns(self, id_: int) -> bool:
         return id_ in self.prepared
 
-    def start(self, id_: int, now: float | None = None) -> None:
-        """Send what ``id_`` prepared, or queue it (``now``: the monotonic clock)."""
-        request, curl = self.prepared.pop(id_)
+    def arm(self, id_: int, at_ms: int) -> bool:
+        if id_ not in self.prepared:
+            return False
+        self.arms.add(id_, at_ms)
+        return True
+
+    def start(self, id_: int) -> None:
+        """Send what ``id_`` prepared, or queue it."""
+        self.arms.discard(id_)
+        request, curl, body = self.prepared.pop(id_)
         if curl is not None:
             self.handles -= 1
         if len(self.running) < self.limit and not self.queue:
-            self._launch(id_, request, curl)
+            self._launch(id_, request, curl, body, 0)
         else:
-            self.queue.append((id_, request, curl, time.monotonic() if now is None else now))
+            self.queue.append((id_, request, curl, body, time.monotonic()))
 
     def drop(self, id_: int) -> bool:
+        self.arms.discard(id_)
         entry = self.prepared.pop(id_, None)
         if entry is None:
             return False
@@ -152,12 +215,12 @@ class Http:
     def cancel(self, id_: int) -> bool:
         if self.drop(id_):
             return True
-        curl = self.by_id.pop(id_, None)
-        if curl is not None:
-            del self.running[curl]
-            self.multi.remove_handle(curl)
-            self._recycle(curl)
-            return True
+        for curl, entry in self.running.items():
+            if entry[0] == id_:
+                del self.running[curl]
+                self.multi.remove_handle(curl)
+                self._recycle(curl)
+                return True
         for i, queued in enumerate(self.queue):
             if queued[0] == id_:
                 del self.queue[i]
@@ -166,23 +229,46 @@ class Http:
                 return True
         return False
 
+    def arm_wait_s(self) -> float | None:
+        """How long until an armed id is to start: 0 when one is due and a slot is free
+        for it; None when none is armed, or the due ones wait for a slot."""
+        instant = self.arms.next_ms()
+        if instant is None:
+            return None
+        wait = instant / 1000 - time.time()
+        if wait > 0:
+            return wait
+        return 0.0 if len(self.running) < self.limit and not self.queue else None
+
     def drive(self) -> None:
-        """Let libcurl work on every transfer, report those that ended, start waiting ones."""
+        """Start what waits and is due, let libcurl work on every transfer, report those
+        that ended; again while a slot freed for a waiting one."""
         multi = self.multi
         while True:
+            self._grant()
+            if not self.running:
+                return
             ret, _ = multi.perform()
             while ret == pycurl.E_CALL_MULTI_PERFORM:
                 ret, _ = multi.perform()
+            ended = 0
             while True:
                 queued, ok, failed = multi.info_read()
-                for curl in ok:
-                    self._finish(curl, 0, "")
-                for curl, code, message in failed:
-                    self._finish(curl, code, message)
+                if ok or failed:
+                    ended_ms = int(time.time() * 1000)
+                    for curl in ok:
+                        self._finish(curl, 0, "", ended_ms)
+                    for curl, code, message in failed:
+                        self._finish(curl, code, message, ended_ms)
+                    ended += len(ok) + len(failed)
                 if not queued:
                     break
-            if not (self.queue and len(self.running) < self.limit and self._grant()):
+            if not (ended and (self.queue or self._arm_due())):
                 return
+
+    def _arm_due(self) -> bool:
+        instant = self.arms.next_ms()
+        return instant is not None and instant <= time.time() * 1000
 
     def busy(self) -> bool:
         """True while transfers run or wait for a slot (else libcurl has nothing to do)."""
@@ -197,27 +283,40 @@ class Http:
         ms = self.multi.timeout()
         return None if ms < 0 else ms / 1000
 
-    def _grant(self) -> bool:
-        """Start waiting transfers in the free slots; True when one started."""
-        started = False
-        now = time.monotonic()
-        while self.queue and len(self.running) < self.limit:
-            id_, request, curl, since = self.queue.popleft()
-            if now - since > request[7]:
-                if curl is not None:
-                    self._recycle(curl)
-                self.send(
-                    (
-                        id_,
-                        0,
-                        "timed out waiting for a free connection "
-                        f"(http_max_clients {self.max_clients})",
-                        pycurl.E_OPERATION_TIMEDOUT,
-                    )
-                )
+    def _grant(self) -> None:
+        """Start in the free slots the transfers waiting for one, then the armed ones
+        whose instant came."""
+        free = self.limit - len(self.running)
+        if free <= 0:
+            return
+        queue = self.queue
+        if queue:
+            now = time.monotonic()
+            while queue and free > 0:
+                id_, request, curl, body, since = queue.popleft()
+                if now - since > request[7]:
+                    self._waited_too_long(id_, curl, 0)
+                    continue
+                free -= self._launch(id_, request, curl, body, 0)
+        if free <= 0 or not self.arms.at:
+            return
+        now_s = time.time()
+        now_ms = int(now_s * 1000)
+        prepared = self.prepared
+        for id_, instant in self.arms.due(now_ms, free):
+            request, curl, body = prepared.pop(id_)
+            if curl is not None:
+                self.handles -= 1
+            if now_s - instant / 1000 > request[7]:
+                self._waited_too_long(id_, curl, now_ms)
                 continue
-            started = self._launch(id_, request, curl) or started
-        return started
+            self._launch(id_, request, curl, body, now_ms)
+
+    def _waited_too_long(self, id_: int, curl: pycurl.Curl | None, armed_ms: int) -> None:
+        if curl is not None:
+            self._recycle(curl)
+        message = f"timed out waiting for a free connection (http_max_clients {self.max_clients})"
+        self._send_end((id_, 0, message, pycurl.E_OPERATION_TIMEDOUT), armed_ms)
 
     def _set_up(self, request: Wire) -> pycurl.Curl | None:
         curl = self.free.pop() if self.free else pycurl.Curl()
@@ -228,35 +327,43 @@ class Http:
             return None  # set up again at the start, which reports the error
         return curl
 
-    def _launch(self, id_: int, request: Wire, curl: pycurl.Curl | None) -> bool:
-        if curl is None:
+    def _launch(
+        self,
+        id_: int,
+        request: Wire,
+        curl: pycurl.Curl | None,
+        body: _Body | None,
+        armed_ms: int,
+    ) -> bool:
+        """Add the transfer of ``id_`` to libcurl (``armed_ms``: when its arm started it);
+        False when its handle could not be set up (its end says why)."""
+        if curl is None or body is None:
             curl = self.free.pop() if self.free else pycurl.Curl()
             try:
                 setup_handle(curl, from_wire(request))
             except pycurl.error as e:
                 self._recycle(curl)
-                self.send((id_, 0, str(e.args[-1]), e.args[0]))
+                self._send_end((id_, 0, str(e.args[-1]), e.args[0]), armed_ms)
                 return False
-        body = _Body()
-        curl.setopt(pycurl.WRITEFUNCTION, body.write)
-        self.running[curl] = (id_, body)
-        self.by_id[id_] = curl
+            body = _Body()
+            curl.setopt(pycurl.WRITEFUNCTION, body.write)
+        self.running[curl] = (id_, body, armed_ms)
         self.multi.add_handle(curl)
         return True
 
-    def _finish(self, curl: pycurl.Curl, code: int, message: str) -> None:
+    def _finish(self, curl: pycurl.Curl, code: int, message: str, ended_ms: int) -> None:
         entry = self.running.pop(curl, None)
         status = curl.getinfo(pycurl.RESPONSE_CODE) if not code else 0
         self.multi.remove_handle(curl)
         self.spent.append(curl)
         if entry is None:
             return
-        id_, body = entry
-        self.by_id.pop(id_, None)
-        if code:
-            self.send((id_, 0, message, code))
-        else:
-            self.send((id_, status, body.data, 0))
+        id_, body, armed_ms = entry
+        end = (id_, 0, message, code) if code else (id_, status, body.data, 0)
+        self.send(end if not armed_ms else (*end, armed_ms, ended_ms))
+
+    def _send_end(self, end: tuple[Any, ...], armed_ms: int) -> None:
+        self.send(end if not armed_ms else (*end, armed_ms, int(time.time() * 1000)))
 
     def _recycle(self, curl: pycurl.Curl) -> None:
         if len(self.free) >= MAX_FREE_HANDLES:
@@ -357,6 +464,10 @@ class Shell:
         self.send = send
         self.environment = Environment(dict(os.environ))
         self.prepared: dict[int, tuple[CommandLine, float]] = {}
+        #: prepared ids to start at their instant
+        self.arms = Arms()
+        #: ids their arm started -> when (unix ms), for their end to say
+        self.armed_started: dict[int, int] = {}
         self.queue: deque[tuple[int, CommandLine, float]] = deque()
         self.spawning: set[int] = set()  # ids handed to the spawners
         self.unwanted: set[int] = set()  # ... of which cancelled meanwhile
@@ -388,14 +499,24 @@ class Shell:
     def owns(self, id_: int) -> bool:
         return id_ in self.prepared
 
+    def arm(self, id_: int, at_ms: int) -> bool:
+        if id_ not in self.prepared:
+            return False
+        self.arms.add(id_, at_ms)
+        return True
+
     def start(self, id_: int) -> None:
+        self.arms.discard(id_)
         command, timeout_s = self.prepared.pop(id_)
         self.queue.append((id_, command, timeout_s))
         self.pump()
 
     def pump(self) -> None:
-        """Hand waiting commands to the spawners while the limits allow."""
+        """Queue the armed commands whose instant came (:data:`ARMED_PER_TURN` at most),
+        hand waiting commands to the spawners while the limits allow."""
         queue = self.queue
+        if self.arms.at:
+            self._queue_armed()
         if not queue:
             return
         now = self.clock()
@@ -413,9 +534,11 @@ class Shell:
             self._jobs.put(job)
 
     def drop(self, id_: int) -> bool:
+        self.arms.discard(id_)
         return self.prepared.pop(id_, None) is not None
 
     def cancel(self, id_: int) -> bool:
+        self.armed_started.pop(id_, None)
         if self.drop(id_):
             return True
         if id_ in self.spawning:
@@ -519,11 +642,27 @@ class Shell:
         waits = []
         if self.timers:
             waits.append(self.timers[0][0] - time.monotonic())
+        instant = self.arms.next_ms()
+        if instant is not None:
+            waits.append(instant / 1000 - time.time())
         if self.queue and self.starting:
             waits.append(self.starting[0].spawned + STARTING_S - self.clock())
         return max(0.0, min(waits)) if waits else None
 
     # -- inside ---------------------------------------------------------------------------
+
+    def _queue_armed(self) -> None:
+        now_ms = int(time.time() * 1000)
+        prepared, started, queue = self.prepared, self.armed_started, self.queue
+        for id_, _ in self.arms.due(now_ms, ARMED_PER_TURN):
+            command, timeout_s = prepared.pop(id_)
+            started[id_] = now_ms
+            queue.append((id_, command, timeout_s))
+
+    def _end(self, end: tuple[Any, ...]) -> None:
+        """Send an end; one of an id its arm started says when it started and ended."""
+        started = self.armed_started.pop(end[0], None) if self.armed_started else None
+        self.send(end if started is None else (*end, started, int(time.time() * 1000)))
 
     def _spawner(self, spawn: Spawn) -> None:
         jobs, answer, wake = self._jobs, self.spawned.append, self._wake_w
@@ -544,7 +683,7 @@ class Shell:
         self.spawning.discard(id_)
         if isinstance(result, Exception):
             self.unwanted.discard(id_)
-            self.send((id_, 0, f"cannot start {SHELL}: {result}", wire.NOT_STARTED))
+            self._end((id_, 0, f"cannot start {SHELL}: {result}", wire.NOT_STARTED))
             return
         pid, out_fd, err_fd = result
         child = _Command(id_, pid, out_fd, err_fd, self.clock())
@@ -613,10 +752,10 @@ class Shell:
         self._forget(child)
         text = child.err.text() or child.out.text()
         if child.timed_out:
-            self.send((child.id, code or 0, text, wire.TIMED_OUT))
+            self._end((child.id, code or 0, text, wire.TIMED_OUT))
             _kill_group(child.pid, signal.SIGKILL)
         else:
-            self.send((child.id, code or 0, text, wire.EXITED))
+            self._end((child.id, code or 0, text, wire.EXITED))
 
 
 def _nothing(signum: int, frame: object) -> None:
@@ -653,47 +792,42 @@ class Worker:
         self.ends: list[tuple[Any, ...]] = []
         self.out = bytearray()
         self.inbox = bytearray()
-        self.http = Http(max_clients, http_limit, self._ended)
-        self.shell = Shell(shell_limit, self._ended)
-        #: armed ids -> their instant (unix s); the heap holds (instant, id), stale or not
-        self.arms: dict[int, float] = {}
-        self.arm_heap: list[tuple[float, int]] = []
-        #: ids started by their arm -> when (unix ms), for their end to say
-        self.armed_started: dict[int, int] = {}
+        self.http = Http(max_clients, http_limit, self.ends.append)
+        self.shell = Shell(shell_limit, self.ends.append)
         self.open = True
 
     def run(self) -> None:
         http, shell = self.http, self.shell
+        fd, wake_fd, epoll_fd = self.fd, shell.wake_fd, shell.epoll.fileno()
         while self.open:
             transfers = http.busy()
             reads, writes, _ = http.multi.fdset() if transfers else ([], [], [])
-            readers = [self.fd, shell.wake_fd, *reads]
+            readers = [fd, wake_fd, *reads]
             if shell.pipes:
-                readers.append(shell.epoll.fileno())
+                readers.append(epoll_fd)
             if self.out:
-                writes = [*writes, self.fd]
+                writes = [*writes, fd]
             timeout = _IDLE_S
             for t in (
                 http.timeout_s() if transfers else None,
+                http.arm_wait_s(),
                 shell.timeout_s(),
-                self.arm_heap[0][0] - time.time() if self.arm_heap else None,
             ):
                 if t is not None and t < timeout:
                     timeout = max(0.0, t)
             readable = _wait(readers, writes, timeout)
-            for fd in readable:
-                if fd == self.fd:
+            if readable:
+                # (``in``: a burst makes hundreds of libcurl's sockets readable at once)
+                if fd in readable:
                     self._receive()
-                elif fd == shell.wake_fd:
+                if wake_fd in readable:
                     shell.reap()
-                elif fd == shell.epoll.fileno():
+                if epoll_fd in readable:
                     shell.read_pipes()
-            if self.open and self.arm_heap and self.arm_heap[0][0] <= time.time():
-                self._start_armed()
             if shell.timers:
                 shell.run_timers()
             shell.pump()
-            if http.busy():
+            if transfers or http.busy() or http.arms.at:
                 http.drive()
             elif http.spent:
                 http.recycle_spent()
@@ -720,60 +854,27 @@ class Worker:
         kind = message[0]
         http, shell = self.http, self.shell
         if kind == wire.START:
-            self.arms.pop(message[1], None)
-            self._start(message[1])
+            id_ = message[1]
+            if http.owns(id_):
+                http.start(id_)
+            elif shell.owns(id_):
+                shell.start(id_)
         elif kind == wire.PREPARE_HTTP:
             http.prepare(message[1], message[2])
         elif kind == wire.PREPARE_SHELL:
             shell.prepare(message[1], message[2])
         elif kind == wire.ARM:
-            id_, at = message[1], message[2] / 1000
-            if http.owns(id_) or shell.owns(id_):
-                self.arms[id_] = at
-                heapq.heappush(self.arm_heap, (at, id_))
+            http.arm(message[1], message[2]) or shell.arm(message[1], message[2])
         elif kind == wire.DISARM:
             id_ = message[1]
-            armed = self.arms.pop(id_, None) is not None
+            armed = http.arms.discard(id_) or shell.arms.discard(id_)
             self.ends.append((id_, not armed and not (http.owns(id_) or shell.owns(id_))))
         elif kind == wire.DROP:
-            self.arms.pop(message[1], None)
             http.drop(message[1]) or shell.drop(message[1])
         elif kind == wire.CANCEL:
-            self.arms.pop(message[1], None)
-            self.armed_started.pop(message[1], None)
             http.cancel(message[1]) or shell.cancel(message[1])
         elif kind == wire.ENVIRONMENT:
             shell.environment = Environment(message[1])
-
-    def _start(self, id_: int, since: float | None = None) -> None:
-        """Start what ``id_`` prepared (``since``: the monotonic clock, read already)."""
-        if self.http.owns(id_):
-            self.http.start(id_, since)
-        elif self.shell.owns(id_):
-            self.shell.start(id_)
-
-    def _start_armed(self) -> None:
-        """Start armed ids whose instant came, :data:`ARMED_PER_TURN` at most: the others
-        wait for the next turn of the loop, after libcurl has had the first (starting
-        10,000 at once would hold every transfer for milliseconds)."""
-        now = time.time()
-        now_ms = int(now * 1000)
-        since = time.monotonic()
-        heap, arms, started = self.arm_heap, self.arms, self.armed_started
-        left = ARMED_PER_TURN
-        while left and heap and heap[0][0] <= now:
-            at, id_ = heapq.heappop(heap)
-            if arms.get(id_) != at:
-                continue
-            del arms[id_]
-            left -= 1
-            started[id_] = now_ms
-            self._start(id_, since)
-
-    def _ended(self, end: tuple[Any, ...]) -> None:
-        """An end to send; one of an id its arm started says when it started and ended."""
-        started = self.armed_started.pop(end[0], None) if self.armed_started else None
-        self.ends.append(end if started is None else (*end, started, int(time.time() * 1000)))
 
     def _flush(self) -> None:
         if self.ends:
