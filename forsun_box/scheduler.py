@@ -32,6 +32,7 @@ was made ready. A prepared firing returns a future, not a task.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import gc
 import itertools
@@ -92,10 +93,11 @@ class EngineOptions:
     prepare_ahead_ms: int = 1_000
     #: armed firings (the firing process starts them at their instant by itself)
     #: due together from this many on are taken up here once their ends are in, or
-    #: at most ``take_up_after_ms`` after their instant: meanwhile the burst has the
-    #: cores to itself
+    #: once none of their ends came for ``take_up_idle_ms`` (the rest are slow), at most
+    #: ``take_up_after_ms`` after their instant: meanwhile the burst has the cores to itself
     take_up_from: int = 64
-    take_up_after_ms: int = 500
+    take_up_idle_ms: int = 100
+    take_up_after_ms: int = 5_000
 
 
 #: least number of young collections between two full ones (CPython's default: 10)
@@ -164,8 +166,9 @@ class Scheduler:
             self.options.refill_limit,
         )
         self._tasks: set[asyncio.Future[Any]] = set()
-        # armed firings that went out, each list waiting to be taken up
-        self._went_out: list[list[tuple[Plan, int]]] = []
+        # armed firings that went out, each list waiting to be taken up; True for a
+        # list of plans set aside in the window (still there until taken up)
+        self._went_out: list[tuple[list[tuple[Plan, int]], bool]] = []
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
         self._timer_at: int | None = None
@@ -223,9 +226,12 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop firing, wait (bounded) for running firings, flush every mutation."""
         self._running = False
-        for went_out in self._went_out:
-            self._take_up(went_out, len(went_out))
+        for went_out, aside in self._went_out:
+            self._take_up(went_out, len(went_out), aside)
         self._went_out.clear()
+        went_out = self._window.aside_due(self.clock.now_ms())
+        self._take_up(went_out, len(went_out), True)
+        self._window.restore_aside()
         if self._prepare is not None:
             self.executor.disarm_all()  # type: ignore[union-attr]
         if self._timer:
@@ -480,7 +486,9 @@ class Scheduler:
     def _take_up_now(self, key: str, version: int, due: int) -> None:
         """Take up at once the firing of ``key`` that went out with a burst, if it waits
         to be (before the change of its plan prepares another version in its place)."""
-        for went_out in self._went_out:
+        for went_out, aside in self._went_out:
+            if aside:
+                continue  # (its plans are in the window: taken from there)
             for i, (plan, at) in enumerate(went_out):
                 if plan.key == key and plan.version == version and at == due:
                     del went_out[i]
@@ -494,6 +502,9 @@ class Scheduler:
             return
         window = self._window
         at = window.next_due()
+        aside = window.next_aside()
+        if aside is not None:
+            at = aside if at is None else min(at, aside)
         if self._prepare is not None:
             self._arm_prepare()
         refill_at = window.cursor[0] - self.options.window_ms // 2
@@ -541,6 +552,7 @@ class Scheduler:
         """Give ``firings`` to the dispatcher to prepare, a turn's worth at a time."""
         if len(firings) <= PREPARE_CHUNK:
             self._call_prepare(firings)
+            self._set_aside(firings)
             return
         task = asyncio.get_running_loop().create_task(self._prepare_chunks(firings))
         self._tasks.add(task)
@@ -555,6 +567,23 @@ class Scheduler:
             if not self._running:
                 return
             self._call_prepare(firings[i : i + PREPARE_CHUNK])
+        self._set_aside(firings)
+
+    def _set_aside(self, firings: list[tuple[Plan, int]]) -> None:
+        """Set the bursts among ``firings`` aside in the window: armed firings due at
+        once, ``take_up_from`` or more. At their instant they go out by themselves and
+        nothing is taken from the window; they are taken up after the burst."""
+        is_armed = self._is_armed
+        if is_armed is None:
+            return
+        armed = [(p, due) for p, due in firings if is_armed(p, due)]
+        if len(armed) < self.options.take_up_from:
+            return
+        counts = collections.Counter(due for _, due in armed)
+        least = self.options.take_up_from
+        bursts = {(p.key, p.version, due) for p, due in armed if counts[due] >= least}
+        if bursts and self._window.set_aside(bursts):
+            self._arm()
 
     def _call_prepare(self, firings: list[tuple[Plan, int]]) -> None:
         assert self._prepare is not None
@@ -583,6 +612,11 @@ class Scheduler:
             chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
             is_armed = self._is_armed
+            aside = window.aside_due(now)
+            if len(aside) >= self.options.take_up_from:
+                self._take_up_after(aside, True)
+            elif aside:
+                self._take_up(aside, len(aside), True)
             went_out: list[tuple[Plan, int]] = []
             while self._running:
                 # A slice: up to slice_size firings, no longer than a turn.
@@ -610,12 +644,9 @@ class Scheduler:
                 await asyncio.sleep(0)
                 now = self.clock.now_ms()
             if len(went_out) >= self.options.take_up_from:
-                self._went_out.append(went_out)
-                task = asyncio.get_running_loop().create_task(self._take_up_later(went_out))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._take_up_after(went_out, False)
             elif went_out:
-                self._take_up(went_out, len(went_out))
+                self._take_up(went_out, len(went_out), False)
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit(SetMeta("processed_until", str(now)), False)
@@ -633,31 +664,55 @@ class Scheduler:
             self._processing = False
             self._arm()
 
-    async def _take_up_later(self, went_out: list[tuple[Plan, int]]) -> None:
+    def _take_up_after(self, went_out: list[tuple[Plan, int]], aside: bool) -> None:
+        """Take up ``went_out`` after its burst (``aside``: its plans are still in the
+        window, set aside; else taken out and in flight)."""
+        self._went_out.append((went_out, aside))
+        task = asyncio.get_running_loop().create_task(self._take_up_later(went_out, aside))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take_up_later(self, went_out: list[tuple[Plan, int]], aside: bool) -> None:
         """Take up the armed firings of a burst once the firing process has reported all
-        their ends, or ``take_up_after_ms`` after the instant: until then the burst has the
-        cores to itself. Then a turn's worth at a time."""
+        their ends, or none of them for ``take_up_idle_ms``, or ``take_up_after_ms`` after
+        the instant: until then the burst has the cores to itself. Then a turn's worth at
+        a time."""
         clock = self.clock
         ended = self.executor.went_out_ended  # type: ignore[union-attr]
         deadline = went_out[0][1] + self.options.take_up_after_ms
+        idle_ms = self.options.take_up_idle_ms
         seen = 0  # (ends come about in order: each look goes on from the last one)
-        while self._running and seen < len(went_out) and clock.now_ms() < deadline:
+        moved = clock.now_ms()
+        while self._running and seen < len(went_out):
+            now = clock.now_ms()
+            if now >= deadline or now - moved >= idle_ms:
+                break
+            before = seen
             while seen < len(went_out) and ended(went_out[seen][0].key):
                 seen += 1
+            if seen > before:
+                moved = now
             if seen < len(went_out):
                 await clock.sleep(TAKE_UP_LOOK_S)
         while self._running and went_out:
             turn = Turn()
             while went_out and not turn.over():
-                self._take_up(went_out, FIRE_CHUNK)
+                self._take_up(went_out, FIRE_CHUNK, aside)
             await asyncio.sleep(0)
-        self._went_out = [other for other in self._went_out if other is not went_out]
+        self._went_out = [other for other in self._went_out if other[0] is not went_out]
 
-    def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
-        """Fire the last ``n`` of ``went_out`` (already in flight), taking them out."""
+    def _take_up(self, went_out: list[tuple[Plan, int]], n: int, aside: bool) -> None:
+        """Fire the last ``n`` of ``went_out``, taking them out (``aside``: from the
+        window, unless their plan changed meanwhile; else already in flight)."""
         now = self.clock.now_ms()
-        for plan, due in went_out[-n:]:
-            self._fire(plan, due, now, marked=True)
+        if aside:
+            take = self._window.take_plan
+            for plan, due in went_out[-n:]:
+                if take(plan, due):
+                    self._fire(plan, due, now)
+        else:
+            for plan, due in went_out[-n:]:
+                self._fire(plan, due, now, marked=True)
         del went_out[-n:]
 
     def _fire(self, plan: Plan, due: int, now: int, marked: bool = False) -> None:

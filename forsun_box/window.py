@@ -60,6 +60,10 @@ class Window:
         # (due, seq, key, version); entries whose plan changed or left are skipped
         self._heap: list[tuple[int, int, str, int]] = []
         self._seq = itertools.count()
+        #: heap entries set aside by their instant: bursts that go out by themselves
+        #: (see :meth:`set_aside`); the plans stay in ``plans``
+        self.aside: dict[int, list[tuple[int, int, str, int]]] = {}
+        self._aside_at: list[int] = []  # a heap of the instants of ``aside``
         self.cursor: tuple[int, str] = (0, "")
         #: key -> mutations of it not yet committed
         self.pending: dict[str, int] = {}
@@ -210,6 +214,66 @@ class Window:
         if p is None or p.next_time != due:
             return False
         del self.plans[key]  # (its heap entry is skipped from now on)
+        return True
+
+    def set_aside(self, firings: set[tuple[str, int, int]]) -> int:
+        """Move the heap entries of ``firings`` ``(key, version, due)`` out of the heap,
+        by their instant, for :meth:`aside_due`: :meth:`pop_due` no longer meets them.
+        (It takes out every entry due up to the latest of them and puts the others back:
+        a cost of the entries due before, paid ahead of the instant.) How many moved."""
+        if not firings:
+            return 0
+        until = max(due for _, _, due in firings)
+        heap = self._heap
+        pop, push = heapq.heappop, heapq.heappush
+        others = []
+        moved = 0
+        aside = self.aside
+        while heap and heap[0][0] <= until:
+            entry = pop(heap)
+            due, _, key, version = entry
+            if (key, version, due) not in firings:
+                others.append(entry)
+                continue
+            group = aside.get(due)
+            if group is None:
+                group = aside[due] = []
+                push(self._aside_at, due)
+            group.append(entry)
+            moved += 1
+        for entry in others:
+            push(heap, entry)
+        return moved
+
+    def next_aside(self) -> int | None:
+        return self._aside_at[0] if self._aside_at else None
+
+    def aside_due(self, now: int) -> list[tuple[Plan, int]]:
+        """The plans set aside due at or before ``now`` (still in the window, not taken
+        out: :meth:`take` them when their firing is taken up), earliest first."""
+        found: list[tuple[Plan, int]] = []
+        at = self._aside_at
+        window = self.plans
+        while at and at[0] <= now:
+            for due, _, key, version in self.aside.pop(heapq.heappop(at)):
+                p = window.get(key)
+                if p is not None and p.version == version and p.next_time == due:
+                    found.append((p, due))
+        return found
+
+    def restore_aside(self) -> None:
+        """Put every entry set aside back in the heap."""
+        for group in self.aside.values():
+            for entry in group:
+                heapq.heappush(self._heap, entry)
+        self.aside.clear()
+        self._aside_at.clear()
+
+    def take_plan(self, plan: Plan, due: int) -> bool:
+        """Take out ``plan`` due at ``due`` if the window still holds that very plan."""
+        if self.plans.get(plan.key) is not plan or plan.next_time != due:
+            return False
+        del self.plans[plan.key]
         return True
 
     def due_between(self, after: int, until: int) -> list[tuple[Plan, int]]:

@@ -591,26 +591,30 @@ def test_a_stop_drops_what_is_armed_and_a_misfire_policy_is_never_armed() -> Non
     run(main())
 
 
-async def _burst(takes: int) -> tuple[FakeClock, Engine, int, int]:
-    """An engine with a burst's worth of armed firings due in 5 s, each ending ``takes``
-    ms after it went out."""
+async def _burst(takes: int, step: int = 0) -> tuple[FakeClock, Engine, int, int]:
+    """An engine with a burst's worth of armed firings due in 5 s, the i-th ending
+    ``takes + i * step`` ms after it went out."""
     clock = FakeClock(T0)
     e = Engine(clock, arming=True)
     await e.start()
     due = T0 + 5000
     n = e.sched.options.take_up_from
-    await e.sched.create([e.plan(f"k{i}", due, armable="1", takes=str(takes)) for i in range(n)])
+    await e.sched.create(
+        [e.plan(f"k{i}", due, armable="1", takes=str(takes + i * step)) for i in range(n)]
+    )
     return clock, e, due, n
 
 
 def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
     async def main() -> None:
-        clock, e, due, n = await _burst(takes=100)
+        clock, e, due, n = await _burst(takes=60)
         await clock.advance(5000)
         assert len(_Log.started) == n  # all out at the instant, by themselves
-        await clock.advance(90)
-        # their ends are not in: the engine has not taken them up yet
-        assert e.dispatcher.prepared_count == n and e.sched.inflight_count() == n
+        await clock.advance(50)
+        # their ends are not in: the engine has not taken them up yet, nor taken them
+        # from the window (set aside there ahead of the instant)
+        assert e.dispatcher.prepared_count == n and e.sched.inflight_count() == 0
+        assert e.sched.window_size() == n
         assert e.stats.get("timeout_handling_count") == 0
         await clock.advance(10 + int(TAKE_UP_LOOK_S * 1000))
         for _ in range(5):
@@ -618,7 +622,7 @@ def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
         assert e.dispatcher.prepared_count == 0
         await e.sched.flush()
         # recorded as they went out there: started at the instant, 100 ms long
-        assert sorted({(r.started_ms, r.duration_ms, r.result) for r in e.runs}) == [(due, 100, 1)]
+        assert sorted({(r.started_ms, r.duration_ms, r.result) for r in e.runs}) == [(due, 60, 1)]
         assert len(e.runs) == n
         assert e.sched.inflight_count() == 0
         await e.stop()
@@ -626,11 +630,11 @@ def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
     run(main())
 
 
-def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> None:
+def test_a_bursts_armed_firings_are_taken_up_once_their_ends_stop_coming() -> None:
     async def main() -> None:
         clock, e, due, n = await _burst(takes=3000)
-        after = e.sched.options.take_up_after_ms
-        await clock.advance(5000 + after - 20)
+        idle = e.sched.options.take_up_idle_ms
+        await clock.advance(5000 + idle - 20)
         assert e.dispatcher.prepared_count == n  # still out there, ends not in
         await clock.advance(20 + int(TAKE_UP_LOOK_S * 1000))
         for _ in range(5):
@@ -643,6 +647,30 @@ def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> 
         await e.sched.flush()
         assert len(e.runs) == n and {(r.started_ms, r.duration_ms) for r in e.runs} == {(due, 3000)}
         assert len(_Log.started) == n  # none went out twice
+        await e.stop()
+
+    run(main())
+
+
+def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> None:
+    async def main() -> None:
+        # an end every 50 ms: they keep coming, for 3.2 s
+        clock, e, _, n = await _burst(takes=50, step=50)
+        after = e.sched.options.take_up_after_ms = 1000
+        await clock.advance(5000 + after - 20)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == n and e.runs == []
+        await clock.advance(20 + int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == 0  # taken up, the rest of the ends awaited
+        await clock.advance(3000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert sorted(r.duration_ms for r in e.runs) == [50 + 50 * i for i in range(n)]
+        assert len(_Log.started) == n
         await e.stop()
 
     run(main())
@@ -668,7 +696,7 @@ def test_a_stop_takes_up_what_went_out_and_sends_nothing_again() -> None:
 def test_a_plan_replaced_while_its_burst_waits_to_be_taken_up_fires_once_each() -> None:
     async def main() -> None:
         clock, e, due, n = await _burst(takes=300)
-        await clock.advance(5100)  # out, ends not in, not taken up
+        await clock.advance(5050)  # out, ends not in, not taken up
         assert e.dispatcher.prepared_count == n
         await e.sched.create([e.plan("k0", due + 1000, v="new", armable="1")])
         await clock.advance(2000)
@@ -681,6 +709,29 @@ def test_a_plan_replaced_while_its_burst_waits_to_be_taken_up_fires_once_each() 
         runs = sorted((r.key, r.due_ms) for r in e.runs if r.key == "k0")
         assert runs == [("k0", due), ("k0", due + 1000)]
         assert len(e.runs) == n + 1
+        await e.stop()
+
+    run(main())
+
+
+def test_plans_due_with_a_set_aside_burst_fire_at_their_instant_as_it_waits() -> None:
+    async def main() -> None:
+        clock, e, due, n = await _burst(takes=300)
+        # due with the burst and just after it, not armed: the engine starts them itself
+        await e.sched.create([e.plan("with", due), e.plan("after", due + 1)])
+        await clock.advance(5001)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        started = {k: at for k, _, _, at, _ in _Log.started}
+        assert started["with"] == due and started["after"] == due + 1
+        assert len(started) == n + 2
+        # the burst is out there, its plans still set aside in the window
+        assert e.dispatcher.prepared_count == n and e.sched.window_size() == n
+        await clock.advance(400)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert len(e.runs) == n + 2 and e.sched.window_size() == 0
         await e.stop()
 
     run(main())
