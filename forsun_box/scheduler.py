@@ -125,6 +125,8 @@ FIRE_CHUNK = 32
 PREPARE_CHUNK = 32
 #: how often a burst's armed firings are looked at for their ends, seconds
 TAKE_UP_LOOK_S = 0.01
+#: ... and how many of those whose ends are not in, at most, at each look
+TAKE_UP_LOOK_AT = 512
 
 
 class Scheduler:
@@ -581,7 +583,8 @@ class Scheduler:
             return
         counts = collections.Counter(due for _, due in armed)
         least = self.options.take_up_from
-        bursts = {(p.key, p.version, due) for p, due in armed if counts[due] >= least}
+        # in the order armed: the order they go out in, and their ends come back in
+        bursts = [(p.key, p.version, due) for p, due in armed if counts[due] >= least]
         if bursts and self._window.set_aside(bursts):
             self._arm()
 
@@ -681,18 +684,20 @@ class Scheduler:
         ended = self.executor.went_out_ended  # type: ignore[union-attr]
         deadline = went_out[0][1] + self.options.take_up_after_ms
         idle_ms = self.options.take_up_idle_ms
-        seen = 0  # (ends come about in order: each look goes on from the last one)
+        # the keys whose ends are not in; each look checks the first of them (ends come
+        # about in the order the firings went out, which is about this one)
+        left = [plan.key for plan, _ in went_out]
         moved = clock.now_ms()
-        while self._running and seen < len(went_out):
+        while self._running and left:
             now = clock.now_ms()
             if now >= deadline or now - moved >= idle_ms:
                 break
-            before = seen
-            while seen < len(went_out) and ended(went_out[seen][0].key):
-                seen += 1
-            if seen > before:
+            head = left[:TAKE_UP_LOOK_AT]
+            still = [key for key in head if not ended(key)]
+            if len(still) < len(head):
                 moved = now
-            if seen < len(went_out):
+                left[: len(head)] = still
+            if left:
                 await clock.sleep(TAKE_UP_LOOK_S)
         while self._running and went_out:
             turn = Turn()

@@ -216,33 +216,42 @@ class Window:
         del self.plans[key]  # (its heap entry is skipped from now on)
         return True
 
-    def set_aside(self, firings: set[tuple[str, int, int]]) -> int:
+    def set_aside(self, firings: list[tuple[str, int, int]]) -> int:
         """Move the heap entries of ``firings`` ``(key, version, due)`` out of the heap,
-        by their instant, for :meth:`aside_due`: :meth:`pop_due` no longer meets them.
-        (It takes out every entry due up to the latest of them and puts the others back:
-        a cost of the entries due before, paid ahead of the instant.) How many moved."""
+        by their instant and in the order given, for :meth:`aside_due`: :meth:`pop_due`
+        no longer meets them. (It takes out every entry due up to the latest of them and
+        puts the others back: a cost of the entries due before, paid ahead of the
+        instant.) How many moved."""
         if not firings:
             return 0
+        wanted = set(firings)
         until = max(due for _, _, due in firings)
         heap = self._heap
         pop, push = heapq.heappop, heapq.heappush
+        found: dict[tuple[str, int, int], tuple[int, int, str, int]] = {}
         others = []
-        moved = 0
-        aside = self.aside
         while heap and heap[0][0] <= until:
             entry = pop(heap)
             due, _, key, version = entry
-            if (key, version, due) not in firings:
+            firing = (key, version, due)
+            if firing in wanted and firing not in found:
+                found[firing] = entry
+            else:
                 others.append(entry)
-                continue
-            group = aside.get(due)
-            if group is None:
-                group = aside[due] = []
-                push(self._aside_at, due)
-            group.append(entry)
-            moved += 1
         for entry in others:
             push(heap, entry)
+        aside = self.aside
+        moved = 0
+        for firing in firings:
+            if firing not in found:
+                continue
+            entry = found.pop(firing)
+            group = aside.get(entry[0])
+            if group is None:
+                group = aside[entry[0]] = []
+                push(self._aside_at, entry[0])
+            group.append(entry)
+            moved += 1
         return moved
 
     def next_aside(self) -> int | None:
