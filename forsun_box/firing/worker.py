@@ -242,8 +242,10 @@ class Http:
 
     def drive(self) -> None:
         """Start what waits and is due, let libcurl work on every transfer, report those
-        that ended; again while a slot freed for a waiting one."""
+        that ended; again while a slot freed for a waiting one, until a slots' worth
+        ended (the loop then sends the ends and reads the service's messages)."""
         multi = self.multi
+        total = 0
         while True:
             self._grant()
             if not self.running:
@@ -263,7 +265,8 @@ class Http:
                     ended += len(ok) + len(failed)
                 if not queued:
                     break
-            if not (ended and (self.queue or self._arm_due())):
+            total += ended
+            if not (ended and total < self.limit and (self.queue or self._arm_due())):
                 return
 
     def _arm_due(self) -> bool:

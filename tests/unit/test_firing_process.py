@@ -30,9 +30,9 @@ from forsun_box import turns
 from forsun_box.actions import ActionFailed, ActionSettings, ShellAction, configure_actions
 from forsun_box.firing import wire
 from forsun_box.firing.client import close_shared, shared
-from forsun_box.firing.curl import CurlError, Request, Response
+from forsun_box.firing.curl import CurlError, Request, Response, to_wire
 from forsun_box.firing.spawn import CommandLine, spawn_now
-from forsun_box.firing.worker import SPAWN_THREADS, Shell, Spawn
+from forsun_box.firing.worker import SPAWN_THREADS, Arms, Http, Shell, Spawn
 from forsun_box.plan import Plan
 from tests.helpers import wait_until, wait_until_async
 
@@ -206,6 +206,47 @@ def test_armed_requests_and_commands_start_by_themselves_at_their_instant(
             close_shared()
 
     asyncio.run(main())
+
+
+def test_arms_give_their_due_ids_in_the_order_armed_without_those_taken_back() -> None:
+    arms = Arms()
+    for id_, at in [(1, 2000), (2, 1000), (3, 1000), (4, 3000), (5, 1000)]:
+        arms.add(id_, at)
+    assert arms.discard(3) and not arms.discard(3)
+    assert arms.next_ms() == 1000
+    assert arms.due(999, 10) == []
+    assert arms.due(2000, 2) == [(2, 1000), (5, 1000)]
+    assert arms.due(2000, 10) == [(1, 2000)]
+    assert len(arms) == 1 and arms.next_ms() == 3000
+
+
+def test_armed_transfers_start_as_slots_free_and_their_ends_go_out_a_slots_worth_at_a_time(
+    threaded_server: int,
+) -> None:
+    ends: list[tuple[object, ...]] = []
+    slots = 32
+    http = Http(slots, slots, ends.append)
+    n = 640
+    for i in range(n):
+        http.prepare(i, to_wire(Request(f"http://127.0.0.1:{threaded_server}/r{i}")))
+        http.arm(i, int(time.time() * 1000) - 1)
+    http.drive()
+    assert 0 < len(http.running) <= slots  # the first ones, in the free slots
+    rounds = []
+    deadline = time.monotonic() + 20
+    while len(ends) < n and time.monotonic() < deadline:
+        before = len(ends)
+        http.multi.select(0.05)
+        http.drive()
+        rounds.append(len(ends) - before)
+        assert len(http.running) <= slots
+    assert sorted(end[0] for end in ends) == list(range(n))
+    # each drive hands back once a slots' worth ended (the loop then sends them on)
+    assert max(rounds) <= 2 * slots
+    # ended armed: status, body, and when they started and ended there
+    assert all(end[1] == 200 and end[2] == b"ok" and end[4] <= end[5] for end in ends)
+    assert {path for path, _ in _Ok.arrivals[:slots]} == {f"/r{i}" for i in range(slots)}
+    http.multi.close()
 
 
 def _ends_unread(sock: socket.socket) -> int:
