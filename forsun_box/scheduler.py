@@ -168,9 +168,9 @@ class Scheduler:
             self.options.refill_limit,
         )
         self._tasks: set[asyncio.Future[Any]] = set()
-        # armed firings that went out, each list waiting to be taken up; True for a
-        # list of plans set aside in the window (still there until taken up)
-        self._went_out: list[tuple[list[tuple[Plan, int]], bool]] = []
+        # bursts set aside that went out, each waiting to be taken up (their plans are
+        # in the window until then)
+        self._went_out: list[list[tuple[Plan, int]]] = []
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
         self._timer_at: int | None = None
@@ -228,11 +228,11 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop firing, wait (bounded) for running firings, flush every mutation."""
         self._running = False
-        for went_out, aside in self._went_out:
-            self._take_up(went_out, len(went_out), aside)
+        for went_out in self._went_out:
+            self._take_up(went_out, len(went_out))
         self._went_out.clear()
         went_out = self._window.aside_due(self.clock.now_ms())
-        self._take_up(went_out, len(went_out), True)
+        self._take_up(went_out, len(went_out))
         self._window.restore_aside()
         if self._prepare is not None:
             self.executor.disarm_all()  # type: ignore[union-attr]
@@ -478,24 +478,10 @@ class Scheduler:
                 went_out = False
             if not went_out:
                 continue
+            # (else it was taken from the window already: it fires, or fired)
             plan = self._window.get(key)
-            if plan is not None and plan.version == version:
-                if self._window.take(key, due):
-                    self._fire(plan, due, self.clock.now_ms())
-            else:
-                self._take_up_now(key, version, due)
-
-    def _take_up_now(self, key: str, version: int, due: int) -> None:
-        """Take up at once the firing of ``key`` that went out with a burst, if it waits
-        to be (before the change of its plan prepares another version in its place)."""
-        for went_out, aside in self._went_out:
-            if aside:
-                continue  # (its plans are in the window: taken from there)
-            for i, (plan, at) in enumerate(went_out):
-                if plan.key == key and plan.version == version and at == due:
-                    del went_out[i]
-                    self._fire(plan, due, self.clock.now_ms(), marked=True)
-                    return
+            if plan is not None and plan.version == version and self._window.take(key, due):
+                self._fire(plan, due, self.clock.now_ms())
 
     # ------------------------------------------------------------------ firing
 
@@ -574,11 +560,14 @@ class Scheduler:
     def _set_aside(self, firings: list[tuple[Plan, int]]) -> None:
         """Set the bursts among ``firings`` aside in the window: armed firings due at
         once, ``take_up_from`` or more. At their instant they go out by themselves and
-        nothing is taken from the window; they are taken up after the burst."""
+        nothing is taken from the window; they are taken up after the burst. (Not those
+        whose plan fires again before the take-up might: the next firing would wait.)"""
         is_armed = self._is_armed
         if is_armed is None:
             return
-        armed = [(p, due) for p, due in firings if is_armed(p, due)]
+        armed = [
+            (p, due) for p, due in firings if is_armed(p, due) and not self._again_soon(p, due)
+        ]
         if len(armed) < self.options.take_up_from:
             return
         counts = collections.Counter(due for _, due in armed)
@@ -594,6 +583,13 @@ class Scheduler:
             self._prepare(firings)
         except Exception:
             log.exception("preparing %d firings failed", len(firings))
+
+    def _again_soon(self, plan: Plan, due: int) -> bool:
+        """Whether ``plan`` fires again within ``take_up_after_ms`` of its firing at ``due``."""
+        if plan.count and plan.current_count + 1 >= plan.count:
+            return False  # (its last firing)
+        nxt = plan.next_after(due, self.tz)
+        return nxt is not None and nxt - due < self.options.take_up_after_ms
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -614,13 +610,11 @@ class Scheduler:
             slice_size = self.options.slice_size
             chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
-            is_armed = self._is_armed
             aside = window.aside_due(now)
             if len(aside) >= self.options.take_up_from:
-                self._take_up_after(aside, True)
+                self._take_up_after(aside)
             elif aside:
-                self._take_up(aside, len(aside), True)
-            went_out: list[tuple[Plan, int]] = []
+                self._take_up(aside, len(aside))
             while self._running:
                 # A slice: up to slice_size firings, no longer than a turn.
                 turn = Turn()
@@ -631,11 +625,7 @@ class Scheduler:
                         if self.gate is not None and not self.gate(p):
                             self.gated += 1
                             continue
-                        if is_armed is not None and is_armed(p, due):
-                            # it went out at its instant: in flight from now on
-                            window.start_firing(p.key, p.version)
-                            went_out.append((p, due))
-                            continue
+                        # (an armed one went out by itself: its start learns its end)
                         fire(p, due, now)
                     more = len(due_plans) == chunk
                     fired += chunk
@@ -646,10 +636,6 @@ class Scheduler:
                 # Let API requests and I/O in between slices.
                 await asyncio.sleep(0)
                 now = self.clock.now_ms()
-            if len(went_out) >= self.options.take_up_from:
-                self._take_up_after(went_out, False)
-            elif went_out:
-                self._take_up(went_out, len(went_out), False)
             if now - self._last_meta_ms >= self.options.meta_interval_ms:
                 self._last_meta_ms = now
                 self._writer.submit(SetMeta("processed_until", str(now)), False)
@@ -667,15 +653,14 @@ class Scheduler:
             self._processing = False
             self._arm()
 
-    def _take_up_after(self, went_out: list[tuple[Plan, int]], aside: bool) -> None:
-        """Take up ``went_out`` after its burst (``aside``: its plans are still in the
-        window, set aside; else taken out and in flight)."""
-        self._went_out.append((went_out, aside))
-        task = asyncio.get_running_loop().create_task(self._take_up_later(went_out, aside))
+    def _take_up_after(self, went_out: list[tuple[Plan, int]]) -> None:
+        """Take up the burst ``went_out`` (set aside) after it."""
+        self._went_out.append(went_out)
+        task = asyncio.get_running_loop().create_task(self._take_up_later(went_out))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _take_up_later(self, went_out: list[tuple[Plan, int]], aside: bool) -> None:
+    async def _take_up_later(self, went_out: list[tuple[Plan, int]]) -> None:
         """Take up the armed firings of a burst once the firing process has reported all
         their ends, or none of them for ``take_up_idle_ms``, or ``take_up_after_ms`` after
         the instant: until then the burst has the cores to itself. Then a turn's worth at
@@ -702,32 +687,27 @@ class Scheduler:
         while self._running and went_out:
             turn = Turn()
             while went_out and not turn.over():
-                self._take_up(went_out, FIRE_CHUNK, aside)
+                self._take_up(went_out, FIRE_CHUNK)
             await asyncio.sleep(0)
-        self._went_out = [other for other in self._went_out if other[0] is not went_out]
+        self._went_out = [other for other in self._went_out if other is not went_out]
 
-    def _take_up(self, went_out: list[tuple[Plan, int]], n: int, aside: bool) -> None:
-        """Fire the last ``n`` of ``went_out``, taking them out (``aside``: from the
-        window, unless their plan changed meanwhile; else already in flight)."""
+    def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
+        """Fire the last ``n`` of ``went_out`` (set aside, gone out), taking them out of
+        the window (unless their plan changed meanwhile: that change fired them)."""
         now = self.clock.now_ms()
-        if aside:
-            take = self._window.take_plan
-            for plan, due in went_out[-n:]:
-                if take(plan, due):
-                    self._fire(plan, due, now)
-        else:
-            for plan, due in went_out[-n:]:
-                self._fire(plan, due, now, marked=True)
+        take = self._window.take_plan
+        for plan, due in went_out[-n:]:
+            if take(plan, due):
+                self._fire(plan, due, now)
         del went_out[-n:]
 
-    def _fire(self, plan: Plan, due: int, now: int, marked: bool = False) -> None:
+    def _fire(self, plan: Plan, due: int, now: int) -> None:
         policy = self.options.catchup if due < self._started_ms else FIRE_ALL
         if plan.misfire:
             # A per-plan policy replaces the server's, for downtime and overload alike:
             # within the grace window a firing is on time whatever the cause.
             policy = plan.misfire if now - due > plan.grace_ms else FIRE_ALL
-        if not marked:
-            self._window.start_firing(plan.key, plan.version)
+        self._window.start_firing(plan.key, plan.version)
         if policy == SKIP:
             self.skipped += 1
             nxt = plan.next_after(now, self.tz)

@@ -18,7 +18,7 @@ from forsun_box import turns
 from forsun_box.actions import ACTIONS, Action, ActionFailed, ActionSettings, register_action
 from forsun_box.actions.base import Done
 from forsun_box.dispatcher import STALE_PREPARED_MS, Dispatcher
-from forsun_box.plan import AT, Plan, build_plan
+from forsun_box.plan import AT, DELAY, Plan, build_plan
 from forsun_box.scheduler import (
     FIRE_CHUNK,
     PREPARE_CHUNK,
@@ -732,6 +732,37 @@ def test_plans_due_with_a_set_aside_burst_fire_at_their_instant_as_it_waits() ->
             await asyncio.sleep(0)
         await e.sched.flush()
         assert len(e.runs) == n + 2 and e.sched.window_size() == 0
+        await e.stop()
+
+    run(main())
+
+
+def test_a_plan_that_fires_again_soon_is_not_held_back_with_its_burst() -> None:
+    async def main() -> None:
+        # a burst whose ends keep coming, one every 90 ms: it is taken up after 5.8 s
+        clock, e, due, _ = await _burst(takes=90, step=90)
+        e.sched.options.take_up_after_ms = 8000
+        # every 5 s from T0: its firing with the burst is followed by one at T0 + 10 s
+        every = build_plan(
+            key="every",
+            kind=DELAY,
+            second=5,
+            count=3,
+            now_ms=clock.now_ms(),
+            default_tz=UTC,
+            action="rec",
+            params={"armable": "1"},
+        )
+        await e.sched.create([every])
+        for _ in range(210):  # to T0 + 10.5 s, each firing's advance committed
+            await clock.advance(50)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await e.sched.flush()
+        started = sorted(at for k, _, _, at, _ in _Log.started if k == "every")
+        assert started == [due, T0 + 10_000]  # the next on time, not after the burst
+        assert e.dispatcher.prepared_count > 0  # the burst is still out there
+        await clock.advance(2000)
         await e.stop()
 
     run(main())
