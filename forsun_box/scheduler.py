@@ -124,9 +124,9 @@ FIRE_CHUNK = 32
 #: firings handed to the dispatcher to prepare at a time (the turn is checked between)
 PREPARE_CHUNK = 32
 #: how often a burst's armed firings are looked at for their ends, seconds
-TAKE_UP_LOOK_S = 0.01
-#: ... and how many of those whose ends are not in, at most, at each look
-TAKE_UP_LOOK_AT = 512
+TAKE_UP_LOOK_S = 0.02
+#: ... and how many of the first whose ends are not in are looked at each time
+TAKE_UP_LOOK_AT = 256
 
 
 class Scheduler:
@@ -677,11 +677,14 @@ class Scheduler:
             now = clock.now_ms()
             if now >= deadline or now - moved >= idle_ms:
                 break
-            head = left[:TAKE_UP_LOOK_AT]
-            still = [key for key in head if not ended(key)]
-            if len(still) < len(head):
-                moved = now
-                left[: len(head)] = still
+            while left:  # (on past the first ones while they all ended)
+                head = left[:TAKE_UP_LOOK_AT]
+                still = [key for key in head if not ended(key)]
+                if len(still) < len(head):
+                    moved = now
+                    left[: len(head)] = still
+                if still:
+                    break
             if left:
                 await clock.sleep(TAKE_UP_LOOK_S)
         while self._running and went_out:

@@ -22,6 +22,7 @@ from forsun_box.plan import AT, DELAY, Plan, build_plan
 from forsun_box.scheduler import (
     FIRE_CHUNK,
     PREPARE_CHUNK,
+    TAKE_UP_LOOK_AT,
     TAKE_UP_LOOK_S,
     EngineOptions,
     Scheduler,
@@ -591,14 +592,14 @@ def test_a_stop_drops_what_is_armed_and_a_misfire_policy_is_never_armed() -> Non
     run(main())
 
 
-async def _burst(takes: int, step: int = 0) -> tuple[FakeClock, Engine, int, int]:
-    """An engine with a burst's worth of armed firings due in 5 s, the i-th ending
-    ``takes + i * step`` ms after it went out."""
+async def _burst(takes: int, step: int = 0, n: int = 0) -> tuple[FakeClock, Engine, int, int]:
+    """An engine with a burst of ``n`` (default: the least that is one) armed firings due
+    in 5 s, the i-th ending ``takes + i * step`` ms after it went out."""
     clock = FakeClock(T0)
     e = Engine(clock, arming=True)
     await e.start()
     due = T0 + 5000
-    n = e.sched.options.take_up_from
+    n = n or e.sched.options.take_up_from
     await e.sched.create(
         [e.plan(f"k{i}", due, armable="1", takes=str(takes + i * step)) for i in range(n)]
     )
@@ -625,6 +626,24 @@ def test_a_bursts_armed_firings_are_taken_up_once_their_ends_are_in() -> None:
         assert sorted({(r.started_ms, r.duration_ms, r.result) for r in e.runs}) == [(due, 60, 1)]
         assert len(e.runs) == n
         assert e.sched.inflight_count() == 0
+        await e.stop()
+
+    run(main())
+
+
+def test_a_big_burst_whose_ends_came_together_is_taken_up_at_the_next_look() -> None:
+    async def main() -> None:
+        n = 3 * TAKE_UP_LOOK_AT + 10
+        clock, e, _, _ = await _burst(takes=60, n=n)
+        await clock.advance(5060 + int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count < n  # taken up from that look on
+        await clock.advance(10)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert e.dispatcher.prepared_count == 0 and len(e.runs) == n
         await e.stop()
 
     run(main())
@@ -742,6 +761,7 @@ def test_a_plan_that_fires_again_soon_is_not_held_back_with_its_burst() -> None:
         # a burst whose ends keep coming, one every 90 ms: it is taken up after 5.8 s
         clock, e, due, _ = await _burst(takes=90, step=90)
         e.sched.options.take_up_after_ms = 8000
+        e.sched.options.take_up_idle_ms = 200
         # every 5 s from T0: its firing with the burst is followed by one at T0 + 10 s
         every = build_plan(
             key="every",
