@@ -453,6 +453,31 @@ def cpu_of(
     return cpu_split.split(path, start, end, {**roles, os.getpid(): "bench"})
 
 
+def _bare(kind: str, n: int, tag: str, target: Sink, cpu: Path | None) -> dict[str, Any]:
+    """One burst of the bare limit."""
+    with cpu_recorded(cpu, f"bare-{tag}"):
+        if kind == "inproc":
+            return bare_inproc(n)
+        if kind == "shell":
+            return bare_shell(target, n, "bare-" + tag)
+        return bare_http(target, n, "bare-" + tag, kind == "http-keepalive")
+
+
+def _box(
+    server: Server,
+    kind: str,
+    n: int,
+    tag: str,
+    target: Sink,
+    samples_file: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One burst of forsun-box."""
+    out = args.profile / f"box-{tag}.txt" if args.profile else None
+    with cpu_recorded(args.cpu, f"box-{tag}"):
+        return box_burst(server, kind, n, "box-" + tag, target, samples_file, out)
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # unwinds through the `finally` blocks that stop the server and the sinks
     raise SystemExit(128 + signum)
@@ -498,21 +523,19 @@ def main(argv: list[str] | None = None) -> int:
                     rounds = []
                     for r in range(args.rounds):
                         tag = f"{kind}-{n}-{r}"
-                        print(f"[{time.strftime('%H:%M:%S')}] {tag}", flush=True)
-                        with cpu_recorded(args.cpu, f"bare-{tag}"):
-                            if kind == "inproc":
-                                bare = bare_inproc(n)
-                            elif kind == "shell":
-                                bare = bare_shell(target, n, "bare-" + tag)
-                            else:
-                                bare = bare_http(target, n, "bare-" + tag, kind == "http-keepalive")
-                        out = None
-                        if args.profile:
-                            out = args.profile / f"box-{tag}.txt"
-                        with cpu_recorded(args.cpu, f"box-{tag}"):
-                            box = box_burst(
-                                server, kind, n, "box-" + tag, target, samples_file, out
-                            )
+                        # odd rounds run forsun-box first: whatever one burst leaves the
+                        # next (closed connections' ports, caches) falls on both sides
+                        box_first = r % 2 == 1
+                        print(
+                            f"[{time.strftime('%H:%M:%S')}] {tag}"
+                            + (" (forsun-box first)" if box_first else ""),
+                            flush=True,
+                        )
+                        if box_first:
+                            box = _box(server, kind, n, tag, target, samples_file, args)
+                        bare = _bare(kind, n, tag, target, args.cpu)
+                        if not box_first:
+                            box = _box(server, kind, n, tag, target, samples_file, args)
                         if args.cpu:
                             sinks = {close_sink.pid: "sink", keep_sink.pid: "sink"}
                             bare["cpu"] = cpu_of(args.cpu / f"bare-{tag}.data", bare, sinks)
