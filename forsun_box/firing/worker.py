@@ -148,7 +148,24 @@ class Arms:
         return taken
 
 
-class Http:
+class _Prepared:
+    """What the transfers and the commands share: ids prepared, and those armed."""
+
+    prepared: dict[int, Any]
+    arms: Arms
+
+    def owns(self, id_: int) -> bool:
+        return id_ in self.prepared
+
+    def arm(self, id_: int, at_ms: int) -> bool:
+        """Arm ``id_`` for the instant ``at_ms``; False when it is not prepared here."""
+        if id_ not in self.prepared:
+            return False
+        self.arms.add(id_, at_ms)
+        return True
+
+
+class Http(_Prepared):
     """The transfers: prepared, armed, waiting for a slot, running."""
 
     def __init__(self, max_clients: int, limit: int, send: Send) -> None:
@@ -181,15 +198,6 @@ class Http:
                 body = _Body()
                 curl.setopt(pycurl.WRITEFUNCTION, body.write)
         self.prepared[id_] = (request, curl, body)
-
-    def owns(self, id_: int) -> bool:
-        return id_ in self.prepared
-
-    def arm(self, id_: int, at_ms: int) -> bool:
-        if id_ not in self.prepared:
-            return False
-        self.arms.add(id_, at_ms)
-        return True
 
     def start(self, id_: int) -> None:
         """Send what ``id_`` prepared, or queue it."""
@@ -431,7 +439,7 @@ class _Command:
         self.starting = True
 
 
-class Shell:
+class Shell(_Prepared):
     """The commands: prepared, waiting for a slot, spawning, running, and their timers.
 
     Output pipes are watched through an epoll set of their own (one descriptor in the
@@ -498,15 +506,6 @@ class Shell:
     def prepare(self, id_: int, spec: tuple[list[str], dict[str, str], float]) -> None:
         argv, extra, timeout_s = spec
         self.prepared[id_] = (CommandLine(SHELL, argv, self.environment, extra), timeout_s)
-
-    def owns(self, id_: int) -> bool:
-        return id_ in self.prepared
-
-    def arm(self, id_: int, at_ms: int) -> bool:
-        if id_ not in self.prepared:
-            return False
-        self.arms.add(id_, at_ms)
-        return True
 
     def start(self, id_: int) -> None:
         self.arms.discard(id_)
