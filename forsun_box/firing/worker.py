@@ -103,49 +103,74 @@ class Arms:
     """Armed ids by their instant (unix ms), in the order armed at each instant: a
     burst's ids come out of one list instead of one by one off a heap."""
 
-    __slots__ = ("at", "by_instant", "instants")
+    __slots__ = ("at", "by_instant", "instants", "live")
 
     def __init__(self) -> None:
         #: armed id -> its instant; an id taken back is dropped here and skipped later
         self.at: dict[int, int] = {}
         self.by_instant: dict[int, deque[int]] = {}
-        self.instants: list[int] = []  # a heap of the keys of by_instant
+        #: instant -> how many of its ids are still armed (at 0 the instant goes)
+        self.live: dict[int, int] = {}
+        self.instants: list[int] = []  # a heap of instants, some of them gone
 
     def __len__(self) -> int:
         return len(self.at)
 
     def add(self, id_: int, at_ms: int) -> None:
+        self.discard(id_)
         self.at[id_] = at_ms
         ids = self.by_instant.get(at_ms)
         if ids is None:
             ids = self.by_instant[at_ms] = deque()
+            self.live[at_ms] = 0
             heapq.heappush(self.instants, at_ms)
         ids.append(id_)
+        self.live[at_ms] += 1
 
     def discard(self, id_: int) -> bool:
         """Take back the arm of ``id_``; True when it was armed."""
-        return self.at.pop(id_, None) is not None
+        instant = self.at.pop(id_, None)
+        if instant is None:
+            return False
+        self._gone(instant)
+        return True
 
     def next_ms(self) -> int | None:
-        """The earliest instant still holding ids (some may have been taken back)."""
-        return self.instants[0] if self.instants else None
+        """The earliest instant with ids still armed."""
+        instants, by_instant = self.instants, self.by_instant
+        while instants and instants[0] not in by_instant:
+            heapq.heappop(instants)
+        return instants[0] if instants else None
 
     def due(self, now_ms: int, n: int) -> list[tuple[int, int]]:
         """Up to ``n`` armed ``(id, instant)`` whose instant came, earliest first, taken out."""
         taken: list[tuple[int, int]] = []
-        at, by_instant, instants = self.at, self.by_instant, self.instants
-        while instants and instants[0] <= now_ms and len(taken) < n:
-            instant = instants[0]
-            ids = by_instant[instant]
-            while ids and len(taken) < n:
+        at = self.at
+        while len(taken) < n:
+            instant = self.next_ms()
+            if instant is None or instant > now_ms:
+                break
+            ids = self.by_instant[instant]
+            while len(taken) < n:
                 id_ = ids.popleft()
-                if at.get(id_) == instant:
-                    del at[id_]
-                    taken.append((id_, instant))
-            if not ids:
-                heapq.heappop(instants)
-                del by_instant[instant]
+                if at.get(id_) != instant:
+                    continue  # taken back, or armed again elsewhere
+                del at[id_]
+                taken.append((id_, instant))
+                if not self._gone(instant):
+                    break
+
         return taken
+
+    def _gone(self, instant: int) -> bool:
+        """One id of ``instant`` is no longer armed; False when that was its last."""
+        left = self.live[instant] - 1
+        if left:
+            self.live[instant] = left
+            return True
+        del self.live[instant]
+        del self.by_instant[instant]  # (its heap entry goes at the next look)
+        return False
 
 
 class _Prepared:

@@ -218,6 +218,16 @@ def test_arms_give_their_due_ids_in_the_order_armed_without_those_taken_back() -
     assert arms.due(2000, 2) == [(2, 1000), (5, 1000)]
     assert arms.due(2000, 10) == [(1, 2000)]
     assert len(arms) == 1 and arms.next_ms() == 3000
+    # an instant whose ids were all taken back is no instant to wake up for
+    arms.add(6, 2500)
+    arms.add(7, 2500)
+    assert arms.next_ms() == 2500
+    assert arms.discard(6) and arms.discard(7)
+    assert arms.next_ms() == 3000 and arms.due(2600, 10) == []
+    # armed again at another instant: it goes out there, once
+    arms.add(4, 2700)
+    assert arms.next_ms() == 2700 and arms.due(5000, 10) == [(4, 2700)]
+    assert len(arms) == 0 and arms.next_ms() is None and arms.due(9000, 10) == []
 
 
 def test_armed_transfers_start_as_slots_free_and_their_ends_go_out_a_slots_worth_at_a_time(
