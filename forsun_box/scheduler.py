@@ -540,7 +540,7 @@ class Scheduler:
         """Give ``firings`` to the dispatcher to prepare, a turn's worth at a time."""
         if len(firings) <= PREPARE_CHUNK:
             self._call_prepare(firings)
-            self._set_aside(firings)
+            self._set_aside(self._may_set_aside(firings))
             return
         task = asyncio.get_running_loop().create_task(self._prepare_chunks(firings))
         self._tasks.add(task)
@@ -548,30 +548,34 @@ class Scheduler:
 
     async def _prepare_chunks(self, firings: list[tuple[Plan, int]]) -> None:
         turn = Turn()
+        armed: list[tuple[Plan, int]] = []
         for i in range(0, len(firings), PREPARE_CHUNK):
             if turn.over():
                 await asyncio.sleep(0)
                 turn = Turn()
             if not self._running:
                 return
-            self._call_prepare(firings[i : i + PREPARE_CHUNK])
-        self._set_aside(firings)
+            chunk = firings[i : i + PREPARE_CHUNK]
+            self._call_prepare(chunk)
+            armed += self._may_set_aside(chunk)
+        self._set_aside(armed)
 
-    def _set_aside(self, firings: list[tuple[Plan, int]]) -> None:
-        """Set the bursts among ``firings`` aside in the window: armed firings due at
-        once, ``take_up_from`` or more. At their instant they go out by themselves and
-        nothing is taken from the window; they are taken up after the burst. (Not those
-        whose plan fires again before the take-up might: the next firing would wait.)"""
+    def _may_set_aside(self, firings: list[tuple[Plan, int]]) -> list[tuple[Plan, int]]:
+        """The firings among ``firings`` just prepared that are armed, but not those whose
+        plan fires again before the take-up might (its next firing would wait)."""
         is_armed = self._is_armed
         if is_armed is None:
-            return
-        armed = [
-            (p, due) for p, due in firings if is_armed(p, due) and not self._again_soon(p, due)
-        ]
-        if len(armed) < self.options.take_up_from:
+            return []
+        return [(p, due) for p, due in firings if is_armed(p, due) and not self._again_soon(p, due)]
+
+    def _set_aside(self, armed: list[tuple[Plan, int]]) -> None:
+        """Set the bursts among the armed firings ``armed`` aside in the window: those due
+        at once, ``take_up_from`` or more. At their instant they go out by themselves and
+        nothing is taken from the window; they are taken up after the burst."""
+        least = self.options.take_up_from
+        if len(armed) < least:
             return
         counts = collections.Counter(due for _, due in armed)
-        least = self.options.take_up_from
         # in the order armed: the order they go out in, and their ends come back in
         bursts = [(p.key, p.version, due) for p, due in armed if counts[due] >= least]
         if bursts and self._window.set_aside(bursts):

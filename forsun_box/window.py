@@ -10,6 +10,10 @@ before the cursor is in the window -- unless a mutation of that key is
 *pending* (it decides membership when it commits) or the plan is *in flight*
 (firing: its advance decides).
 
+A burst that goes out by itself at its instant (armed firings due together) is set
+aside: its entries leave the heap ahead of the instant, its plans stay in the window
+until the engine takes them up after the burst (:meth:`Window.set_aside`).
+
 The window knows nothing of timers or firing; the engine
 (:class:`forsun_box.scheduler.Scheduler`) asks it what is due and tells it
 what committed. Operations that admit plans return them, so that the engine
