@@ -127,6 +127,9 @@ PREPARE_CHUNK = 32
 TAKE_UP_LOOK_S = 0.02
 #: ... and how many of the first whose ends are not in are looked at each time
 TAKE_UP_LOOK_AT = 256
+#: a plan firing again within take_up_after_ms and this is not held back with its burst
+#: (the take-up itself, and the commit of its advance, take a while)
+TAKE_UP_MARGIN_MS = 1_000
 
 
 class Scheduler:
@@ -589,11 +592,12 @@ class Scheduler:
             log.exception("preparing %d firings failed", len(firings))
 
     def _again_soon(self, plan: Plan, due: int) -> bool:
-        """Whether ``plan`` fires again within ``take_up_after_ms`` of its firing at ``due``."""
+        """Whether ``plan`` fires again within ``take_up_after_ms`` (and a margin) of its
+        firing at ``due``."""
         if plan.count and plan.current_count + 1 >= plan.count:
             return False  # (its last firing)
         nxt = plan.next_after(due, self.tz)
-        return nxt is not None and nxt - due < self.options.take_up_after_ms
+        return nxt is not None and nxt - due < self.options.take_up_after_ms + TAKE_UP_MARGIN_MS
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -615,6 +619,14 @@ class Scheduler:
             chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
             aside = window.aside_due(now)
+            if aside and self._is_armed is not None:
+                # taken back before its instant (its plan changes): it fires now, as any
+                # firing due before a change is answered
+                is_armed = self._is_armed
+                for p, due in [f for f in aside if not is_armed(*f)]:
+                    if window.take_plan(p, due):
+                        fire(p, due, now)
+                aside = [f for f in aside if is_armed(*f)]
             if len(aside) >= self.options.take_up_from:
                 self._take_up_after(aside)
             elif aside:
@@ -697,6 +709,7 @@ class Scheduler:
                 self._take_up(went_out, FIRE_CHUNK)
             await asyncio.sleep(0)
         self._went_out = [other for other in self._went_out if other is not went_out]
+        self._arm()  # (the window emptied: a refill may be due)
 
     def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
         """Fire the last ``n`` of ``went_out`` (set aside, gone out), taking them out of

@@ -428,6 +428,8 @@ class FiringProcess:
         while ends:
             end = ends.popleft()
             if len(end) == 2:  # a DISARM's answer
+                if end[1] and end[0] not in self._waiting:
+                    self._armed.add(end[0])  # it went out there: only its end is to come
                 _answer(self._disarming.pop(end[0], None), end[1])
                 continue
             ended = waiting.pop(end[0], None)

@@ -894,6 +894,11 @@ class Worker:
             http.arm(message[1], message[2]) or shell.arm(message[1], message[2])
         elif kind == wire.DISARM:
             id_ = message[1]
+            instant = http.arms.at.get(id_) or shell.arms.at.get(id_)
+            if instant is not None and instant <= time.time() * 1000:
+                # its instant came (it waits for a slot): it goes out, as if started
+                self.ends.append((id_, True))
+                return
             armed = http.arms.discard(id_) or shell.arms.discard(id_)
             self.ends.append((id_, not armed and not (http.owns(id_) or shell.owns(id_))))
         elif kind == wire.DROP:

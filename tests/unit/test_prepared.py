@@ -28,7 +28,7 @@ from forsun_box.scheduler import (
     Scheduler,
 )
 from forsun_box.stats import Stats
-from forsun_box.store.base import Run
+from forsun_box.store.base import Batch, Run
 from forsun_box.store.memory import MemoryStore
 from forsun_box.testing import FakeClock
 
@@ -214,6 +214,10 @@ class Engine:
             params=params,
             misfire=misfire,
         )
+
+
+async def _opened() -> None:
+    """(a store opened already)"""
 
 
 def run(coro: object) -> None:
@@ -783,6 +787,59 @@ def test_a_plan_that_fires_again_soon_is_not_held_back_with_its_burst() -> None:
         assert started == [due, T0 + 10_000]  # the next on time, not after the burst
         assert e.dispatcher.prepared_count > 0  # the burst is still out there
         await clock.advance(2000)
+        await e.stop()
+
+    run(main())
+
+
+def test_a_set_aside_firing_taken_back_before_its_instant_fires_at_it() -> None:
+    async def main() -> None:
+        clock, e, due, n = await _burst(takes=300)
+        await clock.advance(4500)  # prepared, armed, set aside
+        assert e.sched.window_size() == n
+        # its plan is about to change: its arm is taken back, the change not yet in
+        [(key, _, _, answer)] = e.dispatcher.disarm(["k0"])
+        assert await answer is False
+        await clock.advance(500)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # due before the change was answered, it fired at its instant, not at the take-up
+        started = {k: at for k, _, _, at, _ in _Log.started}
+        assert started[key] == due and len(started) == n
+        await clock.advance(1000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert len(e.runs) == n and len(_Log.started) == n
+        await e.stop()
+
+    run(main())
+
+
+def test_plans_after_a_burst_that_filled_the_window_fire_on_time() -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        e = Engine(clock, arming=True)
+        n = 64
+        e.sched.options.refill_limit = e.sched._window.refill_limit = n
+        due = T0 + 5000
+        # stored before the start: the first refill loads the burst and fills the window,
+        # the plan after it waits in the store for the next refill
+        plans = [e.plan(f"k{i}", due, armable="1", takes="60") for i in range(n)]
+        plans.append(e.plan("later", due + 200))
+        await e.store.open()
+        await e.store.apply(Batch(ops={p.key: p for p in plans}))
+        e.store.open = _opened  # type: ignore[method-assign]
+        await e.start()
+        assert "later" not in e.sched._window
+        for _ in range(60):  # to due + 1 s
+            await clock.advance(100)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await e.sched.flush()
+        started = {k: at for k, _, _, at, _ in _Log.started}
+        assert started["later"] == due + 200
+        assert len(e.runs) == n + 1
         await e.stop()
 
     run(main())
