@@ -483,7 +483,7 @@ class Scheduler:
                 continue
             # (else it was taken from the window already: it fires, or fired)
             plan = self._window.get(key)
-            if plan is not None and plan.version == version and self._window.take(key, due):
+            if plan is not None and plan.version == version and self._window.take_plan(plan, due):
                 self._fire(plan, due, self.clock.now_ms())
 
     # ------------------------------------------------------------------ firing
@@ -623,10 +623,13 @@ class Scheduler:
                 # taken back before its instant (its plan changes): it fires now, as any
                 # firing due before a change is answered
                 is_armed = self._is_armed
-                for p, due in [f for f in aside if not is_armed(*f)]:
-                    if window.take_plan(p, due):
+                out = []
+                for p, due in aside:
+                    if is_armed(p, due):
+                        out.append((p, due))
+                    elif window.take_plan(p, due):
                         fire(p, due, now)
-                aside = [f for f in aside if is_armed(*f)]
+                aside = out
             if len(aside) >= self.options.take_up_from:
                 self._take_up_after(aside)
             elif aside:

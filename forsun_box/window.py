@@ -211,15 +211,6 @@ class Window:
                 break
         return taken
 
-    def take(self, key: str, due: int) -> bool:
-        """Take out ``key``'s plan if it is due at ``due`` (as :meth:`pop_due` would at
-        that instant); False when it is not."""
-        p = self.plans.get(key)
-        if p is None or p.next_time != due:
-            return False
-        del self.plans[key]  # (its heap entry is skipped from now on)
-        return True
-
     def set_aside(self, firings: list[tuple[str, int, int]]) -> int:
         """Move the heap entries of ``firings`` ``(key, version, due)`` out of the heap,
         by their instant and in the order given, for :meth:`aside_due`: :meth:`pop_due`
@@ -263,7 +254,7 @@ class Window:
 
     def aside_due(self, now: int) -> list[tuple[Plan, int]]:
         """The plans set aside due at or before ``now`` (still in the window, not taken
-        out: :meth:`take` them when their firing is taken up), earliest first."""
+        out: :meth:`take_plan` them when their firing is taken up), earliest first."""
         found: list[tuple[Plan, int]] = []
         at = self._aside_at
         window = self.plans
@@ -283,7 +274,8 @@ class Window:
         self._aside_at.clear()
 
     def take_plan(self, plan: Plan, due: int) -> bool:
-        """Take out ``plan`` due at ``due`` if the window still holds that very plan."""
+        """Take out ``plan`` if the window still holds that very plan, due at ``due`` (as
+        :meth:`pop_due` would at that instant); False when it does not."""
         if self.plans.get(plan.key) is not plan or plan.next_time != due:
             return False
         del self.plans[plan.key]

@@ -396,10 +396,14 @@ class Http(_Prepared):
             return
         id_, body, armed_ms = entry
         end = (id_, 0, message, code) if code else (id_, status, body.data, 0)
-        self.send(end if not armed_ms else (*end, armed_ms, ended_ms))
+        self._send_end(end, armed_ms, ended_ms)
 
-    def _send_end(self, end: tuple[Any, ...], armed_ms: int) -> None:
-        self.send(end if not armed_ms else (*end, armed_ms, int(time.time() * 1000)))
+    def _send_end(self, end: tuple[Any, ...], armed_ms: int, ended_ms: int = 0) -> None:
+        """Send an end; one of a transfer its arm started (at ``armed_ms``) says when it
+        started and ended (``ended_ms``, else now)."""
+        if armed_ms:
+            end = (*end, armed_ms, ended_ms or int(time.time() * 1000))
+        self.send(end)
 
     def _recycle(self, curl: pycurl.Curl) -> None:
         if len(self.free) >= MAX_FREE_HANDLES:
