@@ -199,6 +199,14 @@ class Engine:
         await self.store.open()
         await self.sched.start()
 
+    async def run_for(self, ms: int, step_ms: int) -> None:
+        """Advance the clock ``ms`` in steps, each firing's records committed between."""
+        for _ in range(ms // step_ms):
+            await self.clock.advance(step_ms)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await self.sched.flush()
+
     async def stop(self) -> None:
         await self.sched.stop()
         await self.dispatcher.close()
@@ -214,10 +222,6 @@ class Engine:
             params=params,
             misfire=misfire,
         )
-
-
-async def _opened() -> None:
-    """(a store opened already)"""
 
 
 def run(coro: object) -> None:
@@ -778,11 +782,7 @@ def test_a_plan_that_fires_again_soon_is_not_held_back_with_its_burst() -> None:
             params={"armable": "1"},
         )
         await e.sched.create([every])
-        for _ in range(210):  # to T0 + 10.5 s, each firing's advance committed
-            await clock.advance(50)
-            for _ in range(5):
-                await asyncio.sleep(0)
-            await e.sched.flush()
+        await e.run_for(10_500, 50)
         started = sorted(at for k, _, _, at, _ in _Log.started if k == "every")
         assert started == [due, T0 + 10_000]  # the next on time, not after the burst
         assert e.dispatcher.prepared_count > 0  # the burst is still out there
@@ -829,14 +829,9 @@ def test_plans_after_a_burst_that_filled_the_window_fire_on_time() -> None:
         plans.append(e.plan("later", due + 200))
         await e.store.open()
         await e.store.apply(Batch(ops={p.key: p for p in plans}))
-        e.store.open = _opened  # type: ignore[method-assign]
-        await e.start()
+        await e.sched.start()
         assert "later" not in e.sched._window
-        for _ in range(60):  # to due + 1 s
-            await clock.advance(100)
-            for _ in range(5):
-                await asyncio.sleep(0)
-            await e.sched.flush()
+        await e.run_for(6000, 100)
         started = {k: at for k, _, _, at, _ in _Log.started}
         assert started["later"] == due + 200
         assert len(e.runs) == n + 1
