@@ -693,9 +693,8 @@ class Scheduler:
         left = [plan.key for plan, _ in went_out]
         moved = clock.now_ms()
         while self._running and left:
+            # the ends first: a look this loop came to late is no sign the burst stalled
             now = clock.now_ms()
-            if now >= deadline or now - moved >= idle_ms:
-                break
             while left:  # (on past the first ones while they all ended)
                 head = left[:TAKE_UP_LOOK_AT]
                 still = [key for key in head if not ended(key)]
@@ -704,8 +703,9 @@ class Scheduler:
                     left[: len(head)] = still
                 if still:
                     break
-            if left:
-                await clock.sleep(TAKE_UP_LOOK_S)
+            if not left or now >= deadline or now - moved >= idle_ms:
+                break
+            await clock.sleep(TAKE_UP_LOOK_S)
         while self._running and went_out:
             turn = Turn()
             while went_out and not turn.over():

@@ -679,6 +679,35 @@ def test_a_bursts_armed_firings_are_taken_up_once_their_ends_stop_coming() -> No
     run(main())
 
 
+def test_a_look_the_loop_came_to_late_still_sees_the_ends_that_came_meanwhile() -> None:
+    async def main() -> None:
+        # ends every 10 ms from +60 to +690; each look comes 150 ms late (a busy loop)
+        clock, e, _, n = await _burst(takes=60, step=10)
+        on_time = clock.sleep
+
+        async def late(seconds: float) -> None:
+            await on_time(seconds + 0.15)
+
+        clock.sleep = late  # type: ignore[method-assign]
+        idle = e.sched.options.take_up_idle_ms
+        assert idle < TAKE_UP_LOOK_S * 1000 + 150  # each wait is longer than the idle bound
+        await clock.advance(5000 + 600)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # ends kept coming between the looks: the burst is not taken up while it goes on
+        assert e.dispatcher.prepared_count == n and e.runs == []
+        await clock.advance(300)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        assert e.dispatcher.prepared_count == 0
+        assert sorted(r.duration_ms for r in e.runs) == [60 + 10 * i for i in range(n)]
+        assert len(_Log.started) == n
+        await e.stop()
+
+    run(main())
+
+
 def test_a_bursts_armed_firings_are_taken_up_at_the_latest_after_the_bound() -> None:
     async def main() -> None:
         # an end every 50 ms: they keep coming, for 3.2 s
