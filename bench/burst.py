@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import itertools
 import json
 import os
@@ -46,7 +45,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from array import array
@@ -64,7 +62,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from harness import cpu_split  # noqa: E402
-from harness.client import V1Client, encode, far_plan  # noqa: E402
+from harness.client import V1Client, encode  # noqa: E402
 from harness.servers import (  # noqa: E402
     BOX,
     HOST,
@@ -204,12 +202,11 @@ def _drive(multi: pycurl.CurlMulti, handles: list[pycurl.Curl]) -> None:
         curl.close()
 
 
-def bare_http(sink: Sink, n: int, tag: str, keepalive: bool) -> dict[str, Any]:
+def bare_http(sink: Sink, n: int, tag: str, keepalive: bool, due_s: int) -> dict[str, Any]:
     multi = pycurl.CurlMulti()
     multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, MAX_CLIENTS)
     multi.setopt(pycurl.M_MAXCONNECTS, MAX_CLIENTS)
     base = f"http://{HOST}:{sink.port}/hit"
-    due_s = int(time.time()) + 3
     due_ms = due_s * 1000
     keys = [f"{tag}-{i}" for i in range(n)]
     if keepalive:
@@ -224,8 +221,7 @@ def bare_http(sink: Sink, n: int, tag: str, keepalive: bool) -> dict[str, Any]:
     return {**summary(*lateness(sink.take(), set(keys))), "due_s": due_s}
 
 
-def bare_shell(sink: Sink, n: int, tag: str) -> dict[str, Any]:
-    due_s = int(time.time()) + 3
+def bare_shell(sink: Sink, n: int, tag: str, due_s: int) -> dict[str, Any]:
     due_ms = due_s * 1000
     keys = [f"{tag}-{i}" for i in range(n)]
     env = dict(os.environ)
@@ -239,8 +235,7 @@ def bare_shell(sink: Sink, n: int, tag: str) -> dict[str, Any]:
     return {**summary(*lateness(sink.take(), set(keys))), "due_s": due_s}
 
 
-def bare_inproc(n: int) -> dict[str, Any]:
-    due_s = int(time.time()) + 2
+def bare_inproc(n: int, due_s: int) -> dict[str, Any]:
     due_ms = due_s * 1000.0
     samples = array("d")
     add = samples.append
@@ -283,42 +278,41 @@ def _create(server: Server, plans: list[dict[str, Any]]) -> None:
         client.close()
 
 
-class CreateProbe(threading.Thread):
-    """Single creates one at a time on one connection between ``start`` and ``stop``."""
+class CreateProbe:
+    """``harness/create_probe.py`` against ``server`` from ``start_s`` until :meth:`stop`."""
 
     def __init__(self, server: Server, start_s: float, tag: str) -> None:
-        super().__init__(daemon=True)
-        self.port = server.http_port
-        self.start_s = start_s
-        self.tag = tag
-        self.stop_at = float("inf")
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, str(HARNESS / "create_probe.py")),
+                *("--port", str(server.http_port), "--start", str(start_s), "--tag", tag),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self.samples: list[tuple[float, float]] = []  # (sent at, ms)
         self.errors = 0
 
-    def run(self) -> None:
-        _sleep_until(self.start_s)
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
-        i = 0
-        while time.time() < self.stop_at:
-            body = json.dumps(far_plan(f"{self.tag}-probe-{i}"))
-            i += 1
-            t0 = time.time()
-            try:
-                conn.request("PUT", "/v1/plan", body, {"Content-Type": "application/json"})
-                answer = json.loads(conn.getresponse().read())
-                if answer.get("errcode") != 0:
-                    self.errors += 1
-            except (OSError, http.client.HTTPException, ValueError):
-                self.errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
-            self.samples.append((t0, (time.time() - t0) * 1000))
-            time.sleep(0.005)
-        conn.close()
+    def stop(self) -> None:
+        try:
+            out, _ = self.proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise RuntimeError("the create probe did not stop") from None
+        found = json.loads(out)
+        self.samples = [(at, ms) for at, ms in found["samples"]]
+        self.errors = found["errors"]
 
     def p99(self, since_s: float) -> float | None:
         values = sorted(ms for at, ms in self.samples if at >= since_s)
         return values[min(len(values) - 1, int(len(values) * 0.99))] if values else None
+
+    def into(self, result: dict[str, Any], since_s: float) -> None:
+        """The probe's figures into a burst's ``result``."""
+        result["create_p99_ms"] = self.p99(since_s)
+        result["create_errors"] = self.errors
+        result["creates"] = len(self.samples)
 
 
 @contextlib.contextmanager
@@ -380,7 +374,6 @@ def box_burst(
     _create(server, plans)
     margin = due_s - time.time()
     probe = CreateProbe(server, due_s - 1, tag)
-    probe.start()
     load0 = os.getloadavg()
     if profile is not None:
         _sleep_until(due_s - 0.5)
@@ -398,8 +391,7 @@ def box_burst(
                 target.wait(WARM, due_s + GRACE_S)
                 target.take()
             target.wait(n, due_s + GRACE_S)
-    probe.stop_at = time.time()
-    probe.join(40)
+    probe.stop()
     if kind == "inproc":
         with open(samples_file, "rb") as f:
             f.seek(offset)
@@ -410,9 +402,7 @@ def box_burst(
     else:
         assert target is not None
         result = summary(*lateness(target.take(), set(keys)))
-    result["create_p99_ms"] = probe.p99(due_s - 1)
-    result["create_errors"] = probe.errors
-    result["creates"] = len(probe.samples)
+    probe.into(result, due_s - 1)
     result["created_s_before_due"] = round(margin, 2)
     result["due_s"] = due_s
     result["loadavg"] = [round(v, 2) for v in load0]
@@ -453,14 +443,25 @@ def cpu_of(
     return cpu_split.split(path, start, end, {**roles, os.getpid(): "bench"})
 
 
-def _bare(kind: str, n: int, tag: str, target: Sink, cpu: Path | None) -> dict[str, Any]:
-    """One burst of the bare limit."""
-    with cpu_recorded(cpu, f"bare-{tag}"):
-        if kind == "inproc":
-            return bare_inproc(n)
-        if kind == "shell":
-            return bare_shell(target, n, "bare-" + tag)
-        return bare_http(target, n, "bare-" + tag, kind == "http-keepalive")
+def _bare(
+    server: Server, kind: str, n: int, tag: str, target: Sink, cpu: Path | None
+) -> dict[str, Any]:
+    """One burst of the bare limit, with the same create probe beside it as forsun-box's
+    (against the server, idle meanwhile)."""
+    due_s = int(time.time()) + (2 if kind == "inproc" else 3)
+    probe = CreateProbe(server, due_s - 1, "bare-" + tag)
+    try:
+        with cpu_recorded(cpu, f"bare-{tag}"):
+            if kind == "inproc":
+                result = bare_inproc(n, due_s)
+            elif kind == "shell":
+                result = bare_shell(target, n, "bare-" + tag, due_s)
+            else:
+                result = bare_http(target, n, "bare-" + tag, kind == "http-keepalive", due_s)
+    finally:
+        probe.stop()
+    probe.into(result, due_s - 1)
+    return result
 
 
 def _box(
@@ -533,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         if box_first:
                             box = _box(server, kind, n, tag, target, samples_file, args)
-                        bare = _bare(kind, n, tag, target, args.cpu)
+                        bare = _bare(server, kind, n, tag, target, args.cpu)
                         if not box_first:
                             box = _box(server, kind, n, tag, target, samples_file, args)
                         if args.cpu:
