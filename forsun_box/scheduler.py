@@ -51,7 +51,7 @@ from forsun_box.plan import DELAY, Plan, new_key
 from forsun_box.stats import Stats
 from forsun_box.store.base import Advance, Run, Store
 from forsun_box.turns import Turn
-from forsun_box.window import Window
+from forsun_box.window import Entry, Window
 from forsun_box.writer import Delete, Moved, Mutation, Puts, SetMeta, SetStatus, Writer
 
 log = logging.getLogger("forsun_box.scheduler")
@@ -173,7 +173,7 @@ class Scheduler:
         self._tasks: set[asyncio.Future[Any]] = set()
         # bursts set aside that went out, each waiting to be taken up (their plans are
         # in the window until then)
-        self._went_out: list[list[tuple[Plan, int]]] = []
+        self._went_out: list[list[Entry]] = []
         self._versions = itertools.count(time.time_ns() // 1000)
         self._timer: TimerHandle | None = None
         self._timer_at: int | None = None
@@ -480,6 +480,9 @@ class Scheduler:
             except Exception:
                 went_out = False
             if not went_out:
+                # taken back in time: if it was set aside, it fires at its instant (as any
+                # firing due before the change is answered) from the heap
+                self._window.put_back(key, version, due)
                 continue
             # (else it was taken from the window already: it fires, or fired)
             plan = self._window.get(key)
@@ -619,17 +622,6 @@ class Scheduler:
             chunk = min(FIRE_CHUNK, slice_size)
             fire = self._fire
             aside = window.aside_due(now)
-            if aside and self._is_armed is not None:
-                # taken back before its instant (its plan changes): it fires now, as any
-                # firing due before a change is answered
-                is_armed = self._is_armed
-                out = []
-                for p, due in aside:
-                    if is_armed(p, due):
-                        out.append((p, due))
-                    elif window.take_plan(p, due):
-                        fire(p, due, now)
-                aside = out
             if len(aside) >= self.options.take_up_from:
                 self._take_up_after(aside)
             elif aside:
@@ -672,32 +664,34 @@ class Scheduler:
             self._processing = False
             self._arm()
 
-    def _take_up_after(self, went_out: list[tuple[Plan, int]]) -> None:
+    def _take_up_after(self, went_out: list[Entry]) -> None:
         """Take up the burst ``went_out`` (set aside) after it."""
         self._went_out.append(went_out)
         task = asyncio.get_running_loop().create_task(self._take_up_later(went_out))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _take_up_later(self, went_out: list[tuple[Plan, int]]) -> None:
+    async def _take_up_later(self, went_out: list[Entry]) -> None:
         """Take up the armed firings of a burst once the firing process has reported all
         their ends, or none of them for ``take_up_idle_ms``, or ``take_up_after_ms`` after
         the instant: until then the burst has the cores to itself. Then a turn's worth at
         a time."""
         clock = self.clock
         ended = self.executor.went_out_ended  # type: ignore[union-attr]
-        deadline = went_out[0][1] + self.options.take_up_after_ms
+        holds = self._window.holds
+        deadline = went_out[0][0] + self.options.take_up_after_ms
         idle_ms = self.options.take_up_idle_ms
-        # the keys whose ends are not in; each look checks the first of them (ends come
-        # about in the order the firings went out, which is about this one)
-        left = [plan.key for plan, _ in went_out]
+        # those whose ends are not in (and whose plan is still as set aside); each look
+        # checks the first of them (ends come about in the order the firings went out,
+        # which is about this one)
+        left = list(went_out)
         moved = clock.now_ms()
         while self._running and left:
             # the ends first: a look this loop came to late is no sign the burst stalled
             now = clock.now_ms()
             while left:  # (on past the first ones while they all ended)
                 head = left[:TAKE_UP_LOOK_AT]
-                still = [key for key in head if not ended(key)]
+                still = [e for e in head if not ended(e[2]) and holds(e) is not None]
                 if len(still) < len(head):
                     moved = now
                     left[: len(head)] = still
@@ -714,14 +708,16 @@ class Scheduler:
         self._went_out = [other for other in self._went_out if other is not went_out]
         self._arm()  # (the window emptied: a refill may be due)
 
-    def _take_up(self, went_out: list[tuple[Plan, int]], n: int) -> None:
+    def _take_up(self, went_out: list[Entry], n: int) -> None:
         """Fire the last ``n`` of ``went_out`` (set aside, gone out), taking them out of
-        the window (unless their plan changed meanwhile: that change fired them)."""
+        the window (unless their plan changed meanwhile, or they fired from the heap:
+        that change, or that firing, fired them)."""
         now = self.clock.now_ms()
-        take = self._window.take_plan
-        for plan, due in went_out[-n:]:
-            if take(plan, due):
-                self._fire(plan, due, now)
+        take = self._window.take_entry
+        for entry in went_out[-n:]:
+            plan = take(entry)
+            if plan is not None:
+                self._fire(plan, entry[0], now)
         del went_out[-n:]
 
     def _fire(self, plan: Plan, due: int, now: int) -> None:

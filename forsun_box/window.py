@@ -42,6 +42,9 @@ MAX_KEY = "\U0010ffff" * 1024
 # Plans a refill admits between two yields to the event loop.
 ADMIT_CHUNK = 1000
 
+#: a heap entry: (due, seq, key, version); one whose plan changed or left is skipped
+Entry = tuple[int, int, str, int]
+
 
 class Window:
     """The plans due up to the cursor, with their pending and in-flight keys."""
@@ -61,12 +64,11 @@ class Window:
         self.refill_limit = refill_limit
         #: key -> the plan as the window holds it
         self.plans: dict[str, Plan] = {}
-        # (due, seq, key, version); entries whose plan changed or left are skipped
-        self._heap: list[tuple[int, int, str, int]] = []
+        self._heap: list[Entry] = []
         self._seq = itertools.count()
         #: heap entries set aside by their instant: bursts that go out by themselves
         #: (see :meth:`set_aside`); the plans stay in ``plans``
-        self.aside: dict[int, list[tuple[int, int, str, int]]] = {}
+        self.aside: dict[int, list[Entry]] = {}
         self._aside_at: list[int] = []  # a heap of the instants of ``aside``
         self.cursor: tuple[int, str] = (0, "")
         #: key -> mutations of it not yet committed
@@ -223,7 +225,7 @@ class Window:
         until = max(due for _, _, due in firings)
         heap = self._heap
         pop, push = heapq.heappop, heapq.heappush
-        found: dict[tuple[str, int, int], tuple[int, int, str, int]] = {}
+        found: dict[tuple[str, int, int], Entry] = {}
         others = []
         while heap and heap[0][0] <= until:
             entry = pop(heap)
@@ -252,18 +254,25 @@ class Window:
     def next_aside(self) -> int | None:
         return self._aside_at[0] if self._aside_at else None
 
-    def aside_due(self, now: int) -> list[tuple[Plan, int]]:
-        """The plans set aside due at or before ``now`` (still in the window, not taken
-        out: :meth:`take_plan` them when their firing is taken up), earliest first."""
-        found: list[tuple[Plan, int]] = []
+    def aside_due(self, now: int) -> list[Entry]:
+        """The entries set aside due at or before ``now``, earliest first, as they were
+        set aside: a burst's list is handed over whole at its instant, unchecked
+        (:meth:`take_entry` takes out the plans still as they were)."""
         at = self._aside_at
-        window = self.plans
+        if not at or at[0] > now:
+            return []
+        found = self.aside.pop(heapq.heappop(at))
         while at and at[0] <= now:
-            for due, _, key, version in self.aside.pop(heapq.heappop(at)):
-                p = window.get(key)
-                if p is not None and p.version == version and p.next_time == due:
-                    found.append((p, due))
+            found += self.aside.pop(heapq.heappop(at))
         return found
+
+    def put_back(self, key: str, version: int, due: int) -> None:
+        """The firing of ``key`` (``version``) due at ``due`` no longer goes out by itself:
+        back in the heap, so that it fires at its instant (its entry set aside is passed
+        over at the take-up once it fired)."""
+        entry = (due, next(self._seq), key, version)
+        if due in self.aside and self.holds(entry):
+            heapq.heappush(self._heap, entry)
 
     def restore_aside(self) -> None:
         """Put every entry set aside back in the heap."""
@@ -280,6 +289,21 @@ class Window:
             return False
         del self.plans[plan.key]
         return True
+
+    def holds(self, entry: Entry) -> Plan | None:
+        """The plan a heap ``entry`` names, if the window holds it as the entry says
+        (that version, due then); else None."""
+        due, _, key, version = entry
+        p = self.plans.get(key)
+        return p if p is not None and p.version == version and p.next_time == due else None
+
+    def take_entry(self, entry: Entry) -> Plan | None:
+        """Take out the plan of a heap ``entry`` if the window :meth:`holds` it (as
+        :meth:`pop_due` would); else None."""
+        p = self.holds(entry)
+        if p is not None:
+            del self.plans[entry[2]]
+        return p
 
     def due_between(self, after: int, until: int) -> list[tuple[Plan, int]]:
         """The window's plans due in ``(after, until]``: a walk of the heap that

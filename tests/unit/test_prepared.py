@@ -826,9 +826,11 @@ def test_a_set_aside_firing_taken_back_before_its_instant_fires_at_it() -> None:
         clock, e, due, n = await _burst(takes=300)
         await clock.advance(4500)  # prepared, armed, set aside
         assert e.sched.window_size() == n
-        # its plan is about to change: its arm is taken back, the change not yet in
-        [(key, _, _, answer)] = e.dispatcher.disarm(["k0"])
-        assert await answer is False
+        # its plan is about to change: its arm is taken back (in time), the change not
+        # yet in (the engine's first step of a create or remove)
+        key = "k0"
+        await e.sched._disarm_keys([key])
+        assert _Log.disarmed == [(key, "", False)]
         await clock.advance(500)
         for _ in range(5):
             await asyncio.sleep(0)
@@ -840,6 +842,26 @@ def test_a_set_aside_firing_taken_back_before_its_instant_fires_at_it() -> None:
             await asyncio.sleep(0)
         await e.sched.flush()
         assert len(e.runs) == n and len(_Log.started) == n
+        await e.stop()
+
+    run(main())
+
+
+def test_a_burst_is_taken_up_without_waiting_for_a_plan_moved_out_of_it() -> None:
+    async def main() -> None:
+        clock, e, due, n = await _burst(takes=60)
+        await clock.advance(4500)  # prepared, armed, set aside
+        # k0 moves an hour on before the instant (taken back in time, committed)
+        await e.sched.create([e.plan("k0", due + 3_600_000, armable="1", takes="60")])
+        await e.sched.flush()
+        await clock.advance(500 + 60 + int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await e.sched.flush()
+        # the others' ends are in: taken up at the next look, not once the ends stop
+        assert sorted(r.key for r in e.runs) == sorted(f"k{i}" for i in range(1, n))
+        assert "k0" not in {k for k, *_ in _Log.started}
+        assert (await e.sched.get("k0")).next_time == due + 3_600_000
         await e.stop()
 
     run(main())
