@@ -296,6 +296,13 @@ class Dispatcher:
         ended = None if entry is None else getattr(entry[2], "ended", None)
         return ended is None or bool(ended())
 
+    def went_out_progress(self, key: str) -> int:
+        """A count that grows while the ends of firings that went out by themselves, as
+        ``key``'s did, are held where they went out from (0 when nothing says)."""
+        entry = self._prepared.get(key)
+        progress = None if entry is None else getattr(entry[2], "progress", None)
+        return 0 if progress is None else int(progress())
+
     def disarm_all(self) -> None:
         """Drop every armed preparation: the engine stops, nothing starts by itself."""
         prepared = self._prepared

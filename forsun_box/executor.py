@@ -56,6 +56,11 @@ class Executor(Protocol):
         (True when there is no such firing)."""
         ...
 
+    def went_out_progress(self, key: str) -> int:
+        """A count that grows while ends of armed firings that went out as ``key``'s did
+        are held where they went out from (they come later)."""
+        ...
+
 
 class CoroutineExecutor:
     """An :class:`Executor` made of ``fn(plan, due_ms) -> awaitable status``."""
@@ -85,3 +90,6 @@ class CoroutineExecutor:
 
     def went_out_ended(self, key: str) -> bool:
         return True
+
+    def went_out_progress(self, key: str) -> int:
+        return 0

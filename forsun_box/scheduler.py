@@ -678,6 +678,7 @@ class Scheduler:
         a time."""
         clock = self.clock
         ended = self.executor.went_out_ended  # type: ignore[union-attr]
+        progress = self.executor.went_out_progress  # type: ignore[union-attr]
         holds = self._window.holds
         deadline = went_out[0][0] + self.options.take_up_after_ms
         idle_ms = self.options.take_up_idle_ms
@@ -686,6 +687,7 @@ class Scheduler:
         # which is about this one)
         left = list(went_out)
         moved = clock.now_ms()
+        said = progress(left[0][2])
         while self._running and left:
             # the ends first: a look this loop came to late is no sign the burst stalled
             now = clock.now_ms()
@@ -697,6 +699,10 @@ class Scheduler:
                     left[: len(head)] = still
                 if still:
                     break
+            if left:  # (more ended where they went out from: their ends come later)
+                now_said = progress(left[0][2])
+                if now_said != said:
+                    said, moved = now_said, now
             if not left or now >= deadline or now - moved >= idle_ms:
                 break
             await clock.sleep(TAKE_UP_LOOK_S)

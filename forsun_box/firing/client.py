@@ -128,6 +128,9 @@ class FiringProcess:
         #: ids disarmed, waiting for the process's answer
         self._disarming: dict[int, asyncio.Future[bool]] = {}
         self._reporting = False
+        #: how many times the process said that more of what arms started ended (their
+        #: ends held there, see :data:`wire.PROGRESS`)
+        self.progress = 0
         self._environment: dict[str, str] | None = None
         self._environment_read = False
         self._closed = False
@@ -427,6 +430,9 @@ class FiringProcess:
         turn = Turn()
         while ends:
             end = ends.popleft()
+            if len(end) == 1:  # PROGRESS
+                self.progress += 1
+                continue
             if len(end) == 2:  # a DISARM's answer
                 if end[1] and end[0] not in self._waiting:
                     self._armed.add(end[0])  # it went out there: only its end is to come
@@ -479,6 +485,11 @@ class Armable:
     def ended(self) -> bool:
         """Armed: its end came already (it went out at its instant)."""
         return self.id is not None and self.client.has_end(self.id)
+
+    def progress(self) -> int:
+        """A count that grows while ends of what arms started are held in the process
+        (its ends come later, together)."""
+        return self.client.progress
 
     def _went_out(self, started_ms: int, ended_ms: int) -> None:
         self.went_out = (started_ms, ended_ms)

@@ -20,6 +20,8 @@ tuple whose first item is its kind. The service sends:
 The process answers every DISARM with ``(id, started)``: ``started`` is true when the
 instant came first and it was started (its end follows as for any other). The end of an
 id its ARM started has two more items: when it was started and when it ended (unix ms).
+Those ends are held while requests or commands still run or wait there (a burst's come
+after it, together), at most a second; meanwhile :data:`PROGRESS` says that more ended.
 
 It answers, once for every started id, with its end:
 
@@ -43,6 +45,9 @@ DROP = 5
 CANCEL = 6
 ARM = 7
 DISARM = 8
+
+#: (the process's) more of what arms started ended: their ends are held, they follow
+PROGRESS = (0,)
 
 EXITED = 0
 TIMED_OUT = 1

@@ -6,7 +6,10 @@ arrive ahead of their instant and are set up then -- easy handles with every opt
 command lines and environments as C arrays -- so that at the instant a start is one
 ``curl_multi_add_handle`` or one ``posix_spawn``. Those the service *arms* start here by
 themselves at their instant, on this process's reading of the wall clock: a burst's
-sends do not wait for the service to come round to them.
+sends do not wait for the service to come round to them. Their ends are held here while
+requests or commands still run or wait, and sent after the burst, together (at most a
+second later; meanwhile a PROGRESS says more ended): reading them meanwhile would take
+the service's share of the cores from the burst.
 
 Why a process of its own: at the instant of a burst, the service still answers its APIs,
 commits its records and runs its store's thread, all under one interpreter lock; here
@@ -75,6 +78,11 @@ _IDLE_S = 1.0
 ARMED_PER_TURN = 512
 #: descriptors at or above this are waited on with poll (select's limit)
 _SELECT_LIMIT = 1024
+#: the ends of what arms started are held while transfers or commands run or wait, and
+#: sent once none does -- but not held longer than this, seconds...
+HOLD_MAX_S = 1.0
+#: ... and meanwhile a PROGRESS goes out this often at most while more ends come
+PROGRESS_S = 0.025
 
 Send = Callable[[tuple[Any, ...]], None]
 Spawn = Callable[[CommandLine], tuple[int, int, int]]
@@ -299,10 +307,11 @@ class Http(_Prepared):
                 if not queued:
                     break
             total += ended
-            if not (ended and total < self.limit and (self.queue or self._arm_due())):
+            if not (ended and total < self.limit and (self.queue or self.arm_due())):
                 return
 
-    def _arm_due(self) -> bool:
+    def arm_due(self) -> bool:
+        """True when an armed id's instant came (it waits for a slot)."""
         instant = self.arms.next_ms()
         return instant is not None and instant <= time.time() * 1000
 
@@ -568,6 +577,13 @@ class Shell(_Prepared):
         self.arms.discard(id_)
         return self.prepared.pop(id_, None) is not None
 
+    def busy(self) -> bool:
+        """True while commands run, spawn or wait (armed ones whose instant came too)."""
+        if self.running or self.queue or self.spawning or self.spawned:
+            return True
+        instant = self.arms.next_ms()
+        return instant is not None and instant <= time.time() * 1000
+
     def cancel(self, id_: int) -> bool:
         self.armed_started.pop(id_, None)
         if self.drop(id_):
@@ -821,10 +837,15 @@ class Worker:
         sock.setblocking(False)
         self.fd = sock.fileno()
         self.ends: list[tuple[Any, ...]] = []
+        #: ends of what arms started, not sent yet (a burst's, sent after it)
+        self.held: list[tuple[Any, ...]] = []
+        self.held_since = 0.0
+        self.progress_at = 0.0
+        self.progress_held = 0  # how many were held when the last PROGRESS went
         self.out = bytearray()
         self.inbox = bytearray()
-        self.http = Http(max_clients, http_limit, self.ends.append)
-        self.shell = Shell(shell_limit, self.ends.append)
+        self.http = Http(max_clients, http_limit, self._end)
+        self.shell = Shell(shell_limit, self._end)
         self.open = True
 
     def run(self) -> None:
@@ -846,6 +867,8 @@ class Worker:
             ):
                 if t is not None and t < timeout:
                     timeout = max(0.0, t)
+            if self.held:
+                timeout = min(timeout, max(0.0, self.held_since + HOLD_MAX_S - time.monotonic()))
             readable = _wait(readers, writes, timeout)
             if readable:
                 # (``in``: a burst makes hundreds of libcurl's sockets readable at once)
@@ -862,6 +885,8 @@ class Worker:
                 http.drive()
             elif http.spent:
                 http.recycle_spent()
+            if self.held:
+                self._release_held()
             self._flush()
         shell.close()
         shell.kill_doomed()
@@ -911,6 +936,32 @@ class Worker:
             http.cancel(message[1]) or shell.cancel(message[1])
         elif kind == wire.ENVIRONMENT:
             shell.environment = Environment(message[1])
+
+    def _end(self, end: tuple[Any, ...]) -> None:
+        """An end to send; one of what an arm started (it says when it started and
+        ended) is held (:meth:`_release_held`)."""
+        if len(end) <= 4:
+            self.ends.append(end)
+            return
+        if not self.held:
+            self.held_since = time.monotonic()
+            self.progress_held = 0
+        self.held.append(end)
+
+    def _release_held(self) -> None:
+        """Send the held ends once no transfer or command runs or waits (a burst is
+        over: reading them no longer takes the service's share of the cores from it), or
+        once the first was held ``HOLD_MAX_S``; meanwhile say that more came."""
+        now = time.monotonic()
+        if not (self.http.busy() or self.http.arm_due() or self.shell.busy()) or (
+            now - self.held_since >= HOLD_MAX_S
+        ):
+            self.ends += self.held
+            self.held = []
+        elif len(self.held) > self.progress_held and now - self.progress_at >= PROGRESS_S:
+            self.progress_at = now
+            self.progress_held = len(self.held)
+            self.ends.append(wire.PROGRESS)
 
     def _flush(self) -> None:
         if self.ends:

@@ -118,6 +118,9 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         _Ok.arrivals.append((self.path, time.time()))
+        _, _, wait = self.path.partition("?s=")
+        if wait:
+            time.sleep(float(wait))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -235,6 +238,47 @@ def test_an_armed_request_whose_instant_came_goes_out_though_it_waits_for_a_slot
         finally:
             close_shared()
             server.stop()
+
+    asyncio.run(main())
+
+
+def test_the_ends_of_an_armed_burst_come_after_it_together_and_progress_is_said_meanwhile(
+    threaded_server: int,
+) -> None:
+    url = f"http://127.0.0.1:{threaded_server}"
+
+    async def main() -> None:
+        process = shared(ActionSettings(http_max_clients=4))
+        loop = asyncio.get_running_loop()
+        try:
+            # 40 armed requests of 100 ms each through 4 slots: a burst of about 1 s
+            at = int(time.time() * 1000) + 300
+            ids = [process.prepare(Request(f"{url}/held?s=0.1")) for _ in range(40)]
+            for id_ in ids:
+                process.arm(id_, at)
+            await asyncio.sleep(0.6)
+            # a request started from here meanwhile: its end is not held
+            fetched = await asyncio.wait_for(process.fetch(Request(f"{url}/now")), 10)
+            assert fetched.code == 200
+            # ends of the burst came there, held: only that more ended is said
+            assert process.progress > 0
+            assert not any(process.has_end(id_) for id_ in ids)
+            assert await wait_until_async(lambda: any(process.has_end(id_) for id_ in ids), 10)
+            assert all(process.has_end(id_) for id_ in ids)  # all at once, after the burst
+            went_out: list[tuple[int, int]] = []
+            for id_ in ids:
+                answer: asyncio.Future[int] = loop.create_future()
+                process.submit(
+                    Request("http://unused/"),
+                    lambda r, e, f=answer: f.set_result(r.code if r else -1),
+                    id_,
+                    lambda started, ended: went_out.append((started, ended)),
+                )
+                assert await asyncio.wait_for(answer, 10) == 200
+            assert len(went_out) == 40 and min(started for started, _ in went_out) >= at
+            assert max(ended for _, ended in went_out) - at >= 900  # (it was a burst)
+        finally:
+            close_shared()
 
     asyncio.run(main())
 

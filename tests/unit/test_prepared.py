@@ -112,6 +112,12 @@ class _Armable(_Ready):
     def ended(self) -> bool:
         return self.went_out is not None
 
+    #: what the firing process says while it holds ends (the test moves it)
+    said = 0
+
+    def progress(self) -> int:
+        return _Armable.said
+
     def disarm(self) -> asyncio.Future[bool]:
         self.timer.cancel()  # type: ignore[attr-defined]
         answer = asyncio.get_running_loop().create_future()
@@ -705,6 +711,35 @@ def test_a_look_the_loop_came_to_late_still_sees_the_ends_that_came_meanwhile() 
         assert e.dispatcher.prepared_count == 0
         assert sorted(r.duration_ms for r in e.runs) == [60 + 10 * i for i in range(n)]
         assert len(_Log.started) == n
+        await e.stop()
+
+    run(main())
+
+
+def test_a_burst_whose_ends_are_held_where_it_went_out_waits_while_more_end_there() -> None:
+    async def main() -> None:
+        clock, e, due, n = await _burst(takes=3000)
+        _Armable.said = 0
+
+        def say() -> None:  # "more ended" every 50 ms until 2.5 s after the instant
+            _Armable.said += 1
+            if clock.now_ms() < due + 2500:
+                clock.call_at(clock.now_ms() + 50, say)
+
+        clock.call_at(due + 50, say)
+        await clock.advance(5000 + 2400)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # no end came here for 2.4 s, but the process said more ended: not taken up
+        assert e.dispatcher.prepared_count == n and e.runs == []
+        idle = e.sched.options.take_up_idle_ms
+        await clock.advance(100 + idle + 2 * int(TAKE_UP_LOOK_S * 1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert e.dispatcher.prepared_count == 0  # it stopped saying so: taken up
+        await clock.advance(1000)
+        await e.sched.flush()
+        assert len(e.runs) == n and len(_Log.started) == n
         await e.stop()
 
     run(main())
