@@ -153,32 +153,38 @@ class Arms:
     def due(self, now_ms: int, n: int) -> list[tuple[int, int]]:
         """Up to ``n`` armed ``(id, instant)`` whose instant came, earliest first, taken out."""
         taken: list[tuple[int, int]] = []
-        at = self.at
+        at, live = self.at, self.live
         while len(taken) < n:
             instant = self.next_ms()
             if instant is None or instant > now_ms:
                 break
-            ids = self.by_instant[instant]
-            while len(taken) < n:
-                id_ = ids.popleft()
+            popleft = self.by_instant[instant].popleft
+            left = live[instant]  # (the deque may hold more: ids taken back)
+            want = n - len(taken)
+            add = taken.append
+            while want and left:
+                id_ = popleft()
                 if at.get(id_) != instant:
                     continue  # taken back, or armed again elsewhere
                 del at[id_]
-                taken.append((id_, instant))
-                if not self._gone(instant):
-                    break
-
+                add((id_, instant))
+                want -= 1
+                left -= 1
+            if left:
+                live[instant] = left
+            else:
+                del live[instant]
+                del self.by_instant[instant]  # (its heap entry goes at the next look)
         return taken
 
-    def _gone(self, instant: int) -> bool:
-        """One id of ``instant`` is no longer armed; False when that was its last."""
+    def _gone(self, instant: int) -> None:
+        """One id of ``instant`` is no longer armed (the instant goes with its last)."""
         left = self.live[instant] - 1
         if left:
             self.live[instant] = left
-            return True
+            return
         del self.live[instant]
         del self.by_instant[instant]  # (its heap entry goes at the next look)
-        return False
 
 
 class _Prepared:
@@ -299,8 +305,8 @@ class Http(_Prepared):
                 queued, ok, failed = multi.info_read()
                 if ok or failed:
                     ended_ms = int(time.time() * 1000)
-                    for curl in ok:
-                        self._finish(curl, 0, "", ended_ms)
+                    if ok:
+                        self._answered(ok, ended_ms)
                     for curl, code, message in failed:
                         self._finish(curl, code, message, ended_ms)
                     ended += len(ok) + len(failed)
@@ -347,15 +353,18 @@ class Http(_Prepared):
             return
         now_s = time.time()
         now_ms = int(now_s * 1000)
-        prepared = self.prepared
+        prepared, running, add = self.prepared, self.running, self.multi.add_handle
         for id_, instant in self.arms.due(now_ms, free):
             request, curl, body = prepared.pop(id_)
             if curl is not None:
                 self.handles -= 1
             if now_s - instant / 1000 > request[7]:
                 self._waited_too_long(id_, curl, now_ms)
-                continue
-            self._launch(id_, request, curl, body, now_ms)
+            elif curl is not None and body is not None:  # (set up ahead: only its send)
+                running[curl] = (id_, body, now_ms)
+                add(curl)
+            else:
+                self._launch(id_, request, curl, body, now_ms)
 
     def _waited_too_long(self, id_: int, curl: pycurl.Curl | None, armed_ms: int) -> None:
         if curl is not None:
@@ -395,6 +404,24 @@ class Http(_Prepared):
         self.running[curl] = (id_, body, armed_ms)
         self.multi.add_handle(curl)
         return True
+
+    def _answered(self, curls: list[pycurl.Curl], ended_ms: int) -> None:
+        """:meth:`_finish` of the transfers ``curls`` that got an answer, in one loop (a
+        burst's ends come hundreds at a time)."""
+        running, remove, spent, send = self.running, self.multi.remove_handle, self.spent, self.send
+        code_of = pycurl.RESPONSE_CODE
+        for curl in curls:
+            entry = running.pop(curl, None)
+            status = curl.getinfo(code_of)
+            remove(curl)
+            spent.append(curl)
+            if entry is not None:
+                id_, body, armed_ms = entry
+                send(
+                    (id_, status, body.data, 0, armed_ms, ended_ms)
+                    if armed_ms
+                    else (id_, status, body.data, 0)
+                )
 
     def _finish(self, curl: pycurl.Curl, code: int, message: str, ended_ms: int) -> None:
         entry = self.running.pop(curl, None)
