@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from forsun_box.slack import first_leg
+
 
 def local_text(ms: int, tz: ZoneInfo, with_zone: bool = True) -> str:
     """An instant for people: ``2026-12-02 14:00:05.250 Europe/Paris`` (unix ms in ``tz``)."""
@@ -41,6 +43,19 @@ class Clock(Protocol):
         ...
 
 
+class _Legs:
+    """A timer armed in legs (:mod:`forsun_box.slack`): cancelling it cancels the leg
+    armed now."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: asyncio.TimerHandle) -> None:
+        self.handle = handle
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class LoopClock:
     """Wall-clock time with timers armed on the running asyncio loop."""
 
@@ -48,12 +63,22 @@ class LoopClock:
         return time.time_ns() // 1_000_000
 
     def call_at(self, when_ms: int, callback: Callable[[], None]) -> TimerHandle:
+        """The loop's wait for a timer far ahead would end late by the kernel's slack: it
+        is armed in two legs, the last one short."""
         loop = asyncio.get_running_loop()
-        delay = (when_ms - self.now_ms()) / 1000.0
         # The loop's monotonic clock may disagree with wall time by a few
         # microseconds; firing up to 1 ms early is harmless because the engine
         # re-reads now_ms() and re-arms when nothing is due yet.
-        return loop.call_later(max(0.0, delay), callback)
+        delay = max(0.0, (when_ms - self.now_ms()) / 1000.0)
+        first = first_leg(delay)
+        if first == delay:
+            return loop.call_later(delay, callback)
+
+        def last_leg() -> None:
+            legs.handle = loop.call_later(max(0.0, (when_ms - self.now_ms()) / 1000.0), callback)
+
+        legs = _Legs(loop.call_later(first, last_leg))
+        return legs
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

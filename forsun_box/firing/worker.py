@@ -32,6 +32,7 @@ frozen executable: ``forsun-box --firing-process FD ...``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import os
 import select
@@ -57,6 +58,7 @@ from forsun_box.firing.curl import (
     setup_handle,
 )
 from forsun_box.firing.spawn import CommandLine, Environment, spawn_now
+from forsun_box.slack import first_leg
 
 SHELL = "/bin/sh"
 #: bytes of a command's stdout / stderr kept for the error text
@@ -83,6 +85,12 @@ _SELECT_LIMIT = 1024
 HOLD_MAX_S = 1.0
 #: ... and meanwhile a PROGRESS goes out this often at most while more ends come
 PROGRESS_S = 0.025
+#: the collector runs only while the process is idle, with nothing due for this long...
+COLLECT_HEADROOM_S = 0.25
+#: ... at most this often, seconds...
+COLLECT_EVERY_S = 5.0
+#: ... and, busy or not, at least this often
+COLLECT_AT_LEAST_S = 60.0
 
 Send = Callable[[tuple[Any, ...]], None]
 Spawn = Callable[[CommandLine], tuple[int, int, int]]
@@ -874,6 +882,7 @@ class Worker:
         self.http = Http(max_clients, http_limit, self._end)
         self.shell = Shell(shell_limit, self._end)
         self.open = True
+        self.collected_at = time.monotonic()
 
     def run(self) -> None:
         http, shell = self.http, self.shell
@@ -896,7 +905,9 @@ class Worker:
                     timeout = max(0.0, t)
             if self.held:
                 timeout = min(timeout, max(0.0, self.held_since + HOLD_MAX_S - time.monotonic()))
-            readable = _wait(readers, writes, timeout)
+            elif self._collected(timeout, transfers):
+                continue
+            readable = _wait(readers, writes, first_leg(timeout))
             if readable:
                 # (``in``: a burst makes hundreds of libcurl's sockets readable at once)
                 if fd in readable:
@@ -917,6 +928,19 @@ class Worker:
             self._flush()
         shell.close()
         shell.kill_doomed()
+
+    def _collected(self, idle_s: float, transfers: bool) -> bool:
+        """Run the collector (automatic collection is off here: a pass over a burst's
+        prepared handles takes milliseconds, and the burst's own objects are freed by
+        their counts) when nothing is due for ``idle_s`` and none ran for a while, or
+        when none ran for long; True when it ran."""
+        since = time.monotonic() - self.collected_at
+        idle = idle_s >= COLLECT_HEADROOM_S and not (transfers or self.shell.busy())
+        if (idle and since >= COLLECT_EVERY_S) or since >= COLLECT_AT_LEAST_S:
+            gc.collect()
+            self.collected_at = time.monotonic()
+            return True
+        return False
 
     def _receive(self) -> None:
         while True:
@@ -1012,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     # a terminal's Ctrl-C or hang-up is for the service, which stops this process itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    gc.disable()  # (the loop collects when idle: Worker._collected)
     sock = socket.socket(fileno=fd)
     Worker(sock, max_clients, http_limit, shell_limit).run()
     return 0

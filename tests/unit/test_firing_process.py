@@ -32,7 +32,16 @@ from forsun_box.firing import wire
 from forsun_box.firing.client import close_shared, shared
 from forsun_box.firing.curl import CurlError, Request, Response, to_wire
 from forsun_box.firing.spawn import CommandLine, spawn_now
-from forsun_box.firing.worker import SPAWN_THREADS, Arms, Http, Shell, Spawn
+from forsun_box.firing.worker import (
+    COLLECT_AT_LEAST_S,
+    COLLECT_EVERY_S,
+    SPAWN_THREADS,
+    Arms,
+    Http,
+    Shell,
+    Spawn,
+    Worker,
+)
 from forsun_box.plan import Plan
 from tests.helpers import wait_until, wait_until_async
 
@@ -303,6 +312,27 @@ def test_arms_give_their_due_ids_in_the_order_armed_without_those_taken_back() -
     arms.add(4, 2700)
     assert arms.next_ms() == 2700 and arms.due(5000, 10) == [(4, 2700)]
     assert len(arms) == 0 and arms.next_ms() is None and arms.due(9000, 10) == []
+
+
+def test_the_collector_runs_while_nothing_is_due_and_at_least_once_a_minute() -> None:
+    ours, theirs = socket.socketpair()
+    worker = Worker(theirs, 4, 4, 4)
+    try:
+        worker.collected_at = time.monotonic() - COLLECT_EVERY_S
+        assert not worker._collected(0.05, False)  # an armed burst due in 50 ms
+        assert not worker._collected(1.0, True)  # transfers run
+        before = worker.collected_at
+        assert worker._collected(1.0, False)  # idle
+        assert worker.collected_at > before
+        assert not worker._collected(1.0, False)  # (it just ran)
+        # busy for a minute: it runs anyway
+        worker.collected_at -= COLLECT_AT_LEAST_S
+        assert worker._collected(0.0, True)
+    finally:
+        worker.shell.close()
+        worker.http.multi.close()
+        ours.close()
+        theirs.close()
 
 
 def test_armed_transfers_start_as_slots_free_and_their_ends_go_out_a_slots_worth_at_a_time(
