@@ -4,6 +4,7 @@
     .venv/bin/python bench/burst.py --sizes 2000 --kinds http-close --rounds 1
     .venv/bin/python bench/burst.py --profile DIR         # py-spy of forsun-box's bursts
     .venv/bin/python bench/burst.py --cpu DIR             # perf: where each burst's CPU went
+    .venv/bin/python bench/burst.py --pin-sink 0          # the receivers on the first CPU only
 
 Every scenario fires N plans (``--sizes``, default 2,000 and 10,000) due at the same whole
 second, once through a bare client that is the machine's limit and once through a running
@@ -119,7 +120,10 @@ class Sink:
 
 
 @contextlib.contextmanager
-def sink(budget_s: float, close: bool = False, fifo: str = "") -> Iterator[Sink]:
+def sink(
+    budget_s: float, close: bool = False, fifo: str = "", cpu: int | None = None
+) -> Iterator[Sink]:
+    """A sink process (``cpu``: run only on that CPU)."""
     port = free_port()
     args = [sys.executable, str(SINK), "--port", str(port), "--max-seconds", str(budget_s)]
     if close:
@@ -127,6 +131,8 @@ def sink(budget_s: float, close: bool = False, fifo: str = "") -> Iterator[Sink]
     if fifo:
         args += ["--fifo", fifo]
     with running_process(args, port, "/count", "the sink", ready_timeout=15) as proc:
+        if cpu is not None:
+            os.sched_setaffinity(proc.pid, {cpu})
         yield Sink(port, proc.pid, fifo)
 
 
@@ -494,10 +500,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cpu", type=Path, default=None, metavar="DIR", help="perf record -a of every burst"
     )
+    ap.add_argument(
+        "--pin-sink",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="run the receivers on this CPU only (both sides alike)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="results file")
     ap.add_argument("--keep", action="store_true", help="keep the server's temp dir")
     args = ap.parse_args(argv)
 
+    if args.pin_sink is not None and args.pin_sink not in os.sched_getaffinity(0):
+        ap.error(f"--pin-sink {args.pin_sink}: not one of this machine's CPUs we may use")
     workdir = Path(tempfile.mkdtemp(prefix="bench-burst-"))
     (workdir / "data" / "extensions").mkdir(parents=True)
     shutil.copy(HARNESS / "count_extension.py", workdir / "data" / "extensions")
@@ -517,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     server = start_server(config, BOX, workdir=workdir)
     try:
-        with sink(budget, close=True) as close_sink, sink(budget, fifo=fifo) as keep_sink:
+        with (
+            sink(budget, close=True, cpu=args.pin_sink) as close_sink,
+            sink(budget, fifo=fifo, cpu=args.pin_sink) as keep_sink,
+        ):
             for n in args.sizes:
                 for kind in args.kinds:
                     target = close_sink if kind == "http-close" else keep_sink
@@ -606,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                 "started": started.isoformat(timespec="seconds"),
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
                 "cpus": os.cpu_count(),
+                "pin_sink": args.pin_sink,
                 "rows": rows,
             },
             indent=2,
