@@ -2,8 +2,8 @@
 
 Linux lets a ``select``, ``poll`` or ``epoll_wait`` with a timeout wake up later than
 asked by about 0.1 % of that timeout (at most 100 ms; at least the thread's timer slack,
-50 µs by default): the event loop's timer for a firing 20 s ahead comes round about 20 ms
-late, and the firing process's wait for an armed burst a second ahead about 1 ms late. A
+50 µs by default): an event loop's timer 20 s ahead comes round about 20 ms late, and the
+firing process's wait for an armed burst a second ahead ended about 1 ms late. A
 wait for an instant is therefore made in two legs: the first stops :data:`LAST_LEG_S`
 short of it, and the last, short, wakes on time.
 """

@@ -930,10 +930,12 @@ class Worker:
         shell.kill_doomed()
 
     def _collected(self, idle_s: float, transfers: bool) -> bool:
-        """Run the collector (automatic collection is off here: a pass over a burst's
-        prepared handles takes milliseconds, and the burst's own objects are freed by
-        their counts) when nothing is due for ``idle_s`` and none ran for a while, or
-        when none ran for long; True when it ran."""
+        """Run the collector when nothing is due for ``idle_s`` (at least
+        :data:`COLLECT_HEADROOM_S`), no transfer or command runs and the last run is
+        :data:`COLLECT_EVERY_S` old, or, whatever runs, once it is
+        :data:`COLLECT_AT_LEAST_S` old; True when it ran. (Automatic collection is off
+        here: a pass over a burst's prepared handles takes milliseconds, and the burst's
+        own objects are freed by their counts.)"""
         since = time.monotonic() - self.collected_at
         idle = idle_s >= COLLECT_HEADROOM_S and not (transfers or self.shell.busy())
         if (idle and since >= COLLECT_EVERY_S) or since >= COLLECT_AT_LEAST_S:
