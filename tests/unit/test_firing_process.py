@@ -335,6 +335,23 @@ def test_the_collector_runs_while_nothing_is_due_and_at_least_once_a_minute() ->
         theirs.close()
 
 
+def test_the_firing_process_runs_without_automatic_collection() -> None:
+    script = textwrap.dedent(
+        """
+        import gc, socket
+        from forsun_box.firing.worker import main
+        service, ours = socket.socketpair()
+        service.close()  # (the service is gone: the loop ends at once)
+        main([str(ours.fileno()), "4", "4", "4"])
+        print("collecting" if gc.isenabled() else "not collecting")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "not collecting"
+
+
 def test_armed_transfers_start_as_slots_free_and_their_ends_go_out_a_slots_worth_at_a_time(
     threaded_server: int,
 ) -> None:
