@@ -49,7 +49,7 @@ class _Legs:
 
     __slots__ = ("handle",)
 
-    def __init__(self, handle: asyncio.TimerHandle) -> None:
+    def __init__(self, handle: TimerHandle) -> None:
         self.handle = handle
 
     def cancel(self) -> None:
@@ -75,7 +75,7 @@ class LoopClock:
             return loop.call_later(delay, callback)
 
         def last_leg() -> None:
-            legs.handle = loop.call_later(max(0.0, (when_ms - self.now_ms()) / 1000.0), callback)
+            legs.handle = self.call_at(when_ms, callback)
 
         legs = _Legs(loop.call_later(first, last_leg))
         return legs
