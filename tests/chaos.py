@@ -15,9 +15,10 @@ Plans are of two kinds:
   once by the end of the run (before the kill or by catch-up after it).
 
 Some acknowledged plans of both kinds are removed; an acknowledged remove
-must stay removed. With the ``mem`` store an acknowledgement made less than
-one snapshot interval (plus the snapshot's own duration) before the kill may
-be lost: :class:`Report` separates those from real losses.
+must stay removed. With the ``mem`` store a kill loses what was acknowledged
+after the last snapshot written took its copy of the state (the snapshot's
+header says when, ``taken_ms``) and nothing older: :class:`Report` separates
+those from real losses, and says how far behind the kills the snapshots were.
 
 Run the full variant (20 rounds per store) with::
 
@@ -27,6 +28,7 @@ Run the full variant (20 rounds per store) with::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import shutil
 import sys
@@ -36,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
@@ -56,6 +59,7 @@ class Ack:
     kind: str  # "far" or "near"
     at_ms: int
     due_ms: int = 0
+    round_no: int = 0  # the round it was made in: the kill ending that round follows it
 
 
 @dataclass
@@ -70,7 +74,11 @@ class Report:
     near_acked: int = 0
     fired_keys: int = 0
     duplicates: int = 0
-    excused: int = 0  # mem only: acknowledgements within the snapshot bound before a kill
+    excused: int = 0  # mem only: acknowledgements after the last snapshot before a kill
+    #: mem only: per kill, how long before it the state in the last snapshot was taken (ms)
+    snapshot_lags_ms: list[int] = field(default_factory=list)
+    #: mem only: kills whose last snapshot was taken after that round's first acknowledgement
+    snapshots_under_load: int = 0
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -78,9 +86,24 @@ class Report:
             f"{self.driver}: {self.rounds} rounds, {self.acked_creates} acked creates, "
             f"{self.acked_removes} acked removes, {self.unknown} cut off by the kill, "
             f"{self.near_acked} due plans -> {self.fired_keys} fired, "
-            f"{self.duplicates} duplicate firings, {self.excused} lost within the mem bound, "
+            f"{self.duplicates} duplicate firings, {self.excused} lost after the last snapshot, "
             f"{len(self.failures)} failures"
+            + (
+                f"; snapshots taken {min(self.snapshot_lags_ms)}-{max(self.snapshot_lags_ms)} ms "
+                f"before the kills, {self.snapshots_under_load} of them under load"
+                if self.snapshot_lags_ms
+                else ""
+            )
         )
+
+
+@dataclass
+class Kill:
+    """A SIGKILL (ms) and, for mem, when the last snapshot took the state a restart
+    finds (None for the durable stores: the state at the kill)."""
+
+    at_ms: int
+    state_ms: int | None = None
 
 
 def _now_ms() -> int:
@@ -115,6 +138,7 @@ class _Load:
         return 0, {"url": self.sink.url(f"/fire/{key}")}
 
     def _record(self, ack: Ack) -> None:
+        ack.round_no = self.round_no
         with self.lock:
             self.ledger.setdefault(ack.key, []).append(ack)
 
@@ -254,26 +278,22 @@ def run_crash(
     rounds: int,
     seed: int = 1,
     extra: tuple[str, ...] = (),
-    mem_bound_ms: int = 0,
     log: bool = False,
 ) -> Report:
-    """``rounds`` rounds of load + SIGKILL on ``driver``; then a final check.
-
-    ``mem_bound_ms``: for the mem store, how long before a kill an
-    acknowledgement may be lost (snapshot interval plus write time).
-    """
+    """``rounds`` rounds of load + SIGKILL on ``driver``; then a final check."""
     rng = random.Random(seed)
     report = Report(driver)
     sink = Sink()
     ledger: dict[str, list[Ack]] = {}
     lock = threading.Lock()
-    kills: list[int] = []
+    kills: list[Kill] = []
     args = ("--driver", driver, "--catchup", "fire_once", *extra)
     try:
         for round_no in range(rounds):
             server = Server(data_dir, *args).start()
             # after a restart, check what the previous rounds promised
-            _check_store(server, ledger, kills, mem_bound_ms, report, final=False)
+            _check_store(server, ledger, kills, report)
+            started_ms = _now_ms()
             load = _Load(server, sink, round_no, rng, ledger, lock)
             threads = [
                 threading.Thread(target=load.run_http, daemon=True),
@@ -284,10 +304,21 @@ def run_crash(
                 t.start()
             time.sleep(rng.uniform(0.3, 1.5))  # a random gap between faults
             server.kill()
-            kills.append(_now_ms())
+            killed_ms = _now_ms()
             load.stop.set()
             for t in threads:
                 t.join(10)
+            if driver == "mem":
+                taken_ms = _snapshot_taken_ms(data_dir / "forsun-box.mem")
+                kills.append(Kill(killed_ms, taken_ms))
+                report.snapshot_lags_ms.append(killed_ms - taken_ms)
+                first_ack = min(
+                    (a.at_ms for acks in ledger.values() for a in acks if a.at_ms > started_ms),
+                    default=killed_ms,
+                )
+                report.snapshots_under_load += taken_ms > first_ack
+            else:
+                kills.append(Kill(killed_ms))
             report.unknown += load.unknown
             report.rounds += 1
             if log:
@@ -299,9 +330,9 @@ def run_crash(
                 (a.due_ms for acks in ledger.values() for a in acks if a.kind == "near"), default=0
             )
             wait_s = max(0.0, (last_due - _now_ms()) / 1000) + 3
-            expected = _expected_fired(ledger, kills, mem_bound_ms)
+            expected = _expected_fired(ledger, kills)
             wait_until(lambda: expected <= _fired_keys(sink), timeout=wait_s + 10, interval=0.1)
-            _check_store(server, ledger, kills, mem_bound_ms, report, final=True)
+            _check_store(server, ledger, kills, report)
             fired = _fired_counts(sink)
             missing = [k for k in expected if k not in fired]
             for key in missing[:5]:
@@ -325,7 +356,7 @@ def run_crash(
         report.near_acked = len(near)
         for key in near:
             if key not in fired:
-                if _excused(ledger[key][0], kills, mem_bound_ms):
+                if _excused(ledger[key][0], kills):
                     report.excused += 1
                 else:
                     report.failures.append(f"due plan {key} never fired")
@@ -334,21 +365,30 @@ def run_crash(
     return report
 
 
-def _excused(ack: Ack, kills: list[int], bound_ms: int) -> bool:
-    """Whether the kill that followed ``ack`` came within ``bound_ms`` of it (mem only)."""
-    if not bound_ms:
+def _snapshot_taken_ms(path: Path) -> int:
+    """When the state in the mem snapshot at ``path`` was taken (0: no snapshot)."""
+    with contextlib.suppress(FileNotFoundError), path.open("rb") as f:
+        return int(orjson.loads(f.readline())["taken_ms"])
+    return 0
+
+
+def _excused(ack: Ack, kills: list[Kill]) -> bool:
+    """Whether ``ack`` may be lost: the state a restart after the kill that followed it
+    found was taken before it arrived (mem only). Both are whole ms: a snapshot taken in
+    the ms the answer arrived may lack the change."""
+    if ack.round_no >= len(kills):
         return False
-    following = [k for k in kills if k >= ack.at_ms]
-    return bool(following) and following[0] - ack.at_ms <= bound_ms
+    state_ms = kills[ack.round_no].state_ms
+    return state_ms is not None and state_ms <= ack.at_ms
 
 
-def _expected_fired(ledger: dict[str, list[Ack]], kills: list[int], bound_ms: int) -> set[str]:
+def _expected_fired(ledger: dict[str, list[Ack]], kills: list[Kill]) -> set[str]:
     return {
         k
         for k, acks in ledger.items()
         if acks[0].kind == "near"
         and not any(a.op in ("remove", "unknown") for a in acks)
-        and not _excused(acks[0], kills, bound_ms)
+        and not _excused(acks[0], kills)
     }
 
 
@@ -368,10 +408,8 @@ def _fired_keys(sink: Sink) -> set[str]:
 def _check_store(
     server: Server,
     ledger: dict[str, list[Ack]],
-    kills: list[int],
-    bound_ms: int,
+    kills: list[Kill],
     report: Report,
-    final: bool,
 ) -> None:
     """Far plans acknowledged as created are there; acknowledged removes are gone."""
     present = set(server.ok("GET", "/v1/keys?prefix="))
@@ -379,20 +417,20 @@ def _check_store(
         if last.kind != "far":
             continue
         if last.op == "create" and key not in present:
-            if _excused(last, kills, bound_ms):
+            if _excused(last, kills):
                 continue
             report.failures.append(f"acknowledged create {key} lost")
         elif last.op == "remove" and key in present:
-            if _excused(last, kills, bound_ms):
+            if _excused(last, kills):
                 continue
             report.failures.append(f"acknowledged remove {key} came back")
     # keep the ledger in step with what survived, so later rounds judge the present
-    if bound_ms:
+    if any(k.state_ms is not None for k in kills):
         for key, last in _final_state(ledger).items():
             if last.kind == "far" and last.op == "create" and key not in present:
-                ledger[key].append(Ack(key, "remove", "far", _now_ms()))
+                ledger[key].append(Ack(key, "remove", "far", _now_ms(), round_no=len(kills)))
             elif last.kind == "far" and last.op == "remove" and key in present:
-                ledger[key].append(Ack(key, "create", "far", _now_ms()))
+                ledger[key].append(Ack(key, "create", "far", _now_ms(), round_no=len(kills)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,9 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     for driver in drivers:
         tmp = Path(tempfile.mkdtemp(prefix=f"forsun-box-crash-{driver}-"))
         try:
-            extra, bound = mem_options(driver)
             report = run_crash(
-                tmp, driver, rounds, seed=opts.seed, extra=extra, mem_bound_ms=bound, log=True
+                tmp, driver, rounds, seed=opts.seed, extra=mem_options(driver), log=True
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -424,12 +461,11 @@ def main(argv: list[str] | None = None) -> int:
 MEM_TIME_RATE_S = 0.2
 
 
-def mem_options(driver: str) -> tuple[tuple[str, ...], int]:
-    """Extra flags and the loss bound (ms) for ``driver``: mem snapshots every 0.2 s."""
+def mem_options(driver: str) -> tuple[str, ...]:
+    """Extra flags for ``driver``: mem snapshots every 0.2 s."""
     if driver != "mem":
-        return (), 0
-    # bound: one interval, plus the time a snapshot takes to write and rename (generous)
-    return ("--conf", _mem_conf()), int(MEM_TIME_RATE_S * 1000) + 300
+        return ()
+    return ("--conf", _mem_conf())
 
 
 def _mem_conf() -> str:

@@ -9,7 +9,8 @@ second -- a burst whose last plan waits for the 999 before it). Meanwhile 32 HTT
 and remove plans in a loop. Reported: requests and errors per interface and
 the firing lateness p50/p99/max. Target: no errors, p99 <= 50 ms.
 
-CI runs 10 s (tests/integration/test_load_held.py); the full 60 s::
+CI runs 10 s at a fifth of the load (tests/integration/test_load_held.py); the full
+60 s::
 
     .venv/bin/python -m tests.load_held --full
 """

@@ -19,8 +19,9 @@ Persistence: when ``path`` is set the whole state is written to it every
 written from a copy of the references (plans are immutable) in a worker
 thread, to a temporary file that is fsynced and renamed into place, then
 the directory is fsynced. Format: a JSON header line
-``{"format": "forsun-box-mem", "version": 1, ...}`` with the record counts
-and field names, then one JSON array per line for each plan
+``{"format": "forsun-box-mem", "version": 1, ...}`` with the record counts,
+the field names and ``taken_ms`` (the wall-clock instant the state was copied:
+every change acknowledged before it is in the file), then one JSON array per line for each plan
 (``["p", *values]``), run (``["r", *values]``) and meta value
 (``["m", name, value]``), and a final ``["end"]`` line. A snapshot
 that can't be read stops :meth:`MemoryStore.open` with a
@@ -219,9 +220,12 @@ class MemoryStore(Store):
             plans = list(self._plans.values())
             runs = [r for dq in self._runs.values() for r in dq]
             meta = dict(self._meta)
+            taken_ms = int(time.time() * 1000)
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(None, write_snapshot, self.path, plans, runs, meta)
+                await loop.run_in_executor(
+                    None, write_snapshot, self.path, plans, runs, meta, taken_ms
+                )
             except OSError as e:
                 raise StoreError(f"cannot write the mem store snapshot {self.path}: {e}") from None
             self._saved = seq
@@ -464,8 +468,11 @@ def _run_values(r: Run) -> tuple[Any, ...]:
     )
 
 
-def write_snapshot(path: str, plans: list[Plan], runs: list[Run], meta: dict[str, str]) -> None:
+def write_snapshot(
+    path: str, plans: list[Plan], runs: list[Run], meta: dict[str, str], taken_ms: int
+) -> None:
     """Write a snapshot atomically: temporary file, fsync, rename, fsync the directory.
+    ``taken_ms``: when the state written was copied.
 
     Records are arrays of field values in the order the header names, which
     keeps the file compact and lets a later version map fields by name.
@@ -474,6 +481,7 @@ def write_snapshot(path: str, plans: list[Plan], runs: list[Run], meta: dict[str
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "taken_ms": taken_ms,
         "written_ms": int(time.time() * 1000),
         "plans": len(plans),
         "runs": len(runs),

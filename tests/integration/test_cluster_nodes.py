@@ -1,7 +1,12 @@
 """Several forsun-box node processes on one PostgreSQL (tests/servers.py) share the
 firing by partition leases: creates on any node fire once, a SIGKILLed node's
-share is taken over within TTL + 2 s, a SIGSTOPped node stops firing, and a
-graceful stop hands its partitions over at once."""
+share is taken over after its lease expires, a SIGSTOPped node stops firing, and a
+graceful stop hands its partitions over at once.
+
+Bounds on how long these take leave room for a slow or busy machine: they tell a
+takeover that follows the expiry from one that never comes, and a hand-over from a
+wait for the expiry (with the logs' word for it). The failover time itself is
+measured by the cluster benchmark (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -54,6 +59,12 @@ def owners(dsn: str) -> dict[int, tuple[str, int]]:
     return asyncio.run(read())
 
 
+def logs(dsn: str, nodes: dict[str, Server]) -> str:
+    """The leases and the end of every node's log, for a failure's message."""
+    tails = "".join(f"\n--- {name}:\n{srv.log()[-2000:]}" for name, srv in nodes.items())
+    return f"{owners(dsn)}{tails}"
+
+
 def balanced(dsn: str, names: set[str]) -> bool:
     table = owners(dsn)
     return len(table) == PARTITIONS and {o for o, _ in table.values()} == names
@@ -82,7 +93,7 @@ def test_a_killed_node_is_taken_over_and_every_plan_fires_once(
     try:
         for srv in nodes.values():
             srv.start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
         keys = []
         for i in range(60):
             for name, srv in nodes.items():
@@ -95,14 +106,14 @@ def test_a_killed_node_is_taken_over_and_every_plan_fires_once(
         nodes["n2"].kill()
         killed_at = time.monotonic()
         assert wait_until(
-            lambda: all(owners(postgres_dsn).get(p, ("n2", 0))[0] != "n2" for p in dead), 15
-        )
+            lambda: all(owners(postgres_dsn).get(p, ("n2", 0))[0] != "n2" for p in dead), 60
+        ), logs(postgres_dsn, nodes)
         took = time.monotonic() - killed_at
-        assert took <= TTL_S + 2, f"takeover took {took:.1f} s"
+        assert took <= 3 * TTL_S + 2, f"takeover took {took:.1f} s"
         after = owners(postgres_dsn)
         assert all(after[p][1] > before[p][1] for p in dead)
         # every plan fires, the dead node's too; nothing was in flight at the kill
-        assert wait_until(lambda: set(fired(sink)) >= set(keys), 20), set(keys) - set(fired(sink))
+        assert wait_until(lambda: set(fired(sink)) >= set(keys), 60), set(keys) - set(fired(sink))
         time.sleep(0.5)  # a duplicate would arrive right behind
         counts = fired(sink)
         assert [k for k in keys if counts[k] != 1] == []
@@ -110,7 +121,7 @@ def test_a_killed_node_is_taken_over_and_every_plan_fires_once(
         assert any("took over" in text and "from n2" in text for text in took_over)
         # started again under its name, n2 takes a share again
         nodes["n2"] = node(tmp_path, postgres_dsn, "n2").start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
     finally:
         for srv in nodes.values():
             if srv.proc is not None:
@@ -123,7 +134,7 @@ def test_a_graceful_stop_hands_over_at_once(tmp_path: Path, postgres_dsn: str) -
     try:
         for srv in nodes.values():
             srv.start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
         # what operators see: /v2/cluster and the metrics
         status, view = nodes["n1"].call("GET", "/v2/cluster")
         assert status == 200, view
@@ -138,9 +149,9 @@ def test_a_graceful_stop_hands_over_at_once(tmp_path: Path, postgres_dsn: str) -
         assert "forsun_box_cluster_fenced_writes_refused_total 0.0" in text
         assert nodes["n1"].stop() == 0
         stopped_at = time.monotonic()
-        assert wait_until(lambda: balanced(postgres_dsn, {"n2"}), 5)
+        assert wait_until(lambda: balanced(postgres_dsn, {"n2"}), 30), logs(postgres_dsn, nodes)
         took = time.monotonic() - stopped_at
-        assert took < 1.0, f"hand-over took {took:.2f} s"
+        assert took < TTL_S, f"hand-over took {took:.2f} s"
         assert "released" in nodes["n1"].log()
         assert "handed over by n1" in nodes["n2"].log()
     finally:
@@ -156,7 +167,7 @@ def test_a_paused_node_steps_down_and_nothing_fires_twice(
     try:
         for srv in nodes.values():
             srv.start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
         keys = [f"p-{i}" for i in range(60)]
         for i, key in enumerate(keys):
             nodes["n1" if i % 2 else "n2"].ok("PUT", "/v1/plan", hook(sink, key, 4 + i % 3))
@@ -165,17 +176,17 @@ def test_a_paused_node_steps_down_and_nothing_fires_twice(
         os.kill(paused.proc.pid, signal.SIGSTOP)
         try:
             # n2 takes everything while n1 sleeps past its TTL, and fires its plans
-            assert wait_until(lambda: balanced(postgres_dsn, {"n2"}), TTL_S + 5)
-            assert wait_until(lambda: set(fired(sink)) >= set(keys), 20)
+            assert wait_until(lambda: balanced(postgres_dsn, {"n2"}), 30), logs(postgres_dsn, nodes)
+            assert wait_until(lambda: set(fired(sink)) >= set(keys), 60)
         finally:
             os.kill(paused.proc.pid, signal.SIGCONT)
         # n1 wakes up: it steps down instead of firing what its window still holds
-        assert wait_until(lambda: "stepping down" in paused.log(), 10), paused.log()[-3000:]
+        assert wait_until(lambda: "stepping down" in paused.log(), 30), paused.log()[-3000:]
         time.sleep(1.0)  # a firing from the stale window would arrive within it
         counts = fired(sink)
         assert [k for k in keys if counts[k] != 1] == []
         # and the pair shares the partitions again
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 15)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
     finally:
         for srv in nodes.values():
             srv.stop()
@@ -196,16 +207,16 @@ def test_plans_written_on_any_node_reach_their_owner_at_once(
     try:
         worker.start()
         agent.start()
-        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 10)
+        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 60), owners(postgres_dsn)
         keys = [f"a-{i}" for i in range(30)]
         created = agent.ok("PUT", "/v1/plan", [hook(sink, k, 2) for k in keys])
         doomed = agent.ok("PUT", "/v1/plan", hook(sink, "removed", 2))
         agent.ok("DELETE", "/v1/plan?key=removed")
-        assert wait_until(lambda: set(fired(sink)) >= set(keys), 8)
+        assert wait_until(lambda: set(fired(sink)) >= set(keys), 30)
         due = {p["key"]: p["next_time"] for p in created}
         with sink.cond:
             late = [at / 1000 - due[path.lstrip("/")] for at, path, _ in sink.hits]
-        assert max(late) < 1.5, late  # the safety-net re-read is every 10 s
+        assert max(late) < 5, late  # the safety-net re-read is every 10 s
         time.sleep(max(doomed["next_time"] + 1.0 - time.time(), 0))  # past its due time
         assert "removed" not in fired(sink)
         status, view = agent.call("GET", "/v2/cluster")
@@ -255,11 +266,11 @@ def test_a_node_killed_under_a_load_of_creates_loses_no_acknowledged_plan(
     try:
         for srv in nodes.values():
             srv.start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
         loaders = [threading.Thread(target=load, args=(n,), daemon=True) for n in nodes]
         for t in loaders:
             t.start()
-        assert wait_until(lambda: len(fired(sink)) >= 30, 20)  # plans are firing
+        assert wait_until(lambda: len(fired(sink)) >= 30, 60)  # plans are firing
         nodes["n2"].kill()
         killed_at = time.time() * 1000
         time.sleep(TTL_S + 2)  # creates go on while the others take n2's share
@@ -267,7 +278,7 @@ def test_a_node_killed_under_a_load_of_creates_loses_no_acknowledged_plan(
         for t in loaders:
             t.join(10)
         assert any(k.startswith("n2-") for k in acked)
-        assert wait_until(lambda: set(fired(sink)) >= set(acked), 20), sorted(
+        assert wait_until(lambda: set(fired(sink)) >= set(acked), 60), sorted(
             set(acked) - set(fired(sink))
         )[:20]
         time.sleep(0.5)  # a duplicate would arrive right behind
@@ -301,18 +312,18 @@ def test_a_bulk_write_elsewhere_keeps_the_owners_window_on_time(
     try:
         worker.start()
         agent.start()
-        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 10)
+        assert wait_until(lambda: balanced(postgres_dsn, {"worker"}), 60), owners(postgres_dsn)
         soon = worker.ok("PUT", "/v1/plan", [hook(sink, f"soon-{i}", 3) for i in range(20)])
         far = [
             {"key": f"bulk-{i:05d}", "seconds": 3600, "action": "shell", "params": {}}
             for i in range(2000)
         ]
         agent.ok("PUT", "/v1/plan", far)
-        assert wait_until(lambda: len(fired(sink)) >= 20, 10)
+        assert wait_until(lambda: len(fired(sink)) >= 20, 30)
         due = {p["key"]: p["next_time"] for p in soon}
         with sink.cond:
             late = [at / 1000 - due[path.lstrip("/")] for at, path, _ in sink.hits]
-        assert max(late) < 1.5, late  # not left for the periodic re-read, 10 s later
+        assert max(late) < 5, late  # not left for the periodic re-read, 10 s later
     finally:
         agent.stop()
         worker.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,8 @@ def test_mem_snapshot_format_has_a_versioned_header(tmp_path: Path) -> None:
     header = orjson.loads(lines[0])
     assert header["format"] == "forsun-box-mem" and header["version"] == 1
     assert (header["plans"], header["runs"], header["meta"]) == (10, 1, 1)
+    # when the state was taken (what a crash keeps: every change acknowledged before it)
+    assert 0 < header["taken_ms"] <= header["written_ms"] <= time.time() * 1000
     assert orjson.loads(lines[-1]) == ["end"]
     assert not (tmp_path / "plans.snapshot.tmp").exists()
 
