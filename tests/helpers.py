@@ -109,7 +109,7 @@ class Server:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -139,7 +139,7 @@ class Server:
         assert reply["errcode"] == 0, reply
         return reply["data"]
 
-    def stop(self, timeout: float = 10) -> int:
+    def stop(self, timeout: float = 60) -> int:
         """SIGTERM and wait; returns the exit status."""
         assert self.proc is not None
         if self.proc.poll() is None:

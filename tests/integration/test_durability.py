@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import pytest
@@ -71,12 +70,12 @@ def test_plan_due_during_downtime(tmp_path, policy: str, expect_fire: bool) -> N
     sink = Sink()
     try:
         srv = Server(tmp_path, "--catchup", policy).start()
-        srv.ok(
+        down = srv.ok(
             "PUT",
             "/v1/plan",
             {
                 "key": "down",
-                "seconds": 2,
+                "seconds": 5,
                 "count": 1,
                 "action": "http",
                 "params": {"url": sink.url("/down")},
@@ -94,13 +93,16 @@ def test_plan_due_during_downtime(tmp_path, policy: str, expect_fire: bool) -> N
             },
         )
         assert srv.stop() == 0
-        time.sleep(2.5)  # the plan comes due while the service is down
         assert sink.hits == []
+        # the plan comes due while the service is down
+        time.sleep(max(0.0, down["next_time"] + 0.5 - time.time()))
         srv = Server(tmp_path, "--catchup", policy).start()
         try:
-            hits = sink.wait_for(1, timeout=3 if expect_fire else 1.5)
+            hits = sink.wait_for(1, timeout=30 if expect_fire else 1.5)
             assert [h[1] for h in hits] == (["/down"] if expect_fire else [])
-            assert wait_until(lambda: srv.call("GET", "/v1/plan?key=down")[1]["errcode"] == 1003, 5)
+            assert wait_until(
+                lambda: srv.call("GET", "/v1/plan?key=down")[1]["errcode"] == 1003, 30
+            )
             assert srv.ok("GET", "/v1/plan?key=later")["key"] == "later"
         finally:
             srv.stop()
@@ -123,21 +125,22 @@ def test_repeating_plan_catch_up_fires_once_then_resumes(tmp_path) -> None:
                 "params": {"url": sink.url("/e")},
             },
         )
-        sink.wait_for(1, timeout=5)
+        sink.wait_for(1, timeout=30)
         srv.kill()
         n = len(sink.hits)
         time.sleep(3)  # real downtime: some three firings come due while it is dead
+        restart_s = int(time.time())
         srv = Server(tmp_path).start()
         try:
             # fire_once: one catch-up firing for the ~3 missed ones, then one per
-            # second on the plan's grid again (which may fall right after it).
-            hits = sink.wait_for(n + 3, timeout=6)
-            times = [h[0] for h in hits[n:]]
-            assert len(times) >= 3
-            burst = [t for t in times if t - times[0] < 500]
-            assert len(burst) <= 2, times
-            gaps = [b - a for a, b in itertools.pairwise(times[1:])]
-            assert all(g >= 700 for g in gaps), times
+            # second on the plan's grid again (which may fall right after it); judged by
+            # the due second each firing carries, not by when it arrived
+            hits = sink.wait_for(n + 4, timeout=30)
+            dues = [int(h[2]["X-Forsun-Timestamp"]) for h in hits[n:]]
+            assert len(dues) >= 4 and len(set(dues)) == len(dues), dues
+            assert len([d for d in dues if d < restart_s]) == 1, (restart_s, dues)
+            grid = sorted(d for d in dues if d >= restart_s)
+            assert grid == list(range(grid[0], grid[0] + len(grid))), (restart_s, dues)
         finally:
             srv.stop()
     finally:
@@ -150,7 +153,7 @@ def test_unreadable_snapshot_stops_startup(tmp_path) -> None:
     srv = Server(tmp_path, "--driver", "mem", "--driver-mem-store-file", str(snap))
     srv.start(wait=False)
     assert srv.proc is not None
-    assert srv.proc.wait(20) == 1
+    assert srv.proc.wait(60) == 1
     out = srv.log()
     assert str(snap) in out
     assert "Traceback" not in out
@@ -163,7 +166,7 @@ def test_corrupt_database_stops_startup(tmp_path) -> None:
     srv = Server(tmp_path)
     srv.start(wait=False)
     assert srv.proc is not None
-    assert srv.proc.wait(20) == 1
+    assert srv.proc.wait(60) == 1
     out = srv.log()
     assert str(db) in out and "Traceback" not in out
 
@@ -172,8 +175,8 @@ def test_sigterm_stops_cleanly_and_quickly(tmp_path) -> None:
     srv = Server(tmp_path).start()
     srv.ok("PUT", "/v1/plan", far("t"))
     t0 = time.monotonic()
-    assert srv.stop(timeout=5) == 0
-    assert time.monotonic() - t0 < 5
+    assert srv.stop(timeout=10) == 0
+    assert time.monotonic() - t0 < 10
 
 
 def test_second_server_on_the_same_database_is_refused(tmp_path) -> None:
