@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import CHROMIUM_ARGS, _chromium, _unavailable
-from tests.e2e.test_console_browser import NARROW, _fits
+from tests.e2e.test_console_browser import NARROW, TIMEOUT_MS, _fits, expect
 from tests.helpers import wait_until
 from tests.integration.test_cluster_nodes import balanced, node, owners
 
@@ -31,7 +31,7 @@ def test_the_cluster_page_in_a_browser(tmp_path: Path, postgres_dsn: str, artifa
     try:
         for srv in nodes.values():
             srv.start()
-        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 20), owners(postgres_dsn)
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), owners(postgres_dsn)
         base = f"http://127.0.0.1:{nodes['node-a'].http_port}"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
@@ -52,13 +52,13 @@ def look(browser: Any, base: str, artifacts: Path) -> None:
     ):
         context = browser.new_context(viewport=viewport)
         pg = context.new_page()
-        pg.set_default_timeout(10_000)
+        pg.set_default_timeout(TIMEOUT_MS)
         pg.goto(base + "/")
         pg.click("#nav-cluster")
         pg.wait_for_url(base + "/cluster")
-        assert pg.locator("#nodes tbody tr").count() == 2
-        assert pg.locator("#this-node").inner_text() == "node-a"
-        assert pg.locator("#nav-cluster").get_attribute("class") == "on"
+        expect(pg.locator("#nodes tbody tr")).to_have_count(2)
+        expect(pg.locator("#this-node")).to_have_text("node-a")
+        expect(pg.locator("#nav-cluster")).to_have_class("on")
         if viewport is NARROW:
             _fits(pg)
         pg.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)

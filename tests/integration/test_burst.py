@@ -109,7 +109,8 @@ def test_burst_of_20000_firings_against_a_slow_target_loses_none(tmp_path: Path)
             for i in range(N)
         ]
         created_at = time.monotonic()
-        created = server.ok("PUT", "/v1/plan", plans)
+        # 20,000 plans in one request: may take longer than the default 10 s on a slow host
+        created = server.ok("PUT", "/v1/plan", plans, timeout=120)
         assert len(created) == N
         due_at = created_at + 3
         assert wait_until(lambda: target.received() >= N, 240, interval=0.2), (
@@ -117,10 +118,12 @@ def test_burst_of_20000_firings_against_a_slow_target_loses_none(tmp_path: Path)
         )
         took = time.monotonic() - due_at
         # a burst's firings are counted when it is taken up, once their ends are in
+        # the server is still busy with the burst: its answers may be slow
         assert wait_until(
-            lambda: int(server.ok("GET", "/v1/info")["action_executed_count"]) >= N, 60
-        ), server.ok("GET", "/v1/info")
-        info = server.ok("GET", "/v1/info")
+            lambda: int(server.ok("GET", "/v1/info", timeout=60)["action_executed_count"]) >= N,
+            60,
+        ), server.ok("GET", "/v1/info", timeout=60)
+        info = server.ok("GET", "/v1/info", timeout=60)
     finally:
         server.stop(timeout=60)
         target.close()

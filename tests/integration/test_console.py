@@ -53,7 +53,7 @@ class Client:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         try:
-            with self.opener.open(req, timeout=10) as resp:
+            with self.opener.open(req, timeout=30) as resp:
                 return resp.status, dict(resp.headers), resp.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read().decode()
@@ -526,8 +526,8 @@ def test_upcoming_chart_counts_a_recurring_plans_later_firings(
         return list(json.loads(client.request("GET", "/console/api/stats")[2])["upcoming"]["count"])
 
     # every 10 s: some 360 firings in the hour, not one bar of 1 (the chart is
-    # recomputed at most every 10 s)
-    assert wait_until(lambda: sum(upcoming()) >= 350, 15, interval=0.5), upcoming()
+    # recomputed at most every 10 s, later on a busy host)
+    assert wait_until(lambda: sum(upcoming()) >= 350, 60, interval=0.5), upcoming()
     assert max(upcoming()) >= 6
     server.call("DELETE", "/v2/plans/up:every10")
 
@@ -560,7 +560,7 @@ def test_a_finished_plans_page_shows_its_kept_run_history(client: Client, server
     def finished() -> bool:
         return server.call("GET", "/v1/plan?key=fin:once")[1]["errcode"] == 1003
 
-    assert wait_until(finished, 15)
+    assert wait_until(finished, 60)  # a shell firing: a process to start
     soup = client.page("/plan?key=fin%3Aonce")  # 200, not 404
     assert soup.select_one("#finished-badge") is not None
     rows = soup.select("#runs tbody tr")
@@ -598,7 +598,7 @@ def test_unknown_urls_answer_html_404_and_v1_keeps_its_json(client: Client) -> N
 
 def test_the_access_log_shows_plan_keys(server: Server) -> None:
     server.call("GET", "/v1/plan?key=visible-key-123")
-    assert wait_until(lambda: "key=visible-key-123" in server.log(), 5), server.log()[-2000:]
+    assert wait_until(lambda: "key=visible-key-123" in server.log(), 30), server.log()[-2000:]
 
 
 def test_missing_console_files_are_reported_at_start_up(

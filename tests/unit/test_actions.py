@@ -190,7 +190,7 @@ class _Recorder(RequestHandler):
 
 class _Slow(RequestHandler):
     async def get(self) -> None:
-        await asyncio.sleep(3)  # a server slower than the request timeout
+        await asyncio.sleep(30)  # a server far slower than the request timeout
         self.write("late")
 
 
@@ -323,7 +323,8 @@ def test_http_request_timeout_param():
     error, _ = http(lambda port: {"url": f"http://127.0.0.1:{port}/slow", "request_timeout": "0.3"})
     assert isinstance(error, ActionFailed)
     assert "timed out" in str(error).lower() or "timeout" in str(error).lower()
-    assert time.monotonic() - started < 2.5
+    # given up long before the answer; room left for starting the firing process
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize(
