@@ -465,7 +465,7 @@ def test_http_plan_fires_at_its_instant(server: Server) -> None:
         lateness = []
         for i in range(3):
             now = time.time()
-            target = int(now) + 2
+            target = int(now) + 3  # ahead however slowly the create lands
             lt = time.localtime(target)
             server.ok(
                 "POST",
@@ -498,7 +498,7 @@ def test_firings_carry_their_idempotency_key(server: Server, tmp_path) -> None:
     sink = Sink()
     out = tmp_path / "shell-id"
     try:
-        target = int(time.time()) + 2
+        target = int(time.time()) + 3
         lt = time.localtime(target)
         when = {"seconds": lt.tm_sec, "minute": lt.tm_min, "hour": lt.tm_hour, "count": 1}
         server.ok(

@@ -216,12 +216,12 @@ def test_create_at_plan_with_milliseconds(client: Forsun.Client, server: Server)
 
 
 def test_create_at_fires(client: Forsun.Client) -> None:
-    at = now_ms() + 1500  # soon, yet surely still ahead when the call lands
+    at = now_ms() + 3000  # soon, yet surely still ahead when the call lands
     client.createAt("v2-at-soon", at, "shell", {"cmd": "true"})
-    assert wait_until(lambda: len(client.getRuns("v2-at-soon", 5)) >= 1, 10)
+    assert wait_until(lambda: len(client.getRuns("v2-at-soon", 5)) >= 1, 30)
     run = client.getRuns("v2-at-soon", 5)[0]  # the finished one-shot keeps its history
     assert run.due_ms == at and run.result == 1
-    assert wait_until(lambda: "v2-at-soon" not in client.getKeys("v2-at-soon"), 10)
+    assert wait_until(lambda: "v2-at-soon" not in client.getKeys("v2-at-soon"), 30)
 
 
 def test_create_at_errors(client: Forsun.Client) -> None:

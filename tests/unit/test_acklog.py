@@ -179,7 +179,7 @@ def test_logged_writes_are_read_at_once_and_folded_in_later(
             store._fold_timer = None
             monkeypatch.setattr(sqlite_driver, "FOLD_DELAY_S", 0.005)
             await store.apply(Batch(ops={"d": plan("d", T0 + 3)}))
-            await wait_until_async(lambda: db_keys(store), 2)
+            assert await wait_until_async(lambda: db_keys(store), 30)
             assert db_keys(store) == ["a", "c", "d"]
             assert store._overlay.rows == {}
             assert await store.count() == 3
@@ -251,7 +251,9 @@ def test_a_failed_fold_keeps_the_writes_and_folds_them_when_space_returns(tmp_pa
             assert got is not None and got.params == {"x": "y" * 300}
             assert db_keys(store) == []
             await db.fetchall("PRAGMA max_page_count = 1073741823")
-            await wait_until_async(lambda: db_keys(store), 3)  # the fold is retried by itself
+            assert await wait_until_async(
+                lambda: db_keys(store), 30
+            )  # the fold is retried by itself
             assert db_keys(store) == sorted(big)
             assert await store.count() == 40
 

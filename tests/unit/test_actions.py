@@ -130,10 +130,10 @@ def test_shell_timeout_kills_the_process_group(tmp_path: Path):
     cmd = "sleep 60 & echo $! > child.pid; sleep 60"
     started = time.monotonic()
     with pytest.raises(ActionFailed, match="timed out"):
-        shell({"cmd": cmd, "cwd": str(tmp_path)}, shell_timeout_s=0.5)
-    assert time.monotonic() - started < 10
+        shell({"cmd": cmd, "cwd": str(tmp_path)}, shell_timeout_s=2)
+    assert time.monotonic() - started < 20
     child = int((tmp_path / "child.pid").read_text())
-    assert wait_until(lambda: _gone(child), 5), "background child survived the time limit"
+    assert wait_until(lambda: _gone(child), 30), "background child survived the time limit"
 
 
 def test_shell_disabled_refuses_and_does_not_run(tmp_path: Path):

@@ -245,11 +245,12 @@ def test_an_armed_request_whose_instant_came_goes_out_though_it_waits_for_a_slot
         try:
             await _running(process)
             at = int(time.time() * 1000) + 200
-            slow = process.prepare(Request(f"http://127.0.0.1:{port}/slow?s=1"))
+            slow = process.prepare(Request(f"http://127.0.0.1:{port}/slow?s=3"))
             waits = process.prepare(Request(f"http://127.0.0.1:{port}/slow?s=0"))
             process.arm(slow, at)
             process.arm(waits, at)
-            await asyncio.sleep(0.5)  # the instant came; the one slot is the slow one's
+            # the instant came; the one slot is the slow one's for 3 s
+            await asyncio.sleep(max(0.0, (at + 1000) / 1000 - time.time()))
             # taken back now, it answers that it went out: its firing is not lost
             assert await process.disarm(waits) is True
             ends: dict[int, asyncio.Future[int]] = {}

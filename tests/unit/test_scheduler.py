@@ -337,8 +337,9 @@ def test_creates_commit_while_firing_records_wait_for_the_store(tmp_path: Path) 
         await clock.advance(1000)
         await asyncio.wait_for(store.waiting.wait(), 5)  # k's record holds the lock
         commits = sched._writer.commits
-        await asyncio.wait_for(sched.create([delay_plan("k", clock.now_ms(), 10)]), 1)
-        await asyncio.wait_for(sched.create([delay_plan("n", clock.now_ms(), 3)]), 1)
+        # (a create that waited for the held record would never end: 30 s says so)
+        await asyncio.wait_for(sched.create([delay_plan("k", clock.now_ms(), 10)]), 30)
+        await asyncio.wait_for(sched.create([delay_plan("n", clock.now_ms(), 3)]), 30)
         assert not store.go.is_set() and sched._writer.commits == commits + 2
         replaced = await store.get("k")
         assert replaced is not None and replaced.count == 1

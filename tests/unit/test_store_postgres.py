@@ -235,7 +235,7 @@ def test_watching_stores_announce_each_commit_once_to_the_others(postgres_dsn: s
             await a.apply(Batch(ops={f"bulk{i:04d}": plan(f"bulk{i:04d}", T0) for i in range(900)}))
             await a.apply(Batch(meta={"m": "1"}))  # no API write: no hint
 
-            await wait_until_async(lambda: len(heard) >= 2, 5)
+            await wait_until_async(lambda: len(heard) >= 2, 30)
             assert heard[0] == ChangeHint("a", ("x", "y", "gone"), T0 + 2)
             # too many keys to name: the hint says so
             assert heard[1] == ChangeHint("a", None, T0)
@@ -245,7 +245,7 @@ def test_watching_stores_announce_each_commit_once_to_the_others(postgres_dsn: s
             await leases.heartbeat("a", "i1", "", 5000)
             got = await leases.acquire("a", "", 5000, 2)
             assert await leases.release("a", {g.lease.partition: g.lease.epoch for g in got}) == 2
-            await wait_until_async(lambda: released, 5)
+            await wait_until_async(lambda: released, 30)
             assert released == ["a"]
         finally:
             await a.close()
