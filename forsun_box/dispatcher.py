@@ -511,8 +511,8 @@ class Dispatcher:
 
     @property
     def pending_retries(self) -> int:
-        """Retries armed on the clock and not yet started."""
-        return len(self._timers)
+        """Retries armed on the clock or under way (not yet recorded)."""
+        return len(self._timers) + len(self._retry_tasks)
 
     @property
     def active(self) -> int:

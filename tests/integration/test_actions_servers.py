@@ -385,7 +385,11 @@ def run_dispatcher(
         first = await dispatcher.run(plan, int(time.time() * 1000))
         if between is not None:
             await between()
-        await wait_until_async(lambda: not (dispatcher.pending_retries or dispatcher.active), 10)
+
+        def settled() -> bool:
+            return not (dispatcher.pending_retries or dispatcher.active)
+
+        assert await wait_until_async(settled, 60)
         await dispatcher.close()
         return first
 
