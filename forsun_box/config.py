@@ -376,7 +376,8 @@ class Config:
     )
     catchup: str = _s(
         Misfire.FIRE_ONCE.value,
-        "After downtime fire a missed plan once, every missed time, or skip it.",
+        "After downtime (or a cluster failover) fire a missed plan once, every missed "
+        "time, or skip it.",
         "--catchup",
         choices=tuple(p.value for p in CATCHUP_POLICIES),
     )

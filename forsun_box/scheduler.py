@@ -191,6 +191,10 @@ class Scheduler:
         #: the window unfired (a cluster node that no longer trusts the plan's lease)
         self.gate: Callable[[Plan], bool] | None = None
         self.gated = 0
+        #: when set, the instant (ms) from which ``key`` could fire again after an
+        #: outage that was not this process's own (a cluster node's taken-over
+        #: partition): what came due before it fires under the catch-up policy
+        self.catchup_since: Callable[[str], int] | None = None
 
     @property
     def executor(self) -> Executor | None:
@@ -727,7 +731,12 @@ class Scheduler:
         del went_out[-n:]
 
     def _fire(self, plan: Plan, due: int, now: int) -> None:
-        policy = self.options.catchup if due < self._started_ms else FIRE_ALL
+        since = self._started_ms
+        if self.catchup_since is not None:
+            outage = self.catchup_since(plan.key)
+            if outage > since:
+                since = outage
+        policy = self.options.catchup if due < since else FIRE_ALL
         if plan.misfire:
             # A per-plan policy replaces the server's, for downtime and overload alike:
             # within the grace window a firing is on time whatever the cause.
@@ -744,7 +753,7 @@ class Scheduler:
             )
             self._queue_advance(plan.copy(next_time=nxt))
             return
-        if due < self._started_ms or policy != FIRE_ALL:
+        if due < since or policy != FIRE_ALL:
             self.caught_up += 1
             log.info(
                 "misfire: firing %s due at %s (%s late, %s)",

@@ -140,6 +140,10 @@ class LeaseManager:
         self._trusted_last: set[int] = set()
         # the partitions taken in the round under way (logged when taken)
         self._taken_now: set[int] = set()
+        #: of the partitions the last round made trusted, those nobody could fire
+        #: just before: taken over from a node whose lease ran out, or this node's
+        #: own, trusted again after its renewals failed
+        self.after_outage: set[int] = set()
 
     @property
     def ttl_ms(self) -> int:
@@ -180,6 +184,7 @@ class LeaseManager:
         """One round: heartbeat, renew, balance. Backend errors are logged, not raised."""
         self.counters.rounds += 1
         self._taken_now = set()
+        self.after_outage = set()
         before = set(self._trusted_last)
         try:
             nodes = await self.backend.heartbeat(
@@ -226,6 +231,7 @@ class LeaseManager:
                 _listing(lapsed),
             )
         back = [p for p in after - before if p not in self._taken_now]
+        self.after_outage.update(back)
         if back:
             log.info(
                 "%s: trusting %d partitions again, renewed at the same %s: %s",
@@ -351,6 +357,8 @@ class LeaseManager:
         for a in got:
             self.held[a.lease.partition] = Held(a.lease.epoch, until)
             self._taken_now.add(a.lease.partition)
+            if a.is_takeover:
+                self.after_outage.add(a.lease.partition)
         self.counters.acquired += len(got)
         self._log_acquired(got)
         return {a.lease.partition for a in got}

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from typing import Any
 
 from forsun_box.cluster.base import ChangeHint, ClusterStore
@@ -138,6 +139,8 @@ class ClusterNode:
         self._forget: set[str] | None = set()  # keys to drop first (None: every plan)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: partition -> when this node began to fire it again after an outage (ms)
+        self._outage_until: dict[int, int] = {}
 
     async def status(self) -> dict[str, Any]:
         """``/v2/cluster``'s document: the nodes, the partitions each owns, lease ages
@@ -208,6 +211,7 @@ class ClusterNode:
         """Keep ``scheduler``'s window in step with the cluster from now on."""
         self.scheduler = scheduler
         scheduler.gate = self.may_fire
+        scheduler.catchup_since = self.catchup_since
         await self.cluster.watch(self.node, self._on_hint, self._on_release, self._on_gap)
         self._task = asyncio.get_running_loop().create_task(
             self._upkeep(), name=f"forsun-box cluster {self.node}"
@@ -234,8 +238,26 @@ class ClusterNode:
 
     # -- events ---------------------------------------------------------------
 
+    def catchup_since(self, key: str) -> int:
+        """When this node began to fire ``key``'s partition again after an outage
+        (ms; 0 when it did not): plans due before then fire under the catch-up
+        policy, as after a downtime of the node itself."""
+        outages = self._outage_until
+        if not outages:
+            return 0
+        return outages.get(self.cluster.partition_of(key), 0)
+
     def _on_change(self, gained: set[int], lost: set[int]) -> None:
         if gained:
+            now = (
+                int(time.time() * 1000) if self.scheduler is None else self.scheduler.clock.now_ms()
+            )
+            outages = self.leases.after_outage
+            for p in gained:
+                if p in outages:
+                    self._outage_until[p] = now
+                else:
+                    self._outage_until.pop(p, None)
             self._request(_FROM_START)
 
     def _on_hint(self, hint: ChangeHint) -> None:

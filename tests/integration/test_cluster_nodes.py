@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
+from forsun_box.cluster.partitions import partition_of
 from tests.helpers import Server, Sink, wait_until
 
 pytest_plugins = ["tests.servers"]
@@ -122,6 +124,62 @@ def test_a_killed_node_is_taken_over_and_every_plan_fires_once(
         # started again under its name, n2 takes a share again
         nodes["n2"] = node(tmp_path, postgres_dsn, "n2").start()
         assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
+    finally:
+        for srv in nodes.values():
+            if srv.proc is not None:
+                srv.stop()
+        sink.close()
+
+
+def test_firings_missed_during_a_takeover_catch_up_under_the_policy(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A plan every 200 ms on a node that is killed: the new owner fires the ones its
+    lease's expiry made nobody fire once (the default catch-up policy, fire_once), as
+    after a downtime of a node itself, then goes on every 200 ms."""
+    sink = Sink()
+    nodes = {n: node(tmp_path, postgres_dsn, n) for n in ("n1", "n2")}
+    try:
+        for srv in nodes.values():
+            srv.start()
+        assert wait_until(lambda: balanced(postgres_dsn, set(nodes)), 60), logs(postgres_dsn, nodes)
+        table = owners(postgres_dsn)
+        key = next(
+            k
+            for k in (f"every-{i}" for i in itertools.count())
+            if table[partition_of(k, PARTITIONS)][0] == "n2"
+        )
+        body = {
+            "action": "http",
+            "params": {"url": sink.url(f"/{key}")},
+            "schedule": {"kind": "delay", "interval_ms": 200, "count": 0},
+        }
+        status, reply = nodes["n1"].call("PUT", f"/v2/plans/{key}", body)
+        assert status == 201, reply
+        assert wait_until(lambda: fired(sink)[key] >= 3, 30)  # n2 fires it
+        killed_at = time.time() * 1000
+        nodes["n2"].kill()
+
+        def dues(since_ms: float = 0) -> list[int]:
+            """Due instants of the firings that arrived from ``since_ms`` on, as they came."""
+            with sink.cond:
+                hits = [h for h in sink.hits if h[0] >= since_ms]
+            ids = [{k.lower(): v for k, v in h[2].items()}["x-forsun-firing-id"] for h in hits]
+            return [int(i.split(":")[1]) for i in ids]
+
+        last_before = max(dues())
+        # n2 is gone by then; its lease runs out over a second later
+        new_owner = killed_at + 500
+        assert wait_until(lambda: len(dues(new_owner)) >= 5, 60), logs(postgres_dsn, nodes)
+        after = dues(new_owner)
+        # one firing for all those missed (the first, or the last n2 fired if the kill
+        # came before its record), then every 200 ms from then on
+        assert after[0] in (last_before, last_before + 200), (last_before, after)
+        assert after[1] - after[0] >= 1000, after  # (fire_all would fire each one missed)
+        assert all(b - a == 200 for a, b in itertools.pairwise(after[1:])), after
+        assert any("misfire: firing " + key in srv.log() for srv in nodes.values()), logs(
+            postgres_dsn, nodes
+        )
     finally:
         for srv in nodes.values():
             if srv.proc is not None:

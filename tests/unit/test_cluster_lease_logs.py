@@ -28,12 +28,17 @@ def test_takeover_and_step_down_after_a_pause(caplog: pytest.LogCaptureFixture) 
         a = LeaseManager(backend, "a", ttl_s=6.0, monotonic=clock)
         await a.round()
         assert lines(caplog, "a") == ["a: took 4 partitions (never owned, now epoch 1): 0, 1, 2, 3"]
+        assert a.after_outage == set()
         clock.s += 7.0  # a paused past the expiry
         b = LeaseManager(backend, "b", ttl_s=6.0, monotonic=clock)
         await b.round()
         assert lines(caplog, "b") == [
             "b: took over 4 partitions from a, whose lease ran out (now epoch 2): 0, 1, 2, 3"
         ]
+        # nobody fired them for a while: their missed firings catch up under the policy
+        assert b.after_outage == {0, 1, 2, 3}
+        await b.round()
+        assert b.after_outage == set()
         await a.round()  # a comes back and finds them gone
         got = lines(caplog, "a")
         assert got == [
@@ -76,6 +81,7 @@ def test_trust_running_out_and_coming_back_is_logged(caplog: pytest.LogCaptureFi
             "a: lease rounds work again (3 leases held)",
             "a: trusting 3 partitions again, renewed at the same epoch 1: 0, 1, 2",
         ]
+        assert a.after_outage == {0, 1, 2}
 
     asyncio.run(main())
 
@@ -97,6 +103,7 @@ def test_handover_and_stop_are_step_downs_with_epochs(caplog: pytest.LogCaptureF
         ]
         await b.round()
         assert lines(caplog, "b") == ["b: took 2 partitions (handed over by a, now epoch 2): 2, 3"]
+        assert b.after_outage == set()  # a fired them until it gave them up
         await a.stop()
         assert lines(caplog, "a") == [
             "a: stepping down from 2 partitions at stop (epoch 1 released): 0, 1"

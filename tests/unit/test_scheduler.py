@@ -554,3 +554,40 @@ def test_catch_up_log_lines_read_as_times(caplog: pytest.LogCaptureFixture) -> N
     due = datetime.fromtimestamp((T0 + 1000) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     assert lines == [f"misfire: firing every due at {due}.000 UTC (9.5 s late, fire_once)"]
     assert str(T0 + 1000) not in lines[0]
+
+
+@pytest.mark.parametrize(("outage", "fired"), [(True, 1), (False, 10)])
+def test_plans_a_cluster_node_could_not_fire_catch_up_from_when_it_can(
+    outage: bool, fired: int
+) -> None:
+    """A plan whose partition no node could fire for 10.5 s (the gate refused it here;
+    its lease was another node's, which died) fires under the catch-up policy once the
+    partition is taken over, as after a downtime of the node itself; handed over
+    (no outage), every occurrence fires."""
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        sched, rec, store = await make(clock, catchup="fire_once")
+        may_fire = False
+        sched.gate = lambda plan: may_fire
+        since = 0
+        sched.catchup_since = lambda key: since
+        await sched.create([delay_plan("every", T0, 1, count=0)])
+        for _ in range(10):
+            await clock.advance(1000)
+            await sched.flush()
+        await clock.advance(500)
+        assert rec.calls == [] and sched.gated >= 1
+        may_fire = True
+        since = clock.now_ms() if outage else 0
+        await sched.rescan(None)
+        for _ in range(15):
+            await clock.advance(0)
+            await sched.flush()
+        assert [d for _, d, _ in rec.calls] == [T0 + 1000 * i for i in range(1, fired + 1)]
+        p = await store.get("every")
+        assert p is not None and p.next_time == T0 + 11_000 and p.current_count == fired
+        assert sched.caught_up == (1 if outage else 0)
+        await sched.stop()
+
+    run(main())
