@@ -20,10 +20,10 @@ written from a copy of the references (plans are immutable) in a worker
 thread, to a temporary file that is fsynced and renamed into place, then
 the directory is fsynced. Format: a JSON header line
 ``{"format": "forsun-box-mem", "version": 1, ...}`` with the record counts,
-the field names and ``taken_ms`` (the wall-clock instant the state was copied:
-every change acknowledged before it is in the file), then one JSON array per line for each plan
-(``["p", *values]``), run (``["r", *values]``) and meta value
-(``["m", name, value]``), and a final ``["end"]`` line. A snapshot
+the field names and ``taken_ms`` (the wall-clock instant the state was
+copied: every change acknowledged before it is in the file), then one JSON
+array per line for each plan (``["p", *values]``), run (``["r", *values]``)
+and meta value (``["m", name, value]``), and a final ``["end"]`` line. A snapshot
 that can't be read stops :meth:`MemoryStore.open` with a
 :class:`~forsun_box.errors.StartupError`; a missing one means an empty store.
 """
