@@ -328,7 +328,7 @@ class ThriftTarget:
         self.closed = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
-        assert wait_until(self._listening, 5)
+        assert wait_until(self._listening, 30)
 
     def _listening(self) -> bool:
         try:

@@ -160,9 +160,9 @@ def test_redis_run_timeout(redis_server: ServerProcess) -> None:
     with pytest.raises(ActionFailed, match=r"timed out after 0\.3 s"):
         fire(
             RedisAction,
-            {"port": str(redis_server.port), "command": "BLPOP empty-list 5", "timeout": "0.3"},
+            {"port": str(redis_server.port), "command": "BLPOP empty-list 30", "timeout": "0.3"},
         )
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # given up long before the answer
 
 
 def test_redis_missing_command_and_bad_params() -> None:
@@ -258,8 +258,8 @@ def test_mysql_refused_timeout_and_missing_sql(mysql_db: ServerProcess) -> None:
         fire(MysqlAction, {"port": str(port), "sql": "SELECT 1"}, server_connect_timeout=2)
     started = time.monotonic()
     with pytest.raises(ActionFailed, match=r"timed out after 0\.3 s"):
-        fire(MysqlAction, {"port": str(mysql_db.port), "sql": "SELECT SLEEP(5)", "timeout": "0.3"})
-    assert time.monotonic() - started < 4
+        fire(MysqlAction, {"port": str(mysql_db.port), "sql": "SELECT SLEEP(30)", "timeout": "0.3"})
+    assert time.monotonic() - started < 10  # given up long before the answer
     with pytest.raises(ActionFailed, match="missing param sql"):
         fire(MysqlAction, {"port": str(mysql_db.port)})
 

@@ -88,8 +88,8 @@ def test_exception_from_target_fails(target: ThriftTarget) -> None:
 
 
 def test_slow_target_times_out(target: ThriftTarget) -> None:
-    target.delay_s = 2
+    target.delay_s = 10
     t0 = time.monotonic()
     with pytest.raises(ActionFailed, match="no answer"):
         fire({"host": "127.0.0.1", "port": str(target.port), "request_timeout": "0.3"})
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5  # given up long before the answer
