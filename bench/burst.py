@@ -5,6 +5,7 @@
     .venv/bin/python bench/burst.py --profile DIR         # py-spy of forsun-box's bursts
     .venv/bin/python bench/burst.py --cpu DIR             # perf: where each burst's CPU went
     .venv/bin/python bench/burst.py --pin-sink 0          # the receivers on the first CPU only
+    .venv/bin/python bench/burst.py --pin-sink 0 --pin-sender 1   # ... and http's senders on the second
 
 Every scenario fires N plans (``--sizes``, default 2,000 and 10,000) due at the same whole
 second, once through a bare client that is the machine's limit and once through a running
@@ -30,6 +31,12 @@ over the rounds of p50 / p99 / max of each side, the median of the rounds' p99 r
 (forsun-box ÷ limit), forsun-box's missed plans (not arrived by due + 30 s) and the p99 of
 single v1 creates sent one at a time on one connection from a second before the burst to
 its end (the API's latency during the burst). A JSON file has every round.
+
+Before the rounds one http plan is fired, so that the firing process (started with the
+service's first request) runs when the first round comes. ``--pin-sink CPU`` runs the
+receivers on one CPU, ``--pin-sender CPU`` the sender of the http bursts on another: the
+bare client's thread for its burst, forsun-box's firing process for its own; the service
+and the create probe stay where the kernel puts them, on both sides.
 """
 
 from __future__ import annotations
@@ -449,15 +456,39 @@ def cpu_of(
     return cpu_split.split(path, start, end, {**roles, os.getpid(): "bench"})
 
 
+@contextlib.contextmanager
+def pinned(pids: list[int], cpu: int | None) -> Iterator[None]:
+    """``pids`` run on ``cpu`` only for the block (nothing changes when ``cpu`` is None)."""
+    if cpu is None:
+        yield
+        return
+    before = {pid: os.sched_getaffinity(pid) for pid in pids}
+    for pid in pids:
+        os.sched_setaffinity(pid, {cpu})
+    try:
+        yield
+    finally:
+        for pid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, cpus)
+
+
+def _sender_cpu(kind: str, args: argparse.Namespace) -> int | None:
+    """The CPU ``--pin-sender`` puts the sender of a ``kind`` burst on (http only: a shell
+    burst's commands would inherit it), or None."""
+    return args.pin_sender if kind.startswith("http") else None
+
+
 def _bare(
-    server: Server, kind: str, n: int, tag: str, target: Sink, cpu: Path | None
+    server: Server, kind: str, n: int, tag: str, target: Sink, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One burst of the bare limit, with the same create probe beside it as forsun-box's
     (against the server, idle meanwhile)."""
     due_s = int(time.time()) + (2 if kind == "inproc" else 3)
     probe = CreateProbe(server, due_s - 1, "bare-" + tag)
     try:
-        with cpu_recorded(cpu, f"bare-{tag}"):
+        # (pid 0: the thread that sends, this one)
+        with cpu_recorded(args.cpu, f"bare-{tag}"), pinned([0], _sender_cpu(kind, args)):
             if kind == "inproc":
                 result = bare_inproc(n, due_s)
             elif kind == "shell":
@@ -481,8 +512,29 @@ def _box(
 ) -> dict[str, Any]:
     """One burst of forsun-box."""
     out = args.profile / f"box-{tag}.txt" if args.profile else None
-    with cpu_recorded(args.cpu, f"box-{tag}"):
+    cpu = _sender_cpu(kind, args)
+    sender = [firing_process(server)] if cpu is not None else []
+    with cpu_recorded(args.cpu, f"box-{tag}"), pinned(sender, cpu):
         return box_burst(server, kind, n, "box-" + tag, target, samples_file, out)
+
+
+def firing_process(server: Server) -> int:
+    """The pid of the server's firing process."""
+    for child in psutil.Process(server.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "firing.worker" in " ".join(child.cmdline()):
+                return child.pid
+    raise RuntimeError("forsun-box has no firing process")
+
+
+def first_firing(server: Server, target: Sink) -> None:
+    """One http plan fired before the rounds: the firing process starts with the
+    service's first request or command, and the first round is to find it running."""
+    due_s = int(time.time()) + 2
+    url = f"http://{HOST}:{target.port}/hit?key=first&due={due_s * 1000}"
+    _create(server, [_calendar("first", due_s, "http", {"url": url})])
+    target.wait(1, due_s + GRACE_S)
+    target.take()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -507,12 +559,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CPU",
         help="run the receivers on this CPU only (both sides alike)",
     )
+    ap.add_argument(
+        "--pin-sender",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="http bursts: the sender (the bare client, the firing process) on this CPU only",
+    )
     ap.add_argument("--json", type=Path, default=None, help="results file")
     ap.add_argument("--keep", action="store_true", help="keep the server's temp dir")
     args = ap.parse_args(argv)
 
-    if args.pin_sink is not None and args.pin_sink not in os.sched_getaffinity(0):
-        ap.error(f"--pin-sink {args.pin_sink}: not one of this machine's CPUs we may use")
+    for flag, cpu in (("--pin-sink", args.pin_sink), ("--pin-sender", args.pin_sender)):
+        if cpu is not None and cpu not in os.sched_getaffinity(0):
+            ap.error(f"{flag} {cpu}: not one of this machine's CPUs we may use")
     workdir = Path(tempfile.mkdtemp(prefix="bench-burst-"))
     (workdir / "data" / "extensions").mkdir(parents=True)
     shutil.copy(HARNESS / "count_extension.py", workdir / "data" / "extensions")
@@ -536,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             sink(budget, close=True, cpu=args.pin_sink) as close_sink,
             sink(budget, fifo=fifo, cpu=args.pin_sink) as keep_sink,
         ):
+            first_firing(server, keep_sink)
             for n in args.sizes:
                 for kind in args.kinds:
                     target = close_sink if kind == "http-close" else keep_sink
@@ -552,16 +613,13 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         if box_first:
                             box = _box(server, kind, n, tag, target, samples_file, args)
-                        bare = _bare(server, kind, n, tag, target, args.cpu)
+                        bare = _bare(server, kind, n, tag, target, args)
                         if not box_first:
                             box = _box(server, kind, n, tag, target, samples_file, args)
                         if args.cpu:
                             sinks = {close_sink.pid: "sink", keep_sink.pid: "sink"}
                             bare["cpu"] = cpu_of(args.cpu / f"bare-{tag}.data", bare, sinks)
-                            firing = {
-                                c.pid: "firing process"
-                                for c in psutil.Process(server.pid).children()
-                            }
+                            firing = {firing_process(server): "firing process"}
                             roles = {**sinks, **firing, server.pid: "service"}
                             box_data = args.cpu / f"box-{tag}.data"
                             box["cpu"] = cpu_of(box_data, box, roles)
@@ -625,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
                 "cpus": os.cpu_count(),
                 "pin_sink": args.pin_sink,
+                "pin_sender": args.pin_sender,
                 "rows": rows,
             },
             indent=2,
