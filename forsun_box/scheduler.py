@@ -13,7 +13,9 @@ after their mutation committed. A firing's advance is queued only after
 the action's first attempt finished, so a crash in between refires the
 plan at restart (at least once). Firing records (advances, runs) wait up to
 ``firing_commit_linger_ms`` to share a commit unless a caller's mutation is
-queued; a plan is back in the window only once its advance committed.
+queued, and those of a burst fired here (more than a slice due at once) wait
+for its last slice (:data:`BURST_HOLD_S` at most); a plan is back in the
+window only once its advance committed.
 
 Firing cost: the executor (:class:`forsun_box.executor.Executor`) may finish
 a firing's first attempt synchronously (the dispatcher does for a
@@ -100,6 +102,8 @@ class EngineOptions:
     take_up_after_ms: int = 5_000
 
 
+#: a burst of firings fired here holds its records back this long at most (seconds)
+BURST_HOLD_S = 1.0
 #: least number of young collections between two full ones (CPython's default: 10)
 GC_FULL_EVERY = 1000
 
@@ -630,6 +634,7 @@ class Scheduler:
                 self._take_up_after(aside)
             elif aside:
                 self._take_up(aside, len(aside))
+            holding = False
             while self._running:
                 # A slice: up to slice_size firings, no longer than a turn.
                 turn = Turn()
@@ -648,6 +653,10 @@ class Scheduler:
                         break
                 if not more:
                     break
+                if not holding:
+                    # a burst: its records commit after it (or after BURST_HOLD_S)
+                    holding = True
+                    self._writer.hold_records(BURST_HOLD_S)
                 # Let API requests and I/O in between slices.
                 await asyncio.sleep(0)
                 now = self.clock.now_ms()
@@ -665,6 +674,7 @@ class Scheduler:
             if self.stats is not None:
                 self.stats.incr("timer_loop_ready_error_count")
         finally:
+            self._writer.release_records()
             self._processing = False
             self._arm()
 

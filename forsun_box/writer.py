@@ -36,6 +36,8 @@ FIRING_BATCH = 1_000
 #: with more (a burst's), callers' commits and records' commits take turns: a caller's
 #: stays a small write (on sqlite, the ack log's) and waits for one slice of records at most
 URGENT_FIRING_BATCH = 256
+#: records held back during a burst of firings (:meth:`Writer.hold_records`) at most
+HOLD_MAX_RECORDS = 20_000
 
 
 @dataclass(slots=True)
@@ -143,6 +145,8 @@ class Writer:
         self._alone = False
         # a commit without puts or deletes holds the lock, waiting for the store
         self._records_applying = False
+        # (monotonic) records commit only beside a caller's mutation until then
+        self._hold_until = 0.0
         self.commits = 0
         self.last_commit_ms = 0.0
 
@@ -230,6 +234,35 @@ class Writer:
         self._records_in += 1
         self._wake.set()
 
+    def hold_records(self, seconds: float) -> None:
+        """Commit no firing records for ``seconds`` (or until :meth:`release_records`),
+        unless a caller waits for them (:meth:`barrier`), the writer closes or
+        :data:`HOLD_MAX_RECORDS` gathered: a burst of firings in this process then has
+        the interpreter to itself instead of sharing it with the store's commits. A
+        caller's mutation commits meanwhile as ever, without records."""
+        self._hold_until = time.monotonic() + seconds
+
+    def release_records(self) -> None:
+        """End :meth:`hold_records`: the records held commit now."""
+        if self._hold_until:
+            self._hold_until = 0.0
+            self._urgent.set()
+            self._wake.set()
+
+    def _holding(self) -> bool:
+        """True while records are held back (:meth:`hold_records`)."""
+        if not self._hold_until:
+            return False
+        if (
+            self._closing
+            or self._barriers
+            or len(self.advances) + len(self.runs) >= HOLD_MAX_RECORDS
+            or time.monotonic() >= self._hold_until
+        ):
+            self._hold_until = 0.0
+            return False
+        return True
+
     async def barrier(self, mutation: Mutation) -> None:
         """Commit ``mutation`` and wait until every record queued before it committed
         too (a waited-for commit carries few of them: they may follow it)."""
@@ -262,8 +295,18 @@ class Writer:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            holding = self._holding()
+            if holding and not self._queue:
+                # only records: they wait for the end of the hold, or for a caller
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._urgent.wait(), max(0.0, self._hold_until - time.monotonic())
+                    )
+                continue
             if (
-                self._linger_s > 0
+                not holding
+                and self._linger_s > 0
                 and not any(fut is not None for _, fut in self._queue)
                 and not self._closing
                 and not self._barriers
@@ -275,6 +318,9 @@ class Writer:
                 self._urgent.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), self._linger_s)
+                holding = self._holding()  # (a burst may have begun meanwhile)
+                if holding and not self._queue:
+                    continue
             if self._busy:  # a commit_alone is under way: this one follows it
                 self._wake.clear()
                 await self._wake.wait()
@@ -285,7 +331,9 @@ class Writer:
             # behind many records, their commits and the records' take turns.
             cap = FIRING_BATCH
             take_items = True
-            if len(self.advances) + len(self.runs) > URGENT_FIRING_BATCH and any(
+            if holding:
+                cap = 0  # (the callers' mutations alone)
+            elif len(self.advances) + len(self.runs) > URGENT_FIRING_BATCH and any(
                 fut is not None for _, fut in self._queue[:max_batch]
             ):
                 if self._records_turn:

@@ -546,6 +546,79 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
         ACTIONS.update(saved)
 
 
+def test_a_burst_fired_here_commits_its_records_after_its_last_slice() -> None:
+    from forsun_box.actions import ACTIONS, Action, ActionSettings, register_action
+    from forsun_box.dispatcher import Dispatcher
+    from forsun_box.stats import Stats
+
+    fired: list[str] = []
+    # how many had fired at each commit of firing records
+    commits_at: list[int] = []
+
+    class Count(Action):
+        def execute(self) -> None:
+            fired.append(self.plan.key)
+
+    class Watched(MemoryStore):
+        async def apply(self, batch: Batch) -> None:
+            if batch.runs or batch.advances:
+                commits_at.append(len(fired))
+            await super().apply(batch)
+
+    saved = dict(ACTIONS)
+    register_action("count", Count)
+    try:
+
+        async def main() -> None:
+            clock = FakeClock(T0)
+            store = Watched(path=None)
+            await store.open()
+            stats = Stats()
+            # no linger: without the hold, records would commit between two slices
+            options = EngineOptions(firing_commit_linger_ms=0, slice_size=100)
+            sched = Scheduler(store, clock, UTC, stats=stats, options=options)
+            sched.executor = Dispatcher(
+                ActionSettings(), clock, sched.record_run, sched.record_status, stats
+            )
+            await sched.start()
+            n = 1000
+            plans = [
+                build_plan(
+                    key=f"b{i}",
+                    kind=DELAY,
+                    now_ms=T0,
+                    default_tz=UTC,
+                    second=1,
+                    count=1,
+                    action="count",
+                )
+                for i in range(n)
+            ]
+            await sched.create(plans)
+            api_turns = 0
+
+            async def api() -> None:  # other work gets its turns between the slices
+                nonlocal api_turns
+                while len(fired) < n:
+                    api_turns += 1 if 0 < len(fired) < n else 0
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(api())
+            await clock.advance(1000)
+            await asyncio.wait_for(task, 5)
+            await sched.flush()
+            assert len(fired) == n and api_turns > 0
+            assert commits_at and all(at == n for at in commits_at), commits_at
+            assert [await store.get(f"b{i}") for i in (0, n - 1)] == [None, None]
+            await sched.stop()
+            await store.close()
+
+        run(main())
+    finally:
+        ACTIONS.clear()
+        ACTIONS.update(saved)
+
+
 def test_catch_up_log_lines_read_as_times(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="forsun_box.scheduler")
     run(_downtime("fire_once"))

@@ -152,3 +152,76 @@ def test_callers_that_keep_coming_never_starve_a_burst_of_records() -> None:
 
     done, backlog, rounds = asyncio.run(main())
     assert done == backlog and rounds <= 4  # a slice of records between two callers' commits
+
+
+class _Sizes(MemoryStore):
+    """Records (run records, carried a caller's mutation) of every commit."""
+
+    def __init__(self) -> None:
+        super().__init__(path=None)
+        self.sizes: list[tuple[int, bool]] = []
+
+    async def apply(self, batch: Batch) -> None:
+        self.sizes.append((len(batch.runs), bool(batch.ops)))
+        await super().apply(batch)
+
+
+async def _turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_records_held_during_a_burst_commit_after_it_and_callers_meanwhile() -> None:
+    async def main() -> list[tuple[int, bool]]:
+        store = _Sizes()
+        await store.open()
+        writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
+        writer.start()
+        writer.hold_records(60.0)
+        for i in range(300):
+            writer.submit_run(Run(f"k{i}", T0, T0, 1, 1, 1))
+        await _turns(20)
+        assert store.sizes == []  # held: nothing committed
+        # a caller's mutation commits meanwhile, without the records
+        waiting = writer.submit(Puts([plan("new")]), True)
+        assert waiting is not None
+        await asyncio.wait_for(waiting, 5)
+        await _turns(20)
+        assert store.sizes == [(0, True)]
+        writer.release_records()
+        await asyncio.wait_for(writer.barrier(SetMeta("processed_until", "1")), 5)
+        await writer.close()
+        return store.sizes
+
+    sizes = asyncio.run(main())
+    assert sum(n for n, _ in sizes) == 300
+
+
+@pytest.mark.parametrize("ends_by", ["time", "count", "barrier", "close"])
+def test_a_hold_on_records_ends_by_itself(ends_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import forsun_box.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "HOLD_MAX_RECORDS", 50)
+
+    async def main() -> int:
+        store = _Sizes()
+        await store.open()
+        writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
+        writer.start()
+        writer.hold_records(0.05 if ends_by == "time" else 60.0)
+        n = 50 if ends_by == "count" else 10
+        for i in range(n):
+            writer.submit_run(Run(f"k{i}", T0, T0, 1, 1, 1))
+        if ends_by == "barrier":
+            await asyncio.wait_for(writer.barrier(SetMeta("processed_until", "1")), 5)
+        elif ends_by == "close":
+            await asyncio.wait_for(writer.close(), 5)
+        else:
+            deadline = asyncio.get_running_loop().time() + 30
+            while sum(k for k, _ in store.sizes) < n:
+                assert asyncio.get_running_loop().time() < deadline, store.sizes
+                await asyncio.sleep(0.01)
+        await writer.close()
+        return sum(k for k, _ in store.sizes)
+
+    assert asyncio.run(main()) == (50 if ends_by == "count" else 10)
