@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -39,8 +40,10 @@ class Recorder:
         return self.status
 
 
-def delay_plan(key: str, now: int, seconds: int, count: int = 1) -> Plan:
-    return build_plan(key=key, kind=DELAY, now_ms=now, default_tz=UTC, second=seconds, count=count)
+def delay_plan(key: str, now: int, seconds: int, count: int = 1, action: str = "shell") -> Plan:
+    return build_plan(
+        key=key, kind=DELAY, now_ms=now, default_tz=UTC, second=seconds, count=count, action=action
+    )
 
 
 async def make(
@@ -459,10 +462,10 @@ def test_plan_copy_keeps_every_field() -> None:
     ]
 
 
-def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
-    from forsun_box.actions import ACTIONS, Action, ActionSettings, register_action
-    from forsun_box.dispatcher import Dispatcher
-    from forsun_box.stats import Stats
+@pytest.fixture
+def count_action() -> Iterator[list[tuple[str, int]]]:
+    """A plain-function action ``count`` that appends (key, current count) to the list."""
+    from forsun_box.actions import ACTIONS, Action, register_action
 
     fired: list[tuple[str, int]] = []
 
@@ -473,91 +476,85 @@ def test_plain_actions_fire_inline_and_advances_commit_after_them() -> None:
     saved = dict(ACTIONS)
     register_action("count", Count)
     try:
-
-        async def main() -> None:
-            clock = FakeClock(T0)
-            store = MemoryStore(path=None)
-            await store.open()
-            # A long linger: only a flush (or a caller's mutation) commits firing records.
-            stats = Stats()
-            sched = Scheduler(
-                store,
-                clock,
-                UTC,
-                stats=stats,
-                options=EngineOptions(firing_commit_linger_ms=60_000),
-            )
-            dispatcher = Dispatcher(
-                ActionSettings(), clock, sched.record_run, sched.record_status, stats
-            )
-            sched.executor = dispatcher
-            assert sched._start == dispatcher.start_firing  # the inline path is used
-            await sched.start()
-            plans = [
-                build_plan(
-                    key=f"at{i}",
-                    kind="at",
-                    at_ms=T0 + 1000 + i,
-                    now_ms=T0,
-                    default_tz=UTC,
-                    action="count",
-                )
-                for i in range(3)
-            ]
-            plans.append(
-                build_plan(
-                    key="rep",
-                    kind=DELAY,
-                    now_ms=T0,
-                    default_tz=UTC,
-                    second=1,
-                    count=3,
-                    action="count",
-                )
-            )
-            created = await asyncio.wait_for(sched.create(plans), 5)  # not held by the linger
-            assert len(created) == 4
-            await clock.advance(1002)
-            assert sorted(fired) == [("at0", 0), ("at1", 0), ("at2", 0), ("rep", 0)]
-            assert not sched._tasks or all(t.done() for t in sched._tasks)
-            # At least once: the advances are not committed yet, the plans are still stored.
-            assert (await store.get("at0")) is not None
-            await sched.flush()
-            assert [await store.get(f"at{i}") for i in range(3)] == [None, None, None]
-            rep = await store.get("rep")
-            assert rep is not None and rep.current_count == 1 and rep.next_time == T0 + 2000
-            assert rep.status == 1  # the status of the inline first attempt
-            assert [r.result for r in await store.runs("at1")] == [1]
-            # The recurring plan went back into the window and fires on, each
-            # firing once the previous one's advance committed.
-            await clock.advance(1000)
-            await sched.flush()
-            await clock.advance(1000)
-            assert [c for k, c in fired if k == "rep"] == [0, 1, 2]
-            await sched.flush()
-            assert await store.get("rep") is None
-            assert stats.timeout_handling_count == stats.timeout_handled_count == 6
-            await sched.stop()
-            await store.close()
-
-        run(main())
+        yield fired
     finally:
         ACTIONS.clear()
         ACTIONS.update(saved)
 
 
-def test_a_burst_fired_here_commits_its_records_after_its_last_slice() -> None:
-    from forsun_box.actions import ACTIONS, Action, ActionSettings, register_action
+def inline_scheduler(store: MemoryStore, clock: FakeClock, options: EngineOptions) -> Scheduler:
+    """A scheduler whose executor is a dispatcher: plain actions fire inline."""
+    from forsun_box.actions import ActionSettings
     from forsun_box.dispatcher import Dispatcher
     from forsun_box.stats import Stats
 
-    fired: list[str] = []
-    # how many had fired at each commit of firing records
-    commits_at: list[int] = []
+    stats = Stats()
+    sched = Scheduler(store, clock, UTC, stats=stats, options=options)
+    dispatcher = Dispatcher(ActionSettings(), clock, sched.record_run, sched.record_status, stats)
+    sched.executor = dispatcher
+    assert sched._start == dispatcher.start_firing  # the inline path is used
+    return sched
 
-    class Count(Action):
-        def execute(self) -> None:
-            fired.append(self.plan.key)
+
+def test_plain_actions_fire_inline_and_advances_commit_after_them(
+    count_action: list[tuple[str, int]],
+) -> None:
+    fired = count_action
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        store = MemoryStore(path=None)
+        await store.open()
+        # A long linger: only a flush (or a caller's mutation) commits firing records.
+        sched = inline_scheduler(store, clock, EngineOptions(firing_commit_linger_ms=60_000))
+        stats = sched.stats
+        assert stats is not None
+        await sched.start()
+        plans = [
+            build_plan(
+                key=f"at{i}",
+                kind="at",
+                at_ms=T0 + 1000 + i,
+                now_ms=T0,
+                default_tz=UTC,
+                action="count",
+            )
+            for i in range(3)
+        ]
+        plans.append(delay_plan("rep", T0, 1, count=3, action="count"))
+        created = await asyncio.wait_for(sched.create(plans), 5)  # not held by the linger
+        assert len(created) == 4
+        await clock.advance(1002)
+        assert sorted(fired) == [("at0", 0), ("at1", 0), ("at2", 0), ("rep", 0)]
+        assert not sched._tasks or all(t.done() for t in sched._tasks)
+        # At least once: the advances are not committed yet, the plans are still stored.
+        assert (await store.get("at0")) is not None
+        await sched.flush()
+        assert [await store.get(f"at{i}") for i in range(3)] == [None, None, None]
+        rep = await store.get("rep")
+        assert rep is not None and rep.current_count == 1 and rep.next_time == T0 + 2000
+        assert rep.status == 1  # the status of the inline first attempt
+        assert [r.result for r in await store.runs("at1")] == [1]
+        # The recurring plan went back into the window and fires on, each
+        # firing once the previous one's advance committed.
+        await clock.advance(1000)
+        await sched.flush()
+        await clock.advance(1000)
+        assert [c for k, c in fired if k == "rep"] == [0, 1, 2]
+        await sched.flush()
+        assert await store.get("rep") is None
+        assert stats.timeout_handling_count == stats.timeout_handled_count == 6
+        await sched.stop()
+        await store.close()
+
+    run(main())
+
+
+def test_a_burst_fired_here_commits_its_records_after_its_last_slice(
+    count_action: list[tuple[str, int]],
+) -> None:
+    fired = count_action
+    commits_at: list[int] = []  # how many had fired at each commit of firing records
 
     class Watched(MemoryStore):
         async def apply(self, batch: Batch) -> None:
@@ -565,58 +562,36 @@ def test_a_burst_fired_here_commits_its_records_after_its_last_slice() -> None:
                 commits_at.append(len(fired))
             await super().apply(batch)
 
-    saved = dict(ACTIONS)
-    register_action("count", Count)
-    try:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        store = Watched(path=None)
+        await store.open()
+        # no linger: without the hold, records would commit between two slices
+        options = EngineOptions(firing_commit_linger_ms=0, slice_size=100)
+        sched = inline_scheduler(store, clock, options)
+        await sched.start()
+        n = 1000
+        plans = [delay_plan(f"b{i}", T0, 1, action="count") for i in range(n)]
+        await sched.create(plans)
+        api_turns = 0
 
-        async def main() -> None:
-            clock = FakeClock(T0)
-            store = Watched(path=None)
-            await store.open()
-            stats = Stats()
-            # no linger: without the hold, records would commit between two slices
-            options = EngineOptions(firing_commit_linger_ms=0, slice_size=100)
-            sched = Scheduler(store, clock, UTC, stats=stats, options=options)
-            sched.executor = Dispatcher(
-                ActionSettings(), clock, sched.record_run, sched.record_status, stats
-            )
-            await sched.start()
-            n = 1000
-            plans = [
-                build_plan(
-                    key=f"b{i}",
-                    kind=DELAY,
-                    now_ms=T0,
-                    default_tz=UTC,
-                    second=1,
-                    count=1,
-                    action="count",
-                )
-                for i in range(n)
-            ]
-            await sched.create(plans)
-            api_turns = 0
+        async def api() -> None:  # other work gets its turns between the slices
+            nonlocal api_turns
+            while len(fired) < n:
+                api_turns += 1 if 0 < len(fired) < n else 0
+                await asyncio.sleep(0)
 
-            async def api() -> None:  # other work gets its turns between the slices
-                nonlocal api_turns
-                while len(fired) < n:
-                    api_turns += 1 if 0 < len(fired) < n else 0
-                    await asyncio.sleep(0)
+        task = asyncio.create_task(api())
+        await clock.advance(1000)
+        await asyncio.wait_for(task, 5)
+        await sched.flush()
+        assert len(fired) == n and api_turns > 0
+        assert commits_at and all(at == n for at in commits_at), commits_at
+        assert [await store.get(f"b{i}") for i in (0, n - 1)] == [None, None]
+        await sched.stop()
+        await store.close()
 
-            task = asyncio.create_task(api())
-            await clock.advance(1000)
-            await asyncio.wait_for(task, 5)
-            await sched.flush()
-            assert len(fired) == n and api_turns > 0
-            assert commits_at and all(at == n for at in commits_at), commits_at
-            assert [await store.get(f"b{i}") for i in (0, n - 1)] == [None, None]
-            await sched.stop()
-            await store.close()
-
-        run(main())
-    finally:
-        ACTIONS.clear()
-        ACTIONS.update(saved)
+    run(main())
 
 
 def test_catch_up_log_lines_read_as_times(caplog: pytest.LogCaptureFixture) -> None:
