@@ -228,11 +228,20 @@ class Writer:
         self.advances.append((adv, moved))
         self._records_in += 1
         self._wake.set()
+        if self._hold_until:
+            self._held_enough()
 
     def submit_run(self, run: Run) -> None:
         self.runs.append(run)
         self._records_in += 1
         self._wake.set()
+        if self._hold_until:
+            self._held_enough()
+
+    def _held_enough(self) -> None:
+        """End the wait of a hold on records once :data:`HOLD_MAX_RECORDS` gathered."""
+        if len(self.advances) + len(self.runs) >= HOLD_MAX_RECORDS:
+            self._urgent.set()
 
     def hold_records(self, seconds: float) -> None:
         """Commit no firing records for ``seconds`` (or until :meth:`release_records`),

@@ -197,7 +197,7 @@ def test_records_held_during_a_burst_commit_after_it_and_callers_meanwhile() -> 
     assert sum(n for n, _ in sizes) == 300
 
 
-@pytest.mark.parametrize("ends_by", ["time", "count", "barrier", "close"])
+@pytest.mark.parametrize("ends_by", ["time", "count", "count later", "barrier", "close"])
 def test_a_hold_on_records_ends_by_itself(ends_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import forsun_box.writer as writer_module
 
@@ -209,8 +209,11 @@ def test_a_hold_on_records_ends_by_itself(ends_by: str, monkeypatch: pytest.Monk
         writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
         writer.start()
         writer.hold_records(0.05 if ends_by == "time" else 60.0)
-        n = 50 if ends_by == "count" else 10
+        n = 50 if ends_by.startswith("count") else 10
         for i in range(n):
+            if ends_by == "count later" and i == 10:
+                await _turns(20)  # (the writer waits on the hold meanwhile)
+                assert store.sizes == []
             writer.submit_run(Run(f"k{i}", T0, T0, 1, 1, 1))
         if ends_by == "barrier":
             await asyncio.wait_for(writer.barrier(SetMeta("processed_until", "1")), 5)
@@ -224,4 +227,4 @@ def test_a_hold_on_records_ends_by_itself(ends_by: str, monkeypatch: pytest.Monk
         await writer.close()
         return sum(k for k, _ in store.sizes)
 
-    assert asyncio.run(main()) == (50 if ends_by == "count" else 10)
+    assert asyncio.run(main()) == (50 if ends_by.startswith("count") else 10)
