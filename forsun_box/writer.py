@@ -238,9 +238,13 @@ class Writer:
         if self._hold_until:
             self._held_enough()
 
+    def _records(self) -> int:
+        """Firing records queued (advances and runs)."""
+        return len(self.advances) + len(self.runs)
+
     def _held_enough(self) -> None:
         """End the wait of a hold on records once :data:`HOLD_MAX_RECORDS` gathered."""
-        if len(self.advances) + len(self.runs) >= HOLD_MAX_RECORDS:
+        if self._records() >= HOLD_MAX_RECORDS:
             self._urgent.set()
 
     def hold_records(self, seconds: float) -> None:
@@ -265,7 +269,7 @@ class Writer:
         if (
             self._closing
             or self._barriers
-            or len(self.advances) + len(self.runs) >= HOLD_MAX_RECORDS
+            or self._records() >= HOLD_MAX_RECORDS
             or time.monotonic() >= self._hold_until
         ):
             self._hold_until = 0.0
@@ -286,7 +290,7 @@ class Writer:
             await waiter
 
     def __len__(self) -> int:
-        return len(self._queue) + len(self.advances) + len(self.runs)
+        return len(self._queue) + self._records()
 
     async def close(self) -> None:
         self._closing = True
@@ -319,7 +323,7 @@ class Writer:
                 and not any(fut is not None for _, fut in self._queue)
                 and not self._closing
                 and not self._barriers
-                and len(self.advances) + len(self.runs) < FIRING_BATCH
+                and self._records() < FIRING_BATCH
             ):
                 # Only firing records: let more of them gather for one commit
                 # (a crash meanwhile fires them again, as for any uncommitted
@@ -342,7 +346,7 @@ class Writer:
             take_items = True
             if holding:
                 cap = 0  # (the callers' mutations alone)
-            elif len(self.advances) + len(self.runs) > URGENT_FIRING_BATCH and any(
+            elif self._records() > URGENT_FIRING_BATCH and any(
                 fut is not None for _, fut in self._queue[:max_batch]
             ):
                 if self._records_turn:

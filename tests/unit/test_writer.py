@@ -74,18 +74,24 @@ def test_commits_share_a_transaction_and_report_what_committed(fails: bool) -> N
     ]
 
 
+class _Sizes(MemoryStore):
+    """Records (run records, carried a caller's mutation) of every commit."""
+
+    def __init__(self) -> None:
+        super().__init__(path=None)
+        self.sizes: list[tuple[int, bool]] = []
+
+    async def apply(self, batch: Batch) -> None:
+        self.sizes.append((len(batch.runs), bool(batch.ops)))
+        await super().apply(batch)
+
+
 def test_a_caller_waits_behind_few_firing_records_and_the_rest_follow() -> None:
     from forsun_box.writer import FIRING_BATCH, URGENT_FIRING_BATCH
 
-    sizes: list[tuple[int, bool]] = []  # (run records, carried a caller's mutation)
-
-    class Recording(MemoryStore):
-        async def apply(self, batch: Batch) -> None:
-            sizes.append((len(batch.runs), bool(batch.ops)))
-            await super().apply(batch)
+    store = _Sizes()
 
     async def main() -> None:
-        store = Recording(path=None)
         await store.open()
         writer = Writer(store, asyncio.Lock(), lambda m, _a, ok: None, 100)
         # a burst's records are queued before the writer runs, then a create waits
@@ -100,6 +106,7 @@ def test_a_caller_waits_behind_few_firing_records_and_the_rest_follow() -> None:
         await writer.close()
 
     asyncio.run(main())
+    sizes = store.sizes
     # the caller's commit came first, with few records; the rest in full slices after it
     assert sizes[0] == (0, True)
     assert sizes[1:] == [(FIRING_BATCH, False), (FIRING_BATCH, False), (100, False)]
@@ -152,18 +159,6 @@ def test_callers_that_keep_coming_never_starve_a_burst_of_records() -> None:
 
     done, backlog, rounds = asyncio.run(main())
     assert done == backlog and rounds <= 4  # a slice of records between two callers' commits
-
-
-class _Sizes(MemoryStore):
-    """Records (run records, carried a caller's mutation) of every commit."""
-
-    def __init__(self) -> None:
-        super().__init__(path=None)
-        self.sizes: list[tuple[int, bool]] = []
-
-    async def apply(self, batch: Batch) -> None:
-        self.sizes.append((len(batch.runs), bool(batch.ops)))
-        await super().apply(batch)
 
 
 async def _turns(n: int) -> None:
